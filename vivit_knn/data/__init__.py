@@ -1,0 +1,1 @@
+"""Input pipelines: synthetic and real video datasets behind one interface."""

@@ -1,0 +1,1 @@
+"""Flax model definitions that share one attention/encoder core."""

@@ -1,0 +1,1 @@
+"""Training: one loop, losses, optimisers, sharding and checkpoints."""
