@@ -1,0 +1,16 @@
+"""Uk-ViViT/16x2 (unfactorised, L=12, k-NN attention) on UCF101 split 1.
+
+Point it at data with --config.dataset.data_dir=<dir> (see README, "Real data").
+"""
+
+from vivit_knn.presets import set_dataset, vivit_b16x2
+
+UCF101_TRAIN_SIZE = 9537  # split 1
+
+
+def get_config():
+  """Uk-ViViT/16x2 (unfactorised, L=12, k-NN attention)."""
+  config = vivit_b16x2("spacetime", knn_spatial=True, knn_temporal=True)
+  set_dataset(config, "ucf101", UCF101_TRAIN_SIZE)
+  config.experiment_name = "ucf101_uk"
+  return config

@@ -1,0 +1,16 @@
+"""ViViT-B/16x2 factorised encoder baseline (dense attention) on UCF101 split 1.
+
+Point it at data with --config.dataset.data_dir=<dir> (see README, "Real data").
+"""
+
+from vivit_knn.presets import set_dataset, vivit_b16x2
+
+UCF101_TRAIN_SIZE = 9537  # split 1
+
+
+def get_config():
+  """ViViT-B/16x2 factorised encoder baseline (dense attention)."""
+  config = vivit_b16x2("factorized_encoder", knn_spatial=False, knn_temporal=False)
+  set_dataset(config, "ucf101", UCF101_TRAIN_SIZE)
+  config.experiment_name = "ucf101_vivit_fe"
+  return config

@@ -1,0 +1,198 @@
+"""Tests for vivit_knn.train.metrics and vivit_knn.train.summary."""
+
+import io
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from vivit_knn.train import metrics, summary
+
+
+def _np_topk(logits, labels, k):
+  k = min(k, logits.shape[1])
+  top = np.argsort(-logits, axis=1)[:, :k]
+  return (top == labels[:, None]).any(axis=1).astype(np.float32)
+
+
+@pytest.mark.parametrize("k", [1, 3, 5, 50])
+def test_topk_correct_matches_numpy(k):
+  rng = np.random.default_rng(0)
+  logits = rng.normal(size=(32, 10)).astype(np.float32)
+  labels = rng.integers(0, 10, size=32)
+  fn = jax.jit(metrics.topk_correct, static_argnums=2)
+  got = np.asarray(fn(jnp.asarray(logits), jnp.asarray(labels), k))
+  assert got.dtype == np.float32
+  np.testing.assert_array_equal(got, _np_topk(logits, labels, k))
+
+
+def test_topk_correct_hand_case():
+  logits = jnp.array([[0.1, 0.7, 0.2], [0.5, 0.1, 0.4], [0.2, 0.3, 0.5]])
+  labels = jnp.array([1, 2, 0])
+  np.testing.assert_array_equal(np.asarray(metrics.topk_correct(logits, labels, 1)), [1, 0, 0])
+  np.testing.assert_array_equal(np.asarray(metrics.topk_correct(logits, labels, 2)), [1, 1, 0])
+
+
+def test_confusion_matrix_and_per_class_accuracy():
+  labels = [0, 0, 1, 1, 1, 2, 0]
+  preds = [0, 1, 1, 1, 0, 2, 2]
+  weights = [1, 1, 1, 1, 1, 1, 0]  # last row is padding
+  cm = metrics.confusion_matrix(preds, labels, 4, weights=weights)
+  assert cm.dtype == np.int64
+  expected = np.array(
+      [
+          [1, 1, 0, 0],
+          [1, 2, 0, 0],
+          [0, 0, 1, 0],
+          [0, 0, 0, 0],
+      ]
+  )
+  np.testing.assert_array_equal(cm, expected)
+  acc = metrics.per_class_accuracy(cm)
+  np.testing.assert_allclose(acc[:3], [0.5, 2 / 3, 1.0])
+  assert np.isnan(acc[3])
+  unweighted = metrics.confusion_matrix(preds, labels, 4)
+  assert unweighted[0, 2] == 1 and unweighted.sum() == 7
+
+
+def test_confusion_matrix_rejects_out_of_range():
+  with pytest.raises(ValueError):
+    metrics.confusion_matrix([0, 3], [0, 1], 3)
+
+
+def test_format_per_class_report():
+  cm = np.array([[3, 1, 0], [0, 0, 0], [1, 0, 1]])
+  report = metrics.format_per_class_report(cm, ["walk", "run", "jump"])
+  lines = report.splitlines()
+  rows = [line.split() for line in lines[2:5]]
+  assert rows[0] == ["0", "walk", "4", "0.7500"]
+  assert rows[1] == ["1", "run", "0", "n/a"]
+  assert rows[2] == ["2", "jump", "2", "0.5000"]
+  assert "overall accuracy: 0.6667 over 6 examples" in report
+
+
+def _png_size(path):
+  with open(path, "rb") as f:
+    data = f.read()
+  assert data[:8] == b"\x89PNG\r\n\x1a\n"
+  width = int.from_bytes(data[16:20], "big")
+  height = int.from_bytes(data[20:24], "big")
+  return width, height
+
+
+@pytest.mark.parametrize("num_classes", [4, 60])
+def test_save_confusion_matrix_png(tmp_path, num_classes):
+  rng = np.random.default_rng(num_classes)
+  cm = rng.integers(0, 5, size=(num_classes, num_classes))
+  cm[1] = 0  # a class without examples must not break normalisation
+  names = [f"class_{i}" for i in range(num_classes)]
+  path = tmp_path / "nested" / "dir" / "cm.png"
+  out = metrics.save_confusion_matrix_png(cm, names, path, title="val")
+  assert out == str(path)
+  assert os.path.getsize(path) > 0
+  width, height = _png_size(path)
+  assert width > 0 and height > 0
+  from PIL import Image
+
+  with Image.open(path) as img:
+    assert img.size == (width, height)
+    assert img.format == "PNG"
+    pixels = np.asarray(img.convert("L"))
+  assert pixels.std() > 0  # something was drawn
+
+
+def _np_ce(logits, labels):
+  shifted = logits - logits.max(1, keepdims=True)
+  logp = shifted - np.log(np.exp(shifted).sum(1, keepdims=True))
+  return -logp[np.arange(len(labels)), labels]
+
+
+def test_eval_accumulator_matches_concatenation_and_ignores_mask():
+  rng = np.random.default_rng(5)
+  c = 8
+  l1, l2 = rng.normal(size=(6, c)), rng.normal(size=(5, c))
+  y1, y2 = rng.integers(0, c, 6), rng.integers(0, c, 5)
+  m1 = np.array([1, 1, 0, 1, 1, 1])
+  m2 = np.array([1, 0, 1, 1, 0])
+  # Garbage in masked rows must not matter.
+  l1[2] = 1e3
+  y2[1] = c - 1
+
+  acc = metrics.EvalAccumulator(c)
+  acc.update(l1.astype(np.float32), y1, m1)
+  acc.update(jnp.asarray(l2, jnp.float32), jnp.asarray(y2), jnp.asarray(m2))
+  res = acc.result()
+
+  keep1, keep2 = m1 == 1, m2 == 1
+  logits = np.concatenate([l1[keep1], l2[keep2]]).astype(np.float32).astype(np.float64)
+  labels = np.concatenate([y1[keep1], y2[keep2]])
+  assert res["num_examples"] == 8
+  np.testing.assert_allclose(res["top1"], _np_topk(logits, labels, 1).mean(), rtol=1e-9)
+  np.testing.assert_allclose(res["top5"], _np_topk(logits, labels, 5).mean(), rtol=1e-9)
+  np.testing.assert_allclose(res["loss"], _np_ce(logits, labels).mean(), rtol=1e-6)
+  cm = metrics.confusion_matrix(logits.argmax(1), labels, c)
+  np.testing.assert_array_equal(res["confusion_matrix"], cm)
+  np.testing.assert_array_equal(
+      np.isnan(res["per_class_accuracy"]), np.isnan(metrics.per_class_accuracy(cm))
+  )
+  np.testing.assert_allclose(
+      np.nan_to_num(res["per_class_accuracy"], nan=-1),
+      np.nan_to_num(metrics.per_class_accuracy(cm), nan=-1))
+
+  single = metrics.EvalAccumulator(c)
+  single.update(logits, labels)
+  for key in ("top1", "top5", "loss"):
+    np.testing.assert_allclose(res[key], single.result()[key], rtol=1e-9)
+
+
+def test_eval_accumulator_empty_is_nan():
+  res = metrics.EvalAccumulator(3).result()
+  assert res["num_examples"] == 0
+  assert np.isnan(res["top1"]) and np.isnan(res["loss"])
+
+
+def test_metric_writer_roundtrip(tmp_path):
+  logdir = tmp_path / "logs"
+  with summary.MetricWriter(str(logdir)) as writer:
+    writer.write_scalars(1, {"train/loss": 2.5, "train/lr": np.float32(0.1)})
+    writer.write_scalars(7, {"train/loss": jnp.float32(1.25)})
+    writer.write_text(7, "report", "hello table")
+    writer.flush()
+  scalars = summary.read_scalars(str(logdir))
+  assert set(scalars) == {"train/loss", "train/lr"}
+  assert [s for s, _ in scalars["train/loss"]] == [1, 7]
+  np.testing.assert_allclose([v for _, v in scalars["train/loss"]], [2.5, 1.25], rtol=1e-6)
+  assert scalars["train/lr"][0][0] == 1
+  np.testing.assert_allclose(scalars["train/lr"][0][1], 0.1, rtol=1e-6)
+  assert summary.read_text(str(logdir)) == {"report": [(7, "hello table")]}
+
+
+def test_disabled_writer_creates_no_files(tmp_path):
+  logdir = tmp_path / "off"
+  writer = summary.MetricWriter(str(logdir), enabled=False)
+  writer.write_scalars(1, {"a": 1.0})
+  writer.write_text(1, "t", "x")
+  writer.flush()
+  writer.close()
+  assert not logdir.exists()
+  none_writer = summary.MetricWriter(None)
+  none_writer.write_scalars(1, {"a": 1.0})
+  none_writer.close()
+
+
+def test_progress_bar_postfix_and_disabled():
+  stream = io.StringIO()
+  bar = summary.ProgressBar(total=10, initial=2, desc="train", file=stream)
+  bar.update(3, loss=0.123456, lr=1e-4)
+  bar.close()
+  text = stream.getvalue()
+  assert "train" in text and "loss=0.1235" in text and "lr=1.000e-04" in text
+  assert bar.n == 5
+
+  quiet = io.StringIO()
+  off = summary.ProgressBar(total=10, desc="x", enabled=False, file=quiet)
+  off.update(1, loss=1.0)
+  off.close()
+  assert quiet.getvalue() == ""

@@ -1,0 +1,48 @@
+"""Small configs and subprocess helpers the tests share."""
+
+import importlib.util
+import os
+import subprocess
+import sys
+
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def tiny_config(model_type="factorized_encoder", knn=True, **train):
+  """`configs/synthetic_tiny.py` with another model type / dense attention / train overrides.
+
+  Evaluation at the end is off unless asked for.
+  """
+  config = load_config("synthetic_tiny")
+  m = config.model
+  m.model_type = model_type
+  if not knn:
+    for block in (m.attention, m.spatial_transformer.attention, m.temporal_transformer.attention):
+      block.kind = "dense"
+  m.classifier = "token" if model_type in ("spacetime", "factorized_encoder") else "gap"
+  config.train.eval_at_end = False
+  for k, v in train.items():
+    config.train[k] = v
+  return config
+
+
+def load_config(name):
+  """Runs `configs/<name>.py`'s get_config()."""
+  spec = importlib.util.spec_from_file_location(name, os.path.join(ROOT, "configs", name + ".py"))
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module.get_config()
+
+
+def run_python(code_or_args, env_extra=None, timeout=600, check=True):
+  """Runs `python -c code` (str) or `python args...` (list) from the repo root; returns the result."""
+  env = dict(os.environ)
+  env["PYTHONPATH"] = ROOT + os.pathsep + env.get("PYTHONPATH", "")
+  env.update(env_extra or {})
+  args = ["-c", code_or_args] if isinstance(code_or_args, str) else list(code_or_args)
+  proc = subprocess.run([sys.executable] + args, cwd=ROOT, env=env, capture_output=True,
+                        text=True, timeout=timeout)
+  if check and proc.returncode != 0:
+    raise AssertionError(f"subprocess failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
+  return proc

@@ -1,0 +1,272 @@
+"""Synthetic moving-square clips whose label can only be read from frame order.
+
+Each clip of ``T`` frames has two phases of ``T / 2`` frames. In phase 1 a
+bright square moves horizontally (left or right) at constant speed along a
+random row; in phase 2 it reappears at an independent random column and moves
+vertically (up or down). The label is ``2 * horizontal + vertical`` with
+``horizontal`` 0 = left / 1 = right and ``vertical`` 0 = up / 1 = down.
+
+For either direction a phase visits the same set of positions, ``{m + k *
+speed}`` with ``m`` uniform over the valid range, and the phases share no
+frame. The unordered set of frames is therefore identically distributed for
+all classes: a model that ignores frame order is at chance, while the order
+of the square's positions recovers the label exactly. With ``num_classes=2``
+a single horizontal phase spans all frames.
+
+``shuffle_frames=True`` is the control experiment: every clip's frames are
+randomly permuted (seeded per example), destroying the label information.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+
+import ml_collections
+import numpy as np
+import tensorflow as tf
+
+from vivit_knn.data import base
+
+NUM_CHANNELS = 3
+MIN_SPEED = 2
+SPLIT_IDS = {"train": 0, "eval": 1}
+CLASS_NAMES = {
+    4: ("left_up", "left_down", "right_up", "right_down"),
+    2: ("left", "right"),
+}
+# Stream id used to derive the frame-permutation generator from an example's
+# seed, so the permutation never perturbs the draws that define the clip.
+_PERMUTATION_STREAM = 1
+
+
+def default_config() -> ml_collections.ConfigDict:
+  """Returns the default configuration of the synthetic dataset."""
+  return ml_collections.ConfigDict({
+      "name": "synthetic",
+      "num_frames": 8,
+      "image_size": 32,
+      "num_classes": 4,
+      "num_train": 2048,
+      "num_eval": 512,
+      "square_size": 6,
+      "noise": 0.1,
+      "shuffle_frames": False,
+      "seed": 0,
+  })
+
+
+def _resolve_config(
+    config: ml_collections.ConfigDict | None) -> ml_collections.ConfigDict:
+  """Overlays ``config`` on the defaults, rejecting unknown fields."""
+  resolved = default_config()
+  if config is None:
+    return resolved
+  for key, value in config.items():
+    if key not in resolved:
+      raise ValueError(
+          f"unknown field dataset.{key} for the synthetic dataset; "
+          f"known fields: {sorted(resolved.keys())}")
+    resolved[key] = value
+  return resolved
+
+
+def _phase_geometry(num_frames: int, num_classes: int, image_size: int,
+                    square_size: int) -> tuple[int, int, int]:
+  """Returns ``(frames per phase, speed in px/frame, start positions)``.
+
+  The speed is at least :data:`MIN_SPEED` and otherwise chosen so a phase's
+  trajectory spans at most half of the free range, leaving many start
+  positions.
+  """
+  phase_len = num_frames // 2 if num_classes == 4 else num_frames
+  room = image_size - square_size
+  speed = max(MIN_SPEED, room // (2 * (phase_len - 1)))
+  num_starts = room - (phase_len - 1) * speed + 1
+  return phase_len, speed, num_starts
+
+
+def _validate(cfg: ml_collections.ConfigDict) -> None:
+  """Raises ValueError naming the offending ``dataset.*`` field."""
+  if cfg.num_classes not in CLASS_NAMES:
+    raise ValueError(
+        f"dataset.num_classes must be 4 (direction pairs) or 2 "
+        f"(horizontal only), got {cfg.num_classes}")
+  if cfg.num_frames < 4 or cfg.num_frames % 2:
+    raise ValueError(
+        f"dataset.num_frames must be even and >= 4, got {cfg.num_frames}")
+  if cfg.square_size < 1:
+    raise ValueError(
+        f"dataset.square_size must be >= 1, got {cfg.square_size}")
+  phase_len = cfg.num_frames // 2 if cfg.num_classes == 4 else cfg.num_frames
+  # Two start positions at minimum speed; otherwise the start is fixed.
+  min_size = cfg.square_size + (phase_len - 1) * MIN_SPEED + 1
+  if cfg.image_size < min_size:
+    raise ValueError(
+        f"dataset.image_size must be >= {min_size} for square_size="
+        f"{cfg.square_size} moving {MIN_SPEED} px over {phase_len} "
+        f"frames, got {cfg.image_size}")
+  if not 0.0 <= cfg.noise < 1.0:
+    raise ValueError(f"dataset.noise must be in [0, 1), got {cfg.noise}")
+  if cfg.num_train < 1:
+    raise ValueError(f"dataset.num_train must be >= 1, got {cfg.num_train}")
+  if cfg.num_eval < 1:
+    raise ValueError(f"dataset.num_eval must be >= 1, got {cfg.num_eval}")
+  if cfg.seed < 0:
+    raise ValueError(f"dataset.seed must be >= 0, got {cfg.seed}")
+
+
+class SyntheticMotionDataset(base.VideoDataset):
+  """Moving-square clips whose class is encoded in the order of frames.
+
+  Example ``i`` of split ``s`` is a pure function of ``(config.seed, s, i)``,
+  so the train and eval splits are disjoint draws and any example can be
+  regenerated on demand. Clips are generated inside the tf.data pipeline
+  from example indices, after shuffling, skipping and host slicing.
+  """
+
+  def __init__(self, config: ml_collections.ConfigDict | None = None):
+    """Builds the dataset from a (possibly partial) config.
+
+    Args:
+      config: Fields of :func:`default_config`; missing fields take their
+        default values.
+
+    Raises:
+      ValueError: for unknown or invalid fields, naming ``dataset.<field>``.
+    """
+    cfg = _resolve_config(config)
+    _validate(cfg)
+    self.config = cfg
+    self._phase_len, self._speed, self._num_starts = _phase_geometry(
+        cfg.num_frames, cfg.num_classes, cfg.image_size, cfg.square_size)
+    self._info = base.DatasetInfo(
+        num_classes=cfg.num_classes,
+        class_names=CLASS_NAMES[cfg.num_classes],
+        num_train_examples=cfg.num_train,
+        num_eval_examples=cfg.num_eval,
+        input_shape=(cfg.num_frames, cfg.image_size, cfg.image_size,
+                     NUM_CHANNELS),
+    )
+
+  @property
+  def info(self) -> base.DatasetInfo:
+    """Static description of the dataset."""
+    return self._info
+
+  @property
+  def speed(self) -> int:
+    """Displacement of the square between consecutive frames, in pixels."""
+    return self._speed
+
+  def generate(self, split: str,
+               indices: Sequence[int] | np.ndarray) -> tuple[np.ndarray,
+                                                             np.ndarray]:
+    """Generates examples ``indices`` of ``split`` ('train' or 'eval').
+
+    Returns:
+      ``(inputs, labels)``: float32 ``[n, T, H, W, 3]`` in ``[-1, 1]`` and
+      int32 ``[n]``.
+    """
+    cfg = self.config
+    split_id = SPLIT_IDS[split]
+    indices = np.asarray(indices, dtype=np.int64).reshape(-1)
+    n, t, size, s = (len(indices), cfg.num_frames, cfg.image_size,
+                     cfg.square_size)
+    num_classes = cfg.num_classes
+    labels = (indices % num_classes).astype(np.int32)
+    frame_shape = (t, size, size, NUM_CHANNELS)
+    noise_bytes = np.empty((n,) + frame_shape, np.uint8)
+    starts = np.empty((n, 2), np.int64)  # Trajectory start per phase.
+    fixed = np.empty((n, 2), np.int64)  # Row in phase 1, column in 2.
+    for j, i in enumerate(indices):
+      rng = np.random.default_rng([cfg.seed, split_id, int(i)])
+      starts[j] = rng.integers(self._num_starts, size=2)
+      fixed[j] = rng.integers(size - s + 1, size=2)
+      # Raw bytes are several times cheaper to draw than floats; 256
+      # noise levels are plenty for a background.
+      noise_bytes[j] = np.frombuffer(
+          rng.bytes(noise_bytes[j].size), np.uint8).reshape(frame_shape)
+    # Background in [0, noise], mapped to [-1, 1] like the whole clip.
+    clips = np.multiply(noise_bytes, np.float32(2.0 * cfg.noise / 255.0),
+                        dtype=np.float32)
+    clips -= 1.0
+
+    steps = np.arange(self._phase_len) * self._speed
+    if num_classes == 4:
+      forward_h, forward_v = labels // 2 == 1, labels % 2 == 1
+    else:
+      forward_h, forward_v = labels == 1, np.zeros(n, bool)
+    # Moving right/down walks the trajectory forwards, left/up backwards.
+    traj_h = starts[:, :1] + np.where(forward_h[:, None], steps,
+                                      steps[::-1])
+    traj_v = starts[:, 1:] + np.where(forward_v[:, None], steps,
+                                      steps[::-1])
+    if num_classes == 4:
+      cols = np.concatenate(
+          [traj_h, np.repeat(fixed[:, 1:], self._phase_len, 1)], 1)
+      rows = np.concatenate(
+          [np.repeat(fixed[:, :1], self._phase_len, 1), traj_v], 1)
+    else:
+      cols, rows = traj_h, np.repeat(fixed[:, :1], t, 1)
+    # Slice assignment beats a broadcast boolean mask by ~5x here.
+    for j in range(n):
+      for f in range(t):
+        r, c = rows[j, f], cols[j, f]
+        clips[j, f, r:r + s, c:c + s] = 1.0
+
+    if cfg.shuffle_frames:
+      perms = np.empty((n, t), np.int64)
+      for j, i in enumerate(indices):
+        perms[j] = np.random.default_rng(
+            [cfg.seed, split_id, int(i), _PERMUTATION_STREAM]).permutation(t)
+      clips = clips[np.arange(n)[:, None], perms]
+    return clips, labels
+
+  def _decode_fn(self, split: str):
+    """tf.data map function turning a batch of indices into examples."""
+    shape = (None,) + self._info.input_shape
+
+    def decode(indices):
+      inputs, labels = tf.numpy_function(
+          lambda idx: self.generate(split, idx), [indices],
+          (tf.float32, tf.int32), stateful=False)
+      inputs.set_shape(shape)
+      labels.set_shape((None,))
+      return {"inputs": inputs, "label": labels}
+
+    return decode
+
+  def train_dataset(self, global_batch_size: int, *, start_step: int = 0,
+                    seed: int = 0, process_index: int = 0,
+                    process_count: int = 1) -> tf.data.Dataset:
+    """The tf.data pipeline behind :meth:`train_batches`."""
+    n = self._info.num_train_examples
+    return base.make_train_dataset(
+        tf.data.Dataset.range(n), n, global_batch_size,
+        self._decode_fn("train"), seed=seed, start_step=start_step,
+        process_index=process_index, process_count=process_count,
+        decode_batched=True)
+
+  def eval_dataset(self, global_batch_size: int, *, process_index: int = 0,
+                   process_count: int = 1) -> tf.data.Dataset:
+    """The tf.data pipeline behind :meth:`eval_batches`."""
+    n = self._info.num_eval_examples
+    return base.make_eval_dataset(
+        tf.data.Dataset.range(n), n, global_batch_size,
+        self._decode_fn("eval"), process_index=process_index,
+        process_count=process_count, decode_batched=True)
+
+  def train_batches(self, global_batch_size: int, *, start_step: int = 0,
+                    seed: int = 0, process_index: int = 0,
+                    process_count: int = 1) -> Iterator[dict]:
+    """See :meth:`VideoDataset.train_batches`."""
+    return base.as_numpy_batches(self.train_dataset(
+        global_batch_size, start_step=start_step, seed=seed,
+        process_index=process_index, process_count=process_count))
+
+  def eval_batches(self, global_batch_size: int, *, process_index: int = 0,
+                   process_count: int = 1) -> Iterator[dict]:
+    """See :meth:`VideoDataset.eval_batches`."""
+    return base.as_numpy_batches(self.eval_dataset(
+        global_batch_size, process_index=process_index,
+        process_count=process_count))

@@ -1,0 +1,107 @@
+"""Everything one run needs, built once from the config: data, model, mesh, optimizer, state."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Any, Callable, Optional, Sequence
+
+import flax
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import ml_collections
+import optax
+from jax.sharding import Mesh
+
+from vivit_knn import config as config_lib
+from vivit_knn.data.base import VideoDataset
+from vivit_knn.data.registry import build_dataset
+from vivit_knn.models.registry import build_model
+from vivit_knn.train import optim, sharding
+
+
+@flax.struct.dataclass
+class TrainState:
+  """Step counter, parameters and optimizer state: what a checkpoint holds."""
+
+  step: jax.Array
+  params: Any
+  opt_state: Any
+
+
+@dataclasses.dataclass
+class Experiment:
+  """The parts of a run, wired from one config (data -> model -> optimizer -> mesh)."""
+
+  config: ml_collections.ConfigDict
+  dataset: VideoDataset
+  model: nn.Module
+  mesh: Mesh
+  optimizer: optax.GradientTransformation
+  schedule: Callable[[Any], Any]
+  total_steps: int
+
+  @property
+  def num_classes(self) -> int:
+    """Number of classes of the dataset."""
+    return self.dataset.info.num_classes
+
+  def dummy_input(self) -> jax.Array:
+    """A one-clip zero input of the dataset's shape, for init and shape inference."""
+    return jnp.zeros((1,) + tuple(self.dataset.info.input_shape), jnp.float32)
+
+  def init_params(self, rng: jax.Array) -> Any:
+    """Initialises model parameters (float32)."""
+    return self.model.init({"params": rng}, self.dummy_input(), train=False)["params"]
+
+  def _init_state(self, rng: jax.Array) -> TrainState:
+    params = self.init_params(rng)
+    return TrainState(step=jnp.zeros((), jnp.int32), params=params,
+                      opt_state=self.optimizer.init(params))
+
+  def state_shardings(self) -> TrainState:
+    """Shardings of every leaf of the train state on the mesh."""
+    abstract = jax.eval_shape(self._init_state, jax.random.key(0))
+    min_size = self.config.mesh.fsdp_min_param_size
+    return TrainState(
+        step=sharding.replicated(self.mesh),
+        params=sharding.tree_shardings(abstract.params, self.mesh, min_size),
+        opt_state=sharding.tree_shardings(abstract.opt_state, self.mesh, min_size))
+
+  def abstract_state(self) -> TrainState:
+    """Shapes, dtypes and shardings of the train state, without allocating it."""
+    abstract = jax.eval_shape(self._init_state, jax.random.key(0))
+    return jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
+                        abstract, self.state_shardings())
+
+  def init_state(self, rng: jax.Array) -> TrainState:
+    """Creates the initial train state directly in its sharded layout."""
+    init = jax.jit(self._init_state, out_shardings=self.state_shardings())
+    return init(rng)
+
+
+def total_train_steps(config: ml_collections.ConfigDict, num_train_examples: int) -> int:
+  """`train.num_train_steps`, or `num_epochs` of the train split when that is <= 0."""
+  if config.train.num_train_steps > 0:
+    return int(config.train.num_train_steps)
+  steps = math.ceil(config.train.num_epochs * num_train_examples / config.train.global_batch_size)
+  return max(1, steps)
+
+
+def build_experiment(config: ml_collections.ConfigDict,
+                     devices: Optional[Sequence[jax.Device]] = None) -> Experiment:
+  """Validates `config` and builds the run's parts on `devices` (default: all).
+
+  Fails with a ValueError naming the field before anything compiles.
+  """
+  config_lib.check_keys(config)
+  dataset = build_dataset(config.dataset)
+  mesh = sharding.make_mesh(config.mesh, devices)
+  config_lib.validate(config, dataset.info.input_shape, num_devices=mesh.size,
+                      process_count=jax.process_count())
+  model = build_model(config.model, dataset.info.num_classes)
+  total = total_train_steps(config, dataset.info.num_train_examples)
+  tx, schedule = optim.build_optimizer(config.optimizer, total)
+  return Experiment(config=config, dataset=dataset, model=model, mesh=mesh,
+                    optimizer=tx, schedule=schedule, total_steps=total)

@@ -1,0 +1,215 @@
+"""Optimisers and learning-rate schedules built from an ``ml_collections`` config.
+
+Weight decay policy: decay is applied only to parameters with ``ndim > 1``
+(dense/conv kernels and embedding tables). Biases, LayerNorm scales/offsets
+and other 1-D or scalar parameters are never decayed. Positional embeddings
+are usually stored as ``[1, N, D]`` arrays and are therefore decayed; give them
+a 1-D shape if that is not wanted.
+
+* ``sgd``: ``clip -> add_decayed_weights(wd, mask) -> sgd(schedule, momentum)``.
+  The decay term is added to the gradient before momentum, i.e. the
+  conventional "SGD with weight decay" (equivalent to L2 regularisation).
+* ``adamw``: ``clip -> adamw(schedule, b1, b2, wd, mask)``: decoupled decay
+  applied after the Adam normalisation and scaled by the learning rate.
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+from typing import Any, Callable, Mapping
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import optax
+
+__all__ = [
+    "default_config",
+    "build_schedule",
+    "build_optimizer",
+    "weight_decay_mask",
+]
+
+Schedule = Callable[[Any], jax.Array]
+
+_KNOWN_OPTIMIZERS = ("sgd", "adamw")
+
+
+def default_config() -> ml_collections.ConfigDict:
+  """Returns the optimiser config with its default values."""
+  return ml_collections.ConfigDict(
+      {
+          "name": "sgd",
+          "base_learning_rate": 0.1,
+          "end_learning_rate": 0.0,
+          "warmup_steps": 0,
+          "momentum": 0.9,
+          "nesterov": False,
+          "beta1": 0.9,
+          "beta2": 0.999,
+          "weight_decay": 0.0,
+          "grad_clip_norm": 1.0,
+      }
+  )
+
+
+def _defaults() -> dict[str, Any]:
+  return default_config().to_dict()
+
+
+def _resolve(config: Any) -> dict[str, Any]:
+  """Merges ``config`` (the optimiser section, or a root with ``.optimizer``) with the defaults."""
+  if config is None:
+    return _defaults()
+  if isinstance(config, ml_collections.ConfigDict):
+    section = config.to_dict()
+  elif isinstance(config, Mapping):
+    section = dict(config)
+  else:
+    raise TypeError(
+        f"optimizer config must be a ConfigDict or mapping, got {type(config).__name__}")
+  if "name" not in section and isinstance(section.get("optimizer"), Mapping):
+    section = dict(section["optimizer"])
+  merged = _defaults()
+  merged.update(section)
+  return merged
+
+
+def _check_number(cfg: Mapping[str, Any], field: str, *, minimum: float | None = None) -> float:
+  value = cfg[field]
+  if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value):
+    raise ValueError(f"optimizer.{field} must be a finite number, got {value!r}")
+  if minimum is not None and value < minimum:
+    raise ValueError(f"optimizer.{field} must be >= {minimum}, got {value!r}")
+  return float(value)
+
+
+def _as_int(value: Any) -> int | None:
+  if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+    return None
+  return int(value)
+
+
+def _make_schedule(cfg: Mapping[str, Any], total_steps: int) -> Schedule:
+  total = _as_int(total_steps)
+  if total is None or total <= 0:
+    raise ValueError(f"total_steps must be a positive integer, got {total_steps!r}")
+  total_steps = total
+  base = _check_number(cfg, "base_learning_rate", minimum=0.0)
+  end = _check_number(cfg, "end_learning_rate", minimum=0.0)
+  warmup = _as_int(cfg["warmup_steps"])
+  if warmup is None or warmup < 0:
+    raise ValueError(
+        f"optimizer.warmup_steps must be a non-negative integer, got {cfg['warmup_steps']!r}"
+    )
+  if warmup >= total_steps:
+    raise ValueError(
+        f"optimizer.warmup_steps ({warmup}) must be smaller than total_steps ({total_steps})"
+    )
+  decay_steps = float(total_steps - warmup)
+
+  def schedule(step: Any) -> jax.Array:
+    step = jnp.asarray(step, jnp.float32)
+    warm_lr = base * step / max(warmup, 1)
+    progress = jnp.clip((step - warmup) / decay_steps, 0.0, 1.0)
+    cosine_lr = end + (base - end) * 0.5 * (1.0 + jnp.cos(jnp.pi * progress))
+    return jnp.where(step < warmup, warm_lr, cosine_lr).astype(jnp.float32)
+
+  return schedule
+
+
+def build_schedule(config: Any, total_steps: int) -> Schedule:
+  """Linear warmup from 0 to ``base_learning_rate`` then cosine decay.
+
+  The learning rate is ``base * step / warmup_steps`` for
+  ``step < warmup_steps`` and afterwards follows a half cosine from
+  ``base_learning_rate`` (at ``warmup_steps``) to ``end_learning_rate`` (at
+  ``total_steps``); it stays at ``end_learning_rate`` beyond that.
+
+  Args:
+    config: optimiser ``ConfigDict`` (see :func:`default_config`); missing
+      fields take their defaults. A root config holding an ``optimizer``
+      section is also accepted.
+    total_steps: total number of optimisation steps.
+
+  Returns:
+    A function ``step -> float32 learning rate``; usable with optax and for
+    logging (``float(schedule(step))``).
+
+  Raises:
+    ValueError: for invalid values, naming the field (e.g.
+      ``optimizer.warmup_steps``).
+  """
+  return _make_schedule(_resolve(config), total_steps)
+
+
+def weight_decay_mask(params: Any) -> Any:
+  """Pytree of booleans: ``True`` for parameters that receive weight decay (``ndim > 1``)."""
+  return jax.tree.map(lambda p: jnp.ndim(p) > 1, params)
+
+
+def build_optimizer(config: Any, total_steps: int) -> tuple[optax.GradientTransformation, Schedule]:
+  """Builds the gradient transformation and its learning-rate schedule.
+
+  Chain: optional global-norm clipping (``grad_clip_norm``; ``None`` or
+  ``<= 0`` disables it), weight decay on ``ndim > 1`` parameters (see the
+  module docstring for how it differs between ``sgd`` and ``adamw``), then
+  the optimiser driven by :func:`build_schedule`.
+
+  Args:
+    config: optimiser ``ConfigDict`` with the fields of :func:`default_config`.
+    total_steps: total number of optimisation steps.
+
+  Returns:
+    ``(tx, schedule)``; ``schedule(step)`` gives the learning rate used for
+    the update with optimiser step count ``step`` (0-based).
+
+  Raises:
+    ValueError: for an unknown ``optimizer.name`` or invalid field values.
+  """
+  cfg = _resolve(config)
+  name = cfg["name"]
+  if not isinstance(name, str) or name.lower() not in _KNOWN_OPTIMIZERS:
+    raise ValueError(f"optimizer.name must be one of {_KNOWN_OPTIMIZERS}, got {name!r}")
+  name = name.lower()
+  schedule = _make_schedule(cfg, total_steps)
+  weight_decay = _check_number(cfg, "weight_decay", minimum=0.0)
+
+  parts: list[optax.GradientTransformation] = []
+  clip = cfg["grad_clip_norm"]
+  if clip is not None:
+    clip = _check_number(cfg, "grad_clip_norm")
+    if clip > 0:
+      parts.append(optax.clip_by_global_norm(clip))
+
+  if name == "sgd":
+    momentum = _check_number(cfg, "momentum", minimum=0.0)
+    if momentum >= 1.0:
+      raise ValueError(f"optimizer.momentum must be < 1, got {momentum}")
+    if weight_decay > 0:
+      parts.append(optax.add_decayed_weights(weight_decay, mask=weight_decay_mask))
+    parts.append(
+        optax.sgd(
+            schedule,
+            momentum=momentum if momentum > 0 else None,
+            nesterov=bool(cfg["nesterov"]),
+        )
+    )
+  else:
+    beta1 = _check_number(cfg, "beta1", minimum=0.0)
+    beta2 = _check_number(cfg, "beta2", minimum=0.0)
+    if beta1 >= 1.0:
+      raise ValueError(f"optimizer.beta1 must be < 1, got {beta1}")
+    if beta2 >= 1.0:
+      raise ValueError(f"optimizer.beta2 must be < 1, got {beta2}")
+    parts.append(
+        optax.adamw(
+            schedule,
+            b1=beta1,
+            b2=beta2,
+            weight_decay=weight_decay,
+            mask=weight_decay_mask,
+        )
+    )
+  return optax.chain(*parts), schedule

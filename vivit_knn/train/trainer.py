@@ -1,0 +1,113 @@
+"""The training loop: resume from the newest checkpoint, step, log, save, evaluate."""
+
+from __future__ import annotations
+
+import os
+import signal
+from typing import Any, Dict, Optional
+
+import jax
+import ml_collections
+import numpy as np
+from absl import logging
+
+from vivit_knn.inference import write_run_info
+from vivit_knn.train import checkpoint, evaluation, sharding, steps
+from vivit_knn.train.experiment import Experiment, TrainState, build_experiment
+from vivit_knn.train.summary import MetricWriter, ProgressBar
+
+
+def _rngs(seed: int):
+  init_rng, train_rng = jax.random.split(jax.random.key(seed))
+  return init_rng, train_rng
+
+
+def restore_or_init(exp: Experiment, ckpt: checkpoint.Checkpointer) -> TrainState:
+  """The latest checkpoint in the workdir if there is one, else a fresh initial state."""
+  if ckpt.latest_step() is not None:
+    logging.info("Resuming from checkpoint step %d in %s", ckpt.latest_step(), ckpt.directory)
+    return ckpt.restore(exp.abstract_state())
+  return exp.init_state(_rngs(exp.config.seed)[0])
+
+
+def _mean_metrics(history) -> Dict[str, float]:
+  host = jax.device_get(history)
+  return {k: float(np.mean([h[k] for h in host])) for k in host[0]}
+
+
+def train(config: ml_collections.ConfigDict, workdir: str,
+          exp: Optional[Experiment] = None) -> Dict[str, Any]:
+  """Trains to `exp.total_steps`, checkpointing into `workdir`; resumes if it holds one.
+
+  Returns the last logged train metrics and, when `train.eval_at_end`, the eval result.
+  """
+  exp = exp or build_experiment(config)
+  cfg = config.train
+  is_chief = jax.process_index() == 0
+  ckpt = checkpoint.Checkpointer(workdir, keep=cfg.keep_checkpoints,
+                                 save_every=cfg.checkpoint_every_steps)
+  if is_chief:
+    write_run_info(workdir, exp.dataset.info.class_names, exp.dataset.info.input_shape)
+  state = restore_or_init(exp, ckpt)
+  start = int(jax.device_get(state.step))
+  train_step = steps.make_train_step(exp)
+  train_rng = _rngs(config.seed)[1]
+  batches = exp.dataset.train_batches(
+      cfg.global_batch_size, start_step=start, seed=config.seed,
+      process_index=jax.process_index(), process_count=jax.process_count())
+
+  writer = MetricWriter(os.path.join(workdir, "train"), enabled=is_chief)
+  bar = ProgressBar(exp.total_steps, initial=start, desc=config.experiment_name, enabled=is_chief)
+  history, last = [], {}
+  for step in range(start, exp.total_steps):
+    batch = sharding.shard_batch(next(batches), exp.mesh)
+    state, step_metrics = train_step(state, batch, train_rng)
+    history.append(step_metrics)
+    done = step + 1
+    if done % cfg.log_every_steps == 0 or done == exp.total_steps:
+      last = _mean_metrics(history)
+      history = []
+      writer.write_scalars(done, {f"train/{k}": v for k, v in last.items()})
+      skipped = exp.dataset.skipped_examples()
+      if skipped:
+        writer.write_scalars(done, {f"data/skipped_{k}": v for k, v in skipped.items()})
+      if not np.isfinite(last["loss"]):
+        ckpt.close()
+        raise FloatingPointError(
+            f"Non-finite training loss at step {done}; the last good checkpoint is kept in "
+            f"{ckpt.directory}")
+    bar.update(1, **{k: last[k] for k in ("loss", "top1") if k in last})
+    ckpt.save(done, state)
+    if cfg.debug_kill_after_step and done == cfg.debug_kill_after_step:
+      ckpt.wait()
+      os.kill(os.getpid(), signal.SIGKILL)  # simulated hard preemption
+  ckpt.save(exp.total_steps, state, force=True)
+  ckpt.close()
+  bar.close()
+
+  result: Dict[str, Any] = {"train": last, "step": exp.total_steps, "state": state,
+                            "class_names": exp.dataset.info.class_names}
+  if cfg.eval_at_end:
+    result["eval"] = evaluation.run_eval(exp, state.params)
+    paths = evaluation.write_eval_report(exp, result["eval"], workdir, exp.total_steps, writer)
+    result["eval_paths"] = paths
+  writer.close()
+  return result
+
+
+def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str,
+                        step: Optional[int] = None) -> Dict[str, Any]:
+  """Restores a checkpoint from `workdir` (latest by default) and evaluates it."""
+  exp = build_experiment(config)
+  ckpt = checkpoint.Checkpointer(workdir, keep=config.train.keep_checkpoints)
+  if ckpt.latest_step() is None:
+    raise FileNotFoundError(
+        f"--workdir={workdir} holds no checkpoint (looked in {ckpt.directory}); "
+        "train first or point --workdir at a training run")
+  step = ckpt.latest_step() if step is None else step
+  state = ckpt.restore(exp.abstract_state(), step=step)
+  ckpt.close()
+  result = evaluation.run_eval(exp, state.params)
+  with MetricWriter(os.path.join(workdir, "eval"), enabled=jax.process_index() == 0) as writer:
+    paths = evaluation.write_eval_report(exp, result, workdir, step, writer)
+  return {"eval": result, "eval_paths": paths, "step": step, "class_names": exp.dataset.info.class_names}
