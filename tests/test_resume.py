@@ -3,9 +3,9 @@
 import signal
 
 import numpy as np
-import orbax.checkpoint as ocp
 
 from tests.tiny import run_python
+from vivit_knn.train.checkpoint import item_path, restore_on_host
 
 ARGS = ["-m", "vivit_knn.main", "--config=configs/synthetic_tiny.py",
         "--config.train.num_train_steps=8", "--config.train.checkpoint_every_steps=4",
@@ -14,9 +14,7 @@ ARGS = ["-m", "vivit_knn.main", "--config=configs/synthetic_tiny.py",
 
 
 def _params(workdir, step):
-  path = workdir / "checkpoints" / str(step) / "default"
-  with ocp.StandardCheckpointer() as ckptr:
-    return ckptr.restore(path.absolute())
+  return restore_on_host(item_path(str(workdir), step))
 
 
 def test_kill_and_resume_gives_bitwise_identical_params(tmp_path):

@@ -14,6 +14,7 @@ import ml_collections
 
 from vivit_knn.data.registry import DATASET_DEFAULTS
 from vivit_knn.models import registry as model_registry
+from vivit_knn.models import resnet
 from vivit_knn.models.vivit import CLASSIFIERS, KERNEL_INIT_METHODS, MODEL_TYPES
 from vivit_knn.train import optim
 from vivit_knn.weights import formats
@@ -58,6 +59,16 @@ def model_config() -> ConfigDict:
       "xvit_div": 8,
       "num_summary_tokens": 0,
       "head_layers": 1,
+      # The two-stage-distillation student ('student'): MHCA in the first `mhca_layers`,
+      # OFA `branch_heads` (0 = none) and an aligner to `aligner_features` teacher channels
+      # (0 = none); see vivit_knn/models/student.py.
+      "student": {"mhca_layers": 0, "locality_strength": 1.0, "branch_heads": 0,
+                  "aligner_features": 0, "aligner_kernel": 1},
+      # CAST ('cast'): B-CAST bottleneck width, adapter bottleneck, MLP-adapter scale, and
+      # for EPIC-Kitchens the verb/noun head sizes (both 0 = one single-label head); see
+      # vivit_knn/models/cast.py. The experts use hidden_size/num_heads/mlp_dim/num_layers.
+      "cast": {"cross_dim": 384, "adapter_dim": 192, "mlp_adapter_scale": 0.5,
+               "num_verbs": 0, "num_nouns": 0},
   })
 
 
@@ -77,6 +88,35 @@ def init_from_config() -> ConfigDict:
   })
 
 
+DISTILL_METHODS = ("", "fad", "fpld")
+STAGE1_CHECKPOINT_FORMATS = ("torchvision", "none")
+
+
+def distill_config() -> ConfigDict:
+  """Default `config.distill`: two-stage distillation (TSD); off while `method` is ''.
+
+  Stage 1 (the first `stage1_steps`, or `stage1_epochs` of the train split when
+  that is 0) distils a per-frame ResNet of `stage1.depth` with
+  `alpha*CE + (1-alpha)*KL + beta*aux`, aux the feature MSE ('fad') or the OFA
+  loss of the branch heads ('fpld'). Stage 2 distils the transformer built from
+  `stage2.config_file` and restored from the run in `stage2.workdir`, with
+  `alpha*CE + (1-alpha)*KL`. `stage1.checkpoint_format`: 'torchvision' (a
+  `.pth`/`.pt` state dict, which needs torch, or an `.npz` of the same keys) or
+  'none' (random teacher: smoke tests only).
+  """
+  return ConfigDict({
+      "method": "",
+      "alpha": 0.5,
+      "beta": 1.0,
+      "tau": 1.0,
+      "eta": 1.1,
+      "stage1_steps": 0,
+      "stage1_epochs": 0.0,
+      "stage1": {"depth": 101, "checkpoint_path": "", "checkpoint_format": "torchvision"},
+      "stage2": {"config_file": "", "workdir": ""},
+  })
+
+
 def base_config() -> ConfigDict:
   """The full schema with defaults. Configs override values; they may not add keys."""
   return ConfigDict({
@@ -85,6 +125,7 @@ def base_config() -> ConfigDict:
       "dataset": DATASET_DEFAULTS["synthetic"](),
       "model": model_config(),
       "init_from": init_from_config(),
+      "distill": distill_config(),
       "optimizer": optim.default_config(),
       "loss": {"label_smoothing": 0.0, "mixup_alpha": 0.0},
       "train": {
@@ -93,14 +134,22 @@ def base_config() -> ConfigDict:
           "num_train_steps": 0,
           "num_epochs": 30.0,
           "log_every_steps": 50,
+          # Split each batch into this many sequential micro-batches (same update, less memory).
+          "grad_accum_steps": 1,
           "checkpoint_every_steps": 500,
           "keep_checkpoints": 3,
           "eval_at_end": True,
           # Fault injection for resume tests: hard-kill the process after this step (0 = off).
           "debug_kill_after_step": 0,
+          # Fault injection for the non-finite guard: the loss of this step becomes NaN (0 = off).
+          "debug_nan_loss_at_step": 0,
       },
       "eval": {"global_batch_size": 32, "confusion_matrix": True},
-      "mesh": {"data": -1, "fsdp": 1, "fsdp_min_param_size": 2**18},
+      # Mesh axes (data, fsdp, tensor); data=-1 takes the remaining devices. `rules` maps
+      # logical param axes to mesh axes as (name, axis) pairs; empty = the defaults in
+      # vivit_knn/train/sharding.py (embed->fsdp, heads->tensor, mlp->tensor).
+      "mesh": {"data": -1, "fsdp": 1, "tensor": 1, "fsdp_min_param_size": 2**18,
+               "rules": ()},
   })
 
 
@@ -169,12 +218,46 @@ def _check_spacetime(cfg: ConfigDict, field: str) -> None:
            f"must be >= 1 (the temporal-attention head), got {cfg.head_layers}")
 
 
+def _check_student(cfg: ConfigDict, field: str) -> None:
+  """The distillation student's keys."""
+  st = cfg.student
+  _require(cfg.classifier == "token", f"{field}.classifier",
+           f"must be 'token' for the student (its branches read the CLS), got {cfg.classifier!r}")
+  _require(0 <= st.mhca_layers <= cfg.num_layers, f"{field}.student.mhca_layers",
+           f"must be in [0, num_layers={cfg.num_layers}], got {st.mhca_layers}")
+  _require(st.branch_heads >= 0 and (st.branch_heads == 0 or cfg.num_layers % st.branch_heads == 0),
+           f"{field}.student.branch_heads",
+           f"must be 0 or divide num_layers={cfg.num_layers}, got {st.branch_heads}")
+  _require(st.aligner_features >= 0, f"{field}.student.aligner_features",
+           f"must be >= 0, got {st.aligner_features}")
+  _require(st.aligner_kernel >= 1, f"{field}.student.aligner_kernel",
+           f"must be >= 1, got {st.aligner_kernel}")
+
+
+def _check_cast(cfg: ConfigDict, field: str) -> None:
+  """CAST's keys (its experts and cross-attention are dense)."""
+  c = cfg.cast
+  _require(cfg.attention.kind == "dense", f"{field}.attention.kind",
+           f"must be 'dense' for cast (pretrained dense experts), got {cfg.attention.kind!r}")
+  _require(c.cross_dim >= 1 and c.cross_dim % cfg.num_heads == 0, f"{field}.cast.cross_dim",
+           f"must be a positive multiple of num_heads={cfg.num_heads}, got {c.cross_dim}")
+  _require(c.adapter_dim >= 1, f"{field}.cast.adapter_dim", f"must be >= 1, got {c.adapter_dim}")
+  _require(c.num_verbs >= 0 and c.num_nouns >= 0 and (c.num_verbs > 0) == (c.num_nouns > 0),
+           f"{field}.cast.num_verbs",
+           f"num_verbs and num_nouns must both be 0 (one head) or both > 0 (EPIC-Kitchens), "
+           f"got {c.num_verbs} and {c.num_nouns}")
+
+
 def check_model(cfg: ConfigDict, input_shape: Sequence[int], field: str = "model") -> None:
   """Checks model hyper-parameters against one clip's `(T, H, W, C)`; errors name the field."""
   _require(cfg.name in model_registry.MODEL_NAMES, f"{field}.name",
            f"must be one of {model_registry.MODEL_NAMES}, got {cfg.name!r}")
   if cfg.name == "vivit":
     _check_vivit(cfg, field)
+  elif cfg.name == "student":
+    _check_student(cfg, field)
+  elif cfg.name == "cast":
+    _check_cast(cfg, field)
   else:
     _check_spacetime(cfg, field)
   _require((cfg.kernel_init_method or None) in KERNEL_INIT_METHODS, f"{field}.kernel_init_method",
@@ -209,13 +292,14 @@ def check_init_from(cfg: ConfigDict, field: str = "init_from") -> None:
 
 
 def check_training(config: ConfigDict, num_devices: int, process_count: int = 1) -> None:
-  """Checks batch sizes and loop settings against the device count."""
+  """Checks batch sizes and loop settings against the number of batch shards."""
   tr = config.train
   _require(tr.global_batch_size >= 1, "train.global_batch_size", "must be >= 1")
   _require(tr.global_batch_size % num_devices == 0, "train.global_batch_size",
-           f"{tr.global_batch_size} is not divisible by the {num_devices} devices")
+           f"{tr.global_batch_size} is not divisible by the {num_devices} batch shards "
+           "(mesh.data x mesh.fsdp)")
   _require(config.eval.global_batch_size % num_devices == 0, "eval.global_batch_size",
-           f"{config.eval.global_batch_size} is not divisible by the {num_devices} devices")
+           f"{config.eval.global_batch_size} is not divisible by the {num_devices} batch shards")
   _require(tr.global_batch_size % process_count == 0, "train.global_batch_size",
            f"not divisible by {process_count} processes")
   _require(tr.num_train_steps > 0 or tr.num_epochs > 0, "train.num_train_steps",
@@ -223,6 +307,11 @@ def check_training(config: ConfigDict, num_devices: int, process_count: int = 1)
   _require(tr.checkpoint_every_steps >= 1, "train.checkpoint_every_steps", "must be >= 1")
   _require(tr.keep_checkpoints >= 1, "train.keep_checkpoints", "must be >= 1")
   _require(tr.log_every_steps >= 1, "train.log_every_steps", "must be >= 1")
+  _require(tr.grad_accum_steps >= 1, "train.grad_accum_steps", "must be >= 1")
+  _require(tr.global_batch_size % (tr.grad_accum_steps * num_devices) == 0,
+           "train.grad_accum_steps",
+           f"global_batch_size={tr.global_batch_size} must split into {tr.grad_accum_steps} "
+           f"micro-batches that each divide over the {num_devices} batch shards")
   _require(0.0 <= config.loss.label_smoothing < 1.0, "loss.label_smoothing", "must be in [0, 1)")
   _require(config.loss.mixup_alpha >= 0.0, "loss.mixup_alpha", "must be >= 0")
 
@@ -235,3 +324,49 @@ def validate(config: ConfigDict, input_shape: Optional[Sequence[int]] = None,
     check_model(config.model, input_shape)
   check_init_from(config.init_from)
   check_training(config, num_devices, process_count)
+  check_distill(config)
+
+
+def check_distill(config: ConfigDict) -> None:
+  """Checks `config.distill` and that the student model has the parts its method needs."""
+  ds = config.distill
+  _require(ds.method in DISTILL_METHODS, "distill.method",
+           f"must be one of {DISTILL_METHODS} ('' = off), got {ds.method!r}")
+  if not ds.method:
+    return
+  _require(0.0 <= ds.alpha <= 1.0, "distill.alpha", f"must be in [0, 1], got {ds.alpha}")
+  _require(ds.beta >= 0.0, "distill.beta", f"must be >= 0, got {ds.beta}")
+  _require(ds.tau > 0.0, "distill.tau", f"must be > 0, got {ds.tau}")
+  _require(ds.eta > 0.0, "distill.eta", f"must be > 0, got {ds.eta}")
+  _require(ds.stage1_steps >= 0, "distill.stage1_steps", f"must be >= 0, got {ds.stage1_steps}")
+  _require(ds.stage1_epochs >= 0.0, "distill.stage1_epochs",
+           f"must be >= 0, got {ds.stage1_epochs}")
+  has_stage1 = ds.stage1_steps > 0 or ds.stage1_epochs > 0
+  if has_stage1:
+    _require(ds.stage1.depth in resnet.DEPTHS, "distill.stage1.depth",
+             f"must be one of {sorted(resnet.DEPTHS)}, got {ds.stage1.depth}")
+    _require(ds.stage1.checkpoint_format in STAGE1_CHECKPOINT_FORMATS,
+             "distill.stage1.checkpoint_format",
+             f"must be one of {STAGE1_CHECKPOINT_FORMATS}, got {ds.stage1.checkpoint_format!r}")
+    _require(ds.stage1.checkpoint_format == "none" or bool(ds.stage1.checkpoint_path),
+             "distill.stage1.checkpoint_path",
+             "is required: a torchvision ResNet state dict (.pth/.pt/.npz) fine-tuned on the "
+             "dataset's classes")
+    m = config.model
+    _require(m.name == "student", "model.name",
+             f"must be 'student' for distill.method={ds.method!r}, got {m.name!r}")
+    if ds.method == "fad":
+      channels = resnet.stage_channels(ds.stage1.depth)[-1]
+      _require(m.student.aligner_features == channels, "model.student.aligner_features",
+               f"must be {channels} (layer4 channels of ResNet-{ds.stage1.depth}) for "
+               f"distill.method='fad', got {m.student.aligner_features}")
+    else:
+      _require(m.student.branch_heads >= 1, "model.student.branch_heads",
+               "must be >= 1 (4 in the paper) for distill.method='fpld'")
+  steps = config.train.num_train_steps
+  stage1_covers_run = steps > 0 and ds.stage1_steps >= steps
+  if not stage1_covers_run:
+    _require(bool(ds.stage2.config_file), "distill.stage2.config_file",
+             "is required: the teacher transformer's config file (stage 2)")
+    _require(bool(ds.stage2.workdir), "distill.stage2.workdir",
+             "is required: the teacher's training run directory (its Orbax checkpoints)")

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 from typing import List, Tuple
 
 import jax
@@ -15,37 +14,36 @@ import orbax.checkpoint as ocp
 from vivit_knn import config as config_lib
 from vivit_knn.data.views import average_view_logits
 from vivit_knn.models.registry import build_model
+from vivit_knn.train.checkpoint import item_path, resolve, restore_on_host
 
 RUN_INFO = "run_info.json"
 
 
 def write_run_info(workdir: str, class_names, input_shape) -> str:
   """Records what inference needs from the dataset (class names, clip shape) in the workdir."""
-  os.makedirs(workdir, exist_ok=True)
-  path = os.path.join(workdir, RUN_INFO)
-  with open(path, "w") as f:
-    json.dump({"class_names": list(class_names), "input_shape": list(input_shape)}, f, indent=2)
-  return path
+  path = resolve(workdir) / RUN_INFO
+  path.parent.mkdir(parents=True, exist_ok=True)
+  path.write_text(json.dumps({"class_names": list(class_names),
+                              "input_shape": list(input_shape)}, indent=2))
+  return str(path)
 
 
 def read_run_info(workdir: str) -> dict:
   """Reads `run_info.json`; a clear error if the workdir was not written by training."""
-  path = os.path.join(workdir, RUN_INFO)
-  if not os.path.exists(path):
+  path = resolve(workdir) / RUN_INFO
+  if not path.exists():
     raise FileNotFoundError(f"{path} not found: --workdir must be a training run's directory")
-  with open(path) as f:
-    return json.load(f)
+  return json.loads(path.read_text())
 
 
 def restore_params(workdir: str) -> Tuple[dict, int]:
-  """Params of the newest checkpoint in `<workdir>/checkpoints`, restored on the host."""
-  directory = os.path.join(os.path.abspath(workdir), "checkpoints")
+  """Params of the newest checkpoint in `<workdir>/checkpoints`, as host arrays."""
+  directory = resolve(workdir) / "checkpoints"
   with ocp.CheckpointManager(directory) as manager:
     step = manager.latest_step()
-    if step is None:
-      raise FileNotFoundError(f"--workdir={workdir} holds no checkpoint (looked in {directory})")
-    state = manager.restore(step, args=ocp.args.StandardRestore())
-  return state["params"], step
+  if step is None:
+    raise FileNotFoundError(f"--workdir={workdir} holds no checkpoint (looked in {directory})")
+  return restore_on_host(item_path(workdir, step))["params"], step
 
 
 def predict_video(config: ml_collections.ConfigDict, workdir: str, video: str,

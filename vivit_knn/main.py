@@ -28,11 +28,22 @@ _MODE = flags.DEFINE_enum("mode", "train", MODES,
                           "eval: evaluate the latest checkpoint in --workdir; "
                           "infer: print the top-5 classes for --video.")
 _VIDEO = flags.DEFINE_string("video", None, "Video file for --mode=infer.")
+_COORDINATOR = flags.DEFINE_string(
+    "coordinator_address", None,
+    "host:port of process 0 for multi-process runs. Not needed on TPU pods or under SLURM, "
+    "where JAX finds it.")
+_NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "Number of processes (with "
+                                      "--coordinator_address).")
+_PROCESS_ID = flags.DEFINE_integer("process_id", None, "This process's index (with "
+                                   "--coordinator_address).")
 
 
 def main(argv) -> int:
   """Runs the selected mode."""
   del argv
+  from vivit_knn.train import distributed
+  distributed.maybe_initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
+  import jax
   from vivit_knn.train import evaluation, trainer  # heavy imports after flag parsing
 
   config, workdir = _CONFIG.value, _WORKDIR.value
@@ -42,7 +53,9 @@ def main(argv) -> int:
     raise app.UsageError("--workdir is required: the run's checkpoints and logs go there")
   if _MODE.value == "train":
     result = trainer.train(config, workdir)
-    if "eval" in result:
+    if result.get("preempted"):
+      print(f"preempted at step {result['step']}: checkpoint saved, rerun to resume")
+    if "eval" in result and jax.process_index() == 0:
       print(evaluation.format_result(result["eval"], result["class_names"]))
       for name, path in result["eval_paths"].items():
         print(f"{name}: {path}")
@@ -71,6 +84,9 @@ def run() -> None:
     except (ValueError, FileNotFoundError) as err:
       print(f"error: {err}", file=sys.stderr)
       return 2
+    except FloatingPointError as err:
+      print(f"error: {err}", file=sys.stderr)
+      return 3
 
   app.run(guarded)
 

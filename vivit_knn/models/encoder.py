@@ -55,6 +55,16 @@ class MlpBlock(nn.Module):
     return nn.Dropout(self.dropout_rate)(x, deterministic=deterministic)
 
 
+def quick_gelu(x: jax.Array) -> jax.Array:
+  """CLIP's GELU approximation `x * sigmoid(1.702 x)`."""
+  return x * jax.nn.sigmoid(1.702 * x)
+
+
+def exact_gelu(x: jax.Array) -> jax.Array:
+  """The erf GELU (PyTorch's `nn.GELU()` default); flax's `nn.gelu` is the tanh form."""
+  return nn.gelu(x, approximate=False)
+
+
 def drop_path(module: nn.Module, x: jax.Array, rate: float, deterministic: bool) -> jax.Array:
   """Stochastic depth: zeroes whole examples of a residual branch with probability `rate`.
 
@@ -76,11 +86,24 @@ def _attention(spec: AttentionSpec, num_heads: int, rate: float, dtype: Dtype,
       factorized=factorized, dropout_rate=rate, dtype=dtype, name=name)
 
 
+BLOCK_PARTS = ("all", "attention", "mlp")
+
+
 class EncoderBlock(nn.Module):
   """Pre-LN transformer block: x + Attn(LN(x)), then x + MLP(LN(x)).
 
   With `factorized=True` (ViViT model 4) the input is `[B, T, S, D]` and half the
   heads attend along time, half along space.
+
+  Options for pretrained image/video experts (CLIP, VideoMAE): `mlp_activation`
+  (e.g. `quick_gelu`), `layer_norm_epsilon`, and adapter hooks. A hook is a module
+  factory called with `name=`; its module is applied as `adapter(y,
+  deterministic=...)`. `attention_adapter` (child `attention_adapter`) replaces the
+  attention output y by its result; `mlp_adapter` (child `mlp_adapter`) sees the
+  MLP's normalised input and its result is added to the MLP output.
+  `part='attention'` / `'mlp'` applies only that residual half, so another
+  computation can run between the halves while the parameters stay those of one
+  block.
   """
 
   mlp_dim: int
@@ -91,21 +114,36 @@ class EncoderBlock(nn.Module):
   attention_dropout_rate: float = 0.0
   droppath_rate: float = 0.0
   dtype: Dtype = jnp.float32
+  mlp_activation: Callable[[jax.Array], jax.Array] = nn.gelu
+  layer_norm_epsilon: float = 1e-6
+  attention_adapter: Optional[Callable[..., nn.Module]] = None
+  mlp_adapter: Optional[Callable[..., nn.Module]] = None
 
   @nn.compact
-  def __call__(self, x: jax.Array, deterministic: bool) -> jax.Array:
-    """Applies the block to tokens `[B, N, D]` (or `[B, T, S, D]` when factorised)."""
-    y = nn.LayerNorm(dtype=self.dtype, name="LayerNorm_0")(x)
-    y = _attention(self.attention, self.num_heads, self.attention_dropout_rate,
-                   self.dtype, "MultiHeadDotProductAttention_0",
-                   factorized=self.factorized)(y, deterministic=deterministic)
-    y = nn.Dropout(self.dropout_rate)(y, deterministic=deterministic)
-    x = x + drop_path(self, y, self.droppath_rate, deterministic)
+  def __call__(self, x: jax.Array, deterministic: bool, part: str = "all") -> jax.Array:
+    """Applies the block (or one `part` of it) to tokens `[B, N, D]` (`[B, T, S, D]` when factorised)."""
+    if part not in BLOCK_PARTS:
+      raise ValueError(f"part must be one of {BLOCK_PARTS}, got {part!r}")
+    layer_norm = lambda name: nn.LayerNorm(epsilon=self.layer_norm_epsilon, dtype=self.dtype,
+                                           name=name)
+    if part != "mlp":
+      y = layer_norm("LayerNorm_0")(x)
+      y = _attention(self.attention, self.num_heads, self.attention_dropout_rate,
+                     self.dtype, "MultiHeadDotProductAttention_0",
+                     factorized=self.factorized)(y, deterministic=deterministic)
+      if self.attention_adapter is not None:
+        y = self.attention_adapter(name="attention_adapter")(y, deterministic=deterministic)
+      y = nn.Dropout(self.dropout_rate)(y, deterministic=deterministic)
+      x = x + drop_path(self, y, self.droppath_rate, deterministic)
+      if part == "attention":
+        return x
 
-    y = nn.LayerNorm(dtype=self.dtype, name="LayerNorm_1")(x)
-    y = MlpBlock(self.mlp_dim, dropout_rate=self.dropout_rate, dtype=self.dtype,
-                 name="MlpBlock_0")(y, deterministic=deterministic)
-    return x + drop_path(self, y, self.droppath_rate, deterministic)
+    y = layer_norm("LayerNorm_1")(x)
+    z = MlpBlock(self.mlp_dim, dropout_rate=self.dropout_rate, activation=self.mlp_activation,
+                 dtype=self.dtype, name="MlpBlock_0")(y, deterministic=deterministic)
+    if self.mlp_adapter is not None:
+      z = z + self.mlp_adapter(name="mlp_adapter")(y, deterministic=deterministic)
+    return x + drop_path(self, z, self.droppath_rate, deterministic)
 
 
 class FactorizedSelfAttentionBlock(nn.Module):

@@ -6,13 +6,39 @@ import os
 from typing import Any, Optional
 
 import jax
+import numpy as np
 import orbax.checkpoint as ocp
+from etils import epath
+
+
+def resolve(workdir: str) -> epath.Path:
+  """The workdir as a path Orbax can use: absolute if local, untouched if remote (gs://...)."""
+  if "://" in str(workdir):
+    return epath.Path(workdir)
+  return epath.Path(os.path.abspath(workdir))
 
 
 def abstract_like(tree: Any) -> Any:
   """ShapeDtypeStructs (carrying each leaf's sharding) to restore `tree`'s layout into."""
   return jax.tree.map(
       lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=getattr(x, "sharding", None)), tree)
+
+
+def item_path(workdir: str, step: int) -> epath.Path:
+  """Directory of the train state saved at `step` under `workdir`."""
+  return resolve(workdir) / "checkpoints" / str(step) / "default"
+
+
+def restore_on_host(path: epath.Path) -> Any:
+  """Restores a saved pytree as host numpy arrays, whatever mesh or devices wrote it.
+
+  For inference, weight export and tests; training restores onto shardings instead.
+  """
+  path = epath.Path(path)
+  tree = ocp.PyTreeCheckpointHandler().metadata(path).tree
+  args = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), tree)
+  with ocp.PyTreeCheckpointer() as ckptr:
+    return ckptr.restore(path, args=ocp.args.PyTreeRestore(restore_args=args))
 
 
 class Checkpointer:
@@ -22,7 +48,7 @@ class Checkpointer:
   """
 
   def __init__(self, workdir: str, *, keep: int = 3, save_every: int = 1):
-    self.directory = os.path.join(os.path.abspath(workdir), "checkpoints")
+    self.directory = str(resolve(workdir) / "checkpoints")
     self.save_every = save_every
     # The interval is applied here: Orbax's own policy would also save the first step.
     options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=True)

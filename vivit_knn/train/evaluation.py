@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import json
 import os
+import tempfile
 from typing import Any, Dict, Optional
 
 import jax
 import numpy as np
+from etils import epath
 
 from vivit_knn.train import metrics, sharding, steps
+from vivit_knn.train.checkpoint import resolve
 from vivit_knn.train.experiment import Experiment
 from vivit_knn.train.summary import MetricWriter
 
@@ -36,28 +39,28 @@ def write_eval_report(exp: Experiment, result: Dict[str, Any], workdir: str, ste
   """
   if jax.process_index() != 0:
     return {}
-  out_dir = os.path.join(workdir, "eval")
-  os.makedirs(out_dir, exist_ok=True)
+  out_dir = resolve(workdir) / "eval"
+  out_dir.mkdir(parents=True, exist_ok=True)
   names = exp.dataset.info.class_names
   paths = {}
   report = metrics.format_per_class_report(result["confusion_matrix"], names)
-  paths["per_class"] = os.path.join(out_dir, f"per_class_step_{step}.txt")
-  with open(paths["per_class"], "w") as f:
-    f.write(report + "\n")
+  paths["per_class"] = str(out_dir / f"per_class_step_{step}.txt")
+  epath.Path(paths["per_class"]).write_text(report + "\n")
   if exp.config.eval.confusion_matrix:
-    paths["confusion_matrix"] = metrics.save_confusion_matrix_png(
-        result["confusion_matrix"], names,
-        os.path.join(out_dir, f"confusion_matrix_step_{step}.png"),
-        title=f"{exp.config.experiment_name} step {step}")
+    paths["confusion_matrix"] = str(out_dir / f"confusion_matrix_step_{step}.png")
+    with tempfile.TemporaryDirectory() as tmp:  # matplotlib writes local files only
+      local = metrics.save_confusion_matrix_png(
+          result["confusion_matrix"], names, os.path.join(tmp, "cm.png"),
+          title=f"{exp.config.experiment_name} step {step}")
+      epath.Path(paths["confusion_matrix"]).write_bytes(epath.Path(local).read_bytes())
   summary = {k: float(result[k]) for k in ("top1", "top5", "loss")}
   summary["num_examples"] = int(result["num_examples"])
   summary["step"] = int(step)
   summary["per_class_accuracy"] = {
       n: (None if np.isnan(a) else float(a))
       for n, a in zip(names, result["per_class_accuracy"])}
-  paths["results"] = os.path.join(out_dir, f"results_step_{step}.json")
-  with open(paths["results"], "w") as f:
-    json.dump(summary, f, indent=2)
+  paths["results"] = str(out_dir / f"results_step_{step}.json")
+  epath.Path(paths["results"]).write_text(json.dumps(summary, indent=2))
   if writer is not None:
     writer.write_scalars(step, {f"eval/{k}": summary[k] for k in ("top1", "top5", "loss")})
     writer.flush()

@@ -19,6 +19,7 @@ from vivit_knn.data.base import VideoDataset
 from vivit_knn.data.registry import build_dataset
 from vivit_knn.models.registry import build_model
 from vivit_knn.train import optim, sharding
+from vivit_knn.train.objectives import Objective, build_objective
 
 
 @flax.struct.dataclass
@@ -41,6 +42,7 @@ class Experiment:
   optimizer: optax.GradientTransformation
   schedule: Callable[[Any], Any]
   total_steps: int
+  objective: Objective = dataclasses.field(default_factory=Objective)
 
   @property
   def num_classes(self) -> int:
@@ -63,11 +65,11 @@ class Experiment:
   def state_shardings(self) -> TrainState:
     """Shardings of every leaf of the train state on the mesh."""
     abstract = jax.eval_shape(self._init_state, jax.random.key(0))
-    min_size = self.config.mesh.fsdp_min_param_size
+    mesh_cfg = self.config.mesh
     return TrainState(
         step=sharding.replicated(self.mesh),
-        params=sharding.tree_shardings(abstract.params, self.mesh, min_size),
-        opt_state=sharding.tree_shardings(abstract.opt_state, self.mesh, min_size))
+        params=sharding.tree_shardings(abstract.params, self.mesh, mesh_cfg),
+        opt_state=sharding.tree_shardings(abstract.opt_state, self.mesh, mesh_cfg))
 
   def abstract_state(self) -> TrainState:
     """Shapes, dtypes and shardings of the train state, without allocating it."""
@@ -98,10 +100,12 @@ def build_experiment(config: ml_collections.ConfigDict,
   config_lib.check_keys(config)
   dataset = build_dataset(config.dataset)
   mesh = sharding.make_mesh(config.mesh, devices)
-  config_lib.validate(config, dataset.info.input_shape, num_devices=mesh.size,
+  config_lib.validate(config, dataset.info.input_shape,
+                      num_devices=sharding.data_parallel_size(mesh),
                       process_count=jax.process_count())
   model = build_model(config.model, dataset.info.num_classes)
   total = total_train_steps(config, dataset.info.num_train_examples)
   tx, schedule = optim.build_optimizer(config.optimizer, total)
   return Experiment(config=config, dataset=dataset, model=model, mesh=mesh,
-                    optimizer=tx, schedule=schedule, total_steps=total)
+                    optimizer=tx, schedule=schedule, total_steps=total,
+                    objective=build_objective(config))

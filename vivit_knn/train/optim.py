@@ -11,13 +11,28 @@ a 1-D shape if that is not wanted.
   conventional "SGD with weight decay" (equivalent to L2 regularisation).
 * ``adamw``: ``clip -> adamw(schedule, b1, b2, wd, mask)``: decoupled decay
   applied after the Adam normalisation and scaled by the learning rate.
+
+Freezing: with ``trainable_patterns`` (regexes searched in '/'-joined parameter
+paths) only matching parameters train; the chain above runs on them alone (its
+clipping norm and optimiser state included), and every other parameter gets an
+exact zero update, so it stays bitwise unchanged and is never decayed. Empty
+means everything trains.
+
+Layer-wise learning-rate decay (``layer_decay`` < 1): the update of a parameter
+in layer ``l`` is scaled by ``layer_decay ** (L + 1 - l)``, where ``L`` is the
+number of blocks, ``l = i + 1`` for parameters under a ``*block_<i>`` module,
+``l = 0`` for the stem (patch embedding, class token, position embedding,
+``ln_pre``) and ``l = L + 1`` (scale 1) for everything else (final norms,
+heads). Block indices are read from the names, so the blocks of parallel
+stacks (CAST's two experts and its cross blocks) share a layer.
 """
 
 from __future__ import annotations
 
 import math
 import numbers
-from typing import Any, Callable, Mapping
+import re
+from typing import Any, Callable, Mapping, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -29,6 +44,9 @@ __all__ = [
     "build_schedule",
     "build_optimizer",
     "weight_decay_mask",
+    "trainable_mask",
+    "layer_ids",
+    "scale_by_layer_decay",
 ]
 
 Schedule = Callable[[Any], jax.Array]
@@ -50,6 +68,10 @@ def default_config() -> ml_collections.ConfigDict:
           "beta2": 0.999,
           "weight_decay": 0.0,
           "grad_clip_norm": 1.0,
+          # Regexes on '/'-joined parameter paths; () = every parameter trains.
+          "trainable_patterns": (),
+          # Layer-wise lr decay factor; 1.0 = off.
+          "layer_decay": 1.0,
       }
   )
 
@@ -149,13 +171,83 @@ def weight_decay_mask(params: Any) -> Any:
   return jax.tree.map(lambda p: jnp.ndim(p) > 1, params)
 
 
+def _path(key_path) -> str:
+  return "/".join(str(getattr(k, "key", getattr(k, "name", k))) for k in key_path)
+
+
+def trainable_mask(params: Any, patterns: Sequence[str]) -> Any:
+  """Pytree of booleans: ``True`` where a pattern matches the parameter's path (all if none).
+
+  Raises:
+    ValueError: naming ``optimizer.trainable_patterns`` when the patterns match
+      no parameter (or one is not a valid regex).
+  """
+  if not patterns:
+    return jax.tree.map(lambda _: True, params)
+  try:
+    compiled = [re.compile(p) for p in patterns]
+  except re.error as err:
+    raise ValueError(f"optimizer.trainable_patterns: invalid regex: {err}") from None
+  mask = jax.tree_util.tree_map_with_path(
+      lambda kp, _: any(c.search(_path(kp)) for c in compiled), params)
+  if not any(jax.tree.leaves(mask)):
+    raise ValueError(f"optimizer.trainable_patterns={tuple(patterns)} match no parameter")
+  return mask
+
+
+_BLOCK_NAME = re.compile(r"block_(\d+)$")
+_STEM_NAMES = frozenset({
+    "embedding", "cls", "posembed_input", "time_embed", "cls_SpatialTransformer",
+    "cls_TemporalTransformer", "conv1", "class_embedding", "positional_embedding", "ln_pre",
+    "patch_embed"})
+
+
+def _layer_of(path: str) -> int | None:
+  """Block index + 1, 0 for the stem, None for the rest (see the module doc)."""
+  names = path.split("/")
+  for name in names:
+    match = _BLOCK_NAME.search(name)
+    if match:
+      return int(match.group(1)) + 1
+  return 0 if _STEM_NAMES.intersection(names) else None
+
+
+def _layers(tree: Any) -> tuple[Any, int]:
+  """(pytree of layer ids, L + 1) for the parameter paths of ``tree``."""
+  is_leaf = lambda x: x is None
+  layers = jax.tree_util.tree_map_with_path(lambda kp, _: _layer_of(_path(kp)), tree)
+  top = max((l for l in jax.tree.leaves(layers, is_leaf=is_leaf) if l is not None),
+            default=0) + 1
+  return jax.tree.map(lambda l: top if l is None else l, layers, is_leaf=is_leaf), top
+
+
+def layer_ids(params: Any) -> Any:
+  """Pytree of ints: each parameter's layer for ``layer_decay`` (see the module doc)."""
+  return _layers(params)[0]
+
+
+def scale_by_layer_decay(decay: float) -> optax.GradientTransformation:
+  """Scales each update by ``decay ** (L + 1 - layer)`` (layers from the update tree's paths)."""
+
+  def update_fn(updates, state, params=None):
+    del params
+    ids, top = _layers(updates)
+    updates = jax.tree.map(lambda u, l: u * jnp.asarray(decay ** (top - l), u.dtype),
+                           updates, ids)
+    return updates, state
+
+  return optax.GradientTransformation(lambda params: optax.EmptyState(), update_fn)
+
+
 def build_optimizer(config: Any, total_steps: int) -> tuple[optax.GradientTransformation, Schedule]:
   """Builds the gradient transformation and its learning-rate schedule.
 
   Chain: optional global-norm clipping (``grad_clip_norm``; ``None`` or
   ``<= 0`` disables it), weight decay on ``ndim > 1`` parameters (see the
   module docstring for how it differs between ``sgd`` and ``adamw``), then
-  the optimiser driven by :func:`build_schedule`.
+  the optimiser driven by :func:`build_schedule`; restricted to
+  ``trainable_patterns`` and followed by the ``layer_decay`` scaling when those
+  are set.
 
   Args:
     config: optimiser ``ConfigDict`` with the fields of :func:`default_config`.
@@ -212,4 +304,18 @@ def build_optimizer(config: Any, total_steps: int) -> tuple[optax.GradientTransf
             mask=weight_decay_mask,
         )
     )
-  return optax.chain(*parts), schedule
+  tx = optax.chain(*parts)
+  patterns = tuple(cfg["trainable_patterns"] or ())
+  if not all(isinstance(p, str) for p in patterns):
+    raise ValueError(f"optimizer.trainable_patterns must be regex strings, got {patterns!r}")
+  if patterns:
+    tx = optax.multi_transform(
+        {"trainable": tx, "frozen": optax.set_to_zero()},
+        lambda params: jax.tree.map(lambda t: "trainable" if t else "frozen",
+                                    trainable_mask(params, patterns)))
+  layer_decay = _check_number(cfg, "layer_decay")
+  if not 0.0 < layer_decay <= 1.0:
+    raise ValueError(f"optimizer.layer_decay must be in (0, 1], got {layer_decay}")
+  if layer_decay < 1.0:
+    tx = optax.chain(tx, scale_by_layer_decay(layer_decay))
+  return tx, schedule

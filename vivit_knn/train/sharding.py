@@ -1,58 +1,141 @@
-"""Device mesh `(data, fsdp)` and the shardings of params and batches on it.
+"""Device mesh `(data, fsdp, tensor)` and rule-based shardings of params and batches.
 
-The batch is split over both axes (FSDP is data parallel too). A parameter is
-sharded over `fsdp` along its largest dimension that divides evenly, once it has
-at least `fsdp_min_param_size` elements; smaller ones are replicated.
+Every parameter gets logical axis names from its path and shape (`embed`,
+`heads`, `mlp`, ...; see `logical_axes`). `config.mesh.rules` maps logical names
+to mesh axes, so one table gives data parallelism (everything replicated),
+FSDP (`embed` over `fsdp`) and Megatron-style tensor parallelism (attention
+heads and the MLP hidden dimension over `tensor`: column-parallel first layers,
+row-parallel second layers). XLA's partitioner derives the activation layouts
+and collectives from these placements under `jax.jit`.
+
+A logical axis is only mapped when the dimension divides evenly by the mesh
+axes it maps to, and small tensors (< `fsdp_min_param_size` elements) are not
+FSDP-sharded; otherwise that dimension stays replicated.
 """
 
 from __future__ import annotations
 
-from typing import Any, Optional
+import re
+from typing import Any, Dict, Optional, Sequence, Tuple
 
 import jax
 import ml_collections
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
-MESH_AXES = ("data", "fsdp")
+MESH_AXES = ("data", "fsdp", "tensor")
 BATCH_AXES = ("data", "fsdp")
 
+# Default logical -> mesh axis rules (overridable with config.mesh.rules).
+DEFAULT_RULES = (
+    ("embed", "fsdp"),
+    ("heads", "tensor"),
+    ("mlp", "tensor"),
+    ("kv", None),
+    ("vocab", None),
+)
 
-def make_mesh(cfg: ml_collections.ConfigDict, devices: Optional[list] = None) -> Mesh:
-  """Builds the `(data, fsdp)` mesh from `config.mesh`; `data=-1` takes the remaining devices."""
+# (path regex, logical axes by rank). First match wins; paths are '/'-joined.
+_PARAM_AXES = (
+    (r"(^|/)(query|key|value)/kernel$", ("embed", "heads", "kv")),
+    (r"(^|/)(query|key|value)/bias$", ("heads", "kv")),
+    (r"(^|/)out/kernel$", ("heads", "kv", "embed")),
+    (r"Mlp\w*/Dense_0/kernel$", ("embed", "mlp")),
+    (r"Mlp\w*/Dense_0/bias$", ("mlp",)),
+    (r"Mlp\w*/Dense_1/kernel$", ("mlp", "embed")),
+)
+
+
+def make_mesh(cfg: ml_collections.ConfigDict, devices: Optional[Sequence] = None) -> Mesh:
+  """Builds the `(data, fsdp, tensor)` mesh from `config.mesh`; `data=-1` fills the rest."""
   devices = list(devices if devices is not None else jax.devices())
   n = len(devices)
-  fsdp = cfg.fsdp
-  if fsdp < 1 or n % fsdp:
-    raise ValueError(f"mesh.fsdp={fsdp} must be >= 1 and divide the {n} devices")
-  data = n // fsdp if cfg.data == -1 else cfg.data
-  if data * fsdp != n:
-    raise ValueError(f"mesh.data x mesh.fsdp = {data} x {fsdp} must equal the {n} devices "
-                     "(use mesh.data=-1 to fill)")
-  return Mesh(np.asarray(devices).reshape(data, fsdp), MESH_AXES)
+  fsdp, tensor = cfg.fsdp, cfg.get("tensor", 1)
+  if fsdp < 1 or tensor < 1 or n % (fsdp * tensor):
+    raise ValueError(f"mesh.fsdp={fsdp} x mesh.tensor={tensor} must be >= 1 and divide the "
+                     f"{n} devices")
+  data = n // (fsdp * tensor) if cfg.data == -1 else cfg.data
+  if data * fsdp * tensor != n:
+    raise ValueError(f"mesh.data x mesh.fsdp x mesh.tensor = {data} x {fsdp} x {tensor} must "
+                     f"equal the {n} devices (use mesh.data=-1 to fill)")
+  return Mesh(np.asarray(devices).reshape(data, fsdp, tensor), MESH_AXES)
 
 
-def param_spec(shape, fsdp_size: int, min_size: int) -> P:
-  """PartitionSpec for one parameter: its largest evenly divisible dim over `fsdp`, else replicated."""
-  if fsdp_size <= 1 or int(np.prod(shape, dtype=np.int64)) < min_size:
-    return P()
-  for dim in sorted(range(len(shape)), key=lambda i: -shape[i]):
-    if shape[dim] % fsdp_size == 0:
-      spec = [None] * len(shape)
-      spec[dim] = "fsdp"
-      return P(*spec)
-  return P()
+def logical_axes(path: str, ndim: int) -> Tuple[Optional[str], ...]:
+  """Logical axis names of a parameter (or optimizer slot) at `path` with rank `ndim`.
+
+  Attention and MLP weights get named axes; any other parameter names its
+  largest dimension `embed` (FSDP candidate) and leaves the rest unnamed.
+  """
+  for pattern, axes in _PARAM_AXES:
+    if re.search(pattern, path) and len(axes) == ndim:
+      return axes
+  return (None,) * ndim
 
 
-def tree_shardings(tree: Any, mesh: Mesh, min_size: int) -> Any:
-  """NamedShardings for every array leaf of `tree` (params, optimizer state) by `param_spec`."""
-  fsdp = mesh.shape["fsdp"]
-  return jax.tree.map(
-      lambda x: NamedSharding(mesh, param_spec(np.shape(x), fsdp, min_size)), tree)
+def _path_str(path) -> str:
+  parts = []
+  for key in path:
+    for attr in ("key", "name", "idx"):
+      if hasattr(key, attr):
+        parts.append(str(getattr(key, attr)))
+        break
+  return "/".join(parts)
+
+
+def param_spec(path: str, shape: Sequence[int], mesh: Mesh, rules: Dict[str, Any],
+               min_size: int) -> P:
+  """PartitionSpec for one array from its logical axes, the rules and divisibility."""
+  axes = list(logical_axes(path, len(shape)))
+  big = int(np.prod(shape, dtype=np.int64)) >= min_size
+  if big and "embed" not in axes and shape:
+    # Unnamed tensors (embeddings, conv kernels, norms) are FSDP-sharded on their largest dim.
+    for dim in sorted(range(len(shape)), key=lambda i: -shape[i]):
+      if axes[dim] is None and shape[dim] % mesh.shape["fsdp"] == 0:
+        axes[dim] = "embed"
+        break
+  spec = []
+  for dim, name in zip(shape, axes):
+    target = rules.get(name) if name else None
+    if target == "fsdp" and not big:
+      target = None
+    if target is not None:
+      size = int(np.prod([mesh.shape[a] for a in np.atleast_1d(target)]))
+      if size == 1 or dim % size:
+        target = None
+    spec.append(target)
+  return P(*spec)
+
+
+def mesh_rules(cfg: ml_collections.ConfigDict) -> Dict[str, Any]:
+  """The logical -> mesh axis table from `config.mesh.rules` (pairs), or the defaults."""
+  rules = cfg.get("rules") or DEFAULT_RULES
+  table = {}
+  for pair in rules:
+    if len(pair) != 2:
+      raise ValueError(f"mesh.rules entries must be (logical_name, mesh_axis), got {pair!r}")
+    name, axis = pair
+    for a in np.atleast_1d(axis) if axis is not None else ():
+      if a not in MESH_AXES:
+        raise ValueError(f"mesh.rules maps {name!r} to unknown mesh axis {a!r}; "
+                         f"mesh axes are {MESH_AXES}")
+    table[name] = axis
+  return table
+
+
+def tree_shardings(tree: Any, mesh: Mesh, cfg: ml_collections.ConfigDict) -> Any:
+  """NamedShardings for every array leaf of `tree` (params or optimizer state)."""
+  rules = mesh_rules(cfg)
+  min_size = cfg.fsdp_min_param_size
+
+  def one(path, leaf):
+    return NamedSharding(mesh, param_spec(_path_str(path), np.shape(leaf), mesh, rules, min_size))
+
+  return jax.tree_util.tree_map_with_path(one, tree)
 
 
 def batch_sharding(mesh: Mesh) -> NamedSharding:
-  """Sharding of a batch: leading axis split over every device."""
+  """Sharding of a batch: leading axis split over the data-parallel axes."""
   return NamedSharding(mesh, P(BATCH_AXES))
 
 
@@ -66,3 +149,8 @@ def shard_batch(batch: dict, mesh: Mesh) -> dict:
   sharding = batch_sharding(mesh)
   return {k: jax.make_array_from_process_local_data(sharding, np.asarray(v))
           for k, v in batch.items()}
+
+
+def data_parallel_size(mesh: Mesh) -> int:
+  """Number of batch shards (the product of the data-parallel mesh axes)."""
+  return int(np.prod([mesh.shape[a] for a in BATCH_AXES]))

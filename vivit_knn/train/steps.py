@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Callable, Dict, Tuple
+from typing import Any, Callable, Dict, Tuple
 
 import jax
 import jax.numpy as jnp
@@ -13,31 +13,47 @@ from vivit_knn.train import losses, metrics, sharding
 from vivit_knn.train.experiment import Experiment, TrainState
 
 
-def make_train_step(exp: Experiment) -> Callable[[TrainState, Dict, jax.Array],
-                                                  Tuple[TrainState, Dict]]:
-  """Returns `step(state, batch, rng) -> (state, metrics)`, jitted with donated state.
+def make_train_step(exp: Experiment, frozen: Any = None, phase: str = "main") -> Callable[
+    [TrainState, Dict, jax.Array, Any], Tuple[TrainState, Dict]]:
+  """Returns `step(state, batch, rng, frozen) -> (state, metrics)`, jitted, state donated.
 
-  The step's randomness (mixup, dropout) is `fold_in(rng, state.step)`, so a
-  resumed run draws exactly what the uninterrupted run would have.
+  `frozen` holds the objective's frozen parameters (e.g. a teacher) for
+  `phase`; pass the same tree at every call. The step's randomness (mixup, dropout, objective) is
+  `fold_in(rng, state.step)`, so a resumed run draws exactly what the
+  uninterrupted run would have. Each objective term is reported as `loss/<name>`.
   """
   cfg = exp.config
   num_classes = exp.num_classes
 
-  def step_fn(state: TrainState, batch: Dict, rng: jax.Array):
+  accum = cfg.train.grad_accum_steps
+
+  def step_fn(state: TrainState, batch: Dict, rng: jax.Array, frozen: Any):
     step_rng = jax.random.fold_in(rng, state.step)
-    mix_rng, dropout_rng = jax.random.split(step_rng)
+    mix_rng, dropout_rng, objective_rng = jax.random.split(step_rng, 3)
     targets = losses.one_hot(batch["label"], num_classes,
                              label_smoothing=cfg.loss.label_smoothing)
     inputs = batch["inputs"]
     if cfg.loss.mixup_alpha > 0:
       inputs, targets = losses.mixup(mix_rng, inputs, targets, cfg.loss.mixup_alpha)
 
-    def loss_fn(params):
-      logits, _ = exp.model.apply({"params": params}, inputs, train=True,
-                                  rngs={"dropout": dropout_rng})
-      return losses.softmax_cross_entropy(logits, targets), logits
+    def loss_fn(params, micro):
+      inputs, targets, index = micro
+      logits, intermediates = exp.model.apply(
+          {"params": params}, inputs, train=True,
+          rngs={"dropout": jax.random.fold_in(dropout_rng, index)})
+      loss, terms = exp.objective(
+          frozen, phase=phase, inputs=inputs, targets=targets, logits=logits,
+          intermediates=intermediates, step=state.step,
+          rng=jax.random.fold_in(objective_rng, index))
+      if cfg.train.debug_nan_loss_at_step:
+        loss = jnp.where(state.step + 1 == cfg.train.debug_nan_loss_at_step, jnp.nan, loss)
+      return loss, (logits, terms)
 
-    (loss, logits), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+    grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
+    if accum == 1:
+      (loss, (logits, terms)), grads = grad_fn(state.params, (inputs, targets, 0))
+    else:
+      (loss, (logits, terms)), grads = _accumulate(grad_fn, state.params, inputs, targets, accum)
     updates, opt_state = exp.optimizer.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
     out = {
@@ -45,15 +61,51 @@ def make_train_step(exp: Experiment) -> Callable[[TrainState, Dict, jax.Array],
         "top1": jnp.mean(metrics.topk_correct(logits, batch["label"], 1)),
         "top5": jnp.mean(metrics.topk_correct(logits, batch["label"], 5)),
         "learning_rate": exp.schedule(state.step),
-        "grad_norm": optax.global_norm(grads),
+        "grad_norm": optax.tree.norm(grads),
+        **{f"loss/{name}": value for name, value in terms.items()},
     }
     return TrainState(step=state.step + 1, params=params, opt_state=opt_state), out
 
   state_sh = exp.state_shardings()
   batch_sh = sharding.batch_sharding(exp.mesh)
   rep = sharding.replicated(exp.mesh)
-  return jax.jit(step_fn, in_shardings=(state_sh, batch_sh, rep),
-                 out_shardings=(state_sh, rep), donate_argnums=(0,))
+  frozen = {} if frozen is None else frozen
+  jitted = jax.jit(step_fn, in_shardings=(state_sh, batch_sh, rep,
+                                          exp.objective.frozen_shardings(exp, frozen)),
+                   out_shardings=(state_sh, rep), donate_argnums=(0,))
+
+  def train_step(state, batch, rng, frozen_params=None):
+    return jitted(state, batch, rng, frozen if frozen_params is None else frozen_params)
+
+  return train_step
+
+
+def _accumulate(grad_fn, params, inputs, targets, accum: int):
+  """Mean loss, outputs and gradients over `accum` equal micro-batches, one at a time.
+
+  Micro-batch i takes rows i, i+accum, ... so that every device's slice of the
+  batch contributes equally to each micro-batch. Logits are returned in the
+  original row order.
+  """
+  b = inputs.shape[0]
+
+  def split(x):
+    return jnp.swapaxes(x.reshape((b // accum, accum) + x.shape[1:]), 0, 1)
+
+  def body(carry, micro):
+    (loss, (logits, terms)), grads = grad_fn(params, micro)
+    carry = jax.tree.map(jnp.add, carry, (loss, terms, grads))
+    return carry, logits
+
+  micro = (split(inputs), split(targets), jnp.arange(accum))
+  (loss_shape, (_, terms_shape)), grads_shape = jax.eval_shape(
+      grad_fn, params, jax.tree.map(lambda x: x[0], micro))
+  zeros = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype),
+                       (loss_shape, terms_shape, grads_shape))
+  (loss, terms, grads), logits = jax.lax.scan(body, zeros, micro)
+  mean = lambda t: jax.tree.map(lambda x: x / accum, t)
+  logits = jnp.swapaxes(logits, 0, 1).reshape((b,) + logits.shape[2:])
+  return (mean(loss), (logits, mean(terms))), mean(grads)
 
 
 def predict_views(exp: Experiment, params, inputs: jax.Array) -> jax.Array:

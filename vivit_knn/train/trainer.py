@@ -12,7 +12,7 @@ import numpy as np
 from absl import logging
 
 from vivit_knn.inference import write_run_info
-from vivit_knn.train import checkpoint, evaluation, sharding, steps
+from vivit_knn.train import checkpoint, evaluation, preemption, sharding, steps
 from vivit_knn.train.experiment import Experiment, TrainState, build_experiment
 from vivit_knn.train.summary import MetricWriter, ProgressBar
 
@@ -28,6 +28,16 @@ def restore_or_init(exp: Experiment, ckpt: checkpoint.Checkpointer) -> TrainStat
     logging.info("Resuming from checkpoint step %d in %s", ckpt.latest_step(), ckpt.directory)
     return ckpt.restore(exp.abstract_state())
   return exp.init_state(_rngs(exp.config.seed)[0])
+
+
+def _check_finite(history, step: int, ckpt: checkpoint.Checkpointer) -> None:
+  """Stops the run (keeping the last good checkpoint) if any recent loss is not finite."""
+  losses = np.asarray([h["loss"] for h in jax.device_get(history)])
+  if not np.all(np.isfinite(losses)):
+    ckpt.close()
+    raise FloatingPointError(
+        f"Non-finite training loss by step {step}; stopped without saving it. The last good "
+        f"checkpoint (step {ckpt.latest_step()}) is kept in {ckpt.directory}")
 
 
 def _mean_metrics(history) -> Dict[str, float]:
@@ -50,7 +60,7 @@ def train(config: ml_collections.ConfigDict, workdir: str,
     write_run_info(workdir, exp.dataset.info.class_names, exp.dataset.info.input_shape)
   state = restore_or_init(exp, ckpt)
   start = int(jax.device_get(state.step))
-  train_step = steps.make_train_step(exp)
+  phase, frozen, train_step = None, None, None
   train_rng = _rngs(config.seed)[1]
   batches = exp.dataset.train_batches(
       cfg.global_batch_size, start_step=start, seed=config.seed,
@@ -59,28 +69,46 @@ def train(config: ml_collections.ConfigDict, workdir: str,
   writer = MetricWriter(os.path.join(workdir, "train"), enabled=is_chief)
   bar = ProgressBar(exp.total_steps, initial=start, desc=config.experiment_name, enabled=is_chief)
   history, last = [], {}
+  stop = preemption.PreemptionWatcher()
   for step in range(start, exp.total_steps):
+    if exp.objective.phase(step) != phase:
+      phase = exp.objective.phase(step)
+      logging.info("Objective phase %r from step %d", phase, step)
+      frozen = exp.objective.init_frozen(exp, phase)
+      train_step = steps.make_train_step(exp, frozen, phase)
     batch = sharding.shard_batch(next(batches), exp.mesh)
-    state, step_metrics = train_step(state, batch, train_rng)
+    state, step_metrics = train_step(state, batch, train_rng, frozen)
     history.append(step_metrics)
     done = step + 1
-    if done % cfg.log_every_steps == 0 or done == exp.total_steps:
+    due_log = done % cfg.log_every_steps == 0 or done == exp.total_steps
+    due_save = done % cfg.checkpoint_every_steps == 0
+    if due_log or due_save:
+      # Never save (or go on from) a state whose loss went non-finite.
+      _check_finite(history, done, ckpt)
+    if due_log:
       last = _mean_metrics(history)
       history = []
       writer.write_scalars(done, {f"train/{k}": v for k, v in last.items()})
       skipped = exp.dataset.skipped_examples()
       if skipped:
         writer.write_scalars(done, {f"data/skipped_{k}": v for k, v in skipped.items()})
-      if not np.isfinite(last["loss"]):
-        ckpt.close()
-        raise FloatingPointError(
-            f"Non-finite training loss at step {done}; the last good checkpoint is kept in "
-            f"{ckpt.directory}")
     bar.update(1, **{k: last[k] for k in ("loss", "top1") if k in last})
     ckpt.save(done, state)
     if cfg.debug_kill_after_step and done == cfg.debug_kill_after_step:
       ckpt.wait()
       os.kill(os.getpid(), signal.SIGKILL)  # simulated hard preemption
+    if stop.requested():
+      _check_finite(history, done, ckpt)
+      ckpt.save(done, state, force=True)
+      ckpt.close()
+      bar.close()
+      writer.close()
+      stop.restore()
+      logging.warning("Preempted: saved step %d in %s; rerun the same command to resume.",
+                      done, ckpt.directory)
+      return {"train": last, "step": done, "state": state, "preempted": True,
+              "class_names": exp.dataset.info.class_names}
+  stop.restore()
   ckpt.save(exp.total_steps, state, force=True)
   ckpt.close()
   bar.close()

@@ -1,0 +1,205 @@
+"""Two-stage distillation: student/aligner shapes, frozen teachers, stages, kill/resume."""
+
+import signal
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import orbax.checkpoint as ocp
+import pytest
+
+from tests.tiny import load_config, run_python
+from vivit_knn import config as config_lib
+from vivit_knn.models import resnet
+from vivit_knn.models.student import VideoStudent, export_params
+from vivit_knn.train import sharding, steps, trainer
+from vivit_knn.train.distill import STAGE1, STAGE2, DistillObjective
+from vivit_knn.train.experiment import build_experiment
+from vivit_knn.train.summary import read_scalars
+
+
+@pytest.fixture(scope="module")
+def teacher_workdir(tmp_path_factory):
+  """A synthetic Dk-ViViT (`configs/synthetic_dk.py`) trained for 2 steps: the stage-2 teacher."""
+  workdir = tmp_path_factory.mktemp("teacher")
+  config = load_config("synthetic_dk")
+  config.train.num_train_steps = 2
+  config.train.global_batch_size = 8
+  config.optimizer.warmup_steps = 1
+  config.train.eval_at_end = False
+  trainer.train(config, str(workdir))
+  return str(workdir)
+
+
+def _student_config(teacher_workdir, method="fad", stage1_steps=2, total=4):
+  """`configs/synthetic_tsd.py`, small and short, teaching from `teacher_workdir` in stage 2."""
+  config = load_config("synthetic_tsd")
+  config.dataset.num_train = 64
+  config.train.global_batch_size = 4
+  config.train.num_train_steps = total
+  config.train.eval_at_end = False
+  config.optimizer.warmup_steps = 1
+  config.distill.method = method
+  config.distill.stage1_steps = stage1_steps
+  config.distill.stage2.workdir = teacher_workdir
+  return config
+
+
+def test_aligner_output_matches_resnet101_layer4_for_a_224_vit_s():
+  clips = jax.ShapeDtypeStruct((2, 8, 224, 224, 3), jnp.float32)
+  student = VideoStudent(num_classes=400, mhca_layers=8, branch_heads=4,
+                         aligner_features=resnet.stage_channels(101)[-1])
+  variables = jax.eval_shape(lambda x: student.init(jax.random.key(0), x), clips)
+  _, inter = jax.eval_shape(
+      lambda v, x: student.apply(v, x, train=True, rngs={"dropout": jax.random.key(1)}),
+      variables, clips)
+  teacher = resnet.ResNet(num_classes=400, depth=101)
+  frames = jax.ShapeDtypeStruct((2 * 8, 224, 224, 3), jnp.float32)
+  t_vars = jax.eval_shape(lambda x: teacher.init(jax.random.key(0), x), frames)
+  _, t_feats = jax.eval_shape(lambda v, x: teacher.apply(v, x, train=False), t_vars, frames)
+  # Per tubelet (2 frames) the aligned tokens have the teacher's layer4 shape.
+  assert t_feats["layer4"].shape == (16, 7, 7, 2048)
+  assert inter["aligned"].shape == (2, 4) + t_feats["layer4"].shape[1:]
+  assert inter["branch_logits"].shape == (4, 2, 400)
+  # ViT-S: 12 layers, 6 heads, width 384; the first 8 layers carry MHCA terms.
+  blocks = variables["params"]["Transformer"]
+  assert sum(k.startswith("encoderblock_") for k in blocks) == 12
+  assert blocks["encoderblock_0"]["MultiHeadDotProductAttention_0"]["query"]["kernel"].shape == (
+      384, 6, 64)
+  with_mhca = [i for i in range(12) if "RelativePosition_0" in blocks[f"encoderblock_{i}"]]
+  assert with_mhca == list(range(8))
+
+
+def test_eval_and_export_drop_branches_and_aligner():
+  student = VideoStudent(num_classes=4, hidden_size=32, num_heads=4, mlp_dim=64, num_layers=4,
+                         patch_size=(8, 8, 2), mhca_layers=2, branch_heads=4,
+                         aligner_features=16)
+  x = jnp.asarray(np.random.default_rng(0).normal(size=(2, 4, 32, 32, 3)), jnp.float32)
+  params = jax.jit(student.init)(jax.random.key(0), x)["params"]
+  assert {"branch_0", "branch_3", "aligner"} <= set(params)
+  evaluate = jax.jit(lambda p: student.apply({"params": p}, x, train=False))
+  logits, inter = evaluate(params)
+  assert "branch_logits" not in inter and "aligned" not in inter
+  exported = export_params(params)
+  assert not any(k.startswith(("branch_", "aligner")) for k in exported)
+  again, _ = evaluate(exported)
+  np.testing.assert_array_equal(logits, again)
+
+
+def test_teacher_params_unchanged_and_terms_reported(teacher_workdir):
+  config = _student_config(teacher_workdir, stage1_steps=2, total=4)
+  exp = build_experiment(config)
+  assert [exp.objective.phase(s) for s in range(4)] == [STAGE1, STAGE1, STAGE2, STAGE2]
+  state = exp.init_state(jax.random.key(0))
+  start_params = jax.device_get(state.params)
+  batches = exp.dataset.train_batches(config.train.global_batch_size)
+  rng = jax.random.key(1)
+  for phase, want_terms in ((STAGE1, {"ce", "kd", "fad"}), (STAGE2, {"ce", "kd"})):
+    frozen = exp.objective.init_frozen(exp, phase)
+    before = jax.tree.map(np.array, jax.device_get(frozen))
+    if phase == STAGE1:  # the ResNet runs on its running statistics, which stay frozen too
+      assert set(frozen) == {"params", "batch_stats"}
+    train_step = steps.make_train_step(exp, frozen, phase)
+    for _ in range(2):
+      state, metrics = train_step(state, sharding.shard_batch(next(batches), exp.mesh), rng,
+                                  frozen)
+    assert {k[len("loss/"):] for k in metrics if k.startswith("loss/")} == want_terms
+    assert all(np.isfinite(float(v)) for v in metrics.values())
+    jax.tree.map(np.testing.assert_array_equal, jax.device_get(frozen), before)
+  # ...while the student did train.
+  moved = jax.tree.map(lambda a, b: not np.array_equal(a, b), start_params,
+                       jax.device_get(state.params))
+  assert any(jax.tree.leaves(moved))
+
+
+def test_fpld_reports_one_ofa_term_per_branch(teacher_workdir):
+  config = _student_config(teacher_workdir, method="fpld")
+  exp = build_experiment(config)
+  frozen = exp.objective.init_frozen(exp, STAGE1)
+  batch = next(exp.dataset.train_batches(2))
+  params = jax.jit(exp.init_params)(jax.random.key(0))
+
+  @jax.jit
+  def loss_and_terms(params, frozen, inputs, labels):
+    logits, inter = exp.model.apply({"params": params}, inputs, train=True,
+                                    rngs={"dropout": jax.random.key(0)})
+    return exp.objective(frozen, phase=STAGE1, inputs=inputs,
+                         targets=jax.nn.one_hot(labels, exp.num_classes), logits=logits,
+                         intermediates=inter, step=jnp.int32(0), rng=jax.random.key(0))
+
+  loss, terms = loss_and_terms(params, frozen, batch["inputs"], batch["label"])
+  assert set(terms) == {"ce", "kd", "ofa", "ofa_0", "ofa_1", "ofa_2", "ofa_3"}
+  d = config.distill
+  want = d.alpha * terms["ce"] + (1 - d.alpha) * terms["kd"] + d.beta * terms["ofa"]
+  np.testing.assert_allclose(loss, want, rtol=1e-6)
+  np.testing.assert_allclose(terms["ofa"], np.mean([terms[f"ofa_{i}"] for i in range(4)]),
+                             rtol=1e-6)
+
+
+def test_stage1_length_in_epochs_and_config_checks(teacher_workdir):
+  config = _student_config(teacher_workdir, stage1_steps=0)
+  config.distill.stage1_epochs = 1.5
+  objective = DistillObjective(config)  # 64 examples / batch 4 -> 16 steps per epoch
+  assert objective.stage1_steps() == 24
+  assert objective.phase(23) == STAGE1 and objective.phase(24) == STAGE2
+
+  def error(**changes):
+    cfg = _student_config(teacher_workdir)
+    for path, value in changes.items():
+      *parents, leaf = path.split("__")
+      node = cfg
+      for p in parents:
+        node = node[p]
+      node[leaf] = value
+    with pytest.raises(ValueError) as info:
+      config_lib.validate(cfg)
+    return str(info.value)
+
+  assert "model.student.aligner_features" in error(model__student__aligner_features=64)
+  assert "model.student.branch_heads" in error(distill__method="fpld",
+                                               model__student__branch_heads=0)
+  assert "distill.stage2.workdir" in error(distill__stage2__workdir="")
+  assert "distill.stage1.checkpoint_path" in error(distill__stage1__checkpoint_format="torchvision")
+  assert "distill.method" in error(distill__method="hint")
+  assert "distill.alpha" in error(distill__alpha=1.5)
+
+
+def _params(workdir, step):
+  with ocp.StandardCheckpointer() as ckptr:
+    state = ckptr.restore((workdir / "checkpoints" / str(step) / "default").absolute())
+  return [np.asarray(x) for x in jax.tree.leaves(state["params"])]
+
+
+def test_kill_in_stage2_resumes_in_stage2_bitwise(tmp_path, teacher_workdir):
+  args = ["-m", "vivit_knn.main", "--config=configs/synthetic_tsd.py",
+          "--config.distill.method=fpld", "--config.distill.stage1_steps=3",
+          f"--config.distill.stage2.workdir={teacher_workdir}",
+          "--config.train.num_train_steps=8", "--config.train.checkpoint_every_steps=4",
+          "--config.train.log_every_steps=1", "--config.train.eval_at_end=False",
+          "--config.train.global_batch_size=4", "--config.dataset.num_train=64",
+          "--config.optimizer.warmup_steps=1", "--config.loss.mixup_alpha=0.2",
+          "--config.model.dropout_rate=0.1"]
+  stage1_teacher = "random ResNet-18"  # logged when the stage-1 teacher is built
+  straight, killed = tmp_path / "straight", tmp_path / "killed"
+  proc = run_python(args + [f"--workdir={straight}"])
+  assert stage1_teacher in proc.stderr
+
+  # Killed after step 6 (stage 2 since step 4): the step-4 checkpoint survives.
+  proc = run_python(args + [f"--workdir={killed}", "--config.train.debug_kill_after_step=6"],
+                    check=False)
+  assert proc.returncode == -signal.SIGKILL, proc.stderr
+  assert sorted(p.name for p in (killed / "checkpoints").iterdir() if p.name.isdigit()) == ["4"]
+  resumed = run_python(args + [f"--workdir={killed}"])
+  assert stage1_teacher not in resumed.stderr  # resumed straight into stage 2
+
+  logged = read_scalars(straight / "train")
+  assert [s for s, _ in logged["train/loss/ofa"]] == [1, 2, 3]
+  assert [s for s, _ in logged["train/loss/kd"]] == list(range(1, 9))
+  logged = read_scalars(killed / "train")
+  assert {5, 6, 7, 8} <= {s for s, _ in logged["train/loss/kd"]}
+  assert all(s <= 3 for s, _ in logged.get("train/loss/ofa", []))
+
+  a, b = _params(straight, 8), _params(killed, 8)
+  assert len(a) == len(b) > 10
+  for x, y in zip(a, b):
+    np.testing.assert_array_equal(x, y)

@@ -1,0 +1,210 @@
+"""The tf.data pipelines shared by every real-video source.
+
+:class:`ClipDataset` turns a train and an eval :class:`ExampleTable` into the
+:class:`~vivit_knn.data.base.VideoDataset` interface. Records are example
+numbers, so the shuffling, resuming and host slicing of
+:func:`base.make_train_dataset` apply unchanged; each number is loaded in a
+``tf.numpy_function`` (which picks and decodes only the sampled frames) and
+processed with graph ops.
+
+Bad videos never stop a run. In training, a video that fails is replaced by
+the next good one in table order: every batch stays full and the stream stays
+a pure function of ``(seed, step)``. In evaluation it becomes a masked slot
+(``mask = 0``, ``index = -1``). Either way it is counted once in
+:meth:`ClipDataset.skipped_examples` and a warning names its file.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+
+import numpy as np
+import tensorflow as tf
+
+from vivit_knn.data import base, processors, sampling, skips
+from vivit_knn.data.options import ProcessSpec
+from vivit_knn.data.tables import ExampleTable
+
+# Python ints of any size map to a valid numpy / TF seed word.
+_SEED_MASK = 2**63 - 1
+
+
+class ClipDataset(base.VideoDataset):
+  """Real videos with DMVR-style sampling and processing.
+
+  Args:
+    train: Train examples.
+    eval_: Eval examples (fixed order).
+    class_names: Name of each class; its length is the number of classes.
+    spec: Processing settings.
+    counter: Tally of skipped examples; sources pass the one that already
+      holds what they skipped while listing files.
+  """
+
+  def __init__(self, train: ExampleTable, eval_: ExampleTable,
+               class_names: Sequence[str], spec: ProcessSpec,
+               counter: skips.SkipCounter | None = None):
+    if not len(train):
+      raise ValueError("the train split has no examples")
+    if not len(eval_):
+      raise ValueError("the eval split has no examples")
+    self._train, self._eval = train, eval_
+    self._spec = spec
+    self._counter = counter or skips.SkipCounter()
+    self._info = base.DatasetInfo(
+        num_classes=len(class_names), class_names=tuple(class_names),
+        num_train_examples=len(train), num_eval_examples=len(eval_),
+        input_shape=spec.clip_shape)
+
+  @property
+  def info(self) -> base.DatasetInfo:
+    """Static description of the dataset."""
+    return self._info
+
+  @property
+  def spec(self) -> ProcessSpec:
+    """The processing settings."""
+    return self._spec
+
+  def skipped_examples(self) -> dict[str, int]:
+    """Distinct examples skipped so far, by reason."""
+    return self._counter.counts()
+
+  def _load(self, split: str, table: ExampleTable, i: int, select):
+    """``(frames, label)`` of example ``i``, or None after counting a skip."""
+    key = (split, i)
+    if self._counter.is_skipped(key):
+      return None
+    try:
+      frames, label = table.load(i, select)
+      if not 0 <= label < self._info.num_classes:
+        raise skips.BadVideoError(
+            skips.BAD_LABEL, table.describe(i),
+            f"label {label} not in [0, {self._info.num_classes})")
+      return frames, np.int32(label)
+    except skips.BadVideoError as err:
+      self._counter.record(key, err)
+    except Exception as err:  # A decoder failing in an unforeseen way.
+      self._counter.record(key, skips.BadVideoError(
+          skips.CORRUPT, table.describe(i), f"{type(err).__name__}: {err}"))
+    return None
+
+  def load_train_example(self, index: int, seed: int,
+                         position: int) -> tuple[np.ndarray, np.int32]:
+    """Sampled uint8 frames and label for train slot ``position``.
+
+    Falls through to the following examples when ``index`` is bad.
+
+    Raises:
+      RuntimeError: if no train example at all can be decoded.
+    """
+    spec, table = self._spec, self._train
+    rng = np.random.default_rng([seed & _SEED_MASK, position])
+
+    def select(n):
+      return sampling.train_indices(n, spec.num_frames, spec.frame_stride,
+                                    rng)
+
+    for attempt in range(len(table)):
+      loaded = self._load("train", table, (index + attempt) % len(table),
+                          select)
+      if loaded is not None:
+        return loaded
+    raise RuntimeError(
+        f"none of the {len(table)} train videos could be decoded; the "
+        "warnings above name the files")
+
+  def load_eval_example(self, index: int):
+    """``(frames, label, valid)`` of eval example ``index``.
+
+    ``frames`` holds the ``num_test_clips * num_frames`` sampled frames; a
+    bad example gives black frames and ``valid = False``.
+    """
+    spec = self._spec
+
+    def select(n):
+      return sampling.test_indices(n, spec.num_frames, spec.frame_stride,
+                                   spec.num_test_clips)
+
+    loaded = self._load("eval", self._eval, index, select)
+    if loaded is None:
+      size = spec.image_size
+      blank = np.zeros((spec.num_test_clips * spec.num_frames, size, size, 3),
+                       np.uint8)
+      return blank, np.int32(0), False
+    return loaded[0], loaded[1], True
+
+  def _train_decode_fn(self, seed: int):
+    """tf.data map function: (example number, stream position) -> clip."""
+    spec = self._spec
+    seed_word = tf.constant(seed & _SEED_MASK, tf.int64)
+
+    def decode(index, position):
+      frames, label = tf.numpy_function(
+          lambda i, p: self.load_train_example(int(i), seed, int(p)),
+          [index, position], (tf.uint8, tf.int32), stateful=False)
+      frames.set_shape([spec.num_frames, None, None, 3])
+      label.set_shape([])
+      clip = processors.train_clip(frames, tf.stack([seed_word, position]),
+                                   spec)
+      return {"inputs": clip, "label": label}
+
+    return decode
+
+  def _eval_decode_fn(self):
+    """tf.data map function: example number -> views, label, valid."""
+    spec = self._spec
+
+    def decode(index):
+      frames, label, valid = tf.numpy_function(
+          lambda i: self.load_eval_example(int(i)), [index],
+          (tf.uint8, tf.int32, tf.bool), stateful=False)
+      frames.set_shape([spec.num_test_clips * spec.num_frames, None, None,
+                        3])
+      label.set_shape([])
+      valid.set_shape([])
+      views = processors.test_views(frames, spec)
+      if spec.num_views == 1:
+        views = views[0]
+      return {"inputs": views, "label": label, "valid": valid}
+
+    return decode
+
+  def train_dataset(self, global_batch_size: int, *, start_step: int = 0,
+                    seed: int = 0, process_index: int = 0,
+                    process_count: int = 1) -> tf.data.Dataset:
+    """The tf.data pipeline behind :meth:`train_batches`."""
+    n = len(self._train)
+    return base.make_train_dataset(
+        tf.data.Dataset.range(n), n, global_batch_size,
+        self._train_decode_fn(seed), seed=seed, start_step=start_step,
+        process_index=process_index, process_count=process_count,
+        decode_with_position=True)
+
+  def eval_dataset(self, global_batch_size: int, *, process_index: int = 0,
+                   process_count: int = 1) -> tf.data.Dataset:
+    """The tf.data pipeline behind :meth:`eval_batches`.
+
+    ``inputs`` is ``[b, T, H, W, C]`` for one view per video and
+    ``[b, V, T, H, W, C]`` for ``V > 1`` views.
+    """
+    n = len(self._eval)
+    return base.make_eval_dataset(
+        tf.data.Dataset.range(n), n, global_batch_size,
+        self._eval_decode_fn(), process_index=process_index,
+        process_count=process_count)
+
+  def train_batches(self, global_batch_size: int, *, start_step: int = 0,
+                    seed: int = 0, process_index: int = 0,
+                    process_count: int = 1) -> Iterator[dict]:
+    """See :meth:`VideoDataset.train_batches`."""
+    return base.as_numpy_batches(self.train_dataset(
+        global_batch_size, start_step=start_step, seed=seed,
+        process_index=process_index, process_count=process_count))
+
+  def eval_batches(self, global_batch_size: int, *, process_index: int = 0,
+                   process_count: int = 1) -> Iterator[dict]:
+    """See :meth:`VideoDataset.eval_batches`."""
+    return base.as_numpy_batches(self.eval_dataset(
+        global_batch_size, process_index=process_index,
+        process_count=process_count))

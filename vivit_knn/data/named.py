@@ -1,0 +1,159 @@
+"""Datasets ``ucf101`` and ``hmdb51``: one name for the raw folder, TFRecords or TFDS.
+
+``format`` picks the storage: ``'folder'`` (the official archive unpacked,
+with its split files; decoded with PyAV), ``'tfrecord'`` (written by
+``python -m vivit_knn.data.convert``, or any DMVR-format shards) or
+``'tfds'`` (UCF101's TFDS builder).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Callable
+
+import ml_collections
+import tensorflow as tf
+from absl import logging
+
+from vivit_knn.data import clips, options, skips, splits, tfds_source, tfrecord
+from vivit_knn.data.tables import VideoFileTable
+
+FORMATS = ("folder", "tfrecord", "tfds")
+
+
+@dataclasses.dataclass(frozen=True)
+class NamedVideoSet:
+  """What differs between UCF101 and HMDB51."""
+
+  name: str
+  title: str
+  num_classes: int
+  split1_sizes: tuple[int, int]  # (train, test) of official split 1.
+  splits_dir: str  # Standard split-file folder under data_dir.
+  list_videos: Callable[[str, int, str], splits.VideoSplits]
+  tfds_builder: str  # '' = none; '{split}' is replaced by dataset.split.
+
+
+UCF101 = NamedVideoSet("ucf101", "UCF101", 101, (9537, 3783),
+                       splits.UCF101_SPLITS_DIR, splits.ucf101,
+                       "ucf101/ucf101_{split}")
+HMDB51 = NamedVideoSet("hmdb51", "HMDB51", 51, (3570, 1530),
+                       splits.HMDB51_SPLITS_DIR, splits.hmdb51, "")
+
+
+def _default_config(dataset: NamedVideoSet) -> ml_collections.ConfigDict:
+  fields = options.processing_fields()
+  fields["scale_jitter"] = (0.9, 1.33)
+  return ml_collections.ConfigDict({
+      "name": dataset.name,
+      "format": "tfrecord",
+      "data_dir": "",
+      "split": 1,
+      # '' = <data_dir>/<standard folder> (format='folder' only).
+      "splits_dir": "",
+      # format='tfrecord': shard names relative to data_dir; class names
+      # come from the converter's metadata unless a file is given.
+      "train_pattern": "train.tfrecord*",
+      "eval_pattern": "test.tfrecord*",
+      "class_names_file": "",
+      **fields,
+  })
+
+
+def ucf101_config() -> ml_collections.ConfigDict:
+  """Default config of the ``ucf101`` dataset."""
+  return _default_config(UCF101)
+
+
+def hmdb51_config() -> ml_collections.ConfigDict:
+  """Default config of the ``hmdb51`` dataset."""
+  return _default_config(HMDB51)
+
+
+def _check_sizes(dataset: NamedVideoSet, split: int, train: int,
+                 test: int) -> None:
+  """Logs when split 1 does not have its official size (partial data)."""
+  if split == 1 and (train, test) != dataset.split1_sizes:
+    logging.warning(
+        "%s split 1 has %d train / %d test videos here; the official split "
+        "has %d / %d", dataset.title, train, test, *dataset.split1_sizes)
+
+
+def _folder_dataset(dataset: NamedVideoSet, cfg, spec) -> clips.ClipDataset:
+  lists = dataset.list_videos(cfg.data_dir, cfg.split, cfg.splits_dir)
+  counter = skips.SkipCounter()
+  for path in lists.train.missing + lists.test.missing:
+    counter.record(("listed", path), skips.BadVideoError(
+        skips.MISSING, path, "listed in the split files"))
+  _check_sizes(dataset, cfg.split, len(lists.train.paths),
+               len(lists.test.paths))
+  return clips.ClipDataset(
+      VideoFileTable(lists.train.paths, lists.train.labels),
+      VideoFileTable(lists.test.paths, lists.test.labels),
+      lists.class_names, spec, counter)
+
+
+def _record_dataset(dataset: NamedVideoSet, cfg, spec) -> clips.ClipDataset:
+  try:
+    return tfrecord.build_record_dataset(
+        data_dir=cfg.data_dir, train_pattern=cfg.train_pattern,
+        eval_pattern=cfg.eval_pattern, num_classes=0,
+        class_names_file=options.resolve_path(cfg.class_names_file,
+                                              cfg.data_dir),
+        num_train=0, num_eval=0, spec=spec,
+        fallback_num_classes=dataset.num_classes, expected_split=cfg.split)
+  except FileNotFoundError as err:
+    if os.path.isdir(os.path.join(cfg.data_dir, dataset.splits_dir)):
+      raise FileNotFoundError(
+          f"{err}. {cfg.data_dir} looks like a raw {dataset.title} folder: "
+          "set --config.dataset.format=folder, or convert it with `python -m "
+          f"vivit_knn.data.convert --format={dataset.name} "
+          f"--root={cfg.data_dir} --out=<dir>`") from None
+    raise
+
+
+def _tfds_dataset(dataset: NamedVideoSet, cfg, spec) -> clips.ClipDataset:
+  if not dataset.tfds_builder:
+    raise ValueError(f"{dataset.title} has no TFDS builder: use "
+                     "dataset.format='folder' or 'tfrecord'")
+  return tfds_source.build_tfds_dataset(
+      builder=dataset.tfds_builder.format(split=cfg.split),
+      data_dir=cfg.data_dir, manual_dir="", download=False,
+      train_split="train", eval_split="test", video_key="video",
+      label_key="label", spec=spec)
+
+
+def _build(dataset: NamedVideoSet,
+           config: ml_collections.ConfigDict | None) -> clips.ClipDataset:
+  cfg = options.resolve_config(config, lambda: _default_config(dataset))
+  if cfg.format not in FORMATS:
+    raise ValueError(
+        f"dataset.format must be one of {FORMATS}, got {cfg.format!r}")
+  if cfg.split not in (1, 2, 3):
+    raise ValueError(f"dataset.split must be 1, 2 or 3, got {cfg.split}")
+  if not cfg.data_dir:
+    raise ValueError(
+        f"dataset.data_dir is empty: {dataset.title} needs its videos or "
+        "TFRecords on disk. Pass --config.dataset.data_dir=<dir> (a "
+        f"{dataset.title} folder with {dataset.splits_dir}/ together with "
+        "--config.dataset.format=folder, or TFRecords written by `python -m "
+        f"vivit_knn.data.convert --format={dataset.name}`).")
+  if not tf.io.gfile.isdir(cfg.data_dir):
+    raise FileNotFoundError(
+        f"dataset.data_dir={cfg.data_dir} does not exist or is not a "
+        "directory")
+  spec = options.ProcessSpec.from_config(cfg)
+  build_fn = {"folder": _folder_dataset, "tfrecord": _record_dataset,
+              "tfds": _tfds_dataset}[cfg.format]
+  return build_fn(dataset, cfg, spec)
+
+
+def build_ucf101(config: ml_collections.ConfigDict | None) -> clips.ClipDataset:
+  """Builds the ``ucf101`` dataset (see the module docstring)."""
+  return _build(UCF101, config)
+
+
+def build_hmdb51(config: ml_collections.ConfigDict | None) -> clips.ClipDataset:
+  """Builds the ``hmdb51`` dataset (see the module docstring)."""
+  return _build(HMDB51, config)

@@ -1,0 +1,150 @@
+"""Config fields shared by every real-video source, and their checks.
+
+Each real source's default config is its own fields plus
+:func:`processing_fields`; :class:`ProcessSpec` is the validated, immutable
+view of the processing part that the processors and readers use.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Callable
+
+import ml_collections
+
+NORMALIZATIONS = ("zero_centered", "imagenet")
+TEST_CROPS = (1, 3)
+# Default resize-smallest target relative to the crop (256 for a 224 crop).
+AUTO_RESIZE_RATIO = 8 / 7
+
+
+def processing_fields() -> dict:
+  """Processing fields every real-source config has, with their defaults."""
+  return {
+      # One model clip: num_frames frames taken every frame_stride frames.
+      "num_frames": 8,
+      "frame_stride": 2,
+      # Square crop fed to the model, after resizing the short side to
+      # min_resize (0 = round(image_size * 8 / 7)).
+      "image_size": 224,
+      "min_resize": 0,
+      # Train-only augmentation. scale_jitter = (low, high) multiplies the
+      # resize by U(low, high) before the crop; (1.0, 1.0) is off.
+      "scale_jitter": (1.0, 1.0),
+      "random_flip": True,
+      "color_jitter": 0.0,  # Strength in [0, 1]; 0 = off.
+      "randaugment_num_layers": 0,  # 0 = off.
+      "randaugment_magnitude": 9,  # RandAugment's 0..10 scale.
+      "normalization": "zero_centered",  # Or 'imagenet' (mean/std).
+      # Eval views: clips spread evenly in time x spatial crops (1 = centre,
+      # 3 = start/centre/end of the long side).
+      "num_test_clips": 1,
+      "num_test_crops": 1,
+  }
+
+
+def resolve_config(config: ml_collections.ConfigDict | None,
+                   default_fn: Callable[[], ml_collections.ConfigDict],
+                   ) -> ml_collections.ConfigDict:
+  """Overlays ``config`` on ``default_fn()``, rejecting unknown fields.
+
+  Raises:
+    ValueError: naming ``dataset.<field>`` for a field the defaults lack.
+  """
+  resolved = default_fn()
+  if config is None:
+    return resolved
+  for key, value in config.items():
+    if key not in resolved:
+      raise ValueError(
+          f"unknown field dataset.{key} for dataset {resolved.name!r}; "
+          f"known fields: {sorted(resolved.keys())}")
+    resolved[key] = value
+  return resolved
+
+
+def resolve_path(path: str, data_dir: str) -> str:
+  """``path`` joined to ``data_dir`` unless it is absolute or has a scheme."""
+  if not path or not data_dir or os.path.isabs(path) or "://" in path:
+    return path
+  return os.path.join(data_dir, path)
+
+
+@dataclasses.dataclass(frozen=True)
+class ProcessSpec:
+  """Validated processing settings (see :func:`processing_fields`)."""
+
+  num_frames: int
+  frame_stride: int
+  image_size: int
+  min_resize: int
+  scale_jitter: tuple[float, float]
+  random_flip: bool
+  color_jitter: float
+  randaugment_num_layers: int
+  randaugment_magnitude: float
+  normalization: str
+  num_test_clips: int
+  num_test_crops: int
+
+  @classmethod
+  def from_config(cls, cfg: ml_collections.ConfigDict) -> "ProcessSpec":
+    """Reads and checks the processing fields of a dataset config.
+
+    Raises:
+      ValueError: naming the offending ``dataset.<field>``.
+    """
+    jitter = tuple(float(v) for v in cfg.scale_jitter)
+    min_resize = int(cfg.min_resize) or round(cfg.image_size *
+                                              AUTO_RESIZE_RATIO)
+    spec = cls(
+        num_frames=int(cfg.num_frames), frame_stride=int(cfg.frame_stride),
+        image_size=int(cfg.image_size), min_resize=min_resize,
+        scale_jitter=jitter, random_flip=bool(cfg.random_flip),
+        color_jitter=float(cfg.color_jitter),
+        randaugment_num_layers=int(cfg.randaugment_num_layers),
+        randaugment_magnitude=float(cfg.randaugment_magnitude),
+        normalization=str(cfg.normalization),
+        num_test_clips=int(cfg.num_test_clips),
+        num_test_crops=int(cfg.num_test_crops))
+    spec.check()
+    return spec
+
+  def check(self) -> None:
+    """Raises ValueError naming the first invalid ``dataset.<field>``."""
+    rules = [
+        (self.num_frames >= 1, "num_frames", "must be >= 1"),
+        (self.frame_stride >= 1, "frame_stride", "must be >= 1"),
+        (self.image_size >= 1, "image_size", "must be >= 1"),
+        (self.min_resize >= self.image_size, "min_resize",
+         f"must be 0 (auto) or >= image_size={self.image_size}"),
+        (len(self.scale_jitter) == 2 and
+         0 < self.scale_jitter[0] <= self.scale_jitter[1], "scale_jitter",
+         "must be (low, high) with 0 < low <= high; (1.0, 1.0) is off"),
+        (0.0 <= self.color_jitter <= 1.0, "color_jitter",
+         "must be in [0, 1]"),
+        (self.randaugment_num_layers >= 0, "randaugment_num_layers",
+         "must be >= 0 (0 = off)"),
+        (0.0 <= self.randaugment_magnitude <= 10.0, "randaugment_magnitude",
+         "must be in [0, 10]"),
+        (self.normalization in NORMALIZATIONS, "normalization",
+         f"must be one of {NORMALIZATIONS}"),
+        (self.num_test_clips >= 1, "num_test_clips", "must be >= 1"),
+        (self.num_test_crops in TEST_CROPS, "num_test_crops",
+         f"must be one of {TEST_CROPS}"),
+    ]
+    for ok, field, message in rules:
+      if not ok:
+        value = getattr(self, field)
+        raise ValueError(f"dataset.{field}: {message}, got {value!r}")
+
+  @property
+  def num_views(self) -> int:
+    """Test views per video: ``num_test_clips * num_test_crops``."""
+    return self.num_test_clips * self.num_test_crops
+
+  @property
+  def clip_shape(self) -> tuple[int, int, int, int]:
+    """``(T, H, W, C)`` of one processed clip."""
+    return (self.num_frames, self.image_size, self.image_size, 3)

@@ -1,0 +1,139 @@
+"""DMVR-style spatial processing of sampled frames, as tf.data graph ops.
+
+Input is the uint8 frames a reader already picked (``[T, H, W, 3]`` for a
+train clip, ``[clips * T, H, W, 3]`` for the test views). The crop window is
+chosen in source pixels and only the window is resized to ``image_size``:
+the same result as resize-smallest-then-crop at a fraction of the pixels,
+and no resize at all when the frames are stored at the target scale.
+"""
+
+from __future__ import annotations
+
+import tensorflow as tf
+
+from vivit_knn.data import augment
+from vivit_knn.data.options import ProcessSpec
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+def normalize(x: tf.Tensor, kind: str) -> tf.Tensor:
+  """Maps float pixels in [0, 255] to the model's input range."""
+  if kind == "zero_centered":
+    return x / 127.5 - 1.0
+  if kind == "imagenet":
+    mean = tf.constant(IMAGENET_MEAN, tf.float32) * 255.0
+    std = tf.constant(IMAGENET_STD, tf.float32) * 255.0
+    return (x - mean) / std
+  raise ValueError(f"unknown normalization {kind!r}")
+
+
+def _geometry(frames: tf.Tensor):
+  """``(height, width, short side)`` of the frames as int32 scalars."""
+  shape = tf.shape(frames)
+  height, width = shape[1], shape[2]
+  return height, width, tf.minimum(height, width)
+
+
+def _window(scale, short, size: int) -> tf.Tensor:
+  """Side, in source pixels, of the square that becomes the crop.
+
+  ``size / scale`` rounded to whole pixels (so a crop that needs no resize
+  is an exact copy), kept inside the image.
+  """
+  window = tf.cast(tf.round(size / scale), tf.int32)
+  return tf.clip_by_value(window, 1, short)
+
+
+def _crop_resize(frames: tf.Tensor, y0, x0, window, size: int) -> tf.Tensor:
+  """``frames[:, y0:y0 + window, x0:x0 + window]`` resized to ``size``.
+
+  Skips the resize when the window already has the target size, the usual
+  case for frames stored at the short side ``min_resize`` and no jitter.
+  """
+  crop = frames[:, y0:y0 + window, x0:x0 + window]
+  x = tf.cond(tf.equal(window, size),
+              lambda: tf.cast(crop, tf.float32),
+              lambda: tf.image.resize(crop, [size, size]))
+  return tf.ensure_shape(x, [None, size, size, 3])
+
+
+def train_clip(frames: tf.Tensor, seed: tf.Tensor,
+               spec: ProcessSpec) -> tf.Tensor:
+  """One augmented train clip.
+
+  Args:
+    frames: uint8 ``[T, H, W, 3]``.
+    seed: int ``[2]`` stateless seed; one draw per clip, so every frame gets
+      the same crop, flip and colour changes.
+    spec: Processing settings.
+
+  Returns:
+    float32 ``[T, image_size, image_size, 3]``, normalised.
+  """
+  seeds = tf.random.experimental.stateless_split(tf.cast(seed, tf.int64), 6)
+  size = spec.image_size
+  height, width, short = _geometry(frames)
+  scale = spec.min_resize / tf.cast(short, tf.float32)
+  low, high = spec.scale_jitter
+  if (low, high) != (1.0, 1.0):
+    scale *= tf.random.stateless_uniform([], seeds[0], low, high)
+  window = _window(scale, short, size)
+  corner_seeds = tf.random.experimental.stateless_split(seeds[1], 2)
+  y0 = tf.random.stateless_uniform([], corner_seeds[0], 0,
+                                   height - window + 1, dtype=tf.int32)
+  x0 = tf.random.stateless_uniform([], corner_seeds[1], 0,
+                                   width - window + 1, dtype=tf.int32)
+  x = _crop_resize(frames, y0, x0, window, size)
+  if spec.random_flip:
+    flip = tf.random.stateless_uniform([], seeds[2]) < 0.5
+    x = tf.cond(flip, lambda: tf.reverse(x, axis=[2]), lambda: x)
+  if spec.color_jitter > 0:
+    x = augment.color_jitter(x, spec.color_jitter, seeds[3])
+  if spec.randaugment_num_layers > 0:
+    x = augment.randaugment(x, spec.randaugment_num_layers,
+                            spec.randaugment_magnitude, seeds[4])
+  return normalize(x, spec.normalization)
+
+
+def _test_corners(height, width, window, num_crops: int):
+  """Top-left corners ``[(y0, x0)] * num_crops``: centre, or start/centre/end.
+
+  Three crops move along the long side, as in the ViViT/DMVR test setup.
+  """
+  centre_y, centre_x = (height - window) // 2, (width - window) // 2
+  if num_crops == 1:
+    return [(centre_y, centre_x)]
+  portrait = height > width
+  corners = []
+  for y, x in ((0, 0), (centre_y, centre_x),
+               (height - window, width - window)):
+    corners.append((tf.where(portrait, y, centre_y),
+                    tf.where(portrait, centre_x, x)))
+  return corners
+
+
+def test_views(frames: tf.Tensor, spec: ProcessSpec) -> tf.Tensor:
+  """All test views of one video.
+
+  Args:
+    frames: uint8 ``[num_test_clips * T, H, W, 3]``, clip-major (the frames
+      of :func:`vivit_knn.data.sampling.test_indices`).
+    spec: Processing settings.
+
+  Returns:
+    float32 ``[V, T, image_size, image_size, 3]`` with ``V = num_test_clips
+    * num_test_crops``, clip-major (view ``c * num_test_crops + k`` is clip
+    ``c``, crop ``k``), normalised.
+  """
+  t, size = spec.num_frames, spec.image_size
+  clips, crops = spec.num_test_clips, spec.num_test_crops
+  height, width, short = _geometry(frames)
+  window = _window(spec.min_resize / tf.cast(short, tf.float32), short, size)
+  views = [_crop_resize(frames, y0, x0, window, size)
+           for y0, x0 in _test_corners(height, width, window, crops)]
+  x = tf.reshape(tf.stack(views, axis=1), [clips, t, crops, size, size, 3])
+  x = tf.reshape(tf.transpose(x, [0, 2, 1, 3, 4, 5]),
+                 [clips * crops, t, size, size, 3])
+  return normalize(x, spec.normalization)

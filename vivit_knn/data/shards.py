@@ -1,0 +1,126 @@
+"""Writing DMVR TFRecord shards resumably, with their offsets and skip lists.
+
+A shard is written to a temporary file and renamed when complete; its stats
+(record offsets, skipped videos) go to ``<out>/.shards/<shard>.json`` just
+before the rename. A shard whose final file and stats both exist is never
+written again, so an interrupted conversion resumes where it stopped.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Callable, Iterable, Sequence
+
+import tensorflow as tf
+
+from vivit_knn.data import metadata, records
+
+STATS_DIR = ".shards"
+
+
+def shard_names(split: str, num_shards: int) -> list[str]:
+  """``<split>.tfrecord-00000-of-0000N`` names (the ``name@N`` spelling)."""
+  return [f"{split}.tfrecord-{i:05d}-of-{num_shards:05d}"
+          for i in range(num_shards)]
+
+
+def partition(num_items: int, num_shards: int) -> list[range]:
+  """Contiguous, near-equal ranges of item numbers, one per shard."""
+  bounds = [round(i * num_items / num_shards) for i in range(num_shards + 1)]
+  return [range(a, b) for a, b in zip(bounds[:-1], bounds[1:])]
+
+
+def _stats_path(out_dir: str, name: str) -> str:
+  return os.path.join(out_dir, STATS_DIR, name + ".json")
+
+
+def finished_stats(out_dir: str, name: str) -> dict | None:
+  """Stats of shard ``name`` if it was completely written, else None."""
+  path, stats_path = os.path.join(out_dir, name), _stats_path(out_dir, name)
+  if not (tf.io.gfile.exists(path) and tf.io.gfile.exists(stats_path)):
+    return None
+  with tf.io.gfile.GFile(stats_path) as f:
+    stats = json.load(f)
+  if tf.io.gfile.stat(path).length != stats["bytes"]:
+    return None
+  return stats
+
+
+# One converted item: ('ok', serialized record) or ('skip', reason, detail).
+Result = tuple
+
+
+def write_shard(out_dir: str, name: str, results: Iterable[Result]) -> dict:
+  """Writes the records among ``results`` as shard ``name``; returns stats.
+
+  Stats: ``file``, ``num_examples``, ``bytes``, ``offsets`` and ``skipped``
+  (``{reason: [detail, ...]}``).
+  """
+  tf.io.gfile.makedirs(os.path.join(out_dir, STATS_DIR))
+  path = os.path.join(out_dir, name)
+  # Outside the shard namespace, so a glob never picks up a partial shard.
+  tmp = os.path.join(out_dir, STATS_DIR, name + ".tmp")
+  offsets, skipped, offset = [], {}, 0
+  with tf.io.TFRecordWriter(tmp) as writer:
+    for result in results:
+      if result[0] == "skip":
+        skipped.setdefault(result[1], []).append(result[2])
+        continue
+      writer.write(result[1])
+      offsets.append(offset)
+      offset += records.record_size(len(result[1]))
+  stats = {"file": name, "num_examples": len(offsets), "bytes": offset,
+           "offsets": offsets, "skipped": skipped}
+  metadata.write_json(_stats_path(out_dir, name), stats)
+  tf.io.gfile.rename(tmp, path, overwrite=True)
+  return stats
+
+
+def remove_stale_shards(out_dir: str, split: str, keep: Sequence[str]) -> list:
+  """Deletes ``split`` shards not in ``keep`` (left by another shard count)."""
+  stale = [p for p in tf.io.gfile.glob(os.path.join(out_dir, f"{split}.tfrecord-*"))
+           if os.path.basename(p) not in set(keep)]
+  for path in stale:
+    tf.io.gfile.remove(path)
+  return stale
+
+
+def write_split(out_dir: str, split: str, num_items: int, num_shards: int,
+                convert: Callable[[Sequence[int]], Iterable[Result]],
+                on_item: Callable[[int], None] = lambda n: None) -> dict:
+  """Writes ``num_items`` items as ``num_shards`` shards of ``split``.
+
+  Args:
+    out_dir: Output folder.
+    split: Split name, the shard name prefix.
+    num_items: Number of items; shard ``k`` gets a contiguous range.
+    num_shards: Number of shards (at most ``num_items``, at least 1).
+    convert: Maps the item numbers of one shard to their results, in order.
+    on_item: Called with the number of items done (progress).
+
+  Returns:
+    ``{'num_examples', 'shards': [stats...], 'skipped': {reason: [...]}}``.
+  """
+  num_shards = max(1, min(num_shards, num_items))
+  names = shard_names(split, num_shards)
+  remove_stale_shards(out_dir, split, names)
+  shards, skipped = [], {}
+  for name, items in zip(names, partition(num_items, num_shards)):
+    stats = finished_stats(out_dir, name)
+    if stats is None:
+      stats = write_shard(out_dir, name, _counting(convert(items), on_item))
+    else:
+      on_item(len(items))
+    shards.append({k: stats[k] for k in ("file", "num_examples", "bytes",
+                                         "offsets")})
+    for reason, details in stats["skipped"].items():
+      skipped.setdefault(reason, []).extend(details)
+  return {"num_examples": sum(s["num_examples"] for s in shards),
+          "shards": shards, "skipped": skipped}
+
+
+def _counting(results: Iterable[Result], on_item) -> Iterable[Result]:
+  for result in results:
+    on_item(1)
+    yield result

@@ -1,0 +1,190 @@
+"""Dataset ``tfds``: any TFDS video builder (``ucf101``, ...), random access.
+
+Examples are fetched as serialized ``tf.train.Example`` records, so only the
+sampled frames are decoded. Builders prepared as ArrayRecord are read through
+``as_data_source``; those prepared as TFRecord (TFDS's default) through the
+byte-offset index of their shard files. TensorFlow Datasets is imported only
+when such a dataset is built: it is slow to import and most runs do not
+need it.
+"""
+
+from __future__ import annotations
+
+import os
+
+import ml_collections
+import tensorflow as tf
+from google.protobuf import message
+
+from vivit_knn.data import clips, options, records, skips
+from vivit_knn.data.tables import RecordTable
+
+
+def default_config() -> ml_collections.ConfigDict:
+  """Default config of the ``tfds`` dataset."""
+  return ml_collections.ConfigDict({
+      "name": "tfds",
+      "builder": "ucf101",  # Name, optionally 'name/config:version'.
+      "data_dir": "",  # '' = TFDS's default data dir.
+      "manual_dir": "",  # Manually downloaded files (with download=True).
+      "download": False,  # Prepare the dataset if it is not there yet.
+      "train_split": "train",
+      "eval_split": "test",
+      "video_key": "video",
+      "label_key": "label",
+      **options.processing_fields(),
+  })
+
+
+class _DataSourceReader:
+  """A TFDS ArrayRecord data source of serialized examples."""
+
+  def __init__(self, source, name: str):
+    self._source, self._name = source, name
+
+  def __len__(self) -> int:
+    return len(self._source)
+
+  def read(self, i: int) -> bytes:
+    """Serialized example ``i``."""
+    return self._source[i]
+
+  def describe(self, i: int) -> str:
+    """``'<builder>:<split>[i]'``."""
+    return f"{self._name}[{i}]"
+
+
+class _SubsetReader:
+  """Records ``positions`` of another reader (a sliced TFDS split)."""
+
+  def __init__(self, reader: records.RecordIndex, positions: list[int]):
+    self._reader, self._positions = reader, positions
+
+  def __len__(self) -> int:
+    return len(self._positions)
+
+  def read(self, i: int) -> bytes:
+    """Serialized example ``i`` of the subset."""
+    return self._reader.read(self._positions[i])
+
+  def describe(self, i: int) -> str:
+    """Location of example ``i`` of the subset."""
+    return self._reader.describe(self._positions[i])
+
+
+def _tfrecord_reader(builder, split: str, counter: skips.SkipCounter):
+  """Reader over the TFRecord shards of ``split`` (honouring slices)."""
+  instructions = builder.info.splits[split].file_instructions
+  paths = []
+  for ins in instructions:
+    path = os.fspath(ins.filename)
+    if not os.path.isabs(path) and "://" not in path:
+      path = os.path.join(builder.data_dir, path)
+    paths.append(path)
+  files = list(dict.fromkeys(paths))
+  index = records.RecordIndex(files, counter=counter)
+  starts = dict(zip(files, index.file_starts()))
+  positions = []
+  for ins, path in zip(instructions, paths):
+    first = starts[path] + ins.skip
+    positions.extend(range(first, first + ins.take))
+  return _SubsetReader(index, positions)
+
+
+def _not_prepared(builder, download: bool) -> FileNotFoundError:
+  hint = "" if download else (
+      f": run `tfds build {builder.name} --data_dir=<dir>` or set "
+      "dataset.download=True (and dataset.manual_dir if it needs manually "
+      "downloaded files)")
+  return FileNotFoundError(f"TFDS dataset {builder.info.full_name} is not "
+                           f"prepared in {builder.data_dir}{hint}")
+
+
+def _reader(builder, split: str, counter: skips.SkipCounter, download: bool):
+  """Random-access reader of ``split``, whatever the prepared file format."""
+  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+  try:
+    source = builder.as_data_source(
+        split, deserialize_method=tfds.decode.DeserializeMethod.RAW_BYTES)
+    return _DataSourceReader(source, f"{builder.name}:{split}")
+  except NotImplementedError:  # Not ArrayRecord: maybe prepared as TFRecord.
+    if builder.is_prepared():
+      return _tfrecord_reader(builder, split, counter)
+    raise _not_prepared(builder, download) from None
+  except Exception:
+    if builder.is_prepared():
+      raise
+    raise _not_prepared(builder, download) from None
+
+
+def example_parser(video_key: str, label_key: str):
+  """Parser of TFDS-serialized examples: ``(encoded frames, label)``."""
+
+  def parse(raw: bytes, source: str):
+    try:
+      features = tf.train.Example.FromString(raw).features.feature
+    except message.DecodeError as err:
+      raise skips.BadVideoError(skips.CORRUPT, source, str(err)) from err
+    labels = features[label_key].int64_list.value
+    if not labels:
+      raise skips.BadVideoError(skips.CORRUPT, source, f"no {label_key!r}")
+    frames = features[video_key].bytes_list.value
+    if not frames:
+      raise skips.BadVideoError(skips.ZERO_FRAMES, source)
+    return frames, int(labels[0])
+
+  return parse
+
+
+def _load_builder(name: str, data_dir: str, manual_dir: str, download: bool):
+  """The builder, prepared first if ``download``."""
+  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+  builder = tfds.builder(name, data_dir=data_dir or None)
+  if download:
+    builder.download_and_prepare(download_config=tfds.download.DownloadConfig(
+        manual_dir=manual_dir or None))
+  return builder
+
+
+def build_tfds_dataset(*, builder: str, data_dir: str, manual_dir: str,
+                       download: bool, train_split: str, eval_split: str,
+                       video_key: str, label_key: str,
+                       spec: options.ProcessSpec) -> clips.ClipDataset:
+  """A :class:`ClipDataset` over a TFDS video builder."""
+  if data_dir and not tf.io.gfile.isdir(data_dir):
+    raise FileNotFoundError(
+        f"dataset.data_dir={data_dir} does not exist or is not a directory")
+  tfds_builder = _load_builder(builder, data_dir, manual_dir, download)
+  features = tfds_builder.info.features
+  for field, key in (("video_key", video_key), ("label_key", label_key)):
+    if key not in features:
+      raise ValueError(f"dataset.{field}={key!r} is not a feature of {builder}"
+                       f"; its features are {sorted(features.keys())}")
+  label = features[label_key]
+  if not hasattr(label, "names"):
+    raise ValueError(f"dataset.label_key={label_key!r} of {builder} is not a "
+                     "ClassLabel")
+  counter = skips.SkipCounter()
+  parse = example_parser(video_key, label_key)
+  return clips.ClipDataset(
+      RecordTable(_reader(tfds_builder, train_split, counter, download),
+                  parse),
+      RecordTable(_reader(tfds_builder, eval_split, counter, download),
+                  parse),
+      label.names, spec, counter)
+
+
+def build(config: ml_collections.ConfigDict | None) -> clips.ClipDataset:
+  """Builds the ``tfds`` dataset from a (possibly partial) config.
+
+  Raises:
+    ValueError: for unknown or invalid fields, naming ``dataset.<field>``.
+    FileNotFoundError: if the dataset is not prepared (and not to be
+      downloaded) or ``data_dir`` does not exist.
+  """
+  cfg = options.resolve_config(config, default_config)
+  return build_tfds_dataset(
+      builder=cfg.builder, data_dir=cfg.data_dir, manual_dir=cfg.manual_dir,
+      download=cfg.download, train_split=cfg.train_split,
+      eval_split=cfg.eval_split, video_key=cfg.video_key,
+      label_key=cfg.label_key, spec=options.ProcessSpec.from_config(cfg))

@@ -1,0 +1,140 @@
+"""Reading and writing video files with PyAV, decoding only the frames asked for.
+
+Readers raise :class:`~vivit_knn.data.skips.BadVideoError` for anything that
+cannot give frames (missing, unreadable, truncated, empty), so callers decide
+whether to skip or to fail.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+
+import av
+import numpy as np
+
+from vivit_knn.data import skips
+
+# Indices of the frames to return, given the number of frames in the video.
+FrameSelector = Callable[[int], np.ndarray]
+
+# A stream is called truncated when it holds fewer packets than its header
+# declares by more than this fraction (or 2 frames): small mismatches are
+# common in healthy AVI files.
+_TRUNCATION_TOLERANCE = 0.05
+_CODECS = {".avi": "mpeg4", ".mp4": "libx264", ".mkv": "libx264",
+           ".webm": "libvpx"}
+
+
+def _select_all(n: int) -> np.ndarray:
+  return np.arange(n)
+
+
+def _open(path: str):
+  """``(container, codec context, packets, declared frame count)``."""
+  container = av.open(path)
+  try:
+    if not container.streams.video:
+      raise skips.BadVideoError(skips.ZERO_FRAMES, path, "no video stream")
+    stream = container.streams.video[0]
+    # tf.data already runs one decode per core; codec threads would only
+    # oversubscribe them.
+    stream.codec_context.thread_count = 1
+    packets = [p for p in container.demux(stream) if p.size]
+    return container, stream.codec_context, packets, stream.frames
+  except BaseException:
+    container.close()
+    raise
+
+
+def _decode(codec, packets, wanted: set[int], last: int) -> dict[int, np.ndarray]:
+  """RGB arrays of the frames in ``wanted``; stops after frame ``last``."""
+  out: dict[int, np.ndarray] = {}
+  index = 0
+
+  def take(frames):
+    nonlocal index
+    for frame in frames:
+      if index in wanted:
+        out[index] = frame.to_ndarray(format="rgb24")
+      index += 1
+
+  for packet in packets:
+    take(codec.decode(packet))
+    if index > last:
+      return out
+  take(codec.decode(None))
+  return out
+
+
+def read_video(path: str, select: FrameSelector | None = None) -> np.ndarray:
+  """Decodes the selected frames of a video file.
+
+  Args:
+    path: Local video file (any container/codec FFmpeg reads).
+    select: Maps the number of frames ``n`` to the indices (in ``[0, n)``,
+      any order, repeats allowed) to return; default: all frames.
+
+  Returns:
+    uint8 ``[len(indices), H, W, 3]`` RGB frames.
+
+  Raises:
+    BadVideoError: ``missing`` file, ``corrupt`` data, ``truncated`` stream
+      or ``zero_frames``.
+  """
+  select = select or _select_all
+  if not os.path.exists(path):
+    raise skips.BadVideoError(skips.MISSING, path, "no such file")
+  try:
+    container, codec, packets, declared = _open(path)
+    with container:
+      if not packets:
+        raise skips.BadVideoError(skips.ZERO_FRAMES, path)
+      shortfall = declared - len(packets)
+      if declared > 0 and shortfall > max(2,
+                                          _TRUNCATION_TOLERANCE * declared):
+        raise skips.BadVideoError(
+            skips.TRUNCATED, path,
+            f"{len(packets)} of {declared} declared frames present")
+      indices = np.asarray(select(len(packets)), np.int64)
+      wanted = set(indices.tolist())
+      frames = _decode(codec, packets, wanted, max(wanted))
+    if len(frames) < len(wanted):
+      # Fewer decodable frames than packets: sample again from what decodes.
+      container, codec, packets, _ = _open(path)
+      with container:
+        every = _decode(codec, packets, set(range(len(packets))),
+                        len(packets))
+      if not every:
+        raise skips.BadVideoError(skips.CORRUPT, path, "no frame decodes")
+      frames = dict(enumerate(every[i] for i in sorted(every)))
+      indices = np.asarray(select(len(frames)), np.int64)
+    return np.stack([frames[i] for i in indices.tolist()])
+  except skips.BadVideoError:
+    raise
+  except (av.FFmpegError, OSError, ValueError, MemoryError) as err:
+    raise skips.BadVideoError(skips.CORRUPT, path,
+                              f"{type(err).__name__}: {err}") from err
+
+
+def write_video(path: str, frames: np.ndarray, fps: int = 25,
+                codec: str | None = None) -> None:
+  """Writes uint8 ``[N, H, W, 3]`` RGB frames to a video file.
+
+  The codec defaults by extension (``.avi`` -> MPEG-4 part 2, the UCF101 and
+  HMDB51 codec family; ``.mp4`` -> H.264). ``N = 0`` writes a valid file
+  with an empty video stream. Even ``H`` and ``W`` are required by the
+  4:2:0 pixel format.
+  """
+  frames = np.asarray(frames, np.uint8)
+  _, height, width, _ = frames.shape
+  codec = codec or _CODECS.get(os.path.splitext(path)[1].lower(), "mpeg4")
+  with av.open(path, "w") as container:
+    stream = container.add_stream(codec, rate=fps)
+    stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
+    container.start_encoding()
+    for frame in frames:
+      for packet in stream.encode(av.VideoFrame.from_ndarray(frame, "rgb24")):
+        container.mux(packet)
+    for packet in stream.encode():
+      container.mux(packet)

@@ -1,0 +1,257 @@
+"""CAST: a frozen spatial expert (CLIP) and a frozen temporal expert (VideoMAE) joined by B-CAST.
+
+Input is a clip `[B, T, H, W, C]` (T = 16 in the paper) with patches `(h, w, t)`.
+The temporal expert sees all T frames as `t`-frame tubelets: T' = T/t times of
+P = (H/h)(W/w) tokens. The spatial expert sees one frame per tubelet, the last
+one (frames 1, 3, 5, ... for t = 2, as in the public CAST code), each as an
+image of 1 + P tokens, so spatial frame i and tubelet time i line up.
+
+Each of the `num_layers` layers runs, in order:
+1. both experts' attention halves (each with an adapter on its output);
+2. the B-CAST block `cross_block_i` (`BCASTBlock`);
+3. both experts' MLP halves (each with a scaled adapter beside it).
+
+Heads. Single label: `head(adapter(ln_post(mean spatial CLS)) +
+adapter(fc_norm(mean temporal tokens)))`. The head adapters are zero-initialised,
+so the head kernel starts random (normal, 0.02): a zero head would leave both
+with zero gradients. EPIC-Kitchens (`num_verbs`, `num_nouns` > 0): `noun_head` on
+the spatial features and `verb_head` on the temporal ones; the returned logits
+are the joint log-probabilities of the actions, `log p(verb) + log p(noun)`,
+flattened verb-major to `[B, num_verbs * num_nouns]` (see
+`vivit_knn.train.multihead`): with action labels `verb * num_nouns + noun`, the
+plain softmax cross-entropy on them is exactly the sum of the verb and noun
+losses, and their top-1 is the action accuracy (both correct).
+
+Which parameters train is set by `optimizer.trainable_patterns`; the paper's
+choice is `TRAINABLE_PATTERNS`.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any, Dict, Mapping, Optional, Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from vivit_knn.models.adapters import Adapter
+from vivit_knn.models.attention import MultiHeadAttention
+from vivit_knn.models.encoder import drop_path, exact_gelu
+from vivit_knn.models.experts import CLIPVisionExpert, VideoMAEExpert
+from vivit_knn.weights.tree import flatten, raise_unmatched, unflatten
+
+Dtype = Any
+
+# The parameters CAST trains (regexes on '/'-joined parameter paths): the B-CAST
+# blocks (with their four *_pos embeddings), every adapter, ln_post, fc_norm, heads.
+TRAINABLE_PATTERNS = (
+    r"(^|/)cross_",
+    r"_pos$",
+    r"adapter",
+    r"(^|/)ln_post/",
+    r"(^|/)fc_norm/",
+    r"(^|/)(\w+_)?head/",
+)
+
+_TRUNC = nn.initializers.truncated_normal(stddev=0.02)
+
+
+class BCASTBlock(nn.Module):
+  """Bottleneck cross-attention in space and time between the two experts' tokens.
+
+  Spatial tokens `s` are `[B*T', 1 + P, D]` (frames in the batch, CLS first);
+  temporal tokens `v` are `[B, T'*P, D]` (time-major). Both are projected to
+  `cross_dim` and normalised, then:
+
+  * T2S (`t2s`): each spatial patch attends along time to the temporal tokens at
+    its grid position (queries `+ spatial_time_pos`, keys/values
+    `+ temporal_time_pos`, both `[T', cross_dim]`); the spatial CLS is not
+    attended, it only passes through the bottleneck (as in the public code);
+  * S2T (`s2t`): each temporal token attends, within its time step, over the
+    spatial expert's P patches of that frame, CLS excluded (queries
+    `+ temporal_space_pos`, keys/values `+ spatial_space_pos`, `[P, cross_dim]`).
+
+  Each result goes through GELU and a zero-initialised up-projection back to D and
+  is added to its stream, so at initialisation the block is the identity.
+  """
+
+  num_heads: int
+  cross_dim: int = 384
+  droppath_rate: float = 0.0
+  dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, s: jax.Array, v: jax.Array, deterministic: bool):
+    """Returns the updated `(s, v)`."""
+    b, bt = v.shape[0], s.shape[0]
+    t = bt // b
+    p = s.shape[1] - 1
+    d, c = s.shape[-1], self.cross_dim
+    if bt != b * t or v.shape[1] != t * p:
+      raise ValueError(f"B-CAST: spatial tokens {s.shape} and temporal tokens {v.shape} do "
+                       f"not share a {t}-step x {p}-patch grid")
+    pos_init = nn.initializers.normal(stddev=(c // self.num_heads) ** -0.5)
+    pos = lambda name, n: self.param(name, pos_init, (n, c), jnp.float32).astype(self.dtype)
+    dense = lambda features, name, init=_TRUNC: nn.Dense(
+        features, dtype=self.dtype, kernel_init=init, name=name)
+    norm = lambda name: nn.LayerNorm(epsilon=1e-6, dtype=self.dtype, name=name)
+    attention = lambda name: MultiHeadAttention(num_heads=self.num_heads, dtype=self.dtype,
+                                                kernel_init=_TRUNC, name=name)
+
+    ns = norm("cross_s_norm")(dense(c, "cross_s_down")(s))
+    nv = norm("cross_t_norm")(dense(c, "cross_t_down")(v))
+    s_patches = ns[:, 1:].reshape(b, t, p, c)
+    v_grid = nv.reshape(b, t, p, c)
+
+    # T2S: sequences along time, one per (clip, grid position).
+    q = jnp.swapaxes(s_patches, 1, 2) + pos("spatial_time_pos", t)
+    kv = jnp.swapaxes(v_grid, 1, 2) + pos("temporal_time_pos", t)
+    t2s = jnp.swapaxes(attention("t2s")(q, kv), 1, 2).reshape(bt, p, c)
+    s_cross = jnp.concatenate([ns[:, :1], t2s], axis=1)
+
+    # S2T: sequences along space, one per (clip, time step).
+    q = v_grid.reshape(bt, p, c) + pos("temporal_space_pos", p)
+    kv = s_patches.reshape(bt, p, c) + pos("spatial_space_pos", p)
+    s2t = attention("s2t")(q, kv).reshape(b, t * p, c)
+
+    zeros = nn.initializers.zeros
+    s_up = dense(d, "cross_s_up", zeros)(exact_gelu(s_cross))
+    v_up = dense(d, "cross_t_up", zeros)(exact_gelu(s2t))
+    s = s + drop_path(self, s_up, self.droppath_rate, deterministic)
+    v = v + drop_path(self, v_up, self.droppath_rate, deterministic)
+    return s, v
+
+
+class CAST(nn.Module):
+  """CAST with ViT experts of equal width, returning `(logits, intermediates)`.
+
+  `intermediates`: `spatial_features`, `temporal_features` (`[B, D]`, after
+  `ln_post` / `fc_norm`), `spatial_encoded` (`[B, T', 1 + P, D]`),
+  `temporal_encoded` (`[B, T'*P, D]`), `pre_logits` (single-label mode) or
+  `verb_logits` / `noun_logits` (EPIC-Kitchens mode).
+  """
+
+  num_classes: int
+  hidden_size: int = 768
+  num_heads: int = 12
+  mlp_dim: int = 3072
+  num_layers: int = 12
+  patch_size: Sequence[int] = (16, 16, 2)
+  cross_dim: int = 384
+  adapter_dim: int = 192
+  mlp_adapter_scale: float = 0.5
+  num_verbs: int = 0
+  num_nouns: int = 0
+  dropout_rate: float = 0.0
+  attention_dropout_rate: float = 0.0
+  stochastic_depth: float = 0.0
+  remat: bool = False
+  dtype: Dtype = jnp.float32
+
+  @property
+  def multihead(self) -> bool:
+    """Whether this is the two-head (verb, noun) EPIC-Kitchens model."""
+    return self.num_verbs > 0 and self.num_nouns > 0
+
+  def _experts(self, num_patches: int):
+    common = dict(hidden_size=self.hidden_size, num_layers=self.num_layers,
+                  num_heads=self.num_heads, mlp_dim=self.mlp_dim, adapter_dim=self.adapter_dim,
+                  mlp_adapter_scale=self.mlp_adapter_scale, dropout_rate=self.dropout_rate,
+                  attention_dropout_rate=self.attention_dropout_rate,
+                  stochastic_depth=self.stochastic_depth, remat=self.remat, dtype=self.dtype)
+    h, w, _ = self.patch_size
+    spatial = CLIPVisionExpert(num_patches=num_patches, patch_size=(h, w), name="spatial",
+                               **common)
+    temporal = VideoMAEExpert(patch_size=tuple(self.patch_size), name="temporal", **common)
+    return spatial, temporal
+
+  @nn.compact
+  def __call__(self, x: jax.Array, *, train: bool = False):
+    """Classifies clips `[B, T, H, W, C]`; returns `(logits, intermediates)`."""
+    if self.multihead and self.num_classes != self.num_verbs * self.num_nouns:
+      raise ValueError(f"CAST with num_verbs={self.num_verbs}, num_nouns={self.num_nouns} "
+                       f"predicts {self.num_verbs * self.num_nouns} actions, but the dataset "
+                       f"has {self.num_classes} classes")
+    b, frames, height, width, channels = x.shape
+    ph, pw, pt = self.patch_size
+    t, p = frames // pt, (height // ph) * (width // pw)
+    spatial, temporal = self._experts(p)
+    block = nn.remat(BCASTBlock, static_argnums=(3,)) if self.remat else BCASTBlock
+
+    # One frame per tubelet, its last: spatial frame i sits inside tubelet i.
+    images = x[:, pt - 1::pt].reshape(b * t, height, width, channels)
+    s = spatial.embed(images)
+    v = temporal.embed(x)
+    for i in range(self.num_layers):
+      s = spatial.block(i, s, train=train, part="attention")
+      v = temporal.block(i, v, train=train, part="attention")
+      rate = self.stochastic_depth * i / max(self.num_layers - 1, 1)
+      s, v = block(self.num_heads, self.cross_dim, rate, self.dtype,
+                   name=f"cross_block_{i}")(s, v, not train)
+      s = spatial.block(i, s, train=train, part="mlp")
+      v = temporal.block(i, v, train=train, part="mlp")
+
+    s = s.reshape(b, t, p + 1, s.shape[-1])
+    out: Dict[str, jax.Array] = {"spatial_encoded": s, "temporal_encoded": v,
+                                 "spatial_features": spatial.pool(s),
+                                 "temporal_features": temporal.pool(v)}
+    dropout = nn.Dropout(self.dropout_rate)
+    head = lambda n, name: nn.Dense(n, kernel_init=_TRUNC, dtype=jnp.float32, name=name)
+    if self.multihead:
+      noun = head(self.num_nouns, "noun_head")(
+          dropout(out["spatial_features"], deterministic=not train))
+      verb = head(self.num_verbs, "verb_head")(
+          dropout(out["temporal_features"], deterministic=not train))
+      out["noun_logits"], out["verb_logits"] = noun, verb
+      return joint_action_log_probs(verb, noun), out
+
+    adapter = lambda name: Adapter(self.adapter_dim, skip=False, dtype=self.dtype, name=name)
+    pre = (adapter("spatial_head_adapter")(out["spatial_features"])
+           + adapter("temporal_head_adapter")(out["temporal_features"]))
+    out["pre_logits"] = pre
+    logits = head(self.num_classes, "head")(dropout(pre, deterministic=not train))
+    return logits, out
+
+
+def joint_action_log_probs(verb_logits: jax.Array, noun_logits: jax.Array) -> jax.Array:
+  """`log p(verb) + log p(noun)` for every (verb, noun): `[B, V]`, `[B, N]` -> `[B, V * N]`.
+
+  Action `verb * N + noun` is entry `[:, verb * N + noun]`. The result is a
+  normalised log-distribution, so softmax cross-entropy on it equals the sum of
+  the verb and the noun cross-entropies (for the targets' marginals).
+  """
+  verb = jax.nn.log_softmax(verb_logits.astype(jnp.float32), axis=-1)
+  noun = jax.nn.log_softmax(noun_logits.astype(jnp.float32), axis=-1)
+  joint = verb[:, :, None] + noun[:, None, :]
+  return joint.reshape(joint.shape[0], -1)
+
+
+def merge_expert_params(params: Mapping[str, Any], spatial: Optional[Mapping[str, Any]] = None,
+                        temporal: Optional[Mapping[str, Any]] = None) -> Dict[str, Any]:
+  """Returns `params` (numpy) with converted expert trees placed under `spatial` / `temporal`.
+
+  Every leaf of a given expert tree must exist in `params` with the same shape,
+  and every frozen leaf of that expert (one no `TRAINABLE_PATTERNS` entry matches)
+  must be given; trainable leaves that are not given (adapters, a missing
+  `fc_norm`) keep their values. Raises `UnmatchedKeysError` listing every leaf
+  with no place, missing or with the wrong shape.
+  """
+  flat = flatten(params)
+  unknown, missing, bad = [], [], []
+  for prefix, tree in (("spatial", spatial), ("temporal", temporal)):
+    if tree is None:
+      continue
+    given = {f"{prefix}/{key}": value for key, value in flatten(tree).items()}
+    for path, value in given.items():
+      if path not in flat:
+        unknown.append(path)
+      elif flat[path].shape != value.shape:
+        bad.append(f"{path}: got {value.shape}, want {flat[path].shape}")
+      else:
+        flat[path] = np.asarray(value, flat[path].dtype)
+    missing += [path for path in flat if path.startswith(prefix + "/") and path not in given
+                and not any(re.search(pattern, path) for pattern in TRAINABLE_PATTERNS)]
+  raise_unmatched("CAST experts", unknown=unknown, missing=missing, bad_shapes=bad)
+  return unflatten(flat)

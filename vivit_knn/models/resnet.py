@@ -1,0 +1,141 @@
+"""ResNet-18/34/50/101/152 in torchvision's layout: the 2D per-frame distillation teacher.
+
+Module names mirror torchvision's (`conv1`, `bn1`, `layer{1-4}_{j}` for
+`layer{1-4}.{j}`, `downsample_conv` / `downsample_bn` for `downsample.0/1`,
+`fc`), so `vivit_knn.weights.torchvision_resnet` maps a state dict one to one.
+Blocks are torchvision's: the Bottleneck puts the stride on its 3x3 conv
+("ResNet v1.5"). BatchNorm keeps its running statistics in the `batch_stats`
+collection; `train=False` normalises with them.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any, Dict, Tuple
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+Dtype = Any
+
+# depth -> (block kind, blocks per stage)
+DEPTHS: Dict[int, Tuple[str, Tuple[int, ...]]] = {
+    18: ("basic", (2, 2, 2, 2)),
+    34: ("basic", (3, 4, 6, 3)),
+    50: ("bottleneck", (3, 4, 6, 3)),
+    101: ("bottleneck", (3, 4, 23, 3)),
+    152: ("bottleneck", (3, 8, 36, 3)),
+}
+EXPANSION = {"basic": 1, "bottleneck": 4}
+BN_EPSILON = 1e-5  # torchvision's default
+
+
+def stage_channels(depth: int, width: int = 64) -> Tuple[int, ...]:
+  """Output channels of `layer1..layer4` (e.g. 2048 for layer4 of ResNet-50/101)."""
+  kind, _ = _spec(depth)
+  return tuple(width * 2 ** i * EXPANSION[kind] for i in range(4))
+
+
+def feature_size(size: int, stage: int = 4) -> int:
+  """Spatial size of `layer{stage}`'s output for an input side of `size` pixels.
+
+  The stem halves twice (conv 7x7/2 pad 3, max-pool 3x3/2 pad 1) and layers
+  2-4 halve once each, every time rounding up: 224 -> 7 and 32 -> 1 at layer4.
+  """
+  halvings = 2 + max(0, min(stage, 4) - 1)
+  for _ in range(halvings):
+    size = -(-size // 2)
+  return size
+
+
+def _spec(depth: int) -> Tuple[str, Tuple[int, ...]]:
+  if depth not in DEPTHS:
+    raise ValueError(f"ResNet depth must be one of {sorted(DEPTHS)}, got {depth}")
+  return DEPTHS[depth]
+
+
+def _conv(features: int, kernel: int, stride: int, name: str, dtype: Dtype) -> nn.Conv:
+  pad = kernel // 2
+  return nn.Conv(features, (kernel, kernel), strides=(stride, stride),
+                 padding=((pad, pad), (pad, pad)), use_bias=False, dtype=dtype,
+                 kernel_init=nn.initializers.variance_scaling(2.0, "fan_out", "normal"),
+                 name=name)
+
+
+class _Block(nn.Module):
+  """torchvision BasicBlock (`kind='basic'`) or Bottleneck, with its projection shortcut."""
+
+  kind: str
+  planes: int
+  stride: int
+  dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
+    """Applies the block to NHWC `x`."""
+    norm = functools.partial(nn.BatchNorm, use_running_average=not train, momentum=0.9,
+                             epsilon=BN_EPSILON, dtype=self.dtype)
+    out_features = self.planes * EXPANSION[self.kind]
+    if self.kind == "basic":
+      y = nn.relu(norm(name="bn1")(_conv(self.planes, 3, self.stride, "conv1", self.dtype)(x)))
+      y = norm(name="bn2")(_conv(self.planes, 3, 1, "conv2", self.dtype)(y))
+    else:
+      y = nn.relu(norm(name="bn1")(_conv(self.planes, 1, 1, "conv1", self.dtype)(x)))
+      y = nn.relu(norm(name="bn2")(_conv(self.planes, 3, self.stride, "conv2", self.dtype)(y)))
+      y = norm(name="bn3")(_conv(out_features, 1, 1, "conv3", self.dtype)(y))
+    if self.stride != 1 or x.shape[-1] != out_features:
+      x = norm(name="downsample_bn")(
+          _conv(out_features, 1, self.stride, "downsample_conv", self.dtype)(x))
+    return nn.relu(x + y)
+
+
+class ResNet(nn.Module):
+  """Image ResNet `[B, H, W, 3] -> (logits [B, classes], features)`.
+
+  `features` holds `layer1`..`layer4` (NHWC maps) and `pre_logits` (the
+  globally averaged layer4). `width` scales every stage (64 in torchvision;
+  tests use a few channels).
+  """
+
+  num_classes: int
+  depth: int = 50
+  width: int = 64
+  dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: jax.Array, *, train: bool = False):
+    """Classifies images; BatchNorm uses its running statistics unless `train`."""
+    kind, blocks = _spec(self.depth)
+    x = x.astype(self.dtype)
+    x = _conv(self.width, 7, 2, "conv1", self.dtype)(x)
+    x = nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=BN_EPSILON,
+                     dtype=self.dtype, name="bn1")(x)
+    x = nn.relu(x)
+    x = nn.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
+    features = {}
+    for stage, count in enumerate(blocks):
+      for j in range(count):
+        stride = 2 if stage > 0 and j == 0 else 1
+        x = _Block(kind, self.width * 2 ** stage, stride, self.dtype,
+                   name=f"layer{stage + 1}_{j}")(x, train=train)
+      features[f"layer{stage + 1}"] = x
+    pooled = jnp.mean(x, axis=(1, 2))
+    features["pre_logits"] = pooled
+    logits = nn.Dense(self.num_classes, dtype=jnp.float32, name="fc")(pooled)
+    return logits, features
+
+
+def frame_features(model: ResNet, variables: Any, clips: jax.Array,
+                   stage: int = 4) -> Tuple[jax.Array, jax.Array]:
+  """Runs `model` on every frame of `clips` `[B, T, H, W, C]` in inference mode.
+
+  Returns `(logits averaged over frames [B, classes], layer{stage} maps
+  [B, T, h, w, C'])`.
+  """
+  b, t = clips.shape[:2]
+  logits, feats = model.apply(variables, clips.reshape((b * t,) + clips.shape[2:]), train=False)
+  fmap = feats[f"layer{stage}"]
+  return (jnp.mean(logits.reshape(b, t, -1).astype(jnp.float32), axis=1),
+          fmap.reshape((b, t) + fmap.shape[1:]))
+

@@ -1,0 +1,222 @@
+"""Space-time attention blocks built on the one attention module: TimeSformer and X-ViT.
+
+`DividedSpaceTimeBlock` is TimeSformer's divided block on tokens ordered
+`[CLS, patches x time]` (patch-major, as TimeSformer):
+
+  1. temporal attention over the T frames of each patch (CLS excluded), its
+     output through `temporal_fc` (zero-initialised, so the branch starts as the
+     identity) and added to the patch tokens;
+  2. spatial attention within each frame over `[CLS copy, N patches]`; the
+     patches take their own frame's residual, the CLS the mean over frames of
+     its T residuals;
+  3. the MLP.
+
+Names: the spatial half and the MLP use the image-ViT names (`LayerNorm_0`,
+`MultiHeadDotProductAttention_0`, `LayerNorm_1`, `MlpBlock_0`), the temporal half
+TimeSformer's (`temporal_norm1`, `temporal_attn`, `temporal_fc`), so an image ViT
+loads without renaming and a timm-style TimeSformer checkpoint maps with the
+same table as a timm ViT (`norm1`, `attn`, `norm2`, `mlp`) plus identical names.
+
+`SpaceTimeMixingBlock` is X-ViT's block on per-frame tokens `[B, T, S, D]` (each
+frame with its own CLS). After the projections, `FrameShift` replaces the key
+and value channels `[0, C/div)` by those of frame t+1 and `[C/div, 2C/div)` by
+those of frame t-1 (zeros past either end); queries are not shifted. Attention
+then runs within each frame, so the cost is that of spatial-only attention:
+linear in T.
+
+Summary tokens (X-ViT's optional global temporal mixing; no public code has
+them, so this is our reading of the paper): in every block each frame's tokens
+are pooled into R summary tokens, `z_t = softmax(P LN(x_t)^T / sqrt(D)) LN(x_t)`
+with learned probes `P` `[R, D]` (zero-initialised, so at init each summary is
+the frame's mean token). The T*R summaries of the whole clip are appended to
+every frame's keys and values (projected by the same key/value layers, not
+shifted), so every query can also attend to a summary of every frame. This adds
+`T*R` keys per query: cost `O(T S (S + T R))`, negligible while `T R << S`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Optional, Tuple
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from vivit_knn.models.attention import MultiHeadAttention
+from vivit_knn.models.encoder import (DENSE, AddPositionEmbedding, AttentionSpec, MlpBlock,
+                                      drop_path)
+
+Dtype = Any
+
+
+def shift_frames(x: jax.Array, div: int) -> jax.Array:
+  """X-ViT's channel shift of `[..., T, N, H, d]` along T (axis -4).
+
+  Channels are the flattened `H*d` axis (head-major). Output channels `[0, C/div)`
+  hold frame t+1's, `[C/div, 2C/div)` frame t-1's, the rest frame t's own; frames
+  past either end contribute zeros.
+  """
+  *lead, t, n, h, d = x.shape
+  c = h * d
+  fold = c // div
+  flat = x.reshape(tuple(lead) + (t, n, c))
+  no_pad = [(0, 0)] * len(lead)
+  from_next = jnp.pad(flat[..., 1:, :, :fold], no_pad + [(0, 1), (0, 0), (0, 0)])
+  from_prev = jnp.pad(flat[..., :-1, :, fold:2 * fold], no_pad + [(1, 0), (0, 0), (0, 0)])
+  mixed = jnp.concatenate([from_next, from_prev, flat[..., 2 * fold:]], axis=-1)
+  return mixed.reshape(x.shape)
+
+
+@dataclasses.dataclass(frozen=True)
+class FrameShift:
+  """`qkv_transform` hook: shifts keys and values along frames, leaves queries alone.
+
+  Inputs are `[B, T, N, H, d]`. With `own_tokens` set, only the first `own_tokens`
+  keys/values (the frame's own tokens) are shifted; later ones (summary tokens)
+  are left as they are.
+  """
+
+  div: int
+  own_tokens: Optional[int] = None
+
+  def _shift(self, x: jax.Array) -> jax.Array:
+    if self.own_tokens is None or self.own_tokens == x.shape[-3]:
+      return shift_frames(x, self.div)
+    own, extra = x[..., :self.own_tokens, :, :], x[..., self.own_tokens:, :, :]
+    return jnp.concatenate([shift_frames(own, self.div), extra], axis=-3)
+
+  def __call__(self, q: jax.Array, k: jax.Array, v: jax.Array
+               ) -> Tuple[jax.Array, jax.Array, jax.Array]:
+    """Returns `(q, shifted k, shifted v)`."""
+    return q, self._shift(k), self._shift(v)
+
+
+class SummaryTokens(nn.Module):
+  """Pools each frame's tokens `[B, T, S, D]` into `num_tokens` summaries `[B, T, R, D]`.
+
+  Attention pooling with learned probes (`probes`, zeros at init = mean pooling).
+  """
+
+  num_tokens: int
+  dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    """Returns `softmax(P x^T / sqrt(D)) x` per frame."""
+    d = x.shape[-1]
+    probes = self.param("probes", nn.initializers.zeros, (self.num_tokens, d), jnp.float32)
+    logits = jnp.einsum("rd,btsd->btrs", probes.astype(x.dtype), x) * d ** -0.5
+    weights = jax.nn.softmax(logits.astype(jnp.float32), axis=-1).astype(x.dtype)
+    return jnp.einsum("btrs,btsd->btrd", weights, x)
+
+
+def _mha(spec: AttentionSpec, num_heads: int, rate: float, dtype: Dtype, name: str,
+         qkv_transform=None) -> MultiHeadAttention:
+  return MultiHeadAttention(num_heads=num_heads, kind=spec.kind, knn_k=spec.knn_k,
+                            dropout_rate=rate, dtype=dtype, qkv_transform=qkv_transform,
+                            name=name)
+
+
+def _mlp_residual(block: nn.Module, x: jax.Array, deterministic: bool) -> jax.Array:
+  """x + drop_path(MLP(LN(x))), creating `LayerNorm_1` and `MlpBlock_0` on `block`."""
+  y = nn.LayerNorm(dtype=block.dtype, name="LayerNorm_1")(x)
+  y = MlpBlock(block.mlp_dim, dropout_rate=block.dropout_rate, dtype=block.dtype,
+               name="MlpBlock_0")(y, deterministic=deterministic)
+  return x + drop_path(block, y, block.droppath_rate, deterministic)
+
+
+class DividedSpaceTimeBlock(nn.Module):
+  """TimeSformer's divided space-time block on `[B, 1 + N*T, D]` tokens (see module doc)."""
+
+  mlp_dim: int
+  num_heads: int
+  num_frames: int
+  attention: AttentionSpec = DENSE
+  temporal_attention: AttentionSpec = DENSE
+  dropout_rate: float = 0.0
+  attention_dropout_rate: float = 0.0
+  droppath_rate: float = 0.0
+  dtype: Dtype = jnp.float32
+
+  def _branch(self, y: jax.Array, deterministic: bool) -> jax.Array:
+    y = nn.Dropout(self.dropout_rate)(y, deterministic=deterministic)
+    return drop_path(self, y, self.droppath_rate, deterministic)
+
+  @nn.compact
+  def __call__(self, x: jax.Array, deterministic: bool) -> jax.Array:
+    """Time attention per patch, space attention per frame (CLS averaged), then the MLP."""
+    b, length, d = x.shape
+    t = self.num_frames
+    n = (length - 1) // t
+    cls, patches = x[:, :1], x[:, 1:].reshape(b, n, t, d)
+
+    y = nn.LayerNorm(dtype=self.dtype, name="temporal_norm1")(patches)
+    y = _mha(self.temporal_attention, self.num_heads, self.attention_dropout_rate,
+             self.dtype, "temporal_attn")(y, deterministic=deterministic)
+    y = nn.Dense(d, dtype=self.dtype, kernel_init=nn.initializers.zeros,
+                 name="temporal_fc")(self._branch(y, deterministic))
+    patches = patches + y
+
+    frames = jnp.swapaxes(patches, 1, 2)  # [B, T, N, D]
+    tokens = jnp.concatenate([jnp.broadcast_to(cls[:, None], (b, t, 1, d)), frames], 2)
+    y = nn.LayerNorm(dtype=self.dtype, name="LayerNorm_0")(tokens)
+    y = _mha(self.attention, self.num_heads, self.attention_dropout_rate, self.dtype,
+             "MultiHeadDotProductAttention_0")(y, deterministic=deterministic)
+    y = self._branch(y, deterministic)
+    cls = cls + jnp.mean(y[:, :, :1], axis=1)
+    patches = patches + jnp.swapaxes(y[:, :, 1:], 1, 2)
+    x = jnp.concatenate([cls, patches.reshape(b, n * t, d)], axis=1)
+    return _mlp_residual(self, x, deterministic)
+
+
+class SpaceTimeMixingBlock(nn.Module):
+  """X-ViT block on per-frame tokens `[B, T, S, D]` (see module doc).
+
+  `shift_div=0` turns the shift off (the space-only baseline).
+  """
+
+  mlp_dim: int
+  num_heads: int
+  shift_div: int = 8
+  num_summary_tokens: int = 0
+  attention: AttentionSpec = DENSE
+  dropout_rate: float = 0.0
+  attention_dropout_rate: float = 0.0
+  droppath_rate: float = 0.0
+  dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: jax.Array, deterministic: bool) -> jax.Array:
+    """Shifted-key/value attention within each frame (+ summary keys), then the MLP."""
+    b, t, s, d = x.shape
+    y = nn.LayerNorm(dtype=self.dtype, name="LayerNorm_0")(x)
+    kv, own = y, None
+    if self.num_summary_tokens:
+      summary = SummaryTokens(self.num_summary_tokens, dtype=self.dtype,
+                              name="summary_tokens")(y)
+      summary = summary.reshape(b, 1, t * self.num_summary_tokens, d)
+      kv = jnp.concatenate([y, jnp.broadcast_to(summary, (b, t) + summary.shape[2:])], 2)
+      own = s
+    shift = FrameShift(self.shift_div, own) if self.shift_div else None
+    y = _mha(self.attention, self.num_heads, self.attention_dropout_rate, self.dtype,
+             "MultiHeadDotProductAttention_0", qkv_transform=shift)(
+                 y, kv, deterministic=deterministic)
+    y = nn.Dropout(self.dropout_rate)(y, deterministic=deterministic)
+    x = x + drop_path(self, y, self.droppath_rate, deterministic)
+    return _mlp_residual(self, x, deterministic)
+
+
+def frame_tokens(cls: jax.Array, patches: jax.Array) -> jax.Array:
+  """`[CLS, patches]` per frame plus a learned per-frame position embedding.
+
+  `patches` is `[B, T, N, D]`, `cls` `[1, 1, D]`; returns `[B, T, 1 + N, D]`. The
+  embedding (`posembed_input/pos_embedding`, `[1, 1 + N, D]`, the image ViT's)
+  is created on the calling module, so call this from a compact method.
+  """
+  b, t, n, d = patches.shape
+  cls = jnp.broadcast_to(cls.astype(patches.dtype), (b * t, 1, d))
+  tokens = jnp.concatenate([cls, patches.reshape(b * t, n, d)], axis=1)
+  tokens = AddPositionEmbedding(name="posembed_input")(tokens)
+  return tokens.reshape(b, t, 1 + n, d)
+

@@ -1,0 +1,210 @@
+"""The distillation student: a ViT-S video transformer over tubelet tokens.
+
+ViT-S defaults: 12 layers, 6 heads, width 384, MLP 1536, one joint
+space-time encoder with a CLS token (ViViT model 1's layout and parameter
+names: `embedding`, `cls`, `Transformer/{posembed_input, encoderblock_i,
+encoder_norm}`, `output_projection`). Options for two-stage distillation:
+
+* `mhca_layers`: the first layers use MHCA (`models/mhca.py`) so their heads
+  start as local, conv-like kernels (TSD-fad).
+* `branch_heads`: classifiers `branch_i` on the CLS token at the end of each
+  of that many equal parts of the encoder (the quarters for 4), trained with the
+  OFA loss (TSD-fpld).
+* `aligner_features`: a `FeatureAligner` (`aligner`) mapping the final patch
+  tokens onto a CNN teacher's layer4 map (TSD-fad).
+
+Branches and the aligner run only in training (and at init); evaluation and
+`export_params` drop them.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Dict, Optional, Sequence, Tuple
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from vivit_knn.models import resnet
+from vivit_knn.models.aligner import FeatureAligner
+from vivit_knn.models.encoder import (DENSE, AddPositionEmbedding, AttentionSpec, EncoderBlock,
+                                      MlpBlock, drop_path)
+from vivit_knn.models.mhca import mhca_attention
+from vivit_knn.models.vivit import tubelet_embedding
+
+Dtype = Any
+TRAINING_ONLY_PREFIXES = ("branch_", "aligner")
+
+
+class MHCABlock(nn.Module):
+  """Pre-LN block like `EncoderBlock`, with MHCA instead of plain attention.
+
+  Parameters: `LayerNorm_0`, `RelativePosition_0`, `MultiHeadDotProductAttention_0`,
+  `LayerNorm_1`, `MlpBlock_0`.
+  """
+
+  mlp_dim: int
+  num_heads: int
+  attention: AttentionSpec = DENSE
+  locality_strength: float = 1.0
+  dropout_rate: float = 0.0
+  attention_dropout_rate: float = 0.0
+  droppath_rate: float = 0.0
+  dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: jax.Array, deterministic: bool, grid: Tuple[int, int],
+               num_frames: int) -> jax.Array:
+    """Applies the block to `[B, 1 + T*h*w, D]` tokens (CLS first)."""
+    y = nn.LayerNorm(dtype=self.dtype, name="LayerNorm_0")(x)
+    y = mhca_attention(y, num_heads=self.num_heads, grid=grid, num_frames=num_frames,
+                       num_prefix=1, kind=self.attention.kind, knn_k=self.attention.knn_k,
+                       locality_strength=self.locality_strength,
+                       dropout_rate=self.attention_dropout_rate, deterministic=deterministic,
+                       dtype=self.dtype)
+    y = nn.Dropout(self.dropout_rate)(y, deterministic=deterministic)
+    x = x + drop_path(self, y, self.droppath_rate, deterministic)
+    y = nn.LayerNorm(dtype=self.dtype, name="LayerNorm_1")(x)
+    y = MlpBlock(self.mlp_dim, dropout_rate=self.dropout_rate, dtype=self.dtype,
+                 name="MlpBlock_0")(y, deterministic=deterministic)
+    return x + drop_path(self, y, self.droppath_rate, deterministic)
+
+
+class StudentEncoder(nn.Module):
+  """Position embedding, `num_layers` blocks (MHCA first), final LayerNorm.
+
+  Returns `(encoded tokens, [tokens after each layer listed in `taps`])`.
+  """
+
+  num_layers: int
+  mlp_dim: int
+  num_heads: int
+  attention: AttentionSpec = DENSE
+  mhca_layers: int = 0
+  locality_strength: float = 1.0
+  taps: Tuple[int, ...] = ()
+  dropout_rate: float = 0.0
+  attention_dropout_rate: float = 0.0
+  stochastic_depth: float = 0.0
+  remat: bool = False
+  dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: jax.Array, *, grid: Tuple[int, int], num_frames: int, train: bool):
+    """Encodes `[B, 1 + T*h*w, D]` tokens."""
+    x = AddPositionEmbedding(name="posembed_input")(x)
+    x = nn.Dropout(self.dropout_rate)(x, deterministic=not train)
+    tapped = []
+    for layer in range(self.num_layers):
+      common = dict(mlp_dim=self.mlp_dim, num_heads=self.num_heads, attention=self.attention,
+                    dropout_rate=self.dropout_rate,
+                    attention_dropout_rate=self.attention_dropout_rate,
+                    droppath_rate=self.stochastic_depth * layer / max(self.num_layers - 1, 1),
+                    dtype=self.dtype, name=f"encoderblock_{layer}")
+      if layer < self.mhca_layers:
+        cls = nn.remat(MHCABlock, static_argnums=(2, 3, 4)) if self.remat else MHCABlock
+        x = cls(locality_strength=self.locality_strength, **common)(
+            x, not train, tuple(grid), num_frames)
+      else:
+        cls = nn.remat(EncoderBlock, static_argnums=(2,)) if self.remat else EncoderBlock
+        x = cls(**common)(x, not train)
+      if layer + 1 in self.taps:
+        tapped.append(x)
+    return nn.LayerNorm(dtype=self.dtype, name="encoder_norm")(x), tapped
+
+
+class BranchHead(nn.Module):
+  """LayerNorm, then a zero-initialised linear classifier on the CLS token."""
+
+  num_classes: int
+  dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, tokens: jax.Array) -> jax.Array:
+    """`[B, N, D]` tokens -> `[B, num_classes]` float32 logits."""
+    x = nn.LayerNorm(dtype=self.dtype, name="norm")(tokens[:, 0])
+    return nn.Dense(self.num_classes, kernel_init=nn.initializers.zeros, dtype=jnp.float32,
+                    name="head")(x)
+
+
+def branch_layers(num_layers: int, branch_heads: int) -> Tuple[int, ...]:
+  """1-based layers after which the branches sit: the ends of `branch_heads` equal parts."""
+  if branch_heads <= 0:
+    return ()
+  if num_layers % branch_heads:
+    raise ValueError(f"model.student.branch_heads={branch_heads} must divide "
+                     f"model.num_layers={num_layers}")
+  step = num_layers // branch_heads
+  return tuple(step * (i + 1) for i in range(branch_heads))
+
+
+class VideoStudent(nn.Module):
+  """ViT-S video student returning `(logits, intermediates)`.
+
+  `intermediates`: `tubelets`, `encoded`, `pre_logits`, `patch_tokens`
+  (`[B, t, h, w, D]`, final normalised), and in training `branch_logits`
+  (`[branches, B, classes]`) and `aligned` (`[B, t, H', W', aligner_features]`,
+  `H' x W'` the ResNet layer4 size of the input frames).
+  """
+
+  num_classes: int
+  hidden_size: int = 384
+  patch_size: Sequence[int] = (16, 16, 2)
+  num_heads: int = 6
+  mlp_dim: int = 1536
+  num_layers: int = 12
+  attention: AttentionSpec = DENSE
+  mhca_layers: int = 0
+  locality_strength: float = 1.0
+  branch_heads: int = 0
+  aligner_features: int = 0
+  aligner_kernel: int = 1
+  dropout_rate: float = 0.0
+  attention_dropout_rate: float = 0.0
+  stochastic_depth: float = 0.0
+  kernel_init_method: Optional[str] = None
+  remat: bool = False
+  dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: jax.Array, *, train: bool = False):
+    """Classifies clips `[B, T, H, W, C]`; returns `(logits [B, classes], intermediates)`."""
+    if not 0 <= self.mhca_layers <= self.num_layers:
+      raise ValueError(f"model.student.mhca_layers={self.mhca_layers} must be in "
+                       f"[0, model.num_layers={self.num_layers}]")
+    taps = branch_layers(self.num_layers, self.branch_heads)
+    frame_hw = x.shape[2:4]
+    x = tubelet_embedding(self.hidden_size, tuple(self.patch_size), self.kernel_init_method,
+                          self.dtype)(x)
+    out: Dict[str, Any] = {"tubelets": x}
+    b, t, h, w, d = x.shape
+    cls = self.param("cls", nn.initializers.zeros, (1, 1, d), jnp.float32)
+    tokens = jnp.concatenate([jnp.broadcast_to(cls.astype(x.dtype), (b, 1, d)),
+                              x.reshape(b, t * h * w, d)], axis=1)
+    encoded, tapped = StudentEncoder(
+        num_layers=self.num_layers, mlp_dim=self.mlp_dim, num_heads=self.num_heads,
+        attention=self.attention, mhca_layers=self.mhca_layers,
+        locality_strength=self.locality_strength, taps=taps, dropout_rate=self.dropout_rate,
+        attention_dropout_rate=self.attention_dropout_rate,
+        stochastic_depth=self.stochastic_depth, remat=self.remat, dtype=self.dtype,
+        name="Transformer")(tokens, grid=(h, w), num_frames=t, train=train)
+    out["encoded"] = encoded
+    out["pre_logits"] = encoded[:, 0]
+    out["patch_tokens"] = encoded[:, 1:].reshape(b, t, h, w, d)
+    training_heads = train or self.is_initializing()
+    if training_heads and taps:
+      out["branch_logits"] = jnp.stack([
+          BranchHead(self.num_classes, self.dtype, name=f"branch_{i}")(z)
+          for i, z in enumerate(tapped)])
+    if training_heads and self.aligner_features:
+      size = tuple(resnet.feature_size(s) for s in frame_hw)
+      out["aligned"] = FeatureAligner(self.aligner_features, self.aligner_kernel, self.dtype,
+                                      name="aligner")(out["patch_tokens"], size)
+    logits = nn.Dense(self.num_classes, kernel_init=nn.initializers.zeros, dtype=jnp.float32,
+                      name="output_projection")(out["pre_logits"])
+    return logits, out
+
+
+def export_params(params: Dict[str, Any]) -> Dict[str, Any]:
+  """The student's parameters without the training-only branch heads and aligner."""
+  return {k: v for k, v in params.items() if not k.startswith(TRAINING_ONLY_PREFIXES)}

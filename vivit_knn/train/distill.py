@@ -1,0 +1,191 @@
+"""Two-stage distillation (TSD-fad / TSD-fpld) as a loss plug-in of the one trainer.
+
+Phase 'stage1' (the first `distill.stage1_steps`, or `stage1_epochs` of the
+train split) runs a frozen per-frame ResNet teacher and minimises
+`alpha*CE + (1-alpha)*KL(teacher||student) + beta*aux`, where aux is the MSE
+between the student's aligned patch tokens and the teacher's layer4 maps
+('fad') or the mean OFA loss of the student's branch heads ('fpld'). Phase
+'stage2' runs a frozen video transformer restored from a previous run's Orbax
+checkpoint and minimises `alpha*CE + (1-alpha)*KL`. Both teachers run in
+inference mode (BatchNorm on running statistics, no dropout) and receive no
+gradient. The phase is a function of the step, so a resumed run picks up the
+right teacher.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import math
+import os
+from typing import Any, Dict, Optional, Tuple
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+from absl import logging
+
+from vivit_knn import config as config_lib
+from vivit_knn.inference import read_run_info, restore_params
+from vivit_knn.models import resnet
+from vivit_knn.models.registry import build_model
+from vivit_knn.train import losses, sharding
+from vivit_knn.train.objectives import Objective, Terms
+
+STAGE1, STAGE2 = "stage1", "stage2"
+_REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+def load_config_file(path: str) -> ml_collections.ConfigDict:
+  """Runs `get_config()` of a config file (relative paths: the working directory, then the repo)."""
+  candidates = [path] if os.path.isabs(path) else [path, os.path.join(_REPO_ROOT, path)]
+  found = next((p for p in candidates if os.path.isfile(p)), None)
+  if found is None:
+    raise FileNotFoundError(f"distill.stage2.config_file={path} not found")
+  spec = importlib.util.spec_from_file_location("teacher_config", found)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module.get_config()
+
+
+def _check_tree(what: str, field: str, got: Any, want: Any) -> None:
+  """Raises ValueError naming `field` when two trees differ in structure or leaf shapes."""
+  got_shapes = jax.tree.map(lambda x: tuple(x.shape), got)
+  want_shapes = jax.tree.map(lambda x: tuple(x.shape), want)
+  if got_shapes != want_shapes:
+    flat_got = dict(jax.tree_util.tree_flatten_with_path(got_shapes)[0])
+    flat_want = dict(jax.tree_util.tree_flatten_with_path(want_shapes)[0])
+    diffs = [f"{jax.tree_util.keystr(k)}: checkpoint {flat_got.get(k)}, model {v}"
+             for k, v in flat_want.items() if flat_got.get(k) != v]
+    diffs += [f"{jax.tree_util.keystr(k)}: not in the model" for k in flat_got
+              if k not in flat_want]
+    raise ValueError(f"{field}: the {what} does not fit its model:\n  " + "\n  ".join(diffs[:20]))
+
+
+def tubelet_average(frame_maps: jax.Array, num_tubelets: int) -> jax.Array:
+  """Averages per-frame maps `[B, T, h, w, C]` over each tubelet's frames -> `[B, t, h, w, C]`."""
+  b, t = frame_maps.shape[:2]
+  if t % num_tubelets:
+    raise ValueError(f"{t} frames do not split into {num_tubelets} tubelets")
+  return jnp.mean(frame_maps.reshape((b, num_tubelets, t // num_tubelets) + frame_maps.shape[2:]),
+                  axis=2)
+
+
+class DistillObjective(Objective):
+  """TSD loss: phases 'stage1' (CNN teacher + fad/fpld) and 'stage2' (transformer teacher)."""
+
+  def __init__(self, config: ml_collections.ConfigDict,
+               num_train_examples: Optional[int] = None):
+    self.config = config
+    self.cfg = config.distill
+    self._num_train_examples = num_train_examples
+    self._teachers: Dict[str, Any] = {}
+
+  def stage1_steps(self) -> int:
+    """Length of stage 1 in steps: `stage1_steps`, else `stage1_epochs` of the train split."""
+    if self.cfg.stage1_steps > 0:
+      return int(self.cfg.stage1_steps)
+    if self.cfg.stage1_epochs <= 0:
+      return 0
+    if self._num_train_examples is None:
+      from vivit_knn.data.registry import build_dataset  # pylint: disable=import-outside-toplevel
+      self._num_train_examples = build_dataset(self.config.dataset).info.num_train_examples
+    return max(1, math.ceil(self.cfg.stage1_epochs * self._num_train_examples
+                            / self.config.train.global_batch_size))
+
+  def phase(self, step: int) -> str:
+    """'stage1' before `stage1_steps()`, then 'stage2'."""
+    return STAGE1 if step < self.stage1_steps() else STAGE2
+
+  def init_frozen(self, exp, phase: str) -> Any:
+    """Loads (or, for `checkpoint_format='none'`, initialises) the phase's teacher, replicated."""
+    if phase == STAGE1:
+      model, variables = self._stage1_teacher(exp)
+    elif phase == STAGE2:
+      model, variables = self._stage2_teacher(exp)
+    else:
+      raise ValueError(f"unknown distillation phase {phase!r}")
+    self._teachers[phase] = model
+    return jax.device_put(variables, sharding.replicated(exp.mesh))
+
+  def _stage1_teacher(self, exp) -> Tuple[resnet.ResNet, Any]:
+    s1 = self.cfg.stage1
+    model = resnet.ResNet(num_classes=exp.num_classes, depth=s1.depth)
+    frame = jnp.zeros((1,) + tuple(exp.dataset.info.input_shape)[1:], jnp.float32)
+    abstract = jax.eval_shape(lambda: model.init(jax.random.key(0), frame, train=False))
+    if s1.checkpoint_format == "none":
+      logging.warning("distill.stage1.checkpoint_format='none': the stage-1 teacher is a random "
+                      "ResNet-%d (smoke tests only)", s1.depth)
+      return model, jax.jit(lambda: model.init(jax.random.key(self.config.seed), frame,
+                                               train=False))()
+    from vivit_knn.weights.torchvision_resnet import load_torchvision_resnet  # pylint: disable=import-outside-toplevel
+    variables, depth = load_torchvision_resnet(s1.checkpoint_path)
+    if depth != s1.depth:
+      raise ValueError(f"distill.stage1.depth={s1.depth} but {s1.checkpoint_path} holds a "
+                       f"ResNet-{depth}")
+    _check_tree(f"ResNet in {s1.checkpoint_path}", "distill.stage1.checkpoint_path",
+                variables, dict(abstract))
+    logging.info("Stage-1 teacher: ResNet-%d from %s", depth, s1.checkpoint_path)
+    return model, variables
+
+  def _stage2_teacher(self, exp) -> Tuple[Any, Any]:
+    s2 = self.cfg.stage2
+    if not s2.config_file or not s2.workdir:
+      raise ValueError("distill.stage2.config_file and distill.stage2.workdir are required "
+                       "once training reaches stage 2")
+    teacher_config = load_config_file(s2.config_file)
+    info = read_run_info(s2.workdir)
+    if len(info["class_names"]) != exp.num_classes:
+      raise ValueError(f"distill.stage2.workdir={s2.workdir}: the teacher has "
+                       f"{len(info['class_names'])} classes, the dataset {exp.num_classes}")
+    config_lib.check_model(teacher_config.model, exp.dataset.info.input_shape,
+                           field="distill.stage2 teacher model")
+    model = build_model(teacher_config.model, exp.num_classes)
+    params, step = restore_params(s2.workdir)
+    abstract = jax.eval_shape(lambda: model.init(jax.random.key(0), exp.dummy_input(),
+                                                 train=False)["params"])
+    _check_tree(f"checkpoint in {s2.workdir}", "distill.stage2.workdir", params, abstract)
+    logging.info("Stage-2 teacher: %s from %s (step %d)", s2.config_file, s2.workdir, step)
+    return model, {"params": params}
+
+  def teacher_outputs(self, frozen: Any, phase: str,
+                      inputs: jax.Array) -> Tuple[jax.Array, Optional[jax.Array]]:
+    """`(teacher logits [B, C], per-frame layer4 maps [B, T, h, w, C'] or None)`, no gradient."""
+    model = self._teachers[phase]
+    if phase == STAGE1:
+      logits, maps = resnet.frame_features(model, frozen, inputs)
+    else:
+      logits, _ = model.apply(frozen, inputs, train=False)
+      maps = None
+    return jax.lax.stop_gradient(logits.astype(jnp.float32)), (
+        None if maps is None else jax.lax.stop_gradient(maps))
+
+  def __call__(self, frozen: Any, *, phase: str, inputs: jax.Array, targets: jax.Array,
+               logits: jax.Array, intermediates: Dict[str, Any], step: jax.Array,
+               rng: jax.Array) -> Tuple[jax.Array, Terms]:
+    """`alpha*CE + (1-alpha)*KL (+ beta*fad|ofa in stage 1)`, with every term reported."""
+    del step, rng
+    cfg = self.cfg
+    teacher_logits, teacher_maps = self.teacher_outputs(frozen, phase, inputs)
+    ce = losses.softmax_cross_entropy(logits, targets)
+    kd = losses.distillation_kl(logits, teacher_logits, cfg.tau)
+    loss = cfg.alpha * ce + (1.0 - cfg.alpha) * kd
+    terms = {"ce": ce, "kd": kd}
+    if phase == STAGE1 and cfg.method == "fad":
+      if "aligned" not in intermediates:
+        raise ValueError("distill.method='fad' needs a student with an aligner "
+                         "(model.name='student', model.student.aligner_features > 0)")
+      aligned = intermediates["aligned"]
+      fad = losses.feature_mse(aligned, tubelet_average(teacher_maps, aligned.shape[1]))
+      terms["fad"] = fad
+      loss = loss + cfg.beta * fad
+    elif phase == STAGE1:
+      if "branch_logits" not in intermediates:
+        raise ValueError("distill.method='fpld' needs a student with branch heads "
+                         "(model.name='student', model.student.branch_heads > 0)")
+      per_branch = [losses.ofa_loss(b, teacher_logits, targets, cfg.eta)
+                    for b in intermediates["branch_logits"]]
+      ofa = sum(per_branch) / len(per_branch)
+      terms.update({f"ofa_{i}": v for i, v in enumerate(per_branch)})
+      terms["ofa"] = ofa
+      loss = loss + cfg.beta * ofa
+    return loss, terms

@@ -1,0 +1,47 @@
+"""Multi-process start-up through JAX's own runtime (`jax.distributed`).
+
+On Cloud TPU pods and SLURM clusters JAX finds the coordinator by itself; elsewhere
+pass `--coordinator_address`, `--num_processes` and `--process_id` to every process.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Optional
+
+import jax
+from absl import logging
+
+
+def cluster_detected() -> bool:
+  """Whether the environment describes a multi-process job JAX can auto-configure."""
+  slurm = int(os.environ.get("SLURM_NTASKS", "1")) > 1 and "SLURM_JOB_ID" in os.environ
+  tpu_pod = len(os.environ.get("TPU_WORKER_HOSTNAMES", "").split(",")) > 1
+  return slurm or tpu_pod
+
+
+def maybe_initialize(coordinator_address: Optional[str] = None,
+                     num_processes: Optional[int] = None,
+                     process_id: Optional[int] = None) -> bool:
+  """Calls `jax.distributed.initialize` when running as one of several processes.
+
+  Explicit arguments win; otherwise SLURM / TPU-pod environments are detected.
+  Returns whether the distributed runtime was started. Must run before any
+  other JAX call touches the devices.
+  """
+  explicit = coordinator_address is not None
+  if explicit:
+    if num_processes is None or process_id is None:
+      raise ValueError("--coordinator_address needs --num_processes and --process_id too")
+    if not 0 <= process_id < num_processes:
+      raise ValueError(f"--process_id={process_id} must be in [0, {num_processes})")
+  elif not cluster_detected():
+    return False
+  if jax.config.jax_platforms in (None, "", "cpu") or os.environ.get("JAX_PLATFORMS") == "cpu":
+    # CPU processes need an explicit cross-process collectives backend.
+    jax.config.update("jax_cpu_collectives_implementation", "gloo")
+  jax.distributed.initialize(coordinator_address=coordinator_address,
+                             num_processes=num_processes, process_id=process_id)
+  logging.info("Process %d of %d, %d local / %d global devices", jax.process_index(),
+               jax.process_count(), jax.local_device_count(), jax.device_count())
+  return True

@@ -1,0 +1,1 @@
+"""Pretrained weights: converters from public checkpoint formats and video initialisation."""

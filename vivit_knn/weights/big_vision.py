@@ -1,0 +1,56 @@
+"""big_vision ViT `.npz` checkpoints -> our image ViT tree.
+
+big_vision stores the position embedding at the top level (`pos_embedding`,
+`[1, N, D]`, patches only) and concatenates the CLS (`cls`) after adding it, so
+the CLS has no position embedding. Our tree adds the embedding after the
+concatenation, so the conversion prepends a zero row for the CLS, which gives
+the same function. Blocks are `Transformer/encoderblock_i/...` (linen names),
+or, for models trained with `scan=True`, one `Transformer/encoderblock/...`
+whose arrays are stacked over layers (axis 0); those are split.
+
+Only CLS-token models (`pool_type='tok'`) map onto our CLS-based models; a
+`gap` or `map` model is rejected with its unmatched keys listed.
+"""
+
+from __future__ import annotations
+
+from typing import Mapping
+
+import numpy as np
+
+from vivit_knn.weights.image_vit import check_image_tree
+from vivit_knn.weights.tree import Flat, raise_unmatched, unflatten
+from vivit_knn.weights.vit_npz import load_npz
+
+__all__ = ["load_npz", "convert_big_vision"]
+
+_SCANNED = "Transformer/encoderblock/"
+
+
+def _unscan(flat: Mapping[str, np.ndarray]) -> Flat:
+  out = {}
+  for key, value in flat.items():
+    if key.startswith(_SCANNED):
+      rest = key[len(_SCANNED):]
+      for layer in range(value.shape[0]):
+        out[f"Transformer/encoderblock_{layer}/{rest}"] = value[layer]
+    else:
+      out[key] = value
+  return out
+
+
+def convert_big_vision(flat: Mapping[str, np.ndarray]) -> dict:
+  """big_vision flat params -> our image ViT tree (checked; raises listing unmatched keys)."""
+  flat = _unscan(flat)
+  if "cls" not in flat:
+    raise_unmatched("big_vision_npz (a model without a CLS token: pool_type must be 'tok')",
+                    unknown=[k for k in flat if k.startswith("MAPHead")], missing=["cls"])
+  if "pos_embedding" not in flat:
+    raise_unmatched("big_vision_npz (learned position embeddings needed)",
+                    missing=["pos_embedding"])
+  pos = flat.pop("pos_embedding")
+  flat["Transformer/posembed_input/pos_embedding"] = np.concatenate(
+      [np.zeros_like(pos[:, :1]), pos], axis=1)
+  tree = unflatten(flat)
+  check_image_tree(tree, "big_vision_npz", allow_timesformer=False)
+  return tree

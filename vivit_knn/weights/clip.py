@@ -1,0 +1,156 @@
+"""OpenAI CLIP ViT image tower (PyTorch state dict) <-> `CLIPVisionExpert` parameter tree.
+
+Names (`i` the block index; torch `Linear` weights are `[out, in]`, so kernels are
+their transposes; LayerNorm `weight` is our `scale`):
+
+  visual.conv1.weight                    -> conv1/kernel ([D, C, h, w] -> [h, w, C, D])
+  visual.class_embedding                 -> class_embedding
+  visual.positional_embedding            -> positional_embedding
+  visual.ln_pre                          -> ln_pre
+  visual.transformer.resblocks.i.ln_1    -> encoderblock_i/LayerNorm_0
+  ....attn.in_proj_weight / in_proj_bias -> .../MultiHeadDotProductAttention_0/{query,key,value}
+  ....attn.out_proj                      -> .../MultiHeadDotProductAttention_0/out
+  ....ln_2                               -> .../LayerNorm_1
+  ....mlp.c_fc / mlp.c_proj              -> .../MlpBlock_0/Dense_0 / Dense_1
+  visual.ln_post                         -> ln_post
+
+`visual.proj` (the image-text projection) is not part of the expert and is
+dropped, as are the text tower's keys (everything outside `visual.`). A dict
+without any `visual.` key is read as the image tower alone (`model.visual`'s
+own state dict). The head count is not stored; CLIP uses 64-wide heads.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Dict, Mapping, Optional
+
+import numpy as np
+
+from vivit_knn.weights.timm import TORCH_REQUIREMENT, unwrap
+from vivit_knn.weights.tree import Flat, flatten, raise_unmatched, unflatten
+
+CLIP_HEAD_DIM = 64
+_PREFIX = "visual."
+_BLOCKS = "transformer.resblocks."
+# Image-tower keys the expert does not use.
+DROPPED = ("proj",)
+_NORMS = {"ln_1": "LayerNorm_0", "ln_2": "LayerNorm_1"}
+_DENSES = {"mlp.c_fc": "MlpBlock_0/Dense_0", "mlp.c_proj": "MlpBlock_0/Dense_1"}
+_ATTN = "MultiHeadDotProductAttention_0"
+
+
+def load_clip_state_dict(path: str) -> Flat:
+  """Reads a CLIP checkpoint (a state dict, or OpenAI's TorchScript archive) as numpy float32."""
+  try:
+    import torch  # pylint: disable=import-outside-toplevel
+  except ImportError:
+    raise ImportError(f"reading a CLIP checkpoint needs PyTorch: pip install "
+                      f"{TORCH_REQUIREMENT} (CPU build is enough)") from None
+  try:
+    state = torch.load(path, map_location="cpu", weights_only=True)
+  except RuntimeError:
+    # OpenAI's released ViT-B-16.pt is a TorchScript archive, not a pickle.
+    state = torch.jit.load(path, map_location="cpu").state_dict()
+  return {k: v.detach().float().numpy() for k, v in unwrap(state).items()}
+
+
+def _visual(state: Mapping[str, Any]) -> Dict[str, np.ndarray]:
+  state = unwrap(state)
+  if any(k.startswith(_PREFIX) for k in state):
+    state = {k[len(_PREFIX):]: v for k, v in state.items() if k.startswith(_PREFIX)}
+  return {k: np.asarray(v, np.float32) for k, v in state.items() if k not in DROPPED}
+
+
+def convert_clip(state: Mapping[str, Any], num_heads: Optional[int] = None) -> Dict[str, Any]:
+  """A CLIP state dict (numpy or torch arrays) -> the `CLIPVisionExpert` tree (numpy).
+
+  `num_heads` defaults to width / 64. Raises `UnmatchedKeysError` listing every
+  image-tower key with no mapping, and every expected key that is missing.
+  """
+  src = _visual(state)
+  if "conv1.weight" not in src:
+    raise_unmatched("CLIP", unknown=src, missing=["visual.conv1.weight"])
+  d = src["conv1.weight"].shape[0]
+  num_heads = num_heads or d // CLIP_HEAD_DIM
+  head_dim = d // num_heads
+  out: Flat = {}
+  used, missing = set(), []
+
+  def take(key: str) -> Optional[np.ndarray]:
+    if key not in src:
+      missing.append(_PREFIX + key)
+      return None
+    used.add(key)
+    return src[key]
+
+  def norm(name: str, dst: str) -> None:
+    for theirs, ours in (("weight", "scale"), ("bias", "bias")):
+      value = take(f"{name}.{theirs}")
+      if value is not None:
+        out[f"{dst}/{ours}"] = value
+
+  def dense(name: str, dst: str) -> None:
+    weight, bias = take(f"{name}.weight"), take(f"{name}.bias")
+    if weight is not None:
+      out[f"{dst}/kernel"] = weight.T
+    if bias is not None:
+      out[f"{dst}/bias"] = bias
+
+  out["conv1/kernel"] = take("conv1.weight").transpose(2, 3, 1, 0)
+  for name in ("class_embedding", "positional_embedding"):
+    value = take(name)
+    if value is not None:
+      out[name] = value
+  norm("ln_pre", "ln_pre")
+  norm("ln_post", "ln_post")
+  blocks = sorted({int(k[len(_BLOCKS):].split(".")[0]) for k in src if k.startswith(_BLOCKS)})
+  for i in blocks:
+    block, dst = f"{_BLOCKS}{i}", f"encoderblock_{i}"
+    for name, ours in _NORMS.items():
+      norm(f"{block}.{name}", f"{dst}/{ours}")
+    for name, ours in _DENSES.items():
+      dense(f"{block}.{name}", f"{dst}/{ours}")
+    qkv, qkv_bias = take(f"{block}.attn.in_proj_weight"), take(f"{block}.attn.in_proj_bias")
+    if qkv is not None and qkv_bias is not None:
+      for j, part in enumerate(("query", "key", "value")):
+        rows = slice(j * d, (j + 1) * d)
+        out[f"{dst}/{_ATTN}/{part}/kernel"] = qkv[rows].T.reshape(d, num_heads, head_dim)
+        out[f"{dst}/{_ATTN}/{part}/bias"] = qkv_bias[rows].reshape(num_heads, head_dim)
+    proj, proj_bias = take(f"{block}.attn.out_proj.weight"), take(f"{block}.attn.out_proj.bias")
+    if proj is not None:
+      out[f"{dst}/{_ATTN}/out/kernel"] = proj.T.reshape(num_heads, head_dim, d)
+    if proj_bias is not None:
+      out[f"{dst}/{_ATTN}/out/bias"] = proj_bias
+  raise_unmatched("CLIP", unknown=[_PREFIX + k for k in set(src) - used], missing=missing)
+  return unflatten(out)
+
+
+def export_clip(tree: Mapping[str, Any]) -> Dict[str, np.ndarray]:
+  """The inverse of `convert_clip`: an expert tree -> `visual.*` state-dict arrays (no `proj`)."""
+  flat = flatten(tree)
+  d = flat["conv1/kernel"].shape[-1]
+  out = {"conv1.weight": flat["conv1/kernel"].transpose(3, 2, 0, 1),
+         "class_embedding": flat["class_embedding"],
+         "positional_embedding": flat["positional_embedding"]}
+
+  def norm(src: str, name: str) -> None:
+    out[f"{name}.weight"], out[f"{name}.bias"] = flat[f"{src}/scale"], flat[f"{src}/bias"]
+
+  norm("ln_pre", "ln_pre")
+  norm("ln_post", "ln_post")
+  blocks = sorted({int(k.split("/")[0].split("_")[1]) for k in flat if k.startswith("encoderblock_")})
+  for i in blocks:
+    src, name = f"encoderblock_{i}", f"{_BLOCKS}{i}"
+    for theirs, ours in _NORMS.items():
+      norm(f"{src}/{ours}", f"{name}.{theirs}")
+    for theirs, ours in _DENSES.items():
+      out[f"{name}.{theirs}.weight"] = flat[f"{src}/{ours}/kernel"].T
+      out[f"{name}.{theirs}.bias"] = flat[f"{src}/{ours}/bias"]
+    attn = f"{src}/{_ATTN}"
+    out[f"{name}.attn.in_proj_weight"] = np.concatenate(
+        [flat[f"{attn}/{p}/kernel"].reshape(d, d).T for p in ("query", "key", "value")])
+    out[f"{name}.attn.in_proj_bias"] = np.concatenate(
+        [flat[f"{attn}/{p}/bias"].reshape(d) for p in ("query", "key", "value")])
+    out[f"{name}.attn.out_proj.weight"] = flat[f"{attn}/out/kernel"].reshape(d, d).T
+    out[f"{name}.attn.out_proj.bias"] = flat[f"{attn}/out/bias"]
+  return {_PREFIX + k: np.asarray(v) for k, v in out.items()}

@@ -1,0 +1,146 @@
+"""torchvision ResNet state dicts <-> `vivit_knn.models.resnet.ResNet` variables.
+
+Names map as follows (`X` the stage 1-4, `j` the block):
+
+  conv1.weight                    -> params/conv1/kernel        ([O, I, kh, kw] -> [kh, kw, I, O])
+  bn1.{weight, bias}              -> params/bn1/{scale, bias}
+  bn1.{running_mean, running_var} -> batch_stats/bn1/{mean, var}
+  layerX.j.convK.weight           -> params/layerX_j/convK/kernel
+  layerX.j.bnK.*                  -> params|batch_stats/layerX_j/bnK/*
+  layerX.j.downsample.0.weight    -> params/layerX_j/downsample_conv/kernel
+  layerX.j.downsample.1.*         -> params|batch_stats/layerX_j/downsample_bn/*
+  fc.{weight, bias}               -> params/fc/{kernel ([out, in] -> [in, out]), bias}
+
+`num_batches_tracked` counters are dropped. Arrays are float32 numpy.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from typing import Any, Dict, Mapping, Tuple
+
+import numpy as np
+
+from vivit_knn.weights.tree import Flat, flatten, raise_unmatched, unflatten
+
+_BN = {"weight": ("params", "scale"), "bias": ("params", "bias"),
+       "running_mean": ("batch_stats", "mean"), "running_var": ("batch_stats", "var")}
+_BLOCK = re.compile(r"^layer([1-4])\.(\d+)\.(.+)$")
+_MODULE = {"downsample.0": "downsample_conv", "downsample.1": "downsample_bn"}
+
+
+def _target(name: str) -> Tuple[str, str]:
+  """`(collection, flax path)` of one torchvision key, or raises KeyError."""
+  prefix, rest = "", name
+  match = _BLOCK.match(name)
+  if match:
+    stage, index, rest = match.groups()
+    prefix = f"layer{stage}_{index}/"
+  module, _, leaf = rest.rpartition(".")
+  module = _MODULE.get(module, module)
+  is_norm = module.startswith("bn") or module == "downsample_bn"
+  is_conv = module.startswith("conv") or module == "downsample_conv"
+  if is_norm and leaf in _BN:
+    collection, ours = _BN[leaf]
+    return collection, f"{prefix}{module}/{ours}"
+  if is_conv and leaf == "weight":
+    return "params", f"{prefix}{module}/kernel"
+  if not prefix and module == "fc" and leaf in ("weight", "bias"):
+    return "params", f"fc/{'kernel' if leaf == 'weight' else 'bias'}"
+  raise KeyError(name)
+
+
+def _to_flax(name: str, value: np.ndarray) -> np.ndarray:
+  value = np.asarray(value, np.float32)
+  if value.ndim == 4:  # conv [O, I, kh, kw] -> [kh, kw, I, O]
+    return value.transpose(2, 3, 1, 0)
+  if name.endswith("fc.weight"):
+    return value.T
+  return value
+
+
+def convert_torchvision_resnet(state: Mapping[str, Any]) -> Dict[str, Any]:
+  """Maps a torchvision ResNet state dict to `{'params': ..., 'batch_stats': ...}`.
+
+  Raises:
+    UnmatchedKeysError: listing every key that is not a ResNet key.
+  """
+  out: Dict[str, Flat] = {"params": {}, "batch_stats": {}}
+  unknown = []
+  for name, value in state.items():
+    if name.endswith("num_batches_tracked"):
+      continue
+    try:
+      collection, path = _target(name)
+    except KeyError:
+      unknown.append(name)
+      continue
+    out[collection][path] = _to_flax(name, np.asarray(value))
+  if unknown:
+    raise_unmatched("torchvision ResNet state dict", unknown=unknown)
+  return {k: unflatten(v) for k, v in out.items()}
+
+
+def to_torchvision(variables: Mapping[str, Any]) -> Flat:
+  """Inverse of `convert_torchvision_resnet` (without `num_batches_tracked`)."""
+  inverse_bn = {v: k for k, v in _BN.items()}
+  inverse_module = {v: k for k, v in _MODULE.items()}
+  state: Flat = {}
+  for collection in ("params", "batch_stats"):
+    for path, value in flatten(variables.get(collection, {})).items():
+      *modules, leaf = path.split("/")
+      prefix = ""
+      if re.fullmatch(r"layer[1-4]_\d+", modules[0]):
+        stage, index = modules[0][len("layer"):].split("_")
+        prefix = f"layer{stage}.{index}."
+        modules = modules[1:]
+      module = inverse_module.get(modules[0], modules[0])
+      if leaf == "kernel":
+        value = value.T if module == "fc" else value.transpose(3, 2, 0, 1)
+        torch_leaf = "weight"
+      elif module == "fc":
+        torch_leaf = leaf
+      else:
+        torch_leaf = inverse_bn[(collection, leaf)]
+      state[f"{prefix}{module}.{torch_leaf}"] = np.asarray(value, np.float32)
+  return state
+
+
+def infer_depth(state: Mapping[str, Any]) -> int:
+  """The ResNet depth whose block counts (and block kind) match the state dict's keys."""
+  from vivit_knn.models.resnet import DEPTHS  # pylint: disable=import-outside-toplevel
+
+  counts = [0, 0, 0, 0]
+  bottleneck = False
+  for name in state:
+    match = _BLOCK.match(name)
+    if match:
+      stage, index = int(match.group(1)), int(match.group(2))
+      counts[stage - 1] = max(counts[stage - 1], index + 1)
+      bottleneck |= match.group(3).startswith("conv3.")
+  kind = "bottleneck" if bottleneck else "basic"
+  for depth, (k, blocks) in DEPTHS.items():
+    if k == kind and tuple(counts) == blocks:
+      return depth
+  raise ValueError(f"state dict has {kind} blocks {tuple(counts)} per stage: not a torchvision "
+                   f"ResNet of depth {sorted(DEPTHS)}")
+
+
+def load_state_dict(path: str) -> Flat:
+  """Reads a torchvision state dict from `.pth`/`.pt` (needs torch) or `.npz` (numpy only)."""
+  if not os.path.exists(path):
+    raise FileNotFoundError(f"ResNet checkpoint {path} does not exist")
+  if path.endswith(".npz"):
+    with np.load(path) as data:
+      return {k: np.asarray(data[k]) for k in data.files}
+  from vivit_knn.weights.timm import load_torch_state_dict  # pylint: disable=import-outside-toplevel
+  return load_torch_state_dict(path)
+
+
+def load_torchvision_resnet(path: str) -> Tuple[Dict[str, Any], int]:
+  """`(variables, depth)` of the torchvision ResNet checkpoint at `path`."""
+  from vivit_knn.weights.timm import unwrap  # pylint: disable=import-outside-toplevel
+
+  state = unwrap(load_state_dict(path))
+  return convert_torchvision_resnet(state), infer_depth(state)

@@ -1,0 +1,54 @@
+"""Original ViT `.npz` checkpoints (google-research/vision_transformer) -> our image ViT tree.
+
+Keys are `/`-joined paths: `embedding/kernel`, `cls`,
+`Transformer/posembed_input/pos_embedding`, `Transformer/encoderblock_i/...`,
+`Transformer/encoder_norm`, `head`, optionally `pre_logits`. Checkpoints saved
+before Flax linen number a block's modules globally (`LayerNorm_0`,
+`MultiHeadDotProductAttention_1`, `LayerNorm_2`, `MlpBlock_3`); linen numbers
+them per type (`LayerNorm_0`, `MultiHeadDotProductAttention_0`, `LayerNorm_1`,
+`MlpBlock_0`). Both are accepted: inside a block each type is renumbered 0, 1, ...
+in index order.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Dict, Mapping
+
+import numpy as np
+
+from vivit_knn.weights.image_vit import check_image_tree
+from vivit_knn.weights.tree import Flat, unflatten
+
+_BLOCK_MODULE = re.compile(r"^(Transformer/encoderblock_\d+)/([A-Za-z]+)_(\d+)/(.*)$")
+
+
+def load_npz(path: str) -> Flat:
+  """Reads an `.npz` into `{path: array}`."""
+  with open(path, "rb") as f, np.load(f, allow_pickle=False) as data:
+    return {k: np.asarray(data[k]) for k in data.files}
+
+
+def renumber_block_modules(flat: Mapping[str, np.ndarray]) -> Flat:
+  """Renumbers `<Type>_<i>` inside each encoder block per type, in index order."""
+  indices: Dict[tuple, set] = {}
+  for key in flat:
+    m = _BLOCK_MODULE.match(key)
+    if m:
+      indices.setdefault((m.group(1), m.group(2)), set()).add(int(m.group(3)))
+  rank = {key: {i: r for r, i in enumerate(sorted(found))} for key, found in indices.items()}
+  out = {}
+  for key, value in flat.items():
+    m = _BLOCK_MODULE.match(key)
+    if m:
+      block, kind, index, rest = m.group(1), m.group(2), int(m.group(3)), m.group(4)
+      key = f"{block}/{kind}_{rank[(block, kind)][index]}/{rest}"
+    out[key] = value
+  return out
+
+
+def convert_vit_npz(flat: Mapping[str, np.ndarray]) -> dict:
+  """Original-ViT flat params -> our image ViT tree (checked; raises listing unmatched keys)."""
+  tree = unflatten(renumber_block_modules(flat))
+  check_image_tree(tree, "vit_npz", allow_timesformer=False)
+  return tree
