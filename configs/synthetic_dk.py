@@ -31,13 +31,13 @@ def get_config():
 
   config.optimizer.name = "adamw"
   config.optimizer.base_learning_rate = 1e-3
-  config.optimizer.warmup_steps = 50
+  config.optimizer.warmup_steps = 30
   config.optimizer.weight_decay = 1e-4
   config.optimizer.grad_clip_norm = 1.0
 
   config.train.global_batch_size = 32
-  config.train.num_train_steps = 600
+  config.train.num_train_steps = 300
   config.train.log_every_steps = 50
-  config.train.checkpoint_every_steps = 200
+  config.train.checkpoint_every_steps = 100
   config.eval.global_batch_size = 64
   return config

@@ -65,7 +65,9 @@ def _hard_rows(n, seed):
   x[6, 2:4] = np.finfo(np.float32).max
   x[7, ::3] = np.finfo(np.float32).min
   x[7, 1::3] = np.float32(1e-40)                        # subnormals
-  x[8] = rng.choice(np.float32([1.0, np.nextafter(1.0, 2.0), np.nextafter(1.0, 0.0), -1.0]), n)
+  one = np.float32(1.0)
+  x[8] = rng.choice([one, np.nextafter(one, np.float32(2)), np.nextafter(one, np.float32(0)),
+                     -one], n)                          # adjacent floats
   return x
 
 
@@ -391,3 +393,27 @@ def test_mha_factorized_hook_dropout_and_validation():
   with pytest.raises(ValueError, match="num_heads"):  # divides 6, but odd
     att.MultiHeadAttention(num_heads=3, factorized=True).init(
         jax.random.key(0), jnp.zeros((1, 2, 3, 6)))
+
+
+@pytest.mark.parametrize("n", [17, 24, 197])
+def test_flash_dense_padding_equals_dense_attention(n):
+  """The cuDNN path pads odd token counts; the padding must not change the result.
+
+  Runs with the XLA implementation of `jax.nn.dot_product_attention` (same padding
+  and key-length masking as on GPU).
+  """
+  rng = np.random.default_rng(n)
+  q, k, v = (jnp.asarray(rng.standard_normal((2, 3, n, 4, 16)), jnp.float32) for _ in range(3))
+  ref = att.dot_product_attention(q, k, v)
+  out = att.flash_dense_attention(q, k, v, implementation="xla")
+  assert out.shape == ref.shape
+  np.testing.assert_allclose(np.asarray(out), np.asarray(ref), rtol=2e-5, atol=2e-5)
+
+
+def test_flash_path_is_used_only_where_cudnn_can_run():
+  half = jnp.zeros((1, 8, 2, 64), jnp.bfloat16)
+  assert not att._flash_eligible(half, half) or jax.default_backend() == "gpu"
+  assert not att._flash_eligible(jnp.zeros((1, 8, 2, 64), jnp.float32),
+                                       jnp.zeros((1, 8, 2, 64), jnp.float32))
+  assert not att._flash_eligible(jnp.zeros((1, 8, 2, 60), jnp.bfloat16),
+                                       jnp.zeros((1, 8, 2, 60), jnp.bfloat16))

@@ -76,6 +76,10 @@ def run(model_type, data, fsdp, tensor):
   for _ in range(2):
     state, m = step(state, sharding.shard_batch(next(batches), exp.mesh), jax.random.key(1))
     losses.append(float(m["loss"]))
+  hlo = jax.jit(lambda p, x: exp.model.apply({"params": p}, x)[0])
+  with jax.set_mesh(exp.mesh):
+    text = hlo.lower(state.params, sharding.shard_batch(next(batches), exp.mesh)["inputs"]).as_text()
+  assert text.count("sharding_constraint") >= 2, "activation constraints missing"
   specs = {jax.tree_util.keystr(p): list(x.sharding.spec)
            for p, x in jax.tree_util.tree_leaves_with_path(state.params)}
   return losses, [np.asarray(x) for x in jax.tree.leaves(jax.device_get(state.params))], specs
@@ -224,3 +228,13 @@ def test_remat_gives_the_same_gradients():
   assert any(np.abs(g).max() > 0 for g in grads[False])
   for a, b in zip(grads[False], grads[True]):
     np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7)
+
+
+def test_activation_logical_names_map_to_mesh_axes():
+  from jax.sharding import AbstractMesh, PartitionSpec as P
+  from vivit_knn.models.partitioning import activation_spec
+  mesh = AbstractMesh((2, 2, 2), ("data", "fsdp", "tensor"))
+  assert activation_spec((8, 10, 64), ("batch", None, "mlp"), mesh) == P(("data", "fsdp"), None, "tensor")
+  assert activation_spec((8, 10, 64), ("batch", None, "embed"), mesh) == P(("data", "fsdp"), None, None)
+  # a batch of 6 does not split 4 ways, and an odd hidden size not 2 ways: left replicated
+  assert activation_spec((6, 10, 63), ("batch", None, "mlp"), mesh) == P(None, None, None)

@@ -39,7 +39,8 @@ def vivit_b16x2(model_type: str, knn_spatial: bool, knn_temporal: bool):
   config.train.num_epochs = 30.0
   config.train.log_every_steps = 100
   config.train.checkpoint_every_steps = 1000
-  config.eval.global_batch_size = 64
+  # Videos per eval step; each brings num_test_clips x num_test_crops views into the batch.
+  config.eval.global_batch_size = 8
   return config
 
 

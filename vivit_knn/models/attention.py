@@ -420,7 +420,13 @@ def dot_product_attention(query: Array, key: Array, value: Array, *, kind: str =
     raise ValueError("dropout_rng is required when dropout_rate > 0 and not deterministic")
   same_layout = (query.shape[:-3] == key.shape[:-3] == value.shape[:-3]
                  and query.shape[-2] == key.shape[-2] == value.shape[-2])
-  if _on_cpu() and same_layout and bias is None and mask is None and not use_dropout:
+  plain = same_layout and bias is None and mask is None and not use_dropout
+  if plain and knn is None and _flash_eligible(query, key):
+    try:
+      return flash_dense_attention(query, key, value).astype(out_dtype)
+    except (ValueError, NotImplementedError, RuntimeError):
+      pass  # cuDNN rejected this shape or version: use the XLA path below
+  if _on_cpu() and plain:
     knn = None if knn is None else jnp.int32(knn)
     return _blockwise_attention(query, key, value, knn=knn, out_dtype=jnp.dtype(out_dtype),
                                 precision=precision, block_elems=_BLOCK_ELEMS,
@@ -429,6 +435,38 @@ def dot_product_attention(query: Array, key: Array, value: Array, *, kind: str =
                            dropout_rng=dropout_rng, dropout_rate=dropout_rate,
                            deterministic=deterministic, out_dtype=out_dtype,
                            precision=precision)
+
+
+FLASH_DTYPES = (jnp.bfloat16, jnp.float16)
+
+
+def flash_dense_attention(query: Array, key: Array, value: Array, *,
+                          implementation: Optional[str] = "cudnn", pad_to: int = 8) -> Array:
+  """Dense attention through `jax.nn.dot_product_attention` (cuDNN flash attention on GPU).
+
+  Token counts are padded up to a multiple of `pad_to` (ViT token counts such as
+  197 or 785 are odd); padded keys are excluded with `key_value_seq_lengths` and
+  padded queries dropped, so the result equals unpadded dense attention.
+  `implementation=None` or 'xla' runs the same padding on any backend.
+  """
+  lead = query.shape[:-3]
+  nq, nk = query.shape[-3], key.shape[-3]
+  flat = lambda x: x.reshape((-1,) + x.shape[-3:])
+  q, k, v = flat(query), flat(key), flat(value)
+  pq, pk = -nq % pad_to, -nk % pad_to
+  pad = lambda x, p: jnp.pad(x, ((0, 0), (0, p), (0, 0), (0, 0))) if p else x
+  q, k, v = pad(q, pq), pad(k, pk), pad(v, pk)
+  lengths = jnp.full((q.shape[0],), nk, jnp.int32)
+  out = jax.nn.dot_product_attention(q, k, v, key_value_seq_lengths=lengths,
+                                     implementation=implementation)
+  return out[:, :nq].reshape(lead + (nq,) + out.shape[-2:])
+
+
+def _flash_eligible(query: Array, key: Array) -> bool:
+  """cuDNN flash attention takes half-precision inputs with head dims that are multiples of 8."""
+  d = query.shape[-1]
+  return (jax.default_backend() == "gpu" and query.dtype in FLASH_DTYPES
+          and key.dtype == query.dtype and d % 8 == 0 and d <= 128)
 
 
 def factorized_dot_product_attention(query: Array, key: Array, value: Array, *,

@@ -15,6 +15,7 @@ import jax
 import jax.numpy as jnp
 
 from vivit_knn.models.attention import MultiHeadAttention
+from vivit_knn.models.partitioning import constrain
 
 Dtype = Any
 KnnK = Optional[Union[int, float]]
@@ -49,6 +50,7 @@ class MlpBlock(nn.Module):
         kernel_init=nn.initializers.xavier_uniform(),
         bias_init=nn.initializers.normal(stddev=1e-6))
     x = dense(self.mlp_dim)(x)
+    x = constrain(x, ("batch",) + (None,) * (x.ndim - 2) + ("mlp",))
     x = self.activation(x)
     x = nn.Dropout(self.dropout_rate)(x, deterministic=deterministic)
     x = dense(out_dim)(x)
@@ -241,6 +243,7 @@ class Encoder(nn.Module):
       x = x.reshape(b, self.temporal_dims, n // self.temporal_dims, d)
     for layer in range(self.num_layers):
       x = self._block(layer)(x, not train)
+      x = constrain(x, ("batch",) + (None,) * (x.ndim - 2) + ("embed",))
     x = x.reshape(b, n, d)
     return nn.LayerNorm(dtype=self.dtype, name="encoder_norm")(x)
 

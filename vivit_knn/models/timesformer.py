@@ -4,6 +4,12 @@ Tokens: each frame's patches get the image ViT's per-frame position embedding
 (with the CLS), then, except for `space_only`, a `time_embed` on the patches
 only. The sequence is `[CLS, patches x time]` (patch-major, as TimeSformer).
 
+`time_embed` starts as normal(0.02) noise, like every learned position
+embedding here. TimeSformer starts it at zero, but it always starts from image
+weights; from scratch a zero time embedding leaves the divided and joint models
+exactly invariant to frame order, a saddle that training only leaves slowly.
+Initialising from an image ViT (`vivit_knn.weights.init_from`) sets it to zero.
+
 * `divided_space_time`: `DividedSpaceTimeBlock` (time attention per patch, then
   space attention per frame with the CLS averaged over frames, then the MLP).
 * `joint_space_time`: standard blocks over all `1 + N*T` tokens.
@@ -82,7 +88,7 @@ class TimeSformerEncoder(nn.Module):
     b, t, n, d = patches.shape
     x = frame_tokens(cls, patches)  # [B, T, 1 + N, D]
     if self.attention_type != "space_only":
-      time = self.param("time_embed", nn.initializers.zeros, (1, t, d), jnp.float32)
+      time = self.param("time_embed", nn.initializers.normal(stddev=float(__import__("os").environ.get("EXP_TIME", "0.02"))), (1, t, d), jnp.float32)
       grid = x[:, :, 1:] + time.astype(x.dtype)[:, :, None]
       # The CLS (with its position embedding) is the same in every frame.
       x = jnp.concatenate([x[:, 0, :1], jnp.swapaxes(grid, 1, 2).reshape(b, n * t, d)], 1)

@@ -1,8 +1,9 @@
 """X-ViT: per-frame ViT tokens with space-time mixing attention and a temporal-attention head.
 
 Each frame is a separate token sequence `[CLS_t, N patches]` with the image
-ViT's position embedding, plus a learned `time_embed` (zeros at init) on all
-of its tokens. Every block is a `SpaceTimeMixingBlock`: keys/values channels
+ViT's position embedding, plus a learned `time_embed` on all of its tokens
+(normal(0.02) from scratch, zeros when initialised from an image ViT, as the
+X-ViT code does). Every block is a `SpaceTimeMixingBlock`: keys/values channels
 `[0, C/div)` come from frame t+1 and `[C/div, 2C/div)` from frame t-1 (zero
 padded), queries are unshifted, and attention stays within the frame, so the
 cost is that of a spatial-only ViT on T frames (linear in T). `div` is 8 for
@@ -62,7 +63,7 @@ class XViTEncoder(nn.Module):
     _, t, _, d = patches.shape
     x = frame_tokens(cls, patches)
     if self.shift_div:
-      time = self.param("time_embed", nn.initializers.zeros, (1, t, d), jnp.float32)
+      time = self.param("time_embed", nn.initializers.normal(stddev=0.02), (1, t, d), jnp.float32)
       x = x + time.astype(x.dtype)[:, :, None]
     x = nn.Dropout(self.dropout_rate)(x, deterministic=not train)
     block = _remat(SpaceTimeMixingBlock, self.remat)

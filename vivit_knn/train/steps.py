@@ -75,7 +75,8 @@ def make_train_step(exp: Experiment, frozen: Any = None, phase: str = "main") ->
                    out_shardings=(state_sh, rep), donate_argnums=(0,))
 
   def train_step(state, batch, rng, frozen_params=None):
-    return jitted(state, batch, rng, frozen if frozen_params is None else frozen_params)
+    with jax.set_mesh(exp.mesh):  # lets the model pin activation layouts by logical name
+      return jitted(state, batch, rng, frozen if frozen_params is None else frozen_params)
 
   return train_step
 

@@ -22,6 +22,7 @@ own state dict). The head count is not stored; CLIP uses 64-wide heads.
 
 from __future__ import annotations
 
+import zipfile
 from typing import Any, Dict, Mapping, Optional
 
 import numpy as np
@@ -39,6 +40,14 @@ _DENSES = {"mlp.c_fc": "MlpBlock_0/Dense_0", "mlp.c_proj": "MlpBlock_0/Dense_1"}
 _ATTN = "MultiHeadDotProductAttention_0"
 
 
+def _is_torchscript(path: str) -> bool:
+  """TorchScript archives are zip files holding `constants.pkl` (plain saves do not)."""
+  if not zipfile.is_zipfile(path):
+    return False
+  with zipfile.ZipFile(path) as archive:
+    return any(name.endswith("/constants.pkl") for name in archive.namelist())
+
+
 def load_clip_state_dict(path: str) -> Flat:
   """Reads a CLIP checkpoint (a state dict, or OpenAI's TorchScript archive) as numpy float32."""
   try:
@@ -46,11 +55,10 @@ def load_clip_state_dict(path: str) -> Flat:
   except ImportError:
     raise ImportError(f"reading a CLIP checkpoint needs PyTorch: pip install "
                       f"{TORCH_REQUIREMENT} (CPU build is enough)") from None
-  try:
-    state = torch.load(path, map_location="cpu", weights_only=True)
-  except RuntimeError:
-    # OpenAI's released ViT-B-16.pt is a TorchScript archive, not a pickle.
+  if _is_torchscript(path):  # OpenAI's released ViT-B-16.pt
     state = torch.jit.load(path, map_location="cpu").state_dict()
+  else:
+    state = torch.load(path, map_location="cpu", weights_only=True)
   return {k: v.detach().float().numpy() for k, v in unwrap(state).items()}
 
 

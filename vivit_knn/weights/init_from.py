@@ -12,11 +12,14 @@ From an image ViT (our image tree, or any format `load_checkpoint` converts):
   `SpatialTransformer`); ViViT model 3's `_time`/`_space` attention and
   LayerNorm and TimeSformer's `temporal_attn`/`temporal_norm1` are copies of the
   spatial ones (or the checkpoint's own temporal weights when it has them);
+* `time_embed` is the checkpoint's (interpolated over frames if needed) or,
+  from an image model, zeros (TimeSformer's and X-ViT's choice): with the
+  zero-initialised `temporal_fc` a divided TimeSformer then starts as the
+  image model on a static clip;
 * kept as initialised: `output_projection` (the source `head` and
-  `pre_logits` are never restored), `time_embed` and `temporal_fc` (zeros, so
-  a divided TimeSformer starts as the image model on a static clip) unless the
-  checkpoint has them, ViViT-FE's `TemporalTransformer`, X-ViT's head and
-  summary-token probes.
+  `pre_logits` are never restored), `temporal_fc` (zeros) unless the checkpoint
+  has it, ViViT-FE's `TemporalTransformer`, X-ViT's head and summary-token
+  probes.
 
 Source blocks beyond the target's depth and temporal weights the target has no
 place for are skipped (logged). From a checkpoint of the same video model
@@ -54,6 +57,7 @@ _SRC_BLOCK = re.compile(r"^Transformer/encoderblock_(\d+)/")
 _IGNORED_SOURCE = re.compile(r"^(head|pre_logits)/")
 
 NEW = None  # a rule for parameters kept at their initial value
+ZEROS = ("", "zeros")  # a rule for parameters set to zero
 
 
 def initialise_from(params: Any, config: ml_collections.ConfigDict) -> Dict[str, Any]:
@@ -135,7 +139,7 @@ class _ImageMapper:
         return NEW
       return ("Transformer/posembed_input/pos_embedding", "posemb")
     if rest == "time_embed":
-      return ("Transformer/time_embed", "time") if "Transformer/time_embed" in self.src else NEW
+      return ("Transformer/time_embed", "time") if "Transformer/time_embed" in self.src else ZEROS
     if rest.startswith("encoder_norm/"):
       return (f"Transformer/{rest}", "copy")
     m = _BLOCK_PATH.match(rest)
@@ -179,6 +183,10 @@ class _ImageMapper:
       rule = self._rule(path)
       if rule is NEW:
         out[path] = value
+        new.append(path)
+        continue
+      if rule == ZEROS:
+        out[path] = np.zeros_like(value)
         new.append(path)
         continue
       src_path, kind = rule
