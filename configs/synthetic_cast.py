@@ -1,17 +1,17 @@
-"""Tiny CAST on the built-in synthetic motion task (seconds per hundred steps on a CPU).
+"""Tiny CAST on the built-in synthetic motion task: about a minute on two CPU cores.
 
-Both experts are tiny, randomly initialised and frozen, as in the paper's recipe
-with pretrained ones: only the B-CAST blocks, the adapters, `ln_post`, `fc_norm`
-and the head train. `--config.optimizer.trainable_patterns='()'` trains
-everything instead.
+The two experts here are tiny and randomly initialised, i.e. not experts at all,
+so unlike the paper (`k400_cast.py`) everything trains: with the experts frozen
+(`--config.optimizer.trainable_patterns` set to `cast.TRAINABLE_PATTERNS`) the
+cross-attention and adapters on top of random features stay at chance for
+hundreds of steps. The architecture, heads and initialisation are the paper's.
 """
 
 from vivit_knn.config import base_config
-from vivit_knn.models.cast import TRAINABLE_PATTERNS
 
 
 def get_config():
-  """Two-layer CAST (width 32, cross 32, adapters 16) on 8x32x32 clips, 2x8x8 tubelets."""
+  """Two-layer CAST (width 64, B-CAST 32, adapters 16) on 8x32x32 clips, 2x8x8 tubelets."""
   config = base_config()
   config.experiment_name = "synthetic_cast"
   config.dataset.num_frames = 8
@@ -21,7 +21,7 @@ def get_config():
 
   m = config.model
   m.name = "cast"
-  m.hidden_size, m.num_heads, m.mlp_dim, m.num_layers = 32, 4, 64, 2
+  m.hidden_size, m.num_heads, m.mlp_dim, m.num_layers = 64, 4, 128, 2
   m.patch_size = (8, 8, 2)
   m.attention.kind = "dense"
   m.cast.cross_dim = 32
@@ -32,10 +32,12 @@ def get_config():
   config.optimizer.warmup_steps = 30
   config.optimizer.weight_decay = 1e-4
   config.optimizer.grad_clip_norm = 1.0
-  config.optimizer.trainable_patterns = TRAINABLE_PATTERNS
+  config.optimizer.trainable_patterns = ()
 
-  config.train.global_batch_size = 32
-  config.train.num_train_steps = 400
+  # CAST's zero-initialised head adapters make the optimisation saddle-prone; a batch
+  # of 64 escapes reliably (32 sometimes sits at one of the two binary factors).
+  config.train.global_batch_size = 64
+  config.train.num_train_steps = 250
   config.train.log_every_steps = 50
   config.train.checkpoint_every_steps = 10_000
   config.eval.global_batch_size = 64

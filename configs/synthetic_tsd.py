@@ -49,7 +49,7 @@ def get_config():
 
   d = config.distill
   d.method = "fad"
-  d.alpha, d.beta, d.tau, d.eta = 0.5, 1.0, 2.0, 1.1
+  d.alpha, d.beta, d.tau, d.eta = 0.5, 1.0, 4.0, 1.1
   d.stage1_steps = 100
   d.stage1.depth = TEACHER_DEPTH
   d.stage1.checkpoint_format = "none"

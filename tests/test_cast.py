@@ -215,7 +215,8 @@ def test_built_from_config_and_validated():
   config = load_config("synthetic_cast")
   config_lib.validate(config, (8, 32, 32, 3))
   model = build_model(config.model, 4)
-  assert isinstance(model, CAST) and model.cross_dim == 32 and model.adapter_dim == 16
+  assert isinstance(model, CAST) and (model.hidden_size, model.cross_dim) == (64, 32)
+  assert model.adapter_dim == 16
   for field, value, message in (("adapter_dim", 0, "model.cast.adapter_dim"),
                                 ("cross_dim", 30, "model.cast.cross_dim"),
                                 ("num_verbs", 3, "model.cast.num_verbs")):

@@ -8,6 +8,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 
+from tests.test_resnet import torchvision_state
 from tests.tiny import load_config, run_python
 from vivit_knn import config as config_lib
 from vivit_knn.models import resnet
@@ -158,6 +159,28 @@ def test_fpld_reports_one_ofa_term_per_branch(teacher_workdir):
                              rtol=1e-6)
 
 
+def test_stage1_teacher_loads_a_torchvision_state_dict(tmp_path, teacher_workdir):
+  state = torchvision_state(18, width=64, classes=4)
+  np.savez(tmp_path / "r18.npz", **state)
+  config = _student_config(teacher_workdir)
+  config.distill.stage1.checkpoint_format = "torchvision"
+  config.distill.stage1.checkpoint_path = str(tmp_path / "r18.npz")
+  exp = build_experiment(config)
+  frozen = jax.device_get(exp.objective.init_frozen(exp, STAGE1))
+  np.testing.assert_array_equal(frozen["params"]["conv1"]["kernel"],
+                                state["conv1.weight"].transpose(2, 3, 1, 0))
+  np.testing.assert_array_equal(frozen["batch_stats"]["layer4_1"]["bn2"]["var"],
+                                state["layer4.1.bn2.running_var"])
+  config.distill.stage1.depth = 34
+  with pytest.raises(ValueError, match="distill.stage1.depth=34"):
+    exp.objective.init_frozen(build_experiment(config), STAGE1)
+  np.savez(tmp_path / "r18_1000.npz", **torchvision_state(18, width=64, classes=1000))
+  config.distill.stage1.depth = 18
+  config.distill.stage1.checkpoint_path = str(tmp_path / "r18_1000.npz")
+  with pytest.raises(ValueError, match="(?s)distill.stage1.checkpoint_path.*fc"):
+    exp.objective.init_frozen(build_experiment(config), STAGE1)
+
+
 def test_stage1_length_in_epochs_and_config_checks(teacher_workdir):
   config = _student_config(teacher_workdir, stage1_steps=0)
   config.distill.stage1_epochs = 1.5
@@ -186,6 +209,25 @@ def test_stage1_length_in_epochs_and_config_checks(teacher_workdir):
   assert "distill.alpha" in error(distill__alpha=1.5)
 
 
+def test_paper_configs_validate_once_the_teachers_are_given():
+  fad, fpld = load_config("k400_tsd_fad"), load_config("ssv2_tsd_fpld")
+  for config in (fad, fpld):
+    m = config.model
+    assert (m.name, m.num_layers, m.num_heads, m.hidden_size) == ("student", 12, 6, 384)
+    assert config.distill.stage1_epochs == 100 and config.train.num_epochs == 400
+    with pytest.raises(ValueError, match="distill.stage1.checkpoint_path"):
+      config_lib.validate(config)
+    config.distill.stage1.checkpoint_path = "resnet101.pth"
+    with pytest.raises(ValueError, match="distill.stage2.workdir"):
+      config_lib.validate(config)
+    config.distill.stage2.workdir = "runs/teacher"
+    config_lib.validate(config, (8, 224, 224, 3))
+  assert fad.distill.method == "fad" and fad.model.student.mhca_layers == 8
+  assert fad.model.student.aligner_features == 2048
+  assert fpld.distill.method == "fpld" and fpld.model.student.branch_heads == 4
+  assert fpld.distill.eta == pytest.approx(1.1)
+
+
 def _params(workdir, step):
   with ocp.StandardCheckpointer() as ckptr:
     state = ckptr.restore((workdir / "checkpoints" / str(step) / "default").absolute())
@@ -201,17 +243,20 @@ def test_kill_in_stage2_resumes_in_stage2_bitwise(tmp_path, teacher_workdir):
           "--config.train.global_batch_size=4", "--config.dataset.num_train=64",
           "--config.optimizer.warmup_steps=1", "--config.loss.mixup_alpha=0.2",
           "--config.model.dropout_rate=0.1"]
+  # The three runs compile the same steps: share the compilations through JAX's cache.
+  env = {"JAX_COMPILATION_CACHE_DIR": str(tmp_path / "jax_cache"),
+         "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0"}
   stage1_teacher = "random ResNet-18"  # logged when the stage-1 teacher is built
   straight, killed = tmp_path / "straight", tmp_path / "killed"
-  proc = run_python(args + [f"--workdir={straight}"])
+  proc = run_python(args + [f"--workdir={straight}"], env)
   assert stage1_teacher in proc.stderr
 
   # Killed after step 6 (stage 2 since step 4): the step-4 checkpoint survives.
   proc = run_python(args + [f"--workdir={killed}", "--config.train.debug_kill_after_step=6"],
-                    check=False)
+                    env, check=False)
   assert proc.returncode == -signal.SIGKILL, proc.stderr
   assert sorted(p.name for p in (killed / "checkpoints").iterdir() if p.name.isdigit()) == ["4"]
-  resumed = run_python(args + [f"--workdir={killed}"])
+  resumed = run_python(args + [f"--workdir={killed}"], env)
   assert stage1_teacher not in resumed.stderr  # resumed straight into stage 2
 
   logged = read_scalars(straight / "train")

@@ -89,7 +89,8 @@ def test_ofa_above_one_strengthens_the_target_term(eta):
   confident, unsure = np.full((1, C), -5.0), np.zeros((1, C))
   confident[0, 0] = 5.0
   one = _one_hot([0])
-  boost = lambda tl: float(losses.ofa_loss(s[:1], tl, one, eta) - losses.ofa_loss(s[:1], tl, one, 1.0))
+  boost = lambda tl: float(losses.ofa_loss(s[:1], tl, one, eta)
+                           - losses.ofa_loss(s[:1], tl, one, 1.0))
   assert boost(confident) > boost(unsure) > 0
 
 

@@ -19,6 +19,7 @@ def _flat(tree):
 
 def test_cast_train_step_leaves_frozen_params_bitwise_unchanged():
   config = load_config("synthetic_cast")
+  config.optimizer.trainable_patterns = TRAINABLE_PATTERNS  # the paper's freezing
   config.dataset.num_train, config.dataset.num_eval = 16, 8
   config.train.global_batch_size = 8
   config.train.num_train_steps = 3

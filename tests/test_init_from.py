@@ -159,7 +159,10 @@ def _image_cls(src, frame):
 
 @pytest.mark.parametrize("attention_type", ["divided_space_time", "space_only"])
 def test_static_video_through_inflated_timesformer_gives_the_image_cls(attention_type):
-  config = video_config("timesformer", attention_type=attention_type)
+  # The from-scratch switches are on: initialising from the image zeroes time_embed and
+  # temporal_fc anyway.
+  config = video_config("timesformer", attention_type=attention_type, time_embed_init_std=0.5,
+                        temporal_fc_zero_init=False)
   model, params = fresh(config)
   src = image_tree()
   params = initialise_from_tree(params, src, config)

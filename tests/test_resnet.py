@@ -12,13 +12,14 @@ from vivit_knn.weights.tree import UnmatchedKeysError
 WIDTH, CLASSES, SIZE = 4, 5, 32
 
 
-def _torchvision_state(depth, width=WIDTH, classes=CLASSES, seed=0):
+def torchvision_state(depth, width=WIDTH, classes=CLASSES, seed=0):
   """A random state dict with torchvision's keys and layouts ([O, I, kh, kw] convs)."""
   rng = np.random.default_rng(seed)
   state = {}
 
   def conv(name, o, i, k):
-    state[f"{name}.weight"] = rng.normal(0, (2 / (i * k * k)) ** 0.5, (o, i, k, k)).astype(np.float32)
+    std = (2 / (i * k * k)) ** 0.5
+    state[f"{name}.weight"] = rng.normal(0, std, (o, i, k, k)).astype(np.float32)
 
   def bn(name, c):
     state[f"{name}.weight"] = rng.uniform(0.5, 1.5, c).astype(np.float32)
@@ -106,7 +107,7 @@ def _np_resnet(s, depth, x):
 
 @pytest.mark.parametrize("depth", [18, 50])
 def test_flax_resnet_matches_numpy_reference(depth):
-  state = _torchvision_state(depth)
+  state = torchvision_state(depth)
   variables = tvr.convert_torchvision_resnet(state)
   model = resnet.ResNet(num_classes=CLASSES, depth=depth, width=WIDTH)
   x = np.random.default_rng(1).normal(size=(2, SIZE, SIZE, 3)).astype(np.float32)
@@ -125,7 +126,7 @@ def test_flax_resnet_matches_numpy_reference(depth):
 
 @pytest.mark.parametrize("depth", [18, 50])
 def test_converter_round_trips_a_torchvision_npz(tmp_path, depth):
-  state = _torchvision_state(depth)
+  state = torchvision_state(depth)
   path = tmp_path / f"resnet{depth}.npz"
   np.savez(path, **{f"module.{k}": v for k, v in state.items()})  # a DataParallel dump
   variables, found_depth = tvr.load_torchvision_resnet(str(path))
@@ -140,9 +141,9 @@ def test_converter_round_trips_a_torchvision_npz(tmp_path, depth):
 
 
 def test_converter_rejects_foreign_keys_and_infers_depth():
-  state = _torchvision_state(18)
+  state = torchvision_state(18)
   state["layer1.0.se.fc.weight"] = np.zeros((2, 2), np.float32)
   with pytest.raises(UnmatchedKeysError, match="layer1.0.se.fc.weight"):
     tvr.convert_torchvision_resnet(state)
-  assert tvr.infer_depth({k: None for k in _torchvision_state(101, width=1)}) == 101
-  assert tvr.infer_depth({k: None for k in _torchvision_state(34, width=1)}) == 34
+  assert tvr.infer_depth({k: None for k in torchvision_state(101, width=1)}) == 101
+  assert tvr.infer_depth({k: None for k in torchvision_state(34, width=1)}) == 34

@@ -139,6 +139,12 @@ def test_zero_temporal_fc_makes_the_temporal_branch_an_identity_at_init():
   np.testing.assert_allclose(block.apply({"params": p2}, x, True), got, rtol=1e-6, atol=1e-6)
 
 
+def test_from_scratch_switches_replace_the_zero_inits():
+  _, p, _ = init(timesformer_config(time_embed_init_std=0.5, temporal_fc_zero_init=False))
+  assert 0.3 < np.std(np.asarray(p["Transformer"]["time_embed"])) < 0.7
+  assert np.std(np.asarray(p["Transformer"]["encoderblock_1"]["temporal_fc"]["kernel"])) > 0.05
+
+
 BLOCK = {"LayerNorm_0", "MultiHeadDotProductAttention_0", "LayerNorm_1", "MlpBlock_0"}
 TEMPORAL = {"temporal_norm1", "temporal_attn", "temporal_fc"}
 
@@ -154,8 +160,7 @@ def test_param_tree_names(attention_type):
   assert set(enc["encoderblock_0"]) == BLOCK | extra
   assert enc["posembed_input"]["pos_embedding"].shape == (1, 10, 16)  # CLS + 3x3, per frame
   if time:
-    assert enc["time_embed"].shape == (1, 4, 16)
-    assert 0 < np.std(np.asarray(enc["time_embed"])) < 0.05  # normal(0.02), as position embeddings
+    assert enc["time_embed"].shape == (1, 4, 16) and not np.any(np.asarray(enc["time_embed"]))
   assert p["embedding"]["kernel"].shape == (1, 8, 8, 3, 16)
   assert not np.any(np.asarray(p["output_projection"]["kernel"]))
 

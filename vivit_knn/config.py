@@ -33,8 +33,9 @@ def model_config() -> ConfigDict:
   `name` picks the family ('vivit', 'timesformer', 'xvit'). `model_type`,
   `spatial_transformer` and `temporal_transformer` are ViViT's; `attention_type`
   ('' = the family default), `temporal_attention` (TimeSformer's divided time
-  attention, X-ViT's head), `xvit_div`, `num_summary_tokens` and `head_layers`
-  are TimeSformer's / X-ViT's.
+  attention, X-ViT's head), `xvit_div`, `num_summary_tokens`, `head_layers`,
+  `time_embed_init_std` (0 = zeros, the papers' init) and `temporal_fc_zero_init`
+  are TimeSformer's / X-ViT's; the last two matter only when training from scratch.
   """
   return ConfigDict({
       "name": "vivit",
@@ -59,6 +60,8 @@ def model_config() -> ConfigDict:
       "xvit_div": 8,
       "num_summary_tokens": 0,
       "head_layers": 1,
+      "time_embed_init_std": 0.0,
+      "temporal_fc_zero_init": True,
       # The two-stage-distillation student ('student'): MHCA in the first `mhca_layers`,
       # OFA `branch_heads` (0 = none) and an aligner to `aligner_features` teacher channels
       # (0 = none); see vivit_knn/models/student.py.
@@ -205,6 +208,8 @@ def _check_spacetime(cfg: ConfigDict, field: str) -> None:
            f"got {cfg.attention_type!r}")
   _require(cfg.classifier == "token", f"{field}.classifier",
            f"must be 'token' for {cfg.name} (it classifies from its CLS), got {cfg.classifier!r}")
+  _require(cfg.time_embed_init_std >= 0.0, f"{field}.time_embed_init_std",
+           f"must be >= 0 (0 = zeros), got {cfg.time_embed_init_std}")
   if cfg.name != "xvit":
     return
   div = cfg.xvit_div

@@ -71,6 +71,8 @@ def build_model(cfg: ml_collections.ConfigDict, num_classes: int) -> nn.Module:
     return timesformer.TimeSformer(
         attention_type=attention_type(cfg),
         temporal_attention=attention_spec(cfg.temporal_attention, "model.temporal_attention"),
+        time_embed_init_std=cfg.time_embed_init_std,
+        temporal_fc_zero_init=cfg.temporal_fc_zero_init,
         **_common(cfg, num_classes))
   if cfg.name == "cast":
     return cast.CAST(
@@ -96,6 +98,7 @@ def build_model(cfg: ml_collections.ConfigDict, num_classes: int) -> nn.Module:
         num_summary_tokens=cfg.num_summary_tokens,
         head_layers=cfg.head_layers,
         temporal_attention=attention_spec(cfg.temporal_attention, "model.temporal_attention"),
+        time_embed_init_std=cfg.time_embed_init_std,
         **_common(cfg, num_classes))
   return ViViT(
       model_type=cfg.model_type,

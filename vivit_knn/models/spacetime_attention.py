@@ -4,8 +4,8 @@
 `[CLS, patches x time]` (patch-major, as TimeSformer):
 
   1. temporal attention over the T frames of each patch (CLS excluded), its
-     output through `temporal_fc` (zero-initialised, so the branch starts as the
-     identity) and added to the patch tokens;
+     output through `temporal_fc` (zero-initialised by default, so the branch
+     starts as the identity) and added to the patch tokens;
   2. spatial attention within each frame over `[CLS copy, N patches]`; the
      patches take their own frame's residual, the CLS the mean over frames of
      its T residuals;
@@ -126,13 +126,18 @@ def _mlp_residual(block: nn.Module, x: jax.Array, deterministic: bool) -> jax.Ar
 
 
 class DividedSpaceTimeBlock(nn.Module):
-  """TimeSformer's divided space-time block on `[B, 1 + N*T, D]` tokens (see module doc)."""
+  """TimeSformer's divided space-time block on `[B, 1 + N*T, D]` tokens (see module doc).
+
+  `temporal_fc_zero_init=False` initialises `temporal_fc` like any Dense layer
+  (for training from scratch, where there is no image model to start from).
+  """
 
   mlp_dim: int
   num_heads: int
   num_frames: int
   attention: AttentionSpec = DENSE
   temporal_attention: AttentionSpec = DENSE
+  temporal_fc_zero_init: bool = True
   dropout_rate: float = 0.0
   attention_dropout_rate: float = 0.0
   droppath_rate: float = 0.0
@@ -153,9 +158,8 @@ class DividedSpaceTimeBlock(nn.Module):
     y = nn.LayerNorm(dtype=self.dtype, name="temporal_norm1")(patches)
     y = _mha(self.temporal_attention, self.num_heads, self.attention_dropout_rate,
              self.dtype, "temporal_attn")(y, deterministic=deterministic)
-    import os
-    y = nn.Dense(d, dtype=self.dtype, kernel_init=nn.initializers.zeros if not os.environ.get("EXP_FC") else nn.initializers.lecun_normal(),
-                 name="temporal_fc")(self._branch(y, deterministic))
+    fc_init = nn.initializers.zeros if self.temporal_fc_zero_init else nn.initializers.lecun_normal()
+    y = nn.Dense(d, dtype=self.dtype, kernel_init=fc_init, name="temporal_fc")(self._branch(y, deterministic))
     patches = patches + y
 
     frames = jnp.swapaxes(patches, 1, 2)  # [B, T, N, D]
@@ -204,6 +208,11 @@ class SpaceTimeMixingBlock(nn.Module):
     y = nn.Dropout(self.dropout_rate)(y, deterministic=deterministic)
     x = x + drop_path(self, y, self.droppath_rate, deterministic)
     return _mlp_residual(self, x, deterministic)
+
+
+def time_embed_init(std: float):
+  """`time_embed` initializer: zeros (TimeSformer, X-ViT) or, for `std > 0`, normal(std)."""
+  return nn.initializers.normal(stddev=std) if std > 0 else nn.initializers.zeros
 
 
 def frame_tokens(cls: jax.Array, patches: jax.Array) -> jax.Array:

@@ -4,11 +4,14 @@ Tokens: each frame's patches get the image ViT's per-frame position embedding
 (with the CLS), then, except for `space_only`, a `time_embed` on the patches
 only. The sequence is `[CLS, patches x time]` (patch-major, as TimeSformer).
 
-`time_embed` starts as normal(0.02) noise, like every learned position
-embedding here. TimeSformer starts it at zero, but it always starts from image
-weights; from scratch a zero time embedding leaves the divided and joint models
-exactly invariant to frame order, a saddle that training only leaves slowly.
-Initialising from an image ViT (`vivit_knn.weights.init_from`) sets it to zero.
+Initialisation follows TimeSformer, which always starts from image weights:
+`time_embed` and every `temporal_fc` are zeros, so the model starts as the
+image model applied to each frame. Two switches exist for training from
+scratch (`time_embed_init_std > 0`: normal noise of that scale;
+`temporal_fc_zero_init=False`: the usual Dense init). With the paper's zeros,
+a randomly initialised TimeSformer is exactly invariant to frame order, and the
+zero `temporal_fc` meets the zero classifier in a saddle: on the synthetic
+motion task training stays at chance for hundreds of steps.
 
 * `divided_space_time`: `DividedSpaceTimeBlock` (time attention per patch, then
   space attention per frame with the CLS averaged over frames, then the MLP).
@@ -23,9 +26,9 @@ Parameters (the timm TimeSformer names they map to in brackets): `embedding`
 (`patch_embed.proj`), `cls` (`cls_token`), `Transformer/posembed_input`
 (`pos_embed`), `Transformer/time_embed` (`time_embed`), `Transformer/encoderblock_i`
 (`blocks.i`, see `spacetime_attention`), `Transformer/encoder_norm` (`norm`),
-`output_projection` (`head`, zero-initialised). TimeSformer leaves block 0's
-`temporal_fc` randomly initialised; here every `temporal_fc` starts at zero so
-each temporal branch starts as the identity.
+`output_projection` (`head`, zero-initialised). (TimeSformer's code skips block
+0 when it zeroes `temporal_fc`; here every block's starts at zero, so a static
+clip through an image-initialised model gives the image model's output.)
 """
 
 from __future__ import annotations
@@ -37,7 +40,8 @@ import jax
 import jax.numpy as jnp
 
 from vivit_knn.models.encoder import DENSE, AttentionSpec, EncoderBlock
-from vivit_knn.models.spacetime_attention import DividedSpaceTimeBlock, frame_tokens
+from vivit_knn.models.spacetime_attention import (DividedSpaceTimeBlock, frame_tokens,
+                                                  time_embed_init)
 from vivit_knn.models.vivit import tubelet_embedding
 
 Dtype = Any
@@ -58,6 +62,8 @@ class TimeSformerEncoder(nn.Module):
   num_heads: int
   attention: AttentionSpec = DENSE
   temporal_attention: AttentionSpec = DENSE
+  time_embed_init_std: float = 0.0
+  temporal_fc_zero_init: bool = True
   dropout_rate: float = 0.0
   attention_dropout_rate: float = 0.0
   stochastic_depth: float = 0.0
@@ -72,7 +78,8 @@ class TimeSformerEncoder(nn.Module):
                   dtype=self.dtype, name=f"encoderblock_{layer}")
     if self.attention_type == "divided_space_time":
       cls = DividedSpaceTimeBlock
-      common.update(num_frames=num_frames, temporal_attention=self.temporal_attention)
+      common.update(num_frames=num_frames, temporal_attention=self.temporal_attention,
+                    temporal_fc_zero_init=self.temporal_fc_zero_init)
     else:
       cls = EncoderBlock
     if self.remat:
@@ -88,7 +95,8 @@ class TimeSformerEncoder(nn.Module):
     b, t, n, d = patches.shape
     x = frame_tokens(cls, patches)  # [B, T, 1 + N, D]
     if self.attention_type != "space_only":
-      time = self.param("time_embed", nn.initializers.normal(stddev=float(__import__("os").environ.get("EXP_TIME", "0.02"))), (1, t, d), jnp.float32)
+      time = self.param("time_embed", time_embed_init(self.time_embed_init_std), (1, t, d),
+                        jnp.float32)
       grid = x[:, :, 1:] + time.astype(x.dtype)[:, :, None]
       # The CLS (with its position embedding) is the same in every frame.
       x = jnp.concatenate([x[:, 0, :1], jnp.swapaxes(grid, 1, 2).reshape(b, n * t, d)], 1)
@@ -116,6 +124,8 @@ class TimeSformer(nn.Module):
   num_layers: int = 12
   attention: AttentionSpec = DENSE
   temporal_attention: AttentionSpec = DENSE
+  time_embed_init_std: float = 0.0
+  temporal_fc_zero_init: bool = True
   dropout_rate: float = 0.0
   attention_dropout_rate: float = 0.0
   stochastic_depth: float = 0.0
@@ -134,7 +144,9 @@ class TimeSformer(nn.Module):
     tokens = TimeSformerEncoder(
         attention_type=self.attention_type, num_layers=self.num_layers,
         mlp_dim=self.mlp_dim, num_heads=self.num_heads, attention=self.attention,
-        temporal_attention=self.temporal_attention, dropout_rate=self.dropout_rate,
+        temporal_attention=self.temporal_attention,
+        time_embed_init_std=self.time_embed_init_std,
+        temporal_fc_zero_init=self.temporal_fc_zero_init, dropout_rate=self.dropout_rate,
         attention_dropout_rate=self.attention_dropout_rate,
         stochastic_depth=self.stochastic_depth, remat=self.remat, dtype=self.dtype,
         name="Transformer")(x.reshape(b, t, h * w, d), cls, train=train)

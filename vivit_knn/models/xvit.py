@@ -2,8 +2,8 @@
 
 Each frame is a separate token sequence `[CLS_t, N patches]` with the image
 ViT's position embedding, plus a learned `time_embed` on all of its tokens
-(normal(0.02) from scratch, zeros when initialised from an image ViT, as the
-X-ViT code does). Every block is a `SpaceTimeMixingBlock`: keys/values channels
+(zeros at init as in the X-ViT code; `time_embed_init_std > 0` draws it from a
+normal of that scale instead). Every block is a `SpaceTimeMixingBlock`: keys/values channels
 `[0, C/div)` come from frame t+1 and `[C/div, 2C/div)` from frame t-1 (zero
 padded), queries are unshifted, and attention stays within the frame, so the
 cost is that of a spatial-only ViT on T frames (linear in T). `div` is 8 for
@@ -30,7 +30,8 @@ import jax
 import jax.numpy as jnp
 
 from vivit_knn.models.encoder import DENSE, AttentionSpec, EncoderBlock
-from vivit_knn.models.spacetime_attention import SpaceTimeMixingBlock, frame_tokens
+from vivit_knn.models.spacetime_attention import (SpaceTimeMixingBlock, frame_tokens,
+                                                  time_embed_init)
 from vivit_knn.models.vivit import tubelet_embedding
 
 Dtype = Any
@@ -51,6 +52,7 @@ class XViTEncoder(nn.Module):
   shift_div: int = 8
   num_summary_tokens: int = 0
   attention: AttentionSpec = DENSE
+  time_embed_init_std: float = 0.0
   dropout_rate: float = 0.0
   attention_dropout_rate: float = 0.0
   stochastic_depth: float = 0.0
@@ -63,7 +65,8 @@ class XViTEncoder(nn.Module):
     _, t, _, d = patches.shape
     x = frame_tokens(cls, patches)
     if self.shift_div:
-      time = self.param("time_embed", nn.initializers.normal(stddev=0.02), (1, t, d), jnp.float32)
+      time = self.param("time_embed", time_embed_init(self.time_embed_init_std), (1, t, d),
+                        jnp.float32)
       x = x + time.astype(x.dtype)[:, :, None]
     x = nn.Dropout(self.dropout_rate)(x, deterministic=not train)
     block = _remat(SpaceTimeMixingBlock, self.remat)
@@ -120,6 +123,7 @@ class XViT(nn.Module):
   head_layers: int = 1
   attention: AttentionSpec = DENSE
   temporal_attention: AttentionSpec = DENSE
+  time_embed_init_std: float = 0.0
   dropout_rate: float = 0.0
   attention_dropout_rate: float = 0.0
   stochastic_depth: float = 0.0
@@ -142,7 +146,8 @@ class XViT(nn.Module):
         num_layers=self.num_layers, mlp_dim=self.mlp_dim, num_heads=self.num_heads,
         shift_div=self.shift_div if self.attention_type == "space_time_mixing" else 0,
         num_summary_tokens=self.num_summary_tokens, attention=self.attention,
-        dropout_rate=self.dropout_rate, attention_dropout_rate=self.attention_dropout_rate,
+        time_embed_init_std=self.time_embed_init_std, dropout_rate=self.dropout_rate,
+        attention_dropout_rate=self.attention_dropout_rate,
         stochastic_depth=self.stochastic_depth, remat=self.remat, dtype=self.dtype,
         name="Transformer")(x.reshape(b, t, h * w, d), cls, train=train)
     out["encoded"] = tokens

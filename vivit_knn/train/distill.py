@@ -25,11 +25,13 @@ import ml_collections
 from absl import logging
 
 from vivit_knn import config as config_lib
+from vivit_knn.data.registry import build_dataset
 from vivit_knn.inference import read_run_info, restore_params
 from vivit_knn.models import resnet
 from vivit_knn.models.registry import build_model
 from vivit_knn.train import losses, sharding
 from vivit_knn.train.objectives import Objective, Terms
+from vivit_knn.weights.torchvision_resnet import load_torchvision_resnet
 
 STAGE1, STAGE2 = "stage1", "stage2"
 _REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -87,7 +89,6 @@ class DistillObjective(Objective):
     if self.cfg.stage1_epochs <= 0:
       return 0
     if self._num_train_examples is None:
-      from vivit_knn.data.registry import build_dataset  # pylint: disable=import-outside-toplevel
       self._num_train_examples = build_dataset(self.config.dataset).info.num_train_examples
     return max(1, math.ceil(self.cfg.stage1_epochs * self._num_train_examples
                             / self.config.train.global_batch_size))
@@ -117,7 +118,9 @@ class DistillObjective(Objective):
                       "ResNet-%d (smoke tests only)", s1.depth)
       return model, jax.jit(lambda: model.init(jax.random.key(self.config.seed), frame,
                                                train=False))()
-    from vivit_knn.weights.torchvision_resnet import load_torchvision_resnet  # pylint: disable=import-outside-toplevel
+    if not os.path.isfile(s1.checkpoint_path):
+      raise FileNotFoundError(f"distill.stage1.checkpoint_path={s1.checkpoint_path} "
+                              "does not exist")
     variables, depth = load_torchvision_resnet(s1.checkpoint_path)
     if depth != s1.depth:
       raise ValueError(f"distill.stage1.depth={s1.depth} but {s1.checkpoint_path} holds a "

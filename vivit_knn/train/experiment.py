@@ -108,4 +108,4 @@ def build_experiment(config: ml_collections.ConfigDict,
   tx, schedule = optim.build_optimizer(config.optimizer, total)
   return Experiment(config=config, dataset=dataset, model=model, mesh=mesh,
                     optimizer=tx, schedule=schedule, total_steps=total,
-                    objective=build_objective(config))
+                    objective=build_objective(config, dataset.info.num_train_examples))

@@ -61,6 +61,6 @@ def build_objective(config: ml_collections.ConfigDict,
   (looked up from the dataset when not given).
   """
   if config.get("distill") is not None and config.distill.method:
-    from vivit_knn.train.distill import DistillObjective  # pylint: disable=import-outside-toplevel
+    from vivit_knn.train.distill import DistillObjective  # distill imports this module
     return DistillObjective(config, num_train_examples)
   return Objective()

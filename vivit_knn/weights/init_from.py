@@ -12,14 +12,14 @@ From an image ViT (our image tree, or any format `load_checkpoint` converts):
   `SpatialTransformer`); ViViT model 3's `_time`/`_space` attention and
   LayerNorm and TimeSformer's `temporal_attn`/`temporal_norm1` are copies of the
   spatial ones (or the checkpoint's own temporal weights when it has them);
-* `time_embed` is the checkpoint's (interpolated over frames if needed) or,
-  from an image model, zeros (TimeSformer's and X-ViT's choice): with the
-  zero-initialised `temporal_fc` a divided TimeSformer then starts as the
+* `time_embed` and TimeSformer's `temporal_fc` are the checkpoint's (the time
+  embedding interpolated over frames if needed) or, from an image model, zeros
+  (TimeSformer's and X-ViT's init, whatever `model.time_embed_init_std` and
+  `model.temporal_fc_zero_init` say): a divided TimeSformer then starts as the
   image model on a static clip;
 * kept as initialised: `output_projection` (the source `head` and
-  `pre_logits` are never restored), `temporal_fc` (zeros) unless the checkpoint
-  has it, ViViT-FE's `TemporalTransformer`, X-ViT's head and summary-token
-  probes.
+  `pre_logits` are never restored), ViViT-FE's `TemporalTransformer`, X-ViT's
+  head and summary-token probes.
 
 Source blocks beyond the target's depth and temporal weights the target has no
 place for are skipped (logged). From a checkpoint of the same video model
@@ -43,7 +43,7 @@ from vivit_knn.weights.tree import Flat, flatten, raise_unmatched, unflatten
 
 _NEW_TOP = ("output_projection", "TemporalTransformer", "cls_TemporalTransformer",
             "pre_logits")
-_NEW_BLOCK_MODULES = ("temporal_fc", "summary_tokens")
+_NEW_BLOCK_MODULES = ("summary_tokens",)
 # Target block module -> the image block module it starts from.
 _FROM_SPATIAL = {
     "LayerNorm_time": "LayerNorm_0", "LayerNorm_space": "LayerNorm_0",
@@ -151,6 +151,8 @@ class _ImageMapper:
       return (own, "copy")
     if module in _FROM_SPATIAL:
       return (f"Transformer/{block}/{_FROM_SPATIAL[module]}/{leaf}", "copy")
+    if module == "temporal_fc":
+      return ZEROS
     if module in _NEW_BLOCK_MODULES:
       return NEW
     return (own, "copy")

@@ -22,6 +22,8 @@ from typing import Any, Dict, Mapping, Tuple
 
 import numpy as np
 
+from vivit_knn.models.resnet import DEPTHS
+from vivit_knn.weights.timm import load_torch_state_dict, unwrap
 from vivit_knn.weights.tree import Flat, flatten, raise_unmatched, unflatten
 
 _BN = {"weight": ("params", "scale"), "bias": ("params", "bias"),
@@ -109,8 +111,6 @@ def to_torchvision(variables: Mapping[str, Any]) -> Flat:
 
 def infer_depth(state: Mapping[str, Any]) -> int:
   """The ResNet depth whose block counts (and block kind) match the state dict's keys."""
-  from vivit_knn.models.resnet import DEPTHS  # pylint: disable=import-outside-toplevel
-
   counts = [0, 0, 0, 0]
   bottleneck = False
   for name in state:
@@ -134,13 +134,10 @@ def load_state_dict(path: str) -> Flat:
   if path.endswith(".npz"):
     with np.load(path) as data:
       return {k: np.asarray(data[k]) for k in data.files}
-  from vivit_knn.weights.timm import load_torch_state_dict  # pylint: disable=import-outside-toplevel
   return load_torch_state_dict(path)
 
 
 def load_torchvision_resnet(path: str) -> Tuple[Dict[str, Any], int]:
   """`(variables, depth)` of the torchvision ResNet checkpoint at `path`."""
-  from vivit_knn.weights.timm import unwrap  # pylint: disable=import-outside-toplevel
-
   state = unwrap(load_state_dict(path))
   return convert_torchvision_resnet(state), infer_depth(state)
