@@ -39,7 +39,7 @@ def test_eight_device_mesh_matches_one_device():
   out = run_python(_SCRIPT, {"XLA_FLAGS": "--xla_force_host_platform_device_count=8",
                              "JAX_PLATFORMS": "cpu"})
   res = json.loads(out.stdout.strip().splitlines()[-1])
-  assert res["mesh8"] == {"data": 4, "fsdp": 2}
+  assert res["mesh8"] == {"data": 4, "fsdp": 2, "tensor": 1}
   assert res["sharded8"] > 0, "no parameter was actually sharded over fsdp"
   for a, b in zip(res["l8"], res["l1"]):
     assert abs(a - b) < 1e-5 * max(1.0, abs(b)), (res["l8"], res["l1"])
