@@ -10,10 +10,11 @@ import pytest
 
 from tests.tiny import load_config
 from vivit_knn import config as config_lib
-from vivit_knn.models.cast import CAST, TRAINABLE_PATTERNS, BCASTBlock, merge_expert_params
+from vivit_knn.models.cast import (CAST, TRAINABLE_PATTERNS, BCASTBlock, joint_action_log_probs,
+                                   merge_expert_params)
 from vivit_knn.models.experts import CLIPVisionExpert, VideoMAEExpert
 from vivit_knn.models.registry import build_model
-from vivit_knn.train import losses, optim
+from vivit_knn.train import losses, multihead, optim
 from vivit_knn.weights.tree import UnmatchedKeysError
 
 TINY = dict(hidden_size=32, num_heads=4, mlp_dim=64, num_layers=2, patch_size=(8, 8, 2),
@@ -255,3 +256,23 @@ def test_merge_expert_params_places_trees_and_lists_mismatches():
   for text in ("spatial/ln_pre/gamma", "spatial/ln_pre/scale",
                "spatial/positional_embedding: got (197, 32), want (17, 32)"):
     assert text in message
+
+
+def test_verb_noun_objective_equals_joint_cross_entropy_for_soft_targets():
+  num_verbs, num_nouns, b = 3, 5, 4
+  verb = jax.random.normal(jax.random.key(0), (b, num_verbs))
+  noun = jax.random.normal(jax.random.key(1), (b, num_nouns))
+  action = multihead.action_labels(jnp.array([0, 2, 1, 2]), jnp.array([4, 0, 3, 3]), num_nouns)
+  targets = losses.one_hot(action, num_verbs * num_nouns, label_smoothing=0.1)
+  targets = 0.7 * targets + 0.3 * targets[::-1]  # mixup-style soft targets
+  joint = joint_action_log_probs(verb, noun)
+  objective = multihead.VerbNounObjective(num_verbs, num_nouns)
+  loss, terms = objective({}, phase="main", inputs=None, targets=targets, logits=joint,
+                          intermediates={"verb_logits": verb, "noun_logits": noun},
+                          step=0, rng=None)
+  np.testing.assert_allclose(loss, losses.softmax_cross_entropy(joint, targets), rtol=1e-5)
+  np.testing.assert_allclose(loss, terms["verb_ce"] + terms["noun_ce"], rtol=1e-6)
+  acc = multihead.verb_noun_accuracy(verb, noun, action, num_nouns)
+  top1 = np.asarray(jnp.argmax(joint, -1) == action, np.float32)
+  np.testing.assert_array_equal(acc["action_top1"], top1)
+  np.testing.assert_array_equal(acc["action_top1"], acc["verb_top1"] * acc["noun_top1"])
