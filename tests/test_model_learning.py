@@ -3,7 +3,8 @@
 The synthetic clips' unordered frames are identically distributed for every class,
 so a model that never relates frames in order (TimeSformer `space_only`: frames
 encoded apart and averaged; X-ViT `space_only`: no shift, no time embedding, a
-permutation-invariant head) sits at chance whatever it learns.
+permutation-invariant head) sits at chance whatever it learns. Both configs use
+the task's two-class form (left/right across all frames; see their docstrings).
 """
 
 import resource
@@ -31,14 +32,13 @@ def _cpu_seconds():
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(strict=False, reason="open: with the shipped synthetic configs TimeSformer "
-                   "and X-ViT stay at chance (held-out 0.25); their tuning is unfinished")
 @pytest.mark.parametrize("name", ["synthetic_timesformer", "synthetic_xvit"])
 def test_learns_frame_order_and_space_only_variant_does_not(tmp_path, name):
   result, seconds = _train(tmp_path, name)
   control, control_seconds = _train(tmp_path, name, "space_only")
   print(f"{name}: held-out top1 {result['top1']:.3f} ({seconds}); "
         f"space_only {control['top1']:.3f} ({control_seconds})")
+  chance = 1 / load_config(name).dataset.num_classes
   assert result["num_examples"] == 512
   assert result["top1"] >= 0.90
-  assert control["top1"] <= 0.35  # chance is 0.25 over 4 classes
+  assert control["top1"] <= chance + 0.1
