@@ -5,17 +5,14 @@ Each clip shows a square moving left/right, then (at a fresh place) up/down; the
 removes that information: the control run should sit near chance (25%).
 """
 
-from vivit_knn.config import attention_config, base_config
+from vivit_knn.config import attention_config
+from vivit_knn.presets import synthetic_run
 
 
 def get_config():
   """Dk-ViViT (k-NN attention in both encoders, k = 2n/3) at 8x32x32."""
-  config = base_config()
-  config.experiment_name = "synthetic_dk"
-  config.dataset.num_frames = 8
-  config.dataset.image_size = 32
-  config.dataset.num_train = 2048
-  config.dataset.num_eval = 512
+  config = synthetic_run("synthetic_dk", image_size=32, learning_rate=1e-3,
+                         num_train_steps=300, checkpoint_every_steps=100)
 
   m = config.model
   m.model_type = "factorized_encoder"
@@ -28,16 +25,4 @@ def get_config():
   m.spatial_transformer.attention = attention_config("knn", 2 / 3)
   m.temporal_transformer.attention = attention_config("knn", 2 / 3)
   m.classifier = "token"
-
-  config.optimizer.name = "adamw"
-  config.optimizer.base_learning_rate = 1e-3
-  config.optimizer.warmup_steps = 30
-  config.optimizer.weight_decay = 1e-4
-  config.optimizer.grad_clip_norm = 1.0
-
-  config.train.global_batch_size = 32
-  config.train.num_train_steps = 300
-  config.train.log_every_steps = 50
-  config.train.checkpoint_every_steps = 100
-  config.eval.global_batch_size = 64
   return config

@@ -18,18 +18,15 @@ start) leave a random model blind to frame order at first, and with them this
 run is still at chance after 250 steps (see vivit_knn/models/timesformer.py).
 """
 
-from vivit_knn.config import attention_config, base_config
+from vivit_knn.config import attention_config
+from vivit_knn.presets import synthetic_run
 
 
 def get_config():
   """TimeSformer with 2 divided blocks at 8x24x24 (8x8 patches), trained from scratch, 2 classes."""
-  config = base_config()
-  config.experiment_name = "synthetic_timesformer"
-  config.dataset.num_frames = 8
-  config.dataset.image_size = 24
+  config = synthetic_run("synthetic_timesformer", image_size=24, learning_rate=2e-3,
+                         num_train_steps=250, checkpoint_every_steps=250, eval_batch_size=128)
   config.dataset.num_classes = 2
-  config.dataset.num_train = 2048
-  config.dataset.num_eval = 512
 
   m = config.model
   m.name = "timesformer"
@@ -41,16 +38,4 @@ def get_config():
   m.classifier = "token"
   m.time_embed_init_std = 1.0
   m.temporal_fc_zero_init = False
-
-  config.optimizer.name = "adamw"
-  config.optimizer.base_learning_rate = 2e-3
-  config.optimizer.warmup_steps = 30
-  config.optimizer.weight_decay = 1e-4
-  config.optimizer.grad_clip_norm = 1.0
-
-  config.train.global_batch_size = 32
-  config.train.num_train_steps = 250
-  config.train.log_every_steps = 50
-  config.train.checkpoint_every_steps = 250
-  config.eval.global_batch_size = 128
   return config

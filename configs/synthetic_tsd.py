@@ -10,7 +10,8 @@ has both an aligner and branch heads, so `--config.distill.method=fpld`
 switches variants without other changes.
 """
 
-from vivit_knn.config import attention_config, base_config
+from vivit_knn.config import attention_config
+from vivit_knn.presets import synthetic_run
 from vivit_knn.models.resnet import stage_channels
 
 TEACHER_DEPTH = 18
@@ -18,12 +19,8 @@ TEACHER_DEPTH = 18
 
 def get_config():
   """Tiny MHCA student (4 layers, width 64) at 8x32x32; 100 stage-1 + 500 stage-2 steps."""
-  config = base_config()
-  config.experiment_name = "synthetic_tsd"
-  config.dataset.num_frames = 8
-  config.dataset.image_size = 32
-  config.dataset.num_train = 2048
-  config.dataset.num_eval = 512
+  config = synthetic_run("synthetic_tsd", image_size=32, learning_rate=1e-3,
+                         num_train_steps=600, checkpoint_every_steps=200, warmup_steps=50)
 
   m = config.model
   m.name = "student"
@@ -35,17 +32,6 @@ def get_config():
   m.student.branch_heads = 4
   m.student.aligner_features = stage_channels(TEACHER_DEPTH)[-1]
 
-  config.optimizer.name = "adamw"
-  config.optimizer.base_learning_rate = 1e-3
-  config.optimizer.warmup_steps = 50
-  config.optimizer.weight_decay = 1e-4
-  config.optimizer.grad_clip_norm = 1.0
-
-  config.train.global_batch_size = 32
-  config.train.num_train_steps = 600
-  config.train.log_every_steps = 50
-  config.train.checkpoint_every_steps = 200
-  config.eval.global_batch_size = 64
 
   d = config.distill
   d.method = "fad"

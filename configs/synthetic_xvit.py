@@ -11,18 +11,15 @@ then sat on a plateau for the other, most runs past 400 steps. The two-class for
 is learnt in 100-150 steps for every seed tried (see configs/synthetic_timesformer.py).
 """
 
-from vivit_knn.config import attention_config, base_config
+from vivit_knn.config import attention_config
+from vivit_knn.presets import synthetic_run
 
 
 def get_config():
   """X-ViT with 2 mixing blocks and a 1-block temporal head at 8x24x24 (8x8 patches), 2 classes."""
-  config = base_config()
-  config.experiment_name = "synthetic_xvit"
-  config.dataset.num_frames = 8
-  config.dataset.image_size = 24
+  config = synthetic_run("synthetic_xvit", image_size=24, learning_rate=1e-3,
+                         num_train_steps=250, checkpoint_every_steps=250, eval_batch_size=128)
   config.dataset.num_classes = 2
-  config.dataset.num_train = 2048
-  config.dataset.num_eval = 512
 
   m = config.model
   m.name = "xvit"
@@ -35,16 +32,4 @@ def get_config():
   m.temporal_attention = attention_config("dense")
   m.classifier = "token"
   m.time_embed_init_std = 0.02  # from scratch: like the position embedding
-
-  config.optimizer.name = "adamw"
-  config.optimizer.base_learning_rate = 1e-3
-  config.optimizer.warmup_steps = 30
-  config.optimizer.weight_decay = 1e-4
-  config.optimizer.grad_clip_norm = 1.0
-
-  config.train.global_batch_size = 32
-  config.train.num_train_steps = 250
-  config.train.log_every_steps = 50
-  config.train.checkpoint_every_steps = 250
-  config.eval.global_batch_size = 128
   return config

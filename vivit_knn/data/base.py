@@ -108,6 +108,40 @@ class VideoDataset(abc.ABC):
     return {}
 
 
+class TfDataVideoDataset(VideoDataset):
+  """A :class:`VideoDataset` whose batches come from tf.data pipelines.
+
+  Subclasses build :meth:`train_dataset` and :meth:`eval_dataset`; the numpy
+  batch streams the trainer reads are derived from them here.
+  """
+
+  @abc.abstractmethod
+  def train_dataset(self, global_batch_size: int, *, start_step: int = 0,
+                    seed: int = 0, process_index: int = 0,
+                    process_count: int = 1) -> tf.data.Dataset:
+    """The tf.data pipeline behind :meth:`train_batches` (same contract)."""
+
+  @abc.abstractmethod
+  def eval_dataset(self, global_batch_size: int, *, process_index: int = 0,
+                   process_count: int = 1) -> tf.data.Dataset:
+    """The tf.data pipeline behind :meth:`eval_batches` (same contract)."""
+
+  def train_batches(self, global_batch_size: int, *, start_step: int = 0,
+                    seed: int = 0, process_index: int = 0,
+                    process_count: int = 1) -> Iterator[dict]:
+    """See :meth:`VideoDataset.train_batches`."""
+    return as_numpy_batches(self.train_dataset(
+        global_batch_size, start_step=start_step, seed=seed,
+        process_index=process_index, process_count=process_count))
+
+  def eval_batches(self, global_batch_size: int, *, process_index: int = 0,
+                   process_count: int = 1) -> Iterator[dict]:
+    """See :meth:`VideoDataset.eval_batches`."""
+    return as_numpy_batches(self.eval_dataset(
+        global_batch_size, process_index=process_index,
+        process_count=process_count))
+
+
 def check_batch_args(global_batch_size: int, process_index: int,
                      process_count: int) -> int:
   """Validates batch/host arguments and returns the per-host batch size.

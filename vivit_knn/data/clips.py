@@ -16,7 +16,7 @@ a pure function of ``(seed, step)``. In evaluation it becomes a masked slot
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 
 import numpy as np
 import tensorflow as tf
@@ -29,7 +29,7 @@ from vivit_knn.data.tables import ExampleTable
 _SEED_MASK = 2**63 - 1
 
 
-class ClipDataset(base.VideoDataset):
+class ClipDataset(base.TfDataVideoDataset):
   """Real videos with DMVR-style sampling and processing.
 
   Args:
@@ -193,18 +193,3 @@ class ClipDataset(base.VideoDataset):
         tf.data.Dataset.range(n), n, global_batch_size,
         self._eval_decode_fn(), process_index=process_index,
         process_count=process_count)
-
-  def train_batches(self, global_batch_size: int, *, start_step: int = 0,
-                    seed: int = 0, process_index: int = 0,
-                    process_count: int = 1) -> Iterator[dict]:
-    """See :meth:`VideoDataset.train_batches`."""
-    return base.as_numpy_batches(self.train_dataset(
-        global_batch_size, start_step=start_step, seed=seed,
-        process_index=process_index, process_count=process_count))
-
-  def eval_batches(self, global_batch_size: int, *, process_index: int = 0,
-                   process_count: int = 1) -> Iterator[dict]:
-    """See :meth:`VideoDataset.eval_batches`."""
-    return base.as_numpy_batches(self.eval_dataset(
-        global_batch_size, process_index=process_index,
-        process_count=process_count))

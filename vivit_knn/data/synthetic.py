@@ -19,7 +19,7 @@ randomly permuted (seeded per example), destroying the label information.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 
 import ml_collections
 import numpy as np
@@ -115,7 +115,7 @@ def _validate(cfg: ml_collections.ConfigDict) -> None:
     raise ValueError(f"dataset.seed must be >= 0, got {cfg.seed}")
 
 
-class SyntheticMotionDataset(base.VideoDataset):
+class SyntheticMotionDataset(base.TfDataVideoDataset):
   """Moving-square clips whose class is encoded in the order of frames.
 
   Example ``i`` of split ``s`` is a pure function of ``(config.seed, s, i)``,
@@ -255,18 +255,3 @@ class SyntheticMotionDataset(base.VideoDataset):
         tf.data.Dataset.range(n), n, global_batch_size,
         self._decode_fn("eval"), process_index=process_index,
         process_count=process_count, decode_batched=True)
-
-  def train_batches(self, global_batch_size: int, *, start_step: int = 0,
-                    seed: int = 0, process_index: int = 0,
-                    process_count: int = 1) -> Iterator[dict]:
-    """See :meth:`VideoDataset.train_batches`."""
-    return base.as_numpy_batches(self.train_dataset(
-        global_batch_size, start_step=start_step, seed=seed,
-        process_index=process_index, process_count=process_count))
-
-  def eval_batches(self, global_batch_size: int, *, process_index: int = 0,
-                   process_count: int = 1) -> Iterator[dict]:
-    """See :meth:`VideoDataset.eval_batches`."""
-    return base.as_numpy_batches(self.eval_dataset(
-        global_batch_size, process_index=process_index,
-        process_count=process_count))

@@ -30,6 +30,7 @@ from vivit_knn.models.aligner import FeatureAligner
 from vivit_knn.models.encoder import (DENSE, AddPositionEmbedding, AttentionSpec, EncoderBlock,
                                       MlpBlock, drop_path)
 from vivit_knn.models.mhca import mhca_attention
+from vivit_knn.models.video_transformer import VideoTransformer
 from vivit_knn.models.vivit import tubelet_embedding
 
 Dtype = Any
@@ -138,7 +139,7 @@ def branch_layers(num_layers: int, branch_heads: int) -> Tuple[int, ...]:
   return tuple(step * (i + 1) for i in range(branch_heads))
 
 
-class VideoStudent(nn.Module):
+class VideoStudent(VideoTransformer):
   """ViT-S video student returning `(logits, intermediates)`.
 
   `intermediates`: `tubelets`, `encoded`, `pre_logits`, `patch_tokens`
@@ -147,24 +148,14 @@ class VideoStudent(nn.Module):
   `H' x W'` the ResNet layer4 size of the input frames).
   """
 
-  num_classes: int
   hidden_size: int = 384
-  patch_size: Sequence[int] = (16, 16, 2)
   num_heads: int = 6
   mlp_dim: int = 1536
-  num_layers: int = 12
-  attention: AttentionSpec = DENSE
   mhca_layers: int = 0
   locality_strength: float = 1.0
   branch_heads: int = 0
   aligner_features: int = 0
   aligner_kernel: int = 1
-  dropout_rate: float = 0.0
-  attention_dropout_rate: float = 0.0
-  stochastic_depth: float = 0.0
-  kernel_init_method: Optional[str] = None
-  remat: bool = False
-  dtype: Dtype = jnp.float32
 
   @nn.compact
   def __call__(self, x: jax.Array, *, train: bool = False):

@@ -42,6 +42,7 @@ import jax.numpy as jnp
 from vivit_knn.models.encoder import DENSE, AttentionSpec, EncoderBlock
 from vivit_knn.models.spacetime_attention import (DividedSpaceTimeBlock, frame_tokens,
                                                   time_embed_init)
+from vivit_knn.models.video_transformer import VideoTransformer
 from vivit_knn.models.vivit import tubelet_embedding
 
 Dtype = Any
@@ -108,30 +109,18 @@ class TimeSformerEncoder(nn.Module):
     return nn.LayerNorm(dtype=self.dtype, name="encoder_norm")(x)
 
 
-class TimeSformer(nn.Module):
+class TimeSformer(VideoTransformer):
   """TimeSformer returning `(logits, intermediates)`.
 
   `intermediates`: `tubelets` (`[B, t, h, w, D]` after the stem), `encoded` (final
   tokens) and `pre_logits` (the CLS, `[B, D]`).
   """
 
-  num_classes: int
   attention_type: str = "divided_space_time"
-  hidden_size: int = 768
   patch_size: Sequence[int] = (16, 16, 1)
-  num_heads: int = 12
-  mlp_dim: int = 3072
-  num_layers: int = 12
-  attention: AttentionSpec = DENSE
   temporal_attention: AttentionSpec = DENSE
   time_embed_init_std: float = 0.0
   temporal_fc_zero_init: bool = True
-  dropout_rate: float = 0.0
-  attention_dropout_rate: float = 0.0
-  stochastic_depth: float = 0.0
-  kernel_init_method: Optional[str] = None
-  remat: bool = False
-  dtype: Dtype = jnp.float32
 
   @nn.compact
   def __call__(self, x: jax.Array, *, train: bool = False):

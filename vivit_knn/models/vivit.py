@@ -18,6 +18,7 @@ import jax
 import jax.numpy as jnp
 
 from vivit_knn.models.encoder import DENSE, AttentionSpec, Encoder
+from vivit_knn.models.video_transformer import VideoTransformer
 
 Dtype = Any
 
@@ -88,7 +89,7 @@ def tubelet_embedding(hidden_size: int, patch_size: Sequence[int],
                  name="embedding")
 
 
-class ViViT(nn.Module):
+class ViViT(VideoTransformer):
   """Video Vision Transformer returning `(logits, intermediates)`.
 
   `intermediates` holds `tubelets` (`[B, t, h, w, D]` after the stem), `encoded`
@@ -96,25 +97,12 @@ class ViViT(nn.Module):
   `spatial_encoded` (`[B, t, D]`); distillation losses read these.
   """
 
-  num_classes: int
   model_type: str = "factorized_encoder"
-  hidden_size: int = 768
-  patch_size: Sequence[int] = (16, 16, 2)
-  num_heads: int = 12
-  mlp_dim: int = 3072
-  num_layers: int = 12
-  attention: AttentionSpec = DENSE
   spatial_layers: int = 12
   temporal_layers: int = 4
   spatial_attention: AttentionSpec = DENSE
   temporal_attention: AttentionSpec = DENSE
   classifier: str = "token"
-  dropout_rate: float = 0.0
-  attention_dropout_rate: float = 0.0
-  stochastic_depth: float = 0.0
-  kernel_init_method: Optional[str] = None
-  remat: bool = False
-  dtype: Dtype = jnp.float32
 
   def _encoder(self, name: str, num_layers: int, attention: AttentionSpec,
                block_type: str = "standard", temporal_dims: Optional[int] = None) -> Encoder:

@@ -32,6 +32,7 @@ import jax.numpy as jnp
 from vivit_knn.models.encoder import DENSE, AttentionSpec, EncoderBlock
 from vivit_knn.models.spacetime_attention import (SpaceTimeMixingBlock, frame_tokens,
                                                   time_embed_init)
+from vivit_knn.models.video_transformer import VideoTransformer
 from vivit_knn.models.vivit import tubelet_embedding
 
 Dtype = Any
@@ -104,32 +105,20 @@ class TemporalHead(nn.Module):
     return nn.LayerNorm(dtype=self.dtype, name="encoder_norm")(x)
 
 
-class XViT(nn.Module):
+class XViT(VideoTransformer):
   """X-ViT returning `(logits, intermediates)`.
 
   `intermediates`: `tubelets`, `encoded` (`[B, T, 1 + N, D]` backbone tokens),
   `frame_cls` (`[B, T, D]`), `pre_logits` (`[B, D]`, the head's CLS).
   """
 
-  num_classes: int
   attention_type: str = "space_time_mixing"
-  hidden_size: int = 768
   patch_size: Sequence[int] = (16, 16, 1)
-  num_heads: int = 12
-  mlp_dim: int = 3072
-  num_layers: int = 12
   shift_div: int = 8
   num_summary_tokens: int = 0
   head_layers: int = 1
-  attention: AttentionSpec = DENSE
   temporal_attention: AttentionSpec = DENSE
   time_embed_init_std: float = 0.0
-  dropout_rate: float = 0.0
-  attention_dropout_rate: float = 0.0
-  stochastic_depth: float = 0.0
-  kernel_init_method: Optional[str] = None
-  remat: bool = False
-  dtype: Dtype = jnp.float32
 
   @nn.compact
   def __call__(self, x: jax.Array, *, train: bool = False):
