@@ -1,6 +1,8 @@
 """Recipes shared by the configs in `configs/`: the synthetic runs, k-NN ViViT on UCF101/HMDB51, CAST."""
 
 from vivit_knn.config import attention_config, base_config
+from vivit_knn.data.registry import DATASET_DEFAULTS
+from vivit_knn.models.cast import TRAINABLE_PATTERNS
 
 # Paper setting: k = 2n/3 of the keys in every k-NN attention.
 KNN_FRACTION = 2 / 3
@@ -73,7 +75,6 @@ def vivit_b16x2(model_type: str, knn_spatial: bool, knn_temporal: bool):
 
 def set_dataset(config, name: str, num_train: int):
   """Points `config.dataset` at a real dataset's defaults; warmup = 2.5 epochs."""
-  from vivit_knn.data.registry import DATASET_DEFAULTS
   config.dataset = DATASET_DEFAULTS[name]()
   config.dataset.num_frames = 8
   config.dataset.image_size = 224
@@ -94,7 +95,6 @@ def cast_b16(name: str, *, num_train: int, num_classes: int, epochs: int,
   mixup 0.8, ImageNet normalisation, 3 test crops. The arguments are what differs
   between datasets.
   """
-  from vivit_knn.models.cast import TRAINABLE_PATTERNS
   config = base_config()
   m = config.model
   m.name = "cast"

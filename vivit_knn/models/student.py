@@ -19,7 +19,7 @@ Branches and the aligner run only in training (and at init); evaluation and
 
 from __future__ import annotations
 
-from typing import Any, Dict, Optional, Sequence, Tuple
+from typing import Any, Dict, Tuple
 
 import flax.linen as nn
 import jax

@@ -33,7 +33,7 @@ clip through an image-initialised model gives the image model's output.)
 
 from __future__ import annotations
 
-from typing import Any, Optional, Sequence
+from typing import Any, Sequence
 
 import flax.linen as nn
 import jax

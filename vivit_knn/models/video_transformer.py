@@ -9,14 +9,12 @@ TimeSformer's single-frame patches); `models.registry` fills these from
 
 from __future__ import annotations
 
-from typing import Any, Optional, Sequence
+from typing import Optional, Sequence
 
 import flax.linen as nn
 import jax.numpy as jnp
 
-from vivit_knn.models.encoder import DENSE, AttentionSpec
-
-Dtype = Any
+from vivit_knn.models.encoder import DENSE, AttentionSpec, Dtype
 
 
 class VideoTransformer(nn.Module):

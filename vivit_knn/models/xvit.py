@@ -23,7 +23,7 @@ permutation-invariant, so frame order is invisible.
 
 from __future__ import annotations
 
-from typing import Any, Optional, Sequence
+from typing import Any, Sequence
 
 import flax.linen as nn
 import jax
