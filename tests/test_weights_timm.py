@@ -1,32 +1,19 @@
 """timm converter: a real PyTorch state dict written here round-trips into our tree and gives
 the timm ViT's logits (its equation in numpy, read from the torch layout).
 
-PyTorch is not in requirements.txt (the library needs it only to read timm files), so
-this test installs the pinned CPU build into the running interpreter when it is missing.
+PyTorch is not in requirements.txt (the library needs it only to read torch files), so
+these tests install the pinned CPU build when it is missing, or skip (`tests/torch_util.py`).
 """
 
-import importlib
-import subprocess
-import sys
 from math import erf
 
 import numpy as np
 import pytest
 
 from tests.test_weights import ARCH, IMAGES, assert_same_tree, our_logits, patchify, random_image_tree
+from tests.torch_util import require_torch
 from vivit_knn.weights.load import load_checkpoint
-from vivit_knn.weights.timm import TORCH_REQUIREMENT
 from vivit_knn.weights.tree import UnmatchedKeysError, flatten
-
-
-def require_torch():
-  """Imports torch, installing `TORCH_REQUIREMENT` with this interpreter's pip if needed."""
-  try:
-    return importlib.import_module("torch")
-  except ImportError:
-    subprocess.run([sys.executable, "-m", "pip", "install", TORCH_REQUIREMENT], check=True)
-    importlib.invalidate_caches()
-    return importlib.import_module("torch")
 
 
 def to_timm_state(tree):

@@ -8,6 +8,11 @@ the same function. Blocks are `Transformer/encoderblock_i/...` (linen names),
 or, for models trained with `scan=True`, one `Transformer/encoderblock/...`
 whose arrays are stacked over layers (axis 0); those are split.
 
+A training `checkpoint.npz` prefixes every key with `params/`, a two-tower
+model (SigLIP, LiT) its image tower with `params/img/`; the prefix is detected
+and stripped, and bf16 arrays (stored as 2-byte void) are read as float32
+(`vivit_knn.weights.npz`).
+
 Only CLS-token models (`pool_type='tok'`) map onto our CLS-based models; a
 `gap` or `map` model is rejected with its unmatched keys listed.
 """
@@ -18,9 +23,10 @@ from typing import Mapping
 
 import numpy as np
 
+from vivit_knn.weights import npz
 from vivit_knn.weights.image_vit import check_image_tree
+from vivit_knn.weights.npz import load_npz
 from vivit_knn.weights.tree import Flat, raise_unmatched, unflatten
-from vivit_knn.weights.vit_npz import load_npz
 
 __all__ = ["load_npz", "convert_big_vision"]
 
@@ -40,8 +46,11 @@ def _unscan(flat: Mapping[str, np.ndarray]) -> Flat:
 
 
 def convert_big_vision(flat: Mapping[str, np.ndarray]) -> dict:
-  """big_vision flat params -> our image ViT tree (checked; raises listing unmatched keys)."""
-  flat = _unscan(flat)
+  """big_vision flat params -> our image ViT tree (checked; raises listing unmatched keys).
+
+  A known training-file prefix (`params/`, `params/img/`) is stripped first.
+  """
+  flat = _unscan(npz.strip_prefix(flat, "big_vision_npz"))
   if "cls" not in flat:
     raise_unmatched("big_vision_npz (a model without a CLS token: pool_type must be 'tok')",
                     unknown=[k for k in flat if k.startswith("MAPHead")], missing=["cls"])

@@ -18,16 +18,18 @@ their transposes; LayerNorm `weight` is our `scale`):
 dropped, as are the text tower's keys (everything outside `visual.`). A dict
 without any `visual.` key is read as the image tower alone (`model.visual`'s
 own state dict). The head count is not stored; CLIP uses 64-wide heads.
+
+Files: OpenAI's TorchScript archives (`ViT-B-16.pt`, fp16; read without running
+them), `.safetensors` or `torch.save` state dicts. Arrays come out float32.
 """
 
 from __future__ import annotations
 
-import zipfile
 from typing import Any, Dict, Mapping, Optional
 
 import numpy as np
 
-from vivit_knn.weights.timm import TORCH_REQUIREMENT, unwrap
+from vivit_knn.weights.state_dict import read_state_dict, unwrap
 from vivit_knn.weights.tree import Flat, flatten, raise_unmatched, unflatten
 
 CLIP_HEAD_DIM = 64
@@ -40,26 +42,14 @@ _DENSES = {"mlp.c_fc": "MlpBlock_0/Dense_0", "mlp.c_proj": "MlpBlock_0/Dense_1"}
 _ATTN = "MultiHeadDotProductAttention_0"
 
 
-def _is_torchscript(path: str) -> bool:
-  """TorchScript archives are zip files holding `constants.pkl` (plain saves do not)."""
-  if not zipfile.is_zipfile(path):
-    return False
-  with zipfile.ZipFile(path) as archive:
-    return any(name.endswith("/constants.pkl") for name in archive.namelist())
-
-
 def load_clip_state_dict(path: str) -> Flat:
-  """Reads a CLIP checkpoint (a state dict, or OpenAI's TorchScript archive) as numpy float32."""
-  try:
-    import torch  # pylint: disable=import-outside-toplevel
-  except ImportError:
-    raise ImportError(f"reading a CLIP checkpoint needs PyTorch: pip install "
-                      f"{TORCH_REQUIREMENT} (CPU build is enough)") from None
-  if _is_torchscript(path):  # OpenAI's released ViT-B-16.pt
-    state = torch.jit.load(path, map_location="cpu").state_dict()
-  else:
-    state = torch.load(path, map_location="cpu", weights_only=True)
-  return {k: v.detach().float().numpy() for k, v in unwrap(state).items()}
+  """Reads a CLIP checkpoint as `{name: float32 numpy array}`.
+
+  Accepts OpenAI's TorchScript archive (read without torch and without running
+  its code, see `vivit_knn.weights.safe_pickle`), a `.safetensors` file, or a
+  state dict saved with `torch.save` (needs torch).
+  """
+  return read_state_dict(path, "a CLIP checkpoint")
 
 
 def _visual(state: Mapping[str, Any]) -> Dict[str, np.ndarray]:

@@ -1,38 +1,112 @@
-"""Converts a public ViT checkpoint to an Orbax checkpoint of our image ViT tree.
+"""Converts a public checkpoint to an Orbax checkpoint of its tree in our naming.
 
     python -m vivit_knn.weights.convert --from=ViT-B_16.npz --format=vit_npz \\
         --to=vit_b16.orbax
 
-The result is a valid `init_from` source (`--config.init_from.checkpoint_path=
-vit_b16.orbax`, format 'orbax'). Formats: 'vit_npz' (original ViT),
-'big_vision_npz', 'timm' (a PyTorch state dict; needs torch; `--num_heads` if
-the width is not a standard ViT's).
+The result is a valid source of format 'orbax' (`--config.init_from.checkpoint_path=
+vit_b16.orbax`, or a CAST expert's checkpoint). Formats: 'vit_npz' (original
+ViT), 'big_vision_npz', 'timm' (`.pth`/`.bin` need torch, `.safetensors` does
+not), 'scenic' (a scenic/flax checkpoint file or workdir), 'clip' (OpenAI CLIP
+image tower, TorchScript or state dict), 'videomae', 'orbax'. `--num_heads`
+for timm / CLIP / VideoMAE widths whose head count cannot be guessed.
+
+An existing `--to` is refused unless `--overwrite` is given. Errors are printed
+as one `error: ...` message on stderr, with exit status 2.
 """
 
 from __future__ import annotations
 
-from typing import Sequence
+import os
+import shutil
+import sys
+from typing import Any, List, Mapping, Optional, Sequence
 
 from absl import app, flags
 
-from vivit_knn.weights import load
+from vivit_knn.weights import formats, load
 from vivit_knn.weights.image_vit import infer_arch
+from vivit_knn.weights.tree import flatten
 
-_FROM = flags.DEFINE_string("from", None, "Checkpoint file to convert.", required=True)
-_FORMAT = flags.DEFINE_enum("format", None, ["vit_npz", "big_vision_npz", "timm"],
-                            "Format of --from.", required=True)
-_TO = flags.DEFINE_string("to", None, "Output Orbax checkpoint directory.", required=True)
-_NUM_HEADS = flags.DEFINE_integer("num_heads", None, "Heads (timm only; default from width).")
+_FROM = flags.DEFINE_string("from", None, "Checkpoint file (or scenic workdir) to convert.")
+_FORMAT = flags.DEFINE_string("format", None,
+                              f"Format of --from: one of {', '.join(formats.LOADABLE_FORMATS)}.")
+_TO = flags.DEFINE_string("to", None, "Output Orbax checkpoint directory.")
+_OVERWRITE = flags.DEFINE_bool("overwrite", False, "Replace --to if it exists.")
+_NUM_HEADS = flags.DEFINE_integer("num_heads", None,
+                                  "Heads (timm, clip, videomae; default from the width).")
+
+
+class _UsageError(ValueError):
+  """A bad command line."""
+
+
+def describe(tree: Mapping[str, Any]) -> str:
+  """A one-line summary of a converted tree: its image ViT architecture, or its size."""
+  try:
+    return str(infer_arch(tree))
+  except ValueError:
+    flat = flatten(tree)
+    count = sum(int(v.size) for v in flat.values())
+    return f"{len(flat)} arrays, {count} parameters, top level {sorted(tree)}"
+
+
+def _replace(tmp: str, dst: str) -> None:
+  """Moves the finished checkpoint `tmp` to `dst`, removing what `dst` held."""
+  if os.path.isdir(dst) and not os.path.islink(dst):
+    shutil.rmtree(dst)
+  elif os.path.lexists(dst):
+    os.remove(dst)
+  os.replace(tmp, dst)
+
+
+def convert(src: str, checkpoint_format: str, dst: str, overwrite: bool = False,
+            num_heads: Optional[int] = None) -> str:
+  """Converts `src` (in `checkpoint_format`) to an Orbax checkpoint at `dst`; returns a summary.
+
+  Raises:
+    FileExistsError: `dst` exists and `overwrite` is False.
+    (and whatever `load.load_checkpoint` raises for `src`)
+  """
+  dst = os.path.abspath(dst)
+  if os.path.lexists(dst) and not overwrite:
+    raise FileExistsError(f"--to={dst} already exists; pass --overwrite to replace it")
+  tree = load.load_checkpoint(src, checkpoint_format, num_heads=num_heads, field="--from")
+  if not os.path.lexists(dst):
+    load.save_orbax(dst, tree)
+  else:  # write beside it first, so a failed write leaves the old checkpoint in place
+    tmp = f"{dst}.converting-{os.getpid()}"
+    if os.path.lexists(tmp):
+      shutil.rmtree(tmp)
+    load.save_orbax(tmp, tree)
+    _replace(tmp, dst)
+  return f"wrote {dst}: {describe(tree)}"
 
 
 def main(argv: Sequence[str]) -> None:
-  """Converts --from to --to and prints the architecture read from the weights."""
-  if len(argv) > 1:
-    raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
-  tree = load.load_checkpoint(_FROM.value, _FORMAT.value, num_heads=_NUM_HEADS.value)
-  path = load.save_orbax(_TO.value, tree)
-  print(f"wrote {path}: {infer_arch(tree)}")
+  """Converts --from to --to and prints what was written; errors exit with status 2."""
+  try:
+    if len(argv) > 1:
+      raise _UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+    for flag in (_FROM, _FORMAT, _TO):
+      if not flag.value:
+        raise _UsageError(f"--{flag.name} is required")
+    if _FORMAT.value not in formats.LOADABLE_FORMATS:
+      raise _UsageError(f"--format must be one of {', '.join(formats.LOADABLE_FORMATS)}, got "
+                        f"{_FORMAT.value!r}")
+    print(convert(_FROM.value, _FORMAT.value, _TO.value, _OVERWRITE.value, _NUM_HEADS.value))
+  except (OSError, ValueError, ImportError) as err:
+    print(f"error: {err}", file=sys.stderr)
+    sys.exit(2)
+
+
+def parse_flags(argv: Sequence[str]) -> List[str]:
+  """Parses the flags; a bad flag is reported like any other error (`error: ...`, status 2)."""
+  try:
+    return flags.FLAGS(list(argv))
+  except flags.Error as err:
+    print(f"error: {err}", file=sys.stderr)
+    sys.exit(2)
 
 
 if __name__ == "__main__":
-  app.run(main)
+  app.run(main, flags_parser=parse_flags)

@@ -41,9 +41,10 @@ from vivit_knn.weights.image_vit import TIMESFORMER_EXTRAS
 from vivit_knn.weights.load import load_checkpoint
 from vivit_knn.weights.tree import Flat, flatten, raise_unmatched, unflatten
 
-_NEW_TOP = ("output_projection", "TemporalTransformer", "cls_TemporalTransformer",
-            "pre_logits")
-_NEW_BLOCK_MODULES = ("summary_tokens",)
+_NEW_TOP = ("TemporalTransformer", "cls_TemporalTransformer", "pre_logits", "aligner")
+_NEW_TOP_PATTERN = re.compile(r"^branch_\d+$")  # the distillation student's branch heads
+_NEW_BLOCK_MODULES = ("summary_tokens", "RelativePosition_0")
+HEAD = "output_projection"
 # Target block module -> the image block module it starts from.
 _FROM_SPATIAL = {
     "LayerNorm_time": "LayerNorm_0", "LayerNorm_space": "LayerNorm_0",
@@ -58,6 +59,11 @@ _IGNORED_SOURCE = re.compile(r"^(head|pre_logits)/")
 
 NEW = None  # a rule for parameters kept at their initial value
 ZEROS = ("", "zeros")  # a rule for parameters set to zero
+
+# What happened to each target parameter (the initialisation summary's columns).
+RESTORED, INFLATED, COPIED, ZEROED, FRESH = "restored", "inflated", "copied", "zeroed", "fresh"
+CATEGORIES = (RESTORED, INFLATED, COPIED, ZEROED, FRESH)
+Report = Dict[str, str]
 
 
 def initialise_from(params: Any, config: ml_collections.ConfigDict) -> Dict[str, Any]:
@@ -75,6 +81,17 @@ def initialise_from(params: Any, config: ml_collections.ConfigDict) -> Dict[str,
   return initialise_from_tree(params, source, config)
 
 
+def initialise_with_report(params: Any, source: Any,
+                           config: ml_collections.ConfigDict) -> Tuple[Dict[str, Any], Report]:
+  """`initialise_from_tree`, also returning `{target path: category}` (see `CATEGORIES`)."""
+  target, src = flatten(params), flatten(source)
+  if "embedding/kernel" not in src:
+    raise_unmatched("init_from", missing=["embedding/kernel"])
+  mapper = _VideoMapper if src["embedding/kernel"].ndim == 5 else _ImageMapper
+  out, report = mapper(target, src, config).run()
+  return unflatten(out), report
+
+
 def _grid(config: ml_collections.ConfigDict) -> Tuple[int, int]:
   ph, pw, _ = config.model.patch_size
   size = config.dataset.image_size
@@ -84,31 +101,112 @@ def _grid(config: ml_collections.ConfigDict) -> Tuple[int, int]:
 def initialise_from_tree(params: Any, source: Any,
                          config: ml_collections.ConfigDict) -> Dict[str, Any]:
   """`initialise_from` with the checkpoint already read into a tree in our naming."""
-  target, src = flatten(params), flatten(source)
-  if "embedding/kernel" not in src:
-    raise_unmatched("init_from", missing=["embedding/kernel"])
-  if src["embedding/kernel"].ndim == 5:
-    out = _from_video(target, src)
-  else:
-    out = _ImageMapper(target, src, config).run()
-  return unflatten(out)
+  return initialise_with_report(params, source, config)[0]
 
 
-def _from_video(target: Flat, src: Flat) -> Flat:
-  """Same-model checkpoint: copy everything but the classifier."""
-  out, missing, bad = {}, [], []
-  for path, value in target.items():
-    if path.startswith("output_projection/"):
-      out[path] = value
-    elif path not in src:
-      missing.append(path)
-    elif src[path].shape != value.shape:
-      bad.append(f"{path}: got {src[path].shape}, want {value.shape}")
+def _head_rule(init: ml_collections.ConfigDict, src: Flat, path: str, value: np.ndarray,
+               candidates: Tuple[str, ...]) -> Optional[Tuple[str, str]]:
+  """The classifier: kept fresh, or with `init_from.restore_head` the source's own head."""
+  if not init.restore_head:
+    return NEW
+  leaf = path.partition("/")[2]
+  for top in candidates:
+    found = src.get(f"{top}/{leaf}")
+    if found is None:
+      continue
+    if found.shape != value.shape:
+      raise ValueError(
+          f"init_from.restore_head: the checkpoint's classifier {top}/{leaf} has shape "
+          f"{found.shape} but the model's {path} is {value.shape} (the class counts differ: "
+          f"{found.shape[-1]} vs {value.shape[-1]}); set init_from.restore_head=False to "
+          "train a new head")
+    return (f"{top}/{leaf}", "copy")
+  raise ValueError(f"init_from.restore_head: the checkpoint has no classifier "
+                   f"({' or '.join(candidates)}) to restore into {path}")
+
+
+class _VideoMapper:
+  """A checkpoint of a video model with our names (scenic, or a run of this project).
+
+  Every parameter is copied by name. Position embeddings whose time length
+  differs (e.g. a 32-frame Kinetics model fine-tuned at 8 frames) are
+  interpolated over time; source blocks deeper than the target (ViViT-B FE's 12
+  spatial layers into Dk-ViViT's 8) are skipped and reported. The classifier is
+  restored only with `init_from.restore_head`.
+  """
+
+  def __init__(self, target: Flat, src: Flat, config: ml_collections.ConfigDict):
+    self.target, self.src, self.init = target, src, config.init_from
+    self.grid = _grid(config)
+
+  def _posemb(self, path: str, value: np.ndarray) -> Optional[np.ndarray]:
+    """The source position embedding interpolated over time, or None when it cannot fit.
+
+    Rows are `[CLS] + time x per_time`, `per_time` the patch grid (one row per
+    time step in ViViT-FE's temporal encoder).
+    """
+    x = self.src[path]
+    if x.ndim != 3 or x.shape[-1] != value.shape[-1]:
+      return None
+    h, w = self.grid
+    top = path.partition("/")[0]
+    if top == "TemporalTransformer":
+      per_time, cls = 1, int(f"cls_{top}" in self.target)
     else:
-      out[path] = src[path].astype(value.dtype)
-  unknown = set(src) - set(target) - {p for p in src if p.startswith("output_projection/")}
-  raise_unmatched("init_from (video checkpoint)", unknown, missing, bad)
-  return out
+      per_time = h * w
+      cls = value.shape[1] % per_time
+    rows, want = x.shape[1] - cls, value.shape[1] - cls
+    if cls not in (0, 1) or rows % per_time or want % per_time or min(rows, want) <= 0:
+      return None
+    d = x.shape[-1]
+    moved = inflate.interpolate_time(x[:, cls:].reshape(1, rows // per_time, per_time * d),
+                                     want // per_time).reshape(1, want, d)
+    return np.concatenate([x[:, :cls], moved], axis=1).astype(value.dtype)
+
+  def run(self) -> Tuple[Flat, Report]:
+    """Builds the new flat tree and its report; raises UnmatchedKeysError on mismatch."""
+    out, report, missing, bad, used = {}, {}, [], [], set()
+    for path, value in self.target.items():
+      rule = (_head_rule(self.init, self.src, path, value, (HEAD, "head"))
+              if path.startswith(HEAD + "/") else (path, "copy"))
+      if rule is NEW:
+        out[path], report[path] = value, FRESH
+        continue
+      src_path = rule[0]
+      if src_path not in self.src:
+        missing.append(path)
+        continue
+      used.add(src_path)
+      x = self.src[src_path]
+      category = RESTORED
+      if x.shape != value.shape and path.endswith("posembed_input/pos_embedding"):
+        x, category = self._posemb(path, value), INFLATED
+      if x is None or x.shape != value.shape:
+        bad.append(f"{path}: got {self.src[src_path].shape}, want {value.shape}")
+        continue
+      out[path], report[path] = x.astype(value.dtype), category
+    target_blocks = {_block_key(p) for p in self.target} - {None}
+    skipped = sorted(p for p in set(self.src) - used
+                     if p.startswith((HEAD + "/", "head/", "pre_logits/"))
+                     or (_block_key(p) is not None and _block_key(p) not in target_blocks))
+    unknown = set(self.src) - used - set(skipped)
+    raise_unmatched("init_from (video checkpoint)", unknown, missing, bad)
+    _log_skipped(skipped)
+    return out, report
+
+
+_ANY_BLOCK = re.compile(r"^(.*?encoderblock_\d+)/")
+
+
+def _block_key(path: str) -> Optional[str]:
+  m = _ANY_BLOCK.match(path)
+  return m.group(1) if m else None
+
+
+def _log_skipped(skipped) -> None:
+  if skipped:
+    logging.info("init_from: skipped %d checkpoint arrays with no place in the model (%s)",
+                 len(skipped), _summary(skipped))
 
 
 class _ImageMapper:
@@ -126,7 +224,9 @@ class _ImageMapper:
   def _rule(self, path: str) -> Optional[Tuple[str, str]]:
     """`(source path, transform)` for a target path; NEW to keep it; ('', '') if unknown."""
     top, _, rest = path.partition("/")
-    if top in _NEW_TOP:
+    if top == HEAD:
+      return _head_rule(self.init, self.src, path, self.target[path], ("head",))
+    if top in _NEW_TOP or _NEW_TOP_PATTERN.match(top):
       return NEW
     if top == "embedding":
       return ("embedding/kernel", "kernel") if rest == "kernel" else (path, "copy")
@@ -150,7 +250,7 @@ class _ImageMapper:
     if own in self.src:
       return (own, "copy")
     if module in _FROM_SPATIAL:
-      return (f"Transformer/{block}/{_FROM_SPATIAL[module]}/{leaf}", "copy")
+      return (f"Transformer/{block}/{_FROM_SPATIAL[module]}/{leaf}", "from_spatial")
     if module == "temporal_fc":
       return ZEROS
     if module in _NEW_BLOCK_MODULES:
@@ -178,18 +278,16 @@ class _ImageMapper:
       return True
     return bool(TIMESFORMER_EXTRAS.match(src_path))
 
-  def run(self) -> Flat:
-    """Builds the new flat tree; raises UnmatchedKeysError on any mismatch."""
-    out, used, missing, bad, new = {}, set(), [], [], []
+  def run(self) -> Tuple[Flat, Report]:
+    """Builds the new flat tree and its report; raises UnmatchedKeysError on any mismatch."""
+    out, report, used, missing, bad = {}, {}, set(), [], []
     for path, value in self.target.items():
       rule = self._rule(path)
       if rule is NEW:
-        out[path] = value
-        new.append(path)
+        out[path], report[path] = value, FRESH
         continue
       if rule == ZEROS:
-        out[path] = np.zeros_like(value)
-        new.append(path)
+        out[path], report[path] = np.zeros_like(value), ZEROED
         continue
       src_path, kind = rule
       if src_path not in self.src:
@@ -201,16 +299,23 @@ class _ImageMapper:
         bad.append(f"{path} (from {src_path}): got {result.shape}, want {value.shape}")
         continue
       out[path] = result.astype(value.dtype)
+      report[path] = self._category(src_path, kind, result)
     blocks = {int(m.group(2)) for m in (_BLOCK_PATH.match(p.partition("/")[2])
                                         for p in self.target if p.startswith(self.encoder + "/"))
               if m}
     unused = set(self.src) - used
     skipped = sorted(p for p in unused if self._skippable(p, blocks))
     raise_unmatched("init_from (image ViT)", unused - set(skipped), missing, bad)
-    logging.info("init_from: restored %d arrays; kept %d as initialised (%s); skipped %d "
-                 "checkpoint arrays (%s)", len(out) - len(new), len(new),
-                 _summary(new), len(skipped), _summary(skipped))
-    return out
+    _log_skipped(skipped)
+    return out, report
+
+  def _category(self, src_path: str, kind: str, result: np.ndarray) -> str:
+    if kind == "from_spatial":
+      return COPIED
+    if kind in ("kernel", "posemb", "time") and (
+        result.shape != self.src[src_path].shape or not np.array_equal(result, self.src[src_path])):
+      return INFLATED
+    return RESTORED
 
 
 def _summary(paths) -> str:

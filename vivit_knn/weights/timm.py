@@ -21,6 +21,7 @@ Names map as follows (`i` the block index; torch `Linear` weights are
 LayerNorm `weight` is our `scale`. The fused `qkv` output is ordered
 `[q | k | v]`, each `[heads, head_dim]`; the head count is not stored in a state
 dict, so it is passed in (by default read from the standard ViT widths).
+Files: `.pth`, `pytorch_model.bin` (torch) or `.safetensors` (no torch needed).
 timm's MLP uses the exact (erf) GELU, ours flax's tanh approximation: outputs
 agree to about 1e-3 relative, not bit for bit.
 """
@@ -28,19 +29,19 @@ agree to about 1e-3 relative, not bit for bit.
 from __future__ import annotations
 
 import re
-from typing import Any, Dict, Mapping, Optional
+from typing import Any, Mapping, Optional
 
 import numpy as np
 
 from vivit_knn.weights.image_vit import check_image_tree
+from vivit_knn.weights.state_dict import TORCH_REQUIREMENT, read_state_dict, unwrap
 from vivit_knn.weights.tree import Flat, raise_unmatched, unflatten
+
+__all__ = ["STANDARD_HEADS", "TORCH_REQUIREMENT", "convert_timm", "load_torch_state_dict",
+           "unwrap"]
 
 # Heads of the standard ViT widths (Ti, S, B, L, H).
 STANDARD_HEADS = {192: 3, 384: 6, 768: 12, 1024: 16, 1280: 16}
-TORCH_REQUIREMENT = "torch==2.13.0"
-
-_CONTAINERS = ("state_dict", "model", "model_state", "module")
-_PREFIXES = ("module.", "model.")
 _BLOCK = re.compile(r"^blocks\.(\d+)\.(.+)$")
 _NORMS = {"norm1": "LayerNorm_0", "norm2": "LayerNorm_1", "temporal_norm1": "temporal_norm1"}
 _ATTNS = {"attn": "MultiHeadDotProductAttention_0", "temporal_attn": "temporal_attn"}
@@ -50,27 +51,12 @@ _TOP_DENSES = {"head": "head", "pre_logits.fc": "pre_logits"}
 
 
 def load_torch_state_dict(path: str) -> Flat:
-  """Reads a PyTorch checkpoint into `{name: float32 numpy array}` (needs torch)."""
-  try:
-    import torch  # pylint: disable=import-outside-toplevel
-  except ImportError:
-    raise ImportError(f"reading a timm checkpoint needs PyTorch: pip install "
-                      f"{TORCH_REQUIREMENT} (CPU build is enough)") from None
-  state = torch.load(path, map_location="cpu", weights_only=True)
-  return {k: v.detach().float().numpy() for k, v in unwrap(state).items()}
+  """Reads a PyTorch state dict (`.pth`/`.bin`, `.safetensors`, ...) as `{name: float32 array}`.
 
-
-def unwrap(state: Mapping[str, Any]) -> Dict[str, Any]:
-  """Finds the state dict in a training checkpoint and strips `module.`/`model.` prefixes."""
-  for key in _CONTAINERS:
-    if isinstance(state.get(key), Mapping):
-      state = state[key]
-      break
-  state = dict(state)
-  for prefix in _PREFIXES:
-    if state and all(k.startswith(prefix) for k in state):
-      state = {k[len(prefix):]: v for k, v in state.items()}
-  return state
+  See `vivit_knn.weights.state_dict.read_state_dict` (torch only for torch files;
+  never runs code from the file).
+  """
+  return read_state_dict(path, "a timm checkpoint")
 
 
 def _norm(out: Flat, src: Mapping[str, np.ndarray], name: str, dst: str, used: set) -> None:

@@ -23,7 +23,8 @@ from typing import Any, Dict, Mapping, Tuple
 import numpy as np
 
 from vivit_knn.models.resnet import DEPTHS
-from vivit_knn.weights.timm import load_torch_state_dict, unwrap
+from vivit_knn.weights import npz
+from vivit_knn.weights.state_dict import read_state_dict, unwrap
 from vivit_knn.weights.tree import Flat, flatten, raise_unmatched, unflatten
 
 _BN = {"weight": ("params", "scale"), "bias": ("params", "bias"),
@@ -128,13 +129,12 @@ def infer_depth(state: Mapping[str, Any]) -> int:
 
 
 def load_state_dict(path: str) -> Flat:
-  """Reads a torchvision state dict from `.pth`/`.pt` (needs torch) or `.npz` (numpy only)."""
+  """Reads a torchvision state dict: `.pth`/`.pt` (needs torch), `.safetensors` or `.npz`."""
   if not os.path.exists(path):
     raise FileNotFoundError(f"ResNet checkpoint {path} does not exist")
   if path.endswith(".npz"):
-    with np.load(path) as data:
-      return {k: np.asarray(data[k]) for k in data.files}
-  return load_torch_state_dict(path)
+    return npz.load_npz(path)
+  return read_state_dict(path, "a torchvision ResNet checkpoint")
 
 
 def load_torchvision_resnet(path: str) -> Tuple[Dict[str, Any], int]:

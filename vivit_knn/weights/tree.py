@@ -58,3 +58,7 @@ def raise_unmatched(what: str, unknown: Iterable[str] = (), missing: Iterable[st
     lines.append(f"{len(bad_shapes)} keys with the wrong shape:")
     lines += [f"  {k}" for k in bad_shapes]
   raise UnmatchedKeysError("\n".join(lines))
+
+
+class CheckpointFormatError(ValueError):
+  """A file is not a checkpoint of the format it was read as (one-line message)."""

@@ -30,7 +30,8 @@ from typing import Any, Dict, Mapping, Optional
 import numpy as np
 
 from vivit_knn.models.experts import sinusoid_table
-from vivit_knn.weights.timm import STANDARD_HEADS, load_torch_state_dict, unwrap
+from vivit_knn.weights.state_dict import read_state_dict, unwrap
+from vivit_knn.weights.timm import STANDARD_HEADS
 from vivit_knn.weights.tree import Flat, flatten, raise_unmatched, unflatten
 
 _PREFIXES = ("encoder.", "backbone.")
@@ -42,8 +43,14 @@ _ATTN = "MultiHeadDotProductAttention_0"
 
 
 def load_videomae_state_dict(path: str) -> Flat:
-  """Reads a VideoMAE `.pth` checkpoint (needs torch) as `{name: float32 numpy array}`."""
-  return load_torch_state_dict(path)
+  """Reads a VideoMAE checkpoint as `{name: float32 numpy array}`.
+
+  Accepts VideoMAE's own training files (`{'model': ..., 'args': Namespace,
+  'optimizer': ..., 'epoch': ...}`; torch reads them with only
+  `argparse.Namespace` allowed beside tensors), plain state dicts, and
+  `.safetensors` files (no torch needed).
+  """
+  return read_state_dict(path, "a VideoMAE checkpoint")
 
 
 def _strip(state: Mapping[str, Any]) -> Dict[str, np.ndarray]:

@@ -8,6 +8,9 @@ before Flax linen number a block's modules globally (`LayerNorm_0`,
 them per type (`LayerNorm_0`, `MultiHeadDotProductAttention_0`, `LayerNorm_1`,
 `MlpBlock_0`). Both are accepted: inside a block each type is renumbered 0, 1, ...
 in index order.
+
+Training files prefix every key with `opt/target/` (and hold the optimizer state
+beside it); the prefix is detected and stripped (`vivit_knn.weights.npz`).
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ from typing import Dict, Mapping
 
 import numpy as np
 
+from vivit_knn.weights import npz
 from vivit_knn.weights.image_vit import check_image_tree
 from vivit_knn.weights.tree import Flat, unflatten
 
@@ -24,9 +28,8 @@ _BLOCK_MODULE = re.compile(r"^(Transformer/encoderblock_\d+)/([A-Za-z]+)_(\d+)/(
 
 
 def load_npz(path: str) -> Flat:
-  """Reads an `.npz` into `{path: array}`."""
-  with open(path, "rb") as f, np.load(f, allow_pickle=False) as data:
-    return {k: np.asarray(data[k]) for k in data.files}
+  """Reads an `.npz` into `{path: array}` (the shared reader: no pickles, bf16 as float32)."""
+  return npz.load_npz(path)
 
 
 def renumber_block_modules(flat: Mapping[str, np.ndarray]) -> Flat:
@@ -48,7 +51,11 @@ def renumber_block_modules(flat: Mapping[str, np.ndarray]) -> Flat:
 
 
 def convert_vit_npz(flat: Mapping[str, np.ndarray]) -> dict:
-  """Original-ViT flat params -> our image ViT tree (checked; raises listing unmatched keys)."""
+  """Original-ViT flat params -> our image ViT tree (checked; raises listing unmatched keys).
+
+  A known training-file prefix (`opt/target/`, ...) is stripped first.
+  """
+  flat = npz.strip_prefix(flat, "vit_npz")
   tree = unflatten(renumber_block_modules(flat))
   check_image_tree(tree, "vit_npz", allow_timesformer=False)
   return tree

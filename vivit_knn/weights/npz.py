@@ -1,0 +1,117 @@
+"""The one `.npz` reader of the weight converters (original ViT and big_vision files).
+
+* Never unpickles: `np.load(allow_pickle=False)`; a file that is not an `.npz`
+  archive of plain arrays raises `CheckpointFormatError` with a one-line reason.
+* bfloat16: big_vision writes bf16 arrays as 2-byte void (`|V2`, the raw bf16
+  bits, since numpy has no bf16 type). They are widened to float32 exactly: the
+  bf16 bits are the upper half of the float32 with the same value.
+* Prefixes: training files nest the parameters under a prefix
+  (`KNOWN_PREFIXES`): old vit_jax files `opt/target/`, a big_vision training
+  `checkpoint.npz` `params/`, big_vision two-tower models (SigLIP, LiT)
+  `params/img/` for the image tower. `strip_prefix` finds the one that leads to
+  `embedding/kernel` and keeps only the keys under it (dropping optimizer state
+  and the other tower).
+"""
+
+from __future__ import annotations
+
+import os
+import zipfile
+from typing import List, Mapping
+
+import numpy as np
+
+from vivit_knn.weights.tree import CheckpointFormatError, Flat
+
+KNOWN_PREFIXES = ("opt/target/", "params/img/", "params/")
+ANCHOR = "embedding/kernel"
+_NPY_MAGIC = b"\x93NUMPY"
+
+
+def bfloat16_to_float32(raw: np.ndarray) -> np.ndarray:
+  """Raw bfloat16 values (2-byte void or uint16 bits, little-endian) -> float32, exactly."""
+  bits = np.ascontiguousarray(raw).view("<u2")
+  return (bits.astype("<u4") << 16).view("<f4")
+
+
+def _array(name: str, value: np.ndarray) -> np.ndarray:
+  value = np.asarray(value)
+  if value.dtype.kind == "V" and value.dtype.itemsize == 2 and value.dtype.names is None:
+    return bfloat16_to_float32(value)
+  if value.dtype.kind in "VOSUM":
+    raise CheckpointFormatError(f"array {name!r} has dtype {value.dtype.str}, not a numeric one")
+  return value
+
+
+def load_npz(path: str) -> Flat:
+  """Reads an `.npz` archive into `{key: array}` (bf16 as float32; no pickles).
+
+  Raises:
+    CheckpointFormatError: the file is not an `.npz` archive of numeric arrays.
+  """
+  if not zipfile.is_zipfile(path):
+    with open(path, "rb") as f:
+      head = f.read(len(_NPY_MAGIC))
+    if head == _NPY_MAGIC:
+      raise CheckpointFormatError("a single .npy array, not an .npz archive of named arrays")
+    raise CheckpointFormatError("not an .npz archive (not a zip file)")
+  out: Flat = {}
+  with open(path, "rb") as f:
+    try:
+      data = np.load(f, allow_pickle=False)
+    except (ValueError, OSError, EOFError, zipfile.BadZipFile):
+      raise CheckpointFormatError("numpy cannot read it as an .npz archive") from None
+    with data:
+      for key in data.files:
+        try:
+          value = data[key]
+        except (ValueError, OSError, EOFError, zipfile.BadZipFile, KeyError):
+          raise CheckpointFormatError(
+              f"member {key!r} is not a numpy array (a zip file, not an .npz archive?)") from None
+        if not isinstance(value, np.ndarray):
+          raise CheckpointFormatError(
+              f"member {key!r} is not a numpy array (a zip file, not an .npz archive?)")
+        out[key] = _array(key, value)
+  if not out:
+    raise CheckpointFormatError(f"the archive holds no arrays ({os.path.basename(path)})")
+  return out
+
+
+def common_prefix(keys: List[str]) -> str:
+  """The longest `/`-ended path prefix all `keys` share ('' if none)."""
+  parts = [k.split("/")[:-1] for k in keys]
+  if not parts:
+    return ""
+  shared = []
+  for names in zip(*parts):
+    if any(n != names[0] for n in names):
+      break
+    shared.append(names[0])
+  return "".join(f"{n}/" for n in shared)
+
+
+def strip_prefix(flat: Mapping[str, np.ndarray], what: str) -> Flat:
+  """The parameters of `flat` with a known training-file prefix removed.
+
+  Keys are kept as they are when `embedding/kernel` is at the top level.
+  Otherwise the first of `KNOWN_PREFIXES` with `<prefix>embedding/kernel` in
+  `flat` is stripped and keys outside it are dropped.
+
+  Raises:
+    CheckpointFormatError: no prefix leads to `embedding/kernel`; names the
+      common prefix the keys have.
+  """
+  if ANCHOR in flat:
+    return dict(flat)
+  for prefix in KNOWN_PREFIXES:
+    if prefix + ANCHOR in flat:
+      return {k[len(prefix):]: v for k, v in flat.items() if k.startswith(prefix)}
+  keys = sorted(flat)
+  shared = common_prefix(keys)
+  if shared:
+    found = f"keys start with {shared!r}"
+  else:
+    found = f"keys are e.g. {', '.join(repr(k) for k in keys[:4])}"
+  raise CheckpointFormatError(
+      f"{what}: no {ANCHOR!r} found; {found}; expected {ANCHOR!r} at the top level or under "
+      f"one of the prefixes {', '.join(KNOWN_PREFIXES)}")

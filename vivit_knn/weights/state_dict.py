@@ -1,0 +1,144 @@
+"""The one reader of PyTorch-side weight files (timm, CLIP, VideoMAE, torchvision ResNet).
+
+By what the file is:
+
+* `.safetensors` (by extension): `safetensors.numpy.load_file`; torch is not needed.
+* a TorchScript archive (OpenAI's CLIP `.pt`): its tensors are read by
+  `vivit_knn.weights.safe_pickle` without torch and without running its code.
+* anything else: `torch.load(weights_only=True)`, which rebuilds only tensors and
+  plain containers. The one class allowed besides is `argparse.Namespace`, the
+  `args` that VideoMAE's (and other DeiT-style) training scripts save beside
+  the weights. Any other class stops the read with an error that names it; its
+  code is never run.
+
+Every reader returns `{name: float32 numpy array}` of the state dict, unwrapped
+from a training checkpoint (`unwrap`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import pickle
+import re
+import zipfile
+from typing import Any, Dict, Mapping
+
+import numpy as np
+
+from vivit_knn.weights import safe_pickle
+from vivit_knn.weights.tree import CheckpointFormatError, Flat
+
+TORCH_REQUIREMENT = "torch==2.13.0"
+SAFETENSORS_SUFFIX = ".safetensors"
+# The only non-tensor class `torch.load` may rebuild.
+ALLOWED_CLASSES = (argparse.Namespace,)
+
+_CONTAINERS = ("state_dict", "model", "model_state", "module")
+_PREFIXES = ("module.", "model.")
+_REFUSED_GLOBAL = re.compile(r"GLOBAL ([\w.]+)")
+
+
+def unwrap(state: Mapping[str, Any]) -> Dict[str, Any]:
+  """Finds the state dict in a training checkpoint and strips `module.`/`model.` prefixes."""
+  for key in _CONTAINERS:
+    if isinstance(state.get(key), Mapping):
+      state = state[key]
+      break
+  state = dict(state)
+  for prefix in _PREFIXES:
+    if state and all(k.startswith(prefix) for k in state):
+      state = {k[len(prefix):]: v for k, v in state.items()}
+  return state
+
+
+def is_safetensors(path: str) -> bool:
+  """True when `path` names a `.safetensors` file (decided by the extension)."""
+  return path.lower().endswith(SAFETENSORS_SUFFIX)
+
+
+def _float32(state: Mapping[str, Any]) -> Flat:
+  out = {}
+  for key, value in state.items():
+    if hasattr(value, "detach"):  # a torch tensor
+      value = value.detach().float().numpy()
+    if not isinstance(value, np.ndarray):
+      raise CheckpointFormatError(f"entry {key!r} of the state dict is a {type(value).__name__}, "
+                                  "not a tensor")
+    out[key] = np.asarray(value, np.float32)
+  return out
+
+
+def _read_safetensors(path: str) -> Dict[str, Any]:
+  try:
+    import safetensors.numpy  # pylint: disable=import-outside-toplevel
+  except ImportError:
+    raise ImportError("reading a .safetensors file needs safetensors: pip install "
+                      "safetensors==0.8.0") from None
+  try:
+    return safetensors.numpy.load_file(path)
+  except (safetensors.SafetensorError, OSError, ValueError, TypeError) as err:
+    reason = str(err).splitlines()[0][:120] if str(err) else type(err).__name__
+    raise CheckpointFormatError(f"not a .safetensors file ({reason})") from None
+
+
+def _read_torch(path: str, what: str) -> Any:
+  try:
+    import torch  # pylint: disable=import-outside-toplevel
+  except ImportError:
+    raise ImportError(f"reading {what} needs PyTorch: pip install {TORCH_REQUIREMENT} (CPU build "
+                      f"is enough), or give the weights as a {SAFETENSORS_SUFFIX} file") from None
+  try:
+    with torch.serialization.safe_globals(list(ALLOWED_CLASSES)):
+      return torch.load(path, map_location="cpu", weights_only=True)
+  except pickle.UnpicklingError as err:
+    found = _REFUSED_GLOBAL.search(str(err))
+    if found:
+      raise CheckpointFormatError(
+          f"it holds a {found.group(1)} object, which a weights file does not need; not read "
+          "(only tensors, plain containers and argparse.Namespace are). If you trust the file, "
+          "save just its tensors (torch.save(state_dict, ...)) and read that") from None
+    raise CheckpointFormatError(_not_torch(path, err)) from None
+  except (RuntimeError, EOFError, ValueError, KeyError, TypeError, AttributeError, IndexError,
+          OSError, zipfile.BadZipFile) as err:
+    raise CheckpointFormatError(_not_torch(path, err)) from None
+
+
+def _not_torch(path: str, err: BaseException) -> str:
+  """Why torch could not read `path`, in one line of our own words."""
+  if not zipfile.is_zipfile(path):
+    return "not a file torch.save writes (neither its zip format nor its legacy pickle)"
+  with zipfile.ZipFile(path) as archive:
+    has_pickle = any(name.endswith("/data.pkl") for name in archive.namelist())
+  if not has_pickle:
+    return "a zip file, but not one torch.save writes (it has no <name>/data.pkl)"
+  reason = str(err).splitlines()[0][:120] if str(err) else type(err).__name__
+  return f"a torch.save file that torch cannot read (truncated or corrupted?): {reason}"
+
+
+def read_state_dict(path: str, what: str = "a PyTorch checkpoint") -> Flat:
+  """Reads a state dict (`.pth`/`.pt`/`.bin`, `.safetensors` or TorchScript) as float32 numpy.
+
+  Args:
+    path: the file.
+    what: how error messages name the file's kind (e.g. 'a timm checkpoint').
+
+  Returns:
+    `{name: float32 array}`, unwrapped from a training checkpoint.
+
+  Raises:
+    CheckpointFormatError: the file is not one of these formats, or holds
+      objects other than tensors, containers and `argparse.Namespace`.
+    ImportError: a torch file and no torch installed.
+  """
+  if not os.path.isfile(path):
+    raise CheckpointFormatError(f"{path} is not a file")
+  if is_safetensors(path):
+    state = _read_safetensors(path)
+  elif safe_pickle.is_torchscript(path):
+    state = safe_pickle.read_torchscript_tensors(path)
+  else:
+    state = _read_torch(path, what)
+  if not isinstance(state, Mapping):
+    raise CheckpointFormatError(f"it holds a {type(state).__name__}, not a state dict")
+  return _float32(unwrap(state))
