@@ -24,7 +24,7 @@ def get_config():
   """ViT-S student, TSD-fad: 100 + 300 epochs, AdamW."""
   config = base_config()
   config.train.global_batch_size = 128
-  set_dataset(config, "tfrecord", K400_TRAIN_SIZE)
+  set_dataset(config, "tfrecord", K400_TRAIN_SIZE, augment=False)
   config.experiment_name = "k400_tsd_fad"
   config.dataset.num_classes = 400
   config.dataset.num_train = K400_TRAIN_SIZE
@@ -51,6 +51,10 @@ def get_config():
   config.train.log_every_steps = 100
   config.train.checkpoint_every_steps = 2000
   config.eval.global_batch_size = 64
+
+  # Optional: start the student from an image ViT-S/16 (e.g. an ImageNet-21k `.npz`):
+  # --config.init_from.checkpoint_path=<file>; MHCA, branches and aligner start fresh.
+  config.init_from.checkpoint_format = "vit_npz"
 
   d = config.distill
   d.method = "fad"

@@ -26,7 +26,7 @@ def get_config():
   """ViT-S student with 4 branch heads, TSD-fpld: 100 + 300 epochs, AdamW."""
   config = base_config()
   config.train.global_batch_size = 128
-  set_dataset(config, "tfrecord", SSV2_TRAIN_SIZE)
+  set_dataset(config, "tfrecord", SSV2_TRAIN_SIZE, augment=False)
   config.experiment_name = "ssv2_tsd_fpld"
   config.dataset.num_classes = 174
   config.dataset.num_train = SSV2_TRAIN_SIZE
@@ -53,6 +53,10 @@ def get_config():
   config.train.log_every_steps = 100
   config.train.checkpoint_every_steps = 2000
   config.eval.global_batch_size = 64
+
+  # Optional: start the student from an image ViT-S/16 (e.g. an ImageNet-21k `.npz`):
+  # --config.init_from.checkpoint_path=<file>; MHCA, branches and aligner start fresh.
+  config.init_from.checkpoint_format = "vit_npz"
 
   d = config.distill
   d.method = "fpld"

@@ -28,4 +28,6 @@ def get_config():
   m.cast.adapter_dim = 16
 
   config.optimizer.trainable_patterns = ()
+  # No CLIP/VideoMAE checkpoints for a width-64 model: random experts are intended here.
+  config.init_from.required = False
   return config

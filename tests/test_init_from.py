@@ -9,7 +9,7 @@ from tests.tiny import tiny_config
 from vivit_knn.models.registry import build_model
 from vivit_knn.weights import inflate
 from vivit_knn.weights.image_vit import ImageViT, ImageViTArch
-from vivit_knn.weights.init_from import initialise_from, initialise_from_tree
+from vivit_knn.weights.init_from import initialise_from, initialise_from_tree, initialise_with_report
 from vivit_knn.weights.load import save_orbax
 from vivit_knn.weights.tree import UnmatchedKeysError, flatten
 
@@ -276,3 +276,52 @@ def test_same_model_checkpoint_restores_everything_but_the_head(tmp_path):
       assert not np.any(v)
     else:
       np.testing.assert_array_equal(v, t[k], err_msg=k)
+
+
+def _vivit_fe(num_frames, spatial_layers, seed):
+  config = tiny_config("factorized_encoder", knn=False)
+  config.dataset.num_frames = num_frames
+  config.model.spatial_transformer.num_layers = spatial_layers
+  model = build_model(config.model, num_classes=5)
+  x = jnp.zeros((1, num_frames, 24, 24, 3))
+  shapes = jax.eval_shape(lambda: model.init(jax.random.key(0), x))["params"]
+  rng = np.random.default_rng(seed)
+  return config, jax.tree.map(lambda s: rng.normal(size=s.shape).astype(np.float32), shapes)
+
+
+def test_kinetics_video_checkpoint_into_a_shallower_shorter_model():
+  """A ViViT-FE checkpoint with more spatial layers and more frames (Kinetics 32 frames into
+  Dk-ViViT's 8): deeper blocks are skipped, the temporal position embedding is interpolated
+  linearly over time, every other array is copied, the head is kept fresh."""
+  _, src = _vivit_fe(num_frames=8, spatial_layers=3, seed=1)  # 4 tubelet steps
+  config, params = _vivit_fe(num_frames=6, spatial_layers=2, seed=2)  # 3 steps
+  out, report = initialise_with_report(params, src, config)
+  out, s, p = flatten(out), flatten(src), flatten(params)
+  assert not any(k.startswith("SpatialTransformer/encoderblock_2") for k in out)
+  for k in out:
+    if k.startswith("output_projection"):
+      np.testing.assert_array_equal(out[k], p[k])
+      assert report[k] == "fresh"
+    elif k != "TemporalTransformer/posembed_input/pos_embedding":
+      np.testing.assert_array_equal(out[k], s[k], err_msg=k)
+      assert report[k] == "restored", k
+  # Rows: CLS, then steps 0..3 -> positions 0, 1.5, 3 of the source's four.
+  table = s["TemporalTransformer/posembed_input/pos_embedding"][0]
+  want = np.stack([table[0], table[1], 0.5 * (table[2] + table[3]), table[4]])
+  np.testing.assert_allclose(out["TemporalTransformer/posembed_input/pos_embedding"][0], want,
+                             rtol=1e-6)
+  assert report["TemporalTransformer/posembed_input/pos_embedding"] == "inflated"
+
+
+def test_restore_head_needs_matching_classes():
+  config = video_config("xvit")
+  _, params = fresh(config, seed=1)
+  _, trained = fresh(config, seed=2)
+  config.init_from.restore_head = True
+  out = flatten(initialise_from_tree(params, trained, config))
+  np.testing.assert_array_equal(out["output_projection/kernel"],
+                                flatten(trained)["output_projection/kernel"])
+  trained["output_projection"]["kernel"] = trained["output_projection"]["kernel"][:, :3]
+  trained["output_projection"]["bias"] = trained["output_projection"]["bias"][:3]
+  with pytest.raises(ValueError, match="init_from.restore_head.*3 vs 5"):
+    initialise_from_tree(params, trained, config)

@@ -15,6 +15,7 @@ import ml_collections
 from vivit_knn.data.registry import DATASET_DEFAULTS
 from vivit_knn.models import registry as model_registry
 from vivit_knn.models import resnet
+from vivit_knn.models.encoder import MLP_ACTIVATIONS
 from vivit_knn.models.vivit import CLASSIFIERS, KERNEL_INIT_METHODS, MODEL_TYPES
 from vivit_knn.train import optim
 from vivit_knn.weights import formats
@@ -58,6 +59,12 @@ def model_config() -> ConfigDict:
       "attention_type": "",
       "temporal_attention": attention_config(),
       "xvit_div": 8,
+      # X-ViT: frames per shift segment (0 = the whole clip). The authors' 16-frame K400
+      # model shifts inside two 8-frame segments.
+      "xvit_segment_frames": 0,
+      # MLP activation: '' = the family's source (vivit/student: 'gelu_tanh' as scenic;
+      # timesformer/xvit: 'gelu_exact' as their torch code), or one of MLP_ACTIVATIONS.
+      "mlp_activation": "",
       "num_summary_tokens": 0,
       "head_layers": 1,
       "time_embed_init_std": 0.0,
@@ -79,8 +86,12 @@ def init_from_config() -> ConfigDict:
   """Default `config.init_from` (scenic's names): where fresh parameters are initialised from.
 
   `checkpoint_path` '' means off. `checkpoint_format`: 'orbax' (a tree in our
-  naming, e.g. written by `python -m vivit_knn.weights.convert`), 'vit_npz',
-  'big_vision_npz' or 'timm'. See `vivit_knn.weights.init_from`.
+  naming, e.g. written by `python -m vivit_knn.weights.convert`, or a run's
+  `checkpoints/<step>/default`), 'vit_npz', 'big_vision_npz', 'timm' (state
+  dicts incl. `.safetensors` and TimeSformer's `.pyth`) or 'scenic' (a flax
+  `checkpoint_<step>` file, e.g. the released ViViT Kinetics models). Used only
+  when the workdir holds no checkpoint (resume wins). See
+  `vivit_knn.weights.init_from` and `vivit_knn.train.initialisation`.
   """
   return ConfigDict({
       "checkpoint_path": "",
@@ -88,6 +99,15 @@ def init_from_config() -> ConfigDict:
       "restore_positional_embedding": True,
       "positional_embed_size_change": "tile",
       "kernel_init_method": "central_frame_initializer",
+      # Restore the source's classifier (`head` -> `output_projection`) when its class
+      # count matches the dataset's: evaluates a released video classifier as it is.
+      "restore_head": False,
+      # Refuse to start from random weights: the configured checkpoints must be given.
+      "required": False,
+      # CAST's experts: the spatial (OpenAI CLIP image tower) and temporal (VideoMAE)
+      # checkpoints, placed under `spatial` / `temporal` of a fresh CAST.
+      "spatial_expert": {"checkpoint_path": "", "checkpoint_format": "clip"},
+      "temporal_expert": {"checkpoint_path": "", "checkpoint_format": "videomae"},
   })
 
 
@@ -281,19 +301,60 @@ def check_model(cfg: ConfigDict, input_shape: Sequence[int], field: str = "model
            f"image height {h_in} is not divisible by the patch height {ph}")
   _require(pw >= 1 and w_in % pw == 0, f"{field}.patch_size",
            f"image width {w_in} is not divisible by the patch width {pw}")
+  _require(cfg.mlp_activation in ("",) + tuple(MLP_ACTIVATIONS), f"{field}.mlp_activation",
+           f"must be one of {tuple(MLP_ACTIVATIONS)} or empty (the family's default), got "
+           f"{cfg.mlp_activation!r}")
+  seg = cfg.xvit_segment_frames
+  _require(isinstance(seg, int) and seg >= 0, f"{field}.xvit_segment_frames",
+           f"must be an int >= 0 (0 = the whole clip), got {seg!r}")
+  if seg:
+    _require(cfg.name == "xvit", f"{field}.xvit_segment_frames",
+             f"applies to model.name='xvit' only, got {cfg.name!r}")
+    frames = t_in // pt
+    _require(frames % seg == 0, f"{field}.xvit_segment_frames",
+             f"{seg} does not divide the {frames} frame tokens (dataset.num_frames / patch t)")
   model_registry.check_knn_k(cfg, input_shape)
 
 
-def check_init_from(cfg: ConfigDict, field: str = "init_from") -> None:
-  """Checks the `init_from` choices (the checkpoint itself is read only when training starts)."""
-  _require(cfg.checkpoint_format in formats.CHECKPOINT_FORMATS, f"{field}.checkpoint_format",
-           f"must be one of {formats.CHECKPOINT_FORMATS}, got {cfg.checkpoint_format!r}")
+def check_init_from(config: ConfigDict) -> None:
+  """Checks `config.init_from` (the files themselves are read when the run starts).
+
+  A setting that could not take effect is an error: experts for a model that is
+  not CAST, `restore_head` with no checkpoint, and with `required` a checkpoint
+  that is not given.
+  """
+  cfg, model = config.init_from, config.model
+  _require(cfg.checkpoint_format in formats.MODEL_FORMATS, "init_from.checkpoint_format",
+           f"must be one of {formats.MODEL_FORMATS}, got {cfg.checkpoint_format!r}")
   _require(cfg.positional_embed_size_change in formats.POSEMB_SIZE_CHANGES,
-           f"{field}.positional_embed_size_change",
+           "init_from.positional_embed_size_change",
            f"must be one of {formats.POSEMB_SIZE_CHANGES}, got "
            f"{cfg.positional_embed_size_change!r}")
-  _require(cfg.kernel_init_method in formats.KERNEL_INIT_METHODS, f"{field}.kernel_init_method",
+  _require(cfg.kernel_init_method in formats.KERNEL_INIT_METHODS, "init_from.kernel_init_method",
            f"must be one of {formats.KERNEL_INIT_METHODS}, got {cfg.kernel_init_method!r}")
+  _require(not cfg.restore_head or bool(cfg.checkpoint_path), "init_from.restore_head",
+           "needs init_from.checkpoint_path (the checkpoint whose classifier to restore)")
+  for expert, allowed in (("spatial_expert", formats.SPATIAL_EXPERT_FORMATS),
+                          ("temporal_expert", formats.TEMPORAL_EXPERT_FORMATS)):
+    field = f"init_from.{expert}"
+    _require(cfg[expert].checkpoint_format in allowed, f"{field}.checkpoint_format",
+             f"must be one of {allowed}, got {cfg[expert].checkpoint_format!r}")
+    _require(not cfg[expert].checkpoint_path or model.name == "cast", f"{field}.checkpoint_path",
+             f"applies to model.name='cast' only (this model is {model.name!r})")
+  if not cfg.required:
+    return
+  scratch = "or set --config.init_from.required=False to start from random weights"
+  if model.name == "cast":
+    for expert, what in (("spatial_expert", "CLIP image tower"),
+                         ("temporal_expert", "VideoMAE encoder")):
+      _require(bool(cfg[expert].checkpoint_path), f"init_from.{expert}.checkpoint_path",
+               f"is required by this config (init_from.required=True): the {what} "
+               f"checkpoint; pass --config.init_from.{expert}.checkpoint_path=<file>, {scratch}")
+  else:
+    _require(bool(cfg.checkpoint_path), "init_from.checkpoint_path",
+             f"is required by this config (init_from.required=True): pass "
+             f"--config.init_from.checkpoint_path=<file> (init_from.checkpoint_format="
+             f"{cfg.checkpoint_format!r}), {scratch}")
 
 
 def check_training(config: ConfigDict, num_devices: int, process_count: int = 1) -> None:
@@ -327,7 +388,7 @@ def validate(config: ConfigDict, input_shape: Optional[Sequence[int]] = None,
   check_keys(config)
   if input_shape is not None:
     check_model(config.model, input_shape)
-  check_init_from(config.init_from)
+  check_init_from(config)
   check_training(config, num_devices, process_count)
   check_distill(config)
 

@@ -5,6 +5,8 @@
   python -m vivit_knn.main --config=<config> --workdir=<run> --mode=infer --video=clip.avi
 
 `--config.<field>=<value>` overrides any config value; unknown fields are errors.
+Errors are one line on stderr; exit codes are listed in `vivit_knn.cli` (0 done,
+2 bad input, 3 non-finite, 4 preempted with a checkpoint saved).
 """
 
 from __future__ import annotations
@@ -18,6 +20,10 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 from absl import app, flags, logging
 from ml_collections import config_flags
 
+from vivit_knn import cli
+
+cli.quiet_tensorflow_import()  # config files import the data pipeline, hence TensorFlow
+
 MODES = ("train", "eval", "infer")
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Path to a get_config() file.",
@@ -25,7 +31,8 @@ _CONFIG = config_flags.DEFINE_config_file("config", None, "Path to a get_config(
 _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints, logs and reports.")
 _MODE = flags.DEFINE_enum("mode", "train", MODES,
                           "train: train (resuming from --workdir) then evaluate; "
-                          "eval: evaluate the latest checkpoint in --workdir; "
+                          "eval: evaluate the latest checkpoint in --workdir (or, when it "
+                          "has none, the weights config.init_from configures); "
                           "infer: print the top-5 classes for --video.")
 _VIDEO = flags.DEFINE_string("video", None, "Video file for --mode=infer.")
 _COORDINATOR = flags.DEFINE_string(
@@ -55,6 +62,7 @@ def main(argv) -> int:
     result = trainer.train(config, workdir)
     if result.get("preempted"):
       print(f"preempted at step {result['step']}: checkpoint saved, rerun to resume")
+      return cli.EXIT_PREEMPTED
     if "eval" in result and jax.process_index() == 0:
       print(evaluation.format_result(result["eval"], result["class_names"]))
       for name, path in result["eval_paths"].items():
@@ -67,7 +75,8 @@ def main(argv) -> int:
       print(f"{rank}. {name}  {prob:.4f}")
   else:
     result = trainer.evaluate_checkpoint(config, workdir)
-    print(f"checkpoint step {result['step']}")
+    if result["init"] is None:
+      print(f"checkpoint step {result['step']}")
     print(evaluation.format_result(result["eval"], result["class_names"]))
     for name, path in result["eval_paths"].items():
       print(f"{name}: {path}")
@@ -75,20 +84,9 @@ def main(argv) -> int:
 
 
 def run() -> None:
-  """Console entry: parses flags and reports config errors as one line, not a traceback."""
+  """Console entry: errors are one-line messages with the exit codes of `vivit_knn.cli`."""
   logging.set_verbosity(logging.WARNING)
-
-  def guarded(argv):
-    try:
-      return main(argv)
-    except (ValueError, FileNotFoundError) as err:
-      print(f"error: {err}", file=sys.stderr)
-      return 2
-    except FloatingPointError as err:
-      print(f"error: {err}", file=sys.stderr)
-      return 3
-
-  app.run(guarded)
+  cli.run(main)
 
 
 if __name__ == "__main__":

@@ -35,10 +35,21 @@ def synthetic_run(name: str, *, image_size: int, learning_rate: float, num_train
   return config
 
 
-def vivit_b16x2(model_type: str, knn_spatial: bool, knn_temporal: bool):
-  """ViViT-B/16x2 at 8x224x224 with k-NN attention where asked; SGD-momentum, cosine+warmup.
+# The k-NN ViViT recipe's augmentation: colour jitter strength (x torchvision's 0.4/0.4/
+# 0.4/0.1) and RandAugment with 2 ops at magnitude 9 (the usual RandAugment setting).
+KNN_VIVIT_COLOR_JITTER = 0.8
+KNN_VIVIT_RANDAUGMENT = (2, 9)
 
-  For `spacetime` (model 1) `knn_spatial` sets the single encoder's attention.
+
+def vivit_b16x2(model_type: str, knn_spatial: bool, knn_temporal: bool):
+  """ViViT-B/16x2 at 8x224x224 with k-NN attention where asked: the k-NN ViViT recipe.
+
+  Initialised from a Kinetics-400 ViViT-B/16x2 checkpoint of the same layout
+  (scenic's released flax checkpoints, `init_from.checkpoint_format='scenic'`,
+  required: pass `--config.init_from.checkpoint_path`); SGD with momentum 0.9,
+  cosine schedule with linear warmup, label smoothing 0.1, mixup 0.3,
+  stochastic depth 0.1. For `spacetime` (model 1) `knn_spatial` sets the single
+  encoder's attention. The dataset's augmentation is set by `set_dataset`.
   """
   config = base_config()
   m = config.model
@@ -56,6 +67,8 @@ def vivit_b16x2(model_type: str, knn_spatial: bool, knn_temporal: bool):
   m.dropout_rate = 0.0
   m.stochastic_depth = 0.1
   m.kernel_init_method = "central_frame_initializer"
+  config.init_from.checkpoint_format = "scenic"
+  config.init_from.required = True
 
   config.optimizer.name = "sgd"
   config.optimizer.momentum = 0.9
@@ -73,11 +86,19 @@ def vivit_b16x2(model_type: str, knn_spatial: bool, knn_temporal: bool):
   return config
 
 
-def set_dataset(config, name: str, num_train: int):
-  """Points `config.dataset` at a real dataset's defaults; warmup = 2.5 epochs."""
+def set_dataset(config, name: str, num_train: int, augment: bool = True):
+  """Points `config.dataset` at a real dataset's defaults; warmup = 2.5 epochs.
+
+  With `augment`, training clips get colour jitter and RandAugment
+  (`KNN_VIVIT_COLOR_JITTER`, `KNN_VIVIT_RANDAUGMENT`).
+  """
   config.dataset = DATASET_DEFAULTS[name]()
   config.dataset.num_frames = 8
   config.dataset.image_size = 224
+  if augment:
+    config.dataset.color_jitter = KNN_VIVIT_COLOR_JITTER
+    config.dataset.randaugment_num_layers, config.dataset.randaugment_magnitude = (
+        KNN_VIVIT_RANDAUGMENT)
   steps_per_epoch = num_train // config.train.global_batch_size
   config.optimizer.warmup_steps = int(2.5 * steps_per_epoch)
   config.experiment_name = name
@@ -92,8 +113,10 @@ def cast_b16(name: str, *, num_train: int, num_classes: int, epochs: int,
   Frozen CLIP + VideoMAE ViT-B/16 experts (`TRAINABLE_PATTERNS` leave about 45M
   parameters training); B-CAST width 384, adapters 192. AdamW with lr 1e-3 and end
   lr 1e-6 per 256 clips, weight decay 0.05, layer decay 0.75, label smoothing 0.1,
-  mixup 0.8, ImageNet normalisation, 3 test crops. The arguments are what differs
-  between datasets.
+  mixup 0.8, ImageNet normalisation, 3 test crops. The experts are required:
+  `--config.init_from.spatial_expert.checkpoint_path=<CLIP ViT-B/16>` and
+  `--config.init_from.temporal_expert.checkpoint_path=<VideoMAE ViT-B>`. The
+  arguments are what differs between datasets.
   """
   config = base_config()
   m = config.model
@@ -122,7 +145,7 @@ def cast_b16(name: str, *, num_train: int, num_classes: int, epochs: int,
   config.loss.label_smoothing = 0.1
   config.loss.mixup_alpha = 0.8
 
-  set_dataset(config, "tfrecord", num_train)
+  set_dataset(config, "tfrecord", num_train, augment=False)
   d = config.dataset
   d.num_classes = num_classes
   d.num_train = num_train
@@ -130,5 +153,7 @@ def cast_b16(name: str, *, num_train: int, num_classes: int, epochs: int,
   d.normalization = "imagenet"
   d.num_test_clips, d.num_test_crops = num_test_clips, 3
   o.warmup_steps = warmup_epochs * num_train // config.train.global_batch_size
+  # The experts are the point of CAST: refuse random ones unless asked for.
+  config.init_from.required = True
   config.experiment_name = name
   return config

@@ -98,6 +98,7 @@ def build_experiment(config: ml_collections.ConfigDict,
   Fails with a ValueError naming the field before anything compiles.
   """
   config_lib.check_keys(config)
+  config_lib.check_init_from(config)  # a missing required checkpoint fails before the data
   dataset = build_dataset(config.dataset)
   mesh = sharding.make_mesh(config.mesh, devices)
   config_lib.validate(config, dataset.info.input_shape,

@@ -58,9 +58,15 @@ def build_objective(config: ml_collections.ConfigDict,
 
   `distill.method` 'fad' / 'fpld' selects two-stage distillation
   (`vivit_knn.train.distill`); `num_train_examples` sizes its epoch-based stage 1
-  (looked up from the dataset when not given).
+  (looked up from the dataset when not given). A two-head CAST
+  (`model.cast.num_verbs` > 0, EPIC-Kitchens) trains with the verb + noun
+  objective (`vivit_knn.train.multihead`), which logs both terms.
   """
   if config.get("distill") is not None and config.distill.method:
     from vivit_knn.train.distill import DistillObjective  # distill imports this module
     return DistillObjective(config, num_train_examples)
+  model = config.model
+  if model.name == "cast" and model.cast.num_verbs > 0:
+    from vivit_knn.train.multihead import VerbNounObjective  # multihead imports this module
+    return VerbNounObjective(model.cast.num_verbs, model.cast.num_nouns)
   return Objective()

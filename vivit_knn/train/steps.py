@@ -2,15 +2,40 @@
 
 from __future__ import annotations
 
-from typing import Any, Callable, Dict, Tuple
+from typing import Any, Callable, Dict, Optional, Tuple
 
 import jax
 import jax.numpy as jnp
 import optax
 
 from vivit_knn.data.views import average_view_logits
-from vivit_knn.train import losses, metrics, sharding
+from vivit_knn.train import losses, metrics, optim, sharding
 from vivit_knn.train.experiment import Experiment, TrainState
+
+
+FINITE = "state_finite"  # metrics key: 1.0 when every updated parameter and moment is finite
+
+
+def all_finite(tree: Any) -> jax.Array:
+  """1.0 when every floating-point leaf of `tree` is finite, else 0.0 (float32 scalar)."""
+  flags = [jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)
+           if jnp.issubdtype(jnp.asarray(x).dtype, jnp.inexact)]
+  return jnp.all(jnp.stack(flags)).astype(jnp.float32) if flags else jnp.float32(1.0)
+
+
+@jax.jit
+def _finite_flags(tree: Any) -> Any:
+  return jax.tree.map(lambda x: jnp.all(jnp.isfinite(x))
+                      if jnp.issubdtype(x.dtype, jnp.inexact) else jnp.bool_(True), tree)
+
+
+def first_nonfinite_leaf(tree: Any) -> Optional[str]:
+  """The '/'-joined path of the first leaf of `tree` holding a NaN or inf, or None."""
+  from vivit_knn.train.checkpoint import key_name
+  for key_path, ok in jax.tree_util.tree_leaves_with_path(jax.device_get(_finite_flags(tree))):
+    if not bool(ok):
+      return key_name(key_path)
+  return None
 
 
 def make_train_step(exp: Experiment, frozen: Any = None, phase: str = "main") -> Callable[
@@ -26,6 +51,7 @@ def make_train_step(exp: Experiment, frozen: Any = None, phase: str = "main") ->
   num_classes = exp.num_classes
 
   accum = cfg.train.grad_accum_steps
+  frozen_patterns = tuple(cfg.optimizer.trainable_patterns or ())
 
   def step_fn(state: TrainState, batch: Dict, rng: jax.Array, frozen: Any):
     step_rng = jax.random.fold_in(rng, state.step)
@@ -54,6 +80,9 @@ def make_train_step(exp: Experiment, frozen: Any = None, phase: str = "main") ->
       (loss, (logits, terms)), grads = grad_fn(state.params, (inputs, targets, 0))
     else:
       (loss, (logits, terms)), grads = _accumulate(grad_fn, state.params, inputs, targets, accum)
+    # Frozen parameters (optimizer.trainable_patterns) get constant-zero gradients: XLA
+    # drops their weight-gradient work and they stay out of the logged gradient norm.
+    grads = optim.zero_frozen(grads, frozen_patterns)
     updates, opt_state = exp.optimizer.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
     out = {
@@ -63,6 +92,8 @@ def make_train_step(exp: Experiment, frozen: Any = None, phase: str = "main") ->
         "learning_rate": exp.schedule(state.step),
         "grad_norm": optax.tree.norm(grads),
         **{f"loss/{name}": value for name, value in terms.items()},
+        # A cheap reduction over the updated state: only finite states may be saved.
+        FINITE: all_finite((params, opt_state)),
     }
     return TrainState(step=state.step + 1, params=params, opt_state=opt_state), out
 

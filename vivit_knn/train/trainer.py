@@ -12,7 +12,7 @@ import numpy as np
 from absl import logging
 
 from vivit_knn.inference import write_run_info
-from vivit_knn.train import checkpoint, evaluation, preemption, sharding, steps
+from vivit_knn.train import checkpoint, evaluation, initialisation, preemption, sharding, steps
 from vivit_knn.train.experiment import Experiment, TrainState, build_experiment
 from vivit_knn.train.summary import MetricWriter, ProgressBar
 
@@ -22,27 +22,49 @@ def _rngs(seed: int):
   return init_rng, train_rng
 
 
-def restore_or_init(exp: Experiment, ckpt: checkpoint.Checkpointer) -> TrainState:
-  """The latest checkpoint in the workdir if there is one, else a fresh initial state."""
-  if ckpt.latest_step() is not None:
-    logging.info("Resuming from checkpoint step %d in %s", ckpt.latest_step(), ckpt.directory)
-    return ckpt.restore(exp.abstract_state())
-  return exp.init_state(_rngs(exp.config.seed)[0])
+def restore_or_init(exp: Experiment, ckpt: checkpoint.Checkpointer,
+                    workdir: Optional[str] = None) -> TrainState:
+  """The run's first state: resume, else the configured checkpoints, else scratch.
+
+  Prints and logs the initialisation summary; a fresh (not resumed) one is also
+  written to `<workdir>/init_summary.json`.
+  """
+  state, summary = initialisation.initial_state(exp, ckpt, _rngs(exp.config.seed)[0])
+  if jax.process_index() == 0:
+    text = "\n".join(summary.lines())
+    print(text, flush=True)
+    logging.info("%s", text)
+    if workdir is not None and summary.source != "resume":
+      initialisation.write_summary(workdir, summary)
+  return state
 
 
-def _check_finite(history, step: int, ckpt: checkpoint.Checkpointer) -> None:
-  """Stops the run (keeping the last good checkpoint) if any recent loss is not finite."""
-  losses = np.asarray([h["loss"] for h in jax.device_get(history)])
-  if not np.all(np.isfinite(losses)):
-    ckpt.close()
-    raise FloatingPointError(
-        f"Non-finite training loss by step {step}; stopped without saving it. The last good "
-        f"checkpoint (step {ckpt.latest_step()}) is kept in {ckpt.directory}")
+def _check_finite(history, step: int, ckpt: checkpoint.Checkpointer, state) -> None:
+  """Stops the run, keeping the last good checkpoint, if a recent loss or state is not finite.
+
+  The state check covers the parameters and optimiser moments after each update,
+  so a step whose update overflowed is never saved.
+  """
+  host = jax.device_get(history)
+  losses = np.asarray([h["loss"] for h in host])
+  finite = np.asarray([h[steps.FINITE] for h in host])
+  if np.all(np.isfinite(losses)) and np.all(finite == 1.0):
+    return
+  ckpt.close()
+  leaf = steps.first_nonfinite_leaf(state)
+  what = (f"the updated state has a non-finite value (first: {leaf})" if leaf
+          else "the training loss is not finite")
+  kept = ckpt.latest_step()
+  keep = (f"the last good checkpoint (step {kept}) is kept in {ckpt.directory}; rerun to "
+          "resume from it" if kept is not None else "no checkpoint was saved")
+  raise FloatingPointError(
+      f"step {step}: {what}; stopped without saving. {keep}, with a lower "
+      "optimizer.base_learning_rate or gradient clipping (optimizer.grad_clip_norm)")
 
 
 def _mean_metrics(history) -> Dict[str, float]:
   host = jax.device_get(history)
-  return {k: float(np.mean([h[k] for h in host])) for k in host[0]}
+  return {k: float(np.mean([h[k] for h in host])) for k in host[0] if k != steps.FINITE}
 
 
 def train(config: ml_collections.ConfigDict, workdir: str,
@@ -58,7 +80,7 @@ def train(config: ml_collections.ConfigDict, workdir: str,
                                  save_every=cfg.checkpoint_every_steps)
   if is_chief:
     write_run_info(workdir, exp.dataset.info.class_names, exp.dataset.info.input_shape)
-  state = restore_or_init(exp, ckpt)
+  state = restore_or_init(exp, ckpt, workdir)
   start = int(jax.device_get(state.step))
   phase, frozen, train_step = None, None, None
   train_rng = _rngs(config.seed)[1]
@@ -84,7 +106,7 @@ def train(config: ml_collections.ConfigDict, workdir: str,
     due_save = done % cfg.checkpoint_every_steps == 0
     if due_log or due_save:
       # Never save (or go on from) a state whose loss went non-finite.
-      _check_finite(history, done, ckpt)
+      _check_finite(history, done, ckpt, state)
     if due_log:
       last = _mean_metrics(history)
       history = []
@@ -98,7 +120,7 @@ def train(config: ml_collections.ConfigDict, workdir: str,
       ckpt.wait()
       os.kill(os.getpid(), signal.SIGKILL)  # simulated hard preemption
     if stop.requested():
-      _check_finite(history, done, ckpt)
+      _check_finite(history, done, ckpt, state)
       ckpt.save(done, state, force=True)
       ckpt.close()
       bar.close()
@@ -125,17 +147,32 @@ def train(config: ml_collections.ConfigDict, workdir: str,
 
 def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str,
                         step: Optional[int] = None) -> Dict[str, Any]:
-  """Restores a checkpoint from `workdir` (latest by default) and evaluates it."""
+  """Restores a checkpoint from `workdir` (latest by default) and evaluates it.
+
+  A workdir without checkpoints evaluates the weights `config.init_from` configures
+  (e.g. a released classifier with `init_from.restore_head`), reported as step 0,
+  without training; with nothing configured that is an error.
+  """
   exp = build_experiment(config)
-  ckpt = checkpoint.Checkpointer(workdir, keep=config.train.keep_checkpoints)
-  if ckpt.latest_step() is None:
+  summary = None
+  if checkpoint.has_checkpoints(workdir):
+    ckpt = checkpoint.Checkpointer(workdir, keep=config.train.keep_checkpoints)
+    step = ckpt.latest_step() if step is None else step
+    params = ckpt.restore(exp.abstract_state(), step=step).params
+    ckpt.close()
+  elif initialisation.configured_sources(config):
+    host_params, summary = initialisation.initial_params(exp, _rngs(config.seed)[0])
+    params, step = initialisation.state_from_params(exp, host_params).params, 0
+    if jax.process_index() == 0:
+      print("\n".join(["no checkpoint in --workdir: evaluating the configured initial weights"]
+                      + summary.lines()), flush=True)
+  else:
     raise FileNotFoundError(
-        f"--workdir={workdir} holds no checkpoint (looked in {ckpt.directory}); "
-        "train first or point --workdir at a training run")
-  step = ckpt.latest_step() if step is None else step
-  state = ckpt.restore(exp.abstract_state(), step=step)
-  ckpt.close()
-  result = evaluation.run_eval(exp, state.params)
+        f"--workdir={workdir} holds no checkpoint (looked in "
+        f"{checkpoint.resolve(workdir) / 'checkpoints'}); train first, point --workdir at a "
+        "training run, or configure init_from to evaluate pretrained weights")
+  result = evaluation.run_eval(exp, params)
   with MetricWriter(os.path.join(workdir, "eval"), enabled=jax.process_index() == 0) as writer:
     paths = evaluation.write_eval_report(exp, result, workdir, step, writer)
-  return {"eval": result, "eval_paths": paths, "step": step, "class_names": exp.dataset.info.class_names}
+  return {"eval": result, "eval_paths": paths, "step": step, "init": summary,
+          "class_names": exp.dataset.info.class_names}

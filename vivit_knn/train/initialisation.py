@@ -1,0 +1,186 @@
+"""Where a run's first state comes from, in one order: resume, configured checkpoints, scratch.
+
+1. `--workdir` holds a checkpoint: the newest one is restored (configured
+   checkpoints are not read again, so a resumed run never re-initialises).
+2. Else, when `config.init_from` names checkpoints, a fresh model is built and
+   the parts they provide are placed into it: `init_from.checkpoint_path` (an
+   image ViT, a video model of ours or scenic's, a released classifier; see
+   `vivit_knn.weights.init_from`) and, for CAST, the two experts
+   (`init_from.spatial_expert`, `init_from.temporal_expert`).
+3. Else the fresh random initialisation.
+
+Every run reports which one happened in an `InitSummary`: parameters restored,
+inflated, copied, zeroed and left fresh, per top-level module. The trainer
+prints it and writes it to `<workdir>/init_summary.json`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+from typing import Any, Dict, List, Optional, Tuple
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+
+from vivit_knn.models.cast import merge_expert_params
+from vivit_knn.train import checkpoint
+from vivit_knn.train.experiment import Experiment, TrainState
+from vivit_knn.weights import init_from as init_lib
+from vivit_knn.weights.load import load_checkpoint
+from vivit_knn.weights.tree import flatten
+
+SUMMARY_FILE = "init_summary.json"
+EXPERTS = ("spatial_expert", "temporal_expert")
+
+
+@dataclasses.dataclass
+class InitSummary:
+  """What the initial state was made of.
+
+  `source`: 'resume', 'checkpoints' or 'scratch'. `sources`: the configured
+  files used, as `(config field, path, format)`. `modules`: top-level module ->
+  category (`init_lib.CATEGORIES`) -> number of parameters (scalars).
+  """
+
+  source: str
+  detail: str
+  sources: List[Tuple[str, str, str]] = dataclasses.field(default_factory=list)
+  modules: Dict[str, Dict[str, int]] = dataclasses.field(default_factory=dict)
+
+  def totals(self) -> Dict[str, int]:
+    """Parameters per category over the whole model."""
+    return {c: sum(m.get(c, 0) for m in self.modules.values()) for c in init_lib.CATEGORIES}
+
+  def lines(self) -> List[str]:
+    """The human-readable summary: one headline, then a table by top-level module."""
+    out = [f"initialisation: {self.source} ({self.detail})"]
+    out += [f"  {field}={path} [{fmt}]" for field, path, fmt in self.sources]
+    if not self.modules:
+      return out
+    width = max(len(m) for m in list(self.modules) + ["module"])
+    header = "".join(f"{c:>12}" for c in init_lib.CATEGORIES)
+    out.append(f"  {'module':<{width}}{header}")
+    rows = sorted(self.modules.items()) + [("total", self.totals())]
+    for name, counts in rows:
+      cells = "".join(f"{counts.get(c, 0):>12,}" for c in init_lib.CATEGORIES)
+      out.append(f"  {name:<{width}}{cells}")
+    return out
+
+  def to_json(self) -> Dict[str, Any]:
+    """A JSON-ready dict of the summary."""
+    return {"source": self.source, "detail": self.detail,
+            "sources": [{"field": f, "path": p, "format": fmt} for f, p, fmt in self.sources],
+            "modules": self.modules, "totals": self.totals()}
+
+
+def configured_sources(config: ml_collections.ConfigDict) -> List[Tuple[str, str, str]]:
+  """`(field, path, format)` of every checkpoint `config.init_from` names."""
+  init = config.init_from
+  found = []
+  if init.checkpoint_path:
+    found.append(("init_from.checkpoint_path", init.checkpoint_path, init.checkpoint_format))
+  for expert in EXPERTS:
+    if init[expert].checkpoint_path:
+      found.append((f"init_from.{expert}.checkpoint_path", init[expert].checkpoint_path,
+                    init[expert].checkpoint_format))
+  return found
+
+
+def _module_counts(params: Any, report: Dict[str, str]) -> Dict[str, Dict[str, int]]:
+  """Parameters per top-level module and category (arrays or shape structs)."""
+  counts: Dict[str, Dict[str, int]] = {}
+  for key_path, value in jax.tree_util.tree_leaves_with_path(params):
+    path = "/".join(str(getattr(k, "key", k)) for k in key_path)
+    category = report.get(path, init_lib.FRESH)
+    module = counts.setdefault(path.split("/")[0], {})
+    module[category] = module.get(category, 0) + math.prod(value.shape)
+  return counts
+
+
+def _with_experts(params: Any, config: ml_collections.ConfigDict,
+                  report: Dict[str, str]) -> Any:
+  """Places the configured CAST experts into `params`, marking their leaves restored."""
+  trees = {}
+  for expert, prefix in zip(EXPERTS, ("spatial", "temporal")):
+    cfg = config.init_from[expert]
+    if not cfg.checkpoint_path:
+      continue
+    trees[prefix] = load_checkpoint(cfg.checkpoint_path, cfg.checkpoint_format,
+                                    num_heads=config.model.num_heads,
+                                    field=f"init_from.{expert}")
+    report.update({f"{prefix}/{p}": init_lib.RESTORED for p in flatten(trees[prefix])})
+  if not trees:
+    return params
+  return merge_expert_params(params, spatial=trees.get("spatial"), temporal=trees.get("temporal"))
+
+
+def initial_params(exp: Experiment, rng: jax.Array) -> Tuple[Any, InitSummary]:
+  """Fresh parameters with every configured checkpoint applied (host numpy arrays).
+
+  Raises (before anything trains) when a configured file is missing, in an
+  unknown format, or does not fit the model (listing the keys).
+  """
+  config = exp.config
+  params = jax.tree.map(np.asarray, jax.device_get(exp.init_params(rng)))
+  sources = configured_sources(config)
+  if not sources:
+    summary = InitSummary("scratch", f"random initialisation, seed {config.seed}")
+    summary.modules = _module_counts(params, {})
+    return params, summary
+  report: Dict[str, str] = {}
+  init = config.init_from
+  if init.checkpoint_path:
+    source = load_checkpoint(init.checkpoint_path, init.checkpoint_format,
+                             num_heads=config.model.num_heads, field="init_from")
+    params, report = init_lib.initialise_with_report(params, source, config)
+  params = _with_experts(params, config, report)
+  summary = InitSummary("checkpoints", "fresh model, then the configured checkpoints",
+                        sources=sources)
+  summary.modules = _module_counts(params, report)
+  return params, summary
+
+
+def state_from_params(exp: Experiment, params: Any) -> TrainState:
+  """A step-0 train state holding `params` (host arrays), laid out on the experiment's mesh."""
+  shardings = exp.state_shardings()
+  params = jax.device_put(params, shardings.params)
+  opt_state = jax.jit(exp.optimizer.init, out_shardings=shardings.opt_state)(params)
+  return TrainState(step=jax.device_put(jnp.zeros((), jnp.int32), shardings.step),
+                    params=params, opt_state=opt_state)
+
+
+def initial_state(exp: Experiment, ckpt: checkpoint.Checkpointer,
+                  rng: jax.Array) -> Tuple[TrainState, InitSummary]:
+  """The run's first state (see the module doc) and the summary of where it came from."""
+  step = ckpt.latest_step()
+  if step is not None:
+    state = ckpt.restore(exp.abstract_state())
+    detail = f"step {step} in {ckpt.directory}"
+    if configured_sources(exp.config):
+      detail += "; the configured init_from checkpoints are not read when resuming"
+    return state, InitSummary("resume", detail)
+  if not configured_sources(exp.config):
+    state = exp.init_state(rng)
+    summary = InitSummary("scratch", f"random initialisation, seed {exp.config.seed}")
+    summary.modules = _module_counts(state.params, {})
+    return state, summary
+  params, summary = initial_params(exp, rng)
+  return state_from_params(exp, params), summary
+
+
+def write_summary(workdir: str, summary: InitSummary) -> str:
+  """Writes `summary` to `<workdir>/init_summary.json`; returns the path."""
+  path = checkpoint.resolve(workdir) / SUMMARY_FILE
+  path.parent.mkdir(parents=True, exist_ok=True)
+  path.write_text(json.dumps(summary.to_json(), indent=2))
+  return str(path)
+
+
+def read_summary(workdir: str) -> Optional[Dict[str, Any]]:
+  """The summary a run wrote into `workdir`, or None."""
+  path = checkpoint.resolve(workdir) / SUMMARY_FILE
+  return json.loads(path.read_text()) if path.exists() else None
