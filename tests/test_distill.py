@@ -135,6 +135,40 @@ def test_teacher_params_unchanged_and_terms_reported(teacher_workdir):
   assert any(jax.tree.leaves(moved))
 
 
+def test_stage1_teacher_maps_are_the_resnet_on_each_frame():
+  """`frame_features` (the stage-1 teacher's outputs, which 'fad' averages per tubelet)
+  holds frame (b, t) at [b, t]; its logits are the mean over frames."""
+  b, t = 2, 4
+  clips = np.random.default_rng(0).normal(0, 1, (b, t, 32, 32, 3)).astype(np.float32)
+  teacher = resnet.ResNet(num_classes=4, depth=18, width=4)
+  # Random variables drawn in numpy (JAX's initialisers compile one RNG program per shape).
+  rng = np.random.default_rng(1)
+
+  def draw(path, leaf):
+    name = jax.tree_util.keystr(path)
+    if leaf.ndim > 1:  # conv / dense kernels, fan-in scaled
+      return rng.normal(0, 1 / np.sqrt(np.prod(leaf.shape[:-1])), leaf.shape)
+    if "var" in name or "scale" in name:
+      return rng.uniform(0.5, 1.5, leaf.shape)
+    return rng.normal(0, 0.1, leaf.shape)
+
+  abstract = jax.eval_shape(lambda x: teacher.init(jax.random.key(0), x), clips[0])
+  variables = jax.tree_util.tree_map_with_path(
+      lambda p, a: jnp.asarray(draw(p, a), jnp.float32), abstract)
+  logits, maps = jax.jit(lambda v, x: resnet.frame_features(teacher, v, x))(
+      variables, jnp.asarray(clips))
+  # The reference runs the frames time-major in one batch, then puts them back by index.
+  frame_logits, feats = jax.jit(lambda v, x: teacher.apply(v, x, train=False))(
+      variables, jnp.asarray(clips.transpose(1, 0, 2, 3, 4).reshape((t * b,) + clips.shape[2:])))
+  frame_logits = np.asarray(frame_logits).reshape(t, b, -1)
+  layer4 = np.asarray(feats["layer4"])
+  layer4 = layer4.reshape((t, b) + layer4.shape[1:]).transpose(1, 0, 2, 3, 4)
+  assert maps.shape == layer4.shape == (b, t, 1, 1, 32)
+  assert np.abs(layer4[0] - layer4[1]).mean() > 1e-3 and np.ptp(frame_logits, axis=0).max() > 1e-3
+  np.testing.assert_allclose(maps, layer4, rtol=1e-4, atol=1e-5)
+  np.testing.assert_allclose(logits, frame_logits.mean(axis=0), rtol=1e-4, atol=1e-6)
+
+
 def test_fpld_reports_one_ofa_term_per_branch(teacher_workdir):
   config = _student_config(teacher_workdir, method="fpld")
   exp = build_experiment(config)

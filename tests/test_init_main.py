@@ -142,7 +142,7 @@ def test_cast_experts_from_the_config_are_loaded_and_stay_frozen(tmp_path):
   m, clip, mae, flags = _cast_experts(tmp_path)
   work = tmp_path / "run"
   paper_patterns = repr(tuple(load_config("k400_cast").optimizer.trainable_patterns))
-  proc = run_python(MAIN + ["--config=configs/synthetic_cast.py", f"--workdir={work}",
+  run_python(MAIN + ["--config=configs/synthetic_cast.py", f"--workdir={work}",
                             "--config.train.num_train_steps=3", "--config.train.eval_at_end=False",
                             "--config.optimizer.warmup_steps=0", "--config.train.log_every_steps=1",
                             f"--config.optimizer.trainable_patterns={paper_patterns}"] + flags)

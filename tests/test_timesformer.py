@@ -1,5 +1,7 @@
 """TimeSformer: the divided block against a numpy reference, zero-init temporal_fc, names, variants."""
 
+import math
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -26,7 +28,12 @@ def np_layernorm(x, p, eps=1e-6):
 
 
 def np_gelu(x):
-  """flax's default (tanh) GELU."""
+  """The exact (erf) GELU of PyTorch's `nn.GELU()`, as TimeSformer and X-ViT use."""
+  return 0.5 * x * (1 + np.vectorize(math.erf)(x / np.sqrt(2)))
+
+
+def np_gelu_tanh(x):
+  """flax's default (tanh) GELU, as scenic's ViViT uses."""
   return 0.5 * x * (1 + np.tanh(np.sqrt(2 / np.pi) * (x + 0.044715 * x ** 3)))
 
 
@@ -53,15 +60,15 @@ def np_mha(x, p, kv=None, transform=None):
   return np.einsum("...hk,hkd->...d", y, p["out"]["kernel"]) + p["out"]["bias"]
 
 
-def np_mlp_residual(x, p):
-  """x + MLP(LN(x)) with the image-ViT names."""
+def np_mlp_residual(x, p, gelu=np_gelu):
+  """x + MLP(LN(x)) with the image-ViT names (erf GELU unless told)."""
   m = p["MlpBlock_0"]
   y = np_layernorm(x, p["LayerNorm_1"])
-  y = np_gelu(y @ m["Dense_0"]["kernel"] + m["Dense_0"]["bias"])
+  y = gelu(y @ m["Dense_0"]["kernel"] + m["Dense_0"]["bias"])
   return x + y @ m["Dense_1"]["kernel"] + m["Dense_1"]["bias"]
 
 
-def np_divided_block(x, p, t, temporal=True):
+def np_divided_block(x, p, t, temporal=True, gelu=np_gelu):
   """TimeSformer's divided block written out on `[B, 1 + N*T, D]` ([CLS, patch-major])."""
   b, length, d = x.shape
   n = (length - 1) // t
@@ -76,7 +83,7 @@ def np_divided_block(x, p, t, temporal=True):
     out_cls += y[:, :1] / t
     out_patches[:, :, f] = patches[:, :, f] + y[:, 1:]
   x = np.concatenate([cls + out_cls, out_patches.reshape(b, n * t, d)], axis=1)
-  return np_mlp_residual(x, p)
+  return np_mlp_residual(x, p, gelu)
 
 
 def perturb(params, seed=0, scale=0.3):

@@ -19,6 +19,7 @@ import errno
 import os
 import re
 import sys
+import threading
 import traceback
 from typing import Callable, List, Optional, Sequence
 
@@ -168,4 +169,11 @@ def run(main: Callable[[List[str]], int]) -> None:
       print(f"error: {message}", file=sys.stderr)
       return code
 
+  if not verbose(sys.argv):
+    # Orbax's reader threads print tracebacks of their own when a damaged checkpoint is
+    # tried; the restore reports the outcome in one line.
+    threading.excepthook = lambda args: None
+    sys.unraisablehook = lambda unraisable: None  # their pending reads, at exit
+  if any(a.startswith("--config") for a in sys.argv[1:]):
+    quiet_tensorflow_import()  # config files import the data pipeline, hence TensorFlow
   app.run(guarded, flags_parser=_parse_flags)

@@ -360,16 +360,21 @@ def check_init_from(config: ConfigDict) -> None:
 def check_training(config: ConfigDict, num_devices: int, process_count: int = 1) -> None:
   """Checks batch sizes and loop settings against the number of batch shards."""
   tr = config.train
-  _require(tr.global_batch_size >= 1, "train.global_batch_size", "must be >= 1")
+  _require(tr.global_batch_size >= 1, "train.global_batch_size",
+           f"must be >= 1, got {tr.global_batch_size}")
   _require(tr.global_batch_size % num_devices == 0, "train.global_batch_size",
            f"{tr.global_batch_size} is not divisible by the {num_devices} batch shards "
            "(mesh.data x mesh.fsdp)")
+  _require(config.eval.global_batch_size >= 1, "eval.global_batch_size",
+           f"must be >= 1, got {config.eval.global_batch_size}")
   _require(config.eval.global_batch_size % num_devices == 0, "eval.global_batch_size",
            f"{config.eval.global_batch_size} is not divisible by the {num_devices} batch shards")
   _require(tr.global_batch_size % process_count == 0, "train.global_batch_size",
            f"not divisible by {process_count} processes")
   _require(tr.num_train_steps > 0 or tr.num_epochs > 0, "train.num_train_steps",
            "set num_train_steps > 0 or num_epochs > 0")
+  _require(tr.num_train_steps >= 0, "train.num_train_steps",
+           f"must be >= 0 (0 = use num_epochs), got {tr.num_train_steps}")
   _require(tr.checkpoint_every_steps >= 1, "train.checkpoint_every_steps", "must be >= 1")
   _require(tr.keep_checkpoints >= 1, "train.keep_checkpoints", "must be >= 1")
   _require(tr.log_every_steps >= 1, "train.log_every_steps", "must be >= 1")

@@ -12,7 +12,6 @@ Errors are one line on stderr; exit codes are listed in `vivit_knn.cli` (0 done,
 from __future__ import annotations
 
 import os
-import sys
 
 # Keep TensorFlow (used only for tf.data) quiet and off accelerators' memory.
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -21,8 +20,6 @@ from absl import app, flags, logging
 from ml_collections import config_flags
 
 from vivit_knn import cli
-
-cli.quiet_tensorflow_import()  # config files import the data pipeline, hence TensorFlow
 
 MODES = ("train", "eval", "infer")
 
@@ -35,6 +32,9 @@ _MODE = flags.DEFINE_enum("mode", "train", MODES,
                           "has none, the weights config.init_from configures); "
                           "infer: print the top-5 classes for --video.")
 _VIDEO = flags.DEFINE_string("video", None, "Video file for --mode=infer.")
+_OUTPUT_DIR = flags.DEFINE_string(
+    "output_dir", None, "--mode=eval: where reports go (default: --workdir). Lets a finished "
+    "run in a read-only folder be evaluated.")
 _COORDINATOR = flags.DEFINE_string(
     "coordinator_address", None,
     "host:port of process 0 for multi-process runs. Not needed on TPU pods or under SLURM, "
@@ -74,7 +74,7 @@ def main(argv) -> int:
     for rank, (name, prob) in enumerate(predict_video(config, workdir, _VIDEO.value), 1):
       print(f"{rank}. {name}  {prob:.4f}")
   else:
-    result = trainer.evaluate_checkpoint(config, workdir)
+    result = trainer.evaluate_checkpoint(config, workdir, output_dir=_OUTPUT_DIR.value)
     if result["init"] is None:
       print(f"checkpoint step {result['step']}")
     print(evaluation.format_result(result["eval"], result["class_names"]))

@@ -143,9 +143,20 @@ def _posterize(x, bits):
 
 
 def _sharpness(x, factor):
+  """PIL ``ImageEnhance.Sharpness``: blend with the SMOOTH-filtered clip.
+
+  PIL's 3x3 filter leaves the one-pixel border as it was, so the border
+  keeps its values at any factor (a zero-padded blur there would darken or
+  brighten a frame around every edge).
+  """
   kernel = tf.constant([[1, 1, 1], [1, 5, 1], [1, 1, 1]], tf.float32) / 13.0
   kernel = tf.tile(kernel[:, :, None, None], [1, 1, 3, 1])
   smooth = tf.nn.depthwise_conv2d(x, kernel, [1, 1, 1, 1], "SAME")
+  height, width = tf.shape(x)[1], tf.shape(x)[2]
+  rows, cols = tf.range(height), tf.range(width)
+  interior = ((rows > 0) & (rows < height - 1))[:, None] & (
+      (cols > 0) & (cols < width - 1))[None, :]
+  smooth = tf.where(interior[None, :, :, None], smooth, x)
   return tf.clip_by_value(smooth + factor * (x - smooth), 0.0, 255.0)
 
 

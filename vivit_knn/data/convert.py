@@ -30,7 +30,6 @@ import math
 import multiprocessing
 import os
 import random
-import sys
 
 import tqdm
 from absl import app, flags
@@ -38,6 +37,7 @@ from absl import app, flags
 # Worker processes re-import this module (the spawn start method imports
 # __main__), so it imports only light modules at the top; TensorFlow-backed
 # writers are imported inside convert().
+from vivit_knn import cli
 from vivit_knn.data import splits, transcode
 
 FORMATS = ("ucf101", "hmdb51", "folder")
@@ -159,16 +159,10 @@ def main(argv) -> int:
   for flag in (_FORMAT, _ROOT, _OUT):
     if not flag.value:
       raise app.UsageError(f"--{flag.name} is required")
-  try:
-    meta = convert(_FORMAT.value, _ROOT.value, _OUT.value, split=_SPLIT.value,
-                   splits_dir=_SPLITS_DIR.value,
-                   eval_fraction=_EVAL_FRACTION.value,
-                   num_shards=_NUM_SHARDS.value, short_side=_SHORT_SIDE.value,
-                   jpeg_quality=_QUALITY.value, num_workers=_WORKERS.value,
-                   seed=_SEED.value)
-  except (FileNotFoundError, ValueError) as err:
-    print(f"error: {err}", file=sys.stderr)
-    return 2
+  meta = convert(_FORMAT.value, _ROOT.value, _OUT.value, split=_SPLIT.value,
+                 splits_dir=_SPLITS_DIR.value, eval_fraction=_EVAL_FRACTION.value,
+                 num_shards=_NUM_SHARDS.value, short_side=_SHORT_SIDE.value,
+                 jpeg_quality=_QUALITY.value, num_workers=_WORKERS.value, seed=_SEED.value)
   print(summary(meta))
   print(f"wrote {_OUT.value}; train with --config.dataset.data_dir="
         f"{_OUT.value}")
@@ -176,4 +170,4 @@ def main(argv) -> int:
 
 
 if __name__ == "__main__":
-  app.run(main)
+  cli.run(main)

@@ -67,6 +67,11 @@ def exact_gelu(x: jax.Array) -> jax.Array:
   return nn.gelu(x, approximate=False)
 
 
+# `model.mlp_activation` names: scenic/flax's tanh GELU, PyTorch's erf GELU (timm, TimeSformer,
+# X-ViT, VideoMAE) and CLIP's sigmoid approximation.
+MLP_ACTIVATIONS = {"gelu_tanh": nn.gelu, "gelu_exact": exact_gelu, "quick_gelu": quick_gelu}
+
+
 def drop_path(module: nn.Module, x: jax.Array, rate: float, deterministic: bool) -> jax.Array:
   """Stochastic depth: zeroes whole examples of a residual branch with probability `rate`.
 
@@ -163,6 +168,7 @@ class FactorizedSelfAttentionBlock(nn.Module):
   attention_dropout_rate: float = 0.0
   droppath_rate: float = 0.0
   dtype: Dtype = jnp.float32
+  mlp_activation: Callable[[jax.Array], jax.Array] = nn.gelu
 
   def _axis_attention(self, x, axis_name, spec, deterministic):
     y = nn.LayerNorm(dtype=self.dtype, name=f"LayerNorm_{axis_name}")(x)
@@ -182,8 +188,8 @@ class FactorizedSelfAttentionBlock(nn.Module):
     x = jnp.swapaxes(x, 1, 2)  # [B, T, S, D]
     x = self._axis_attention(x, "space", self.attention, deterministic)
     y = nn.LayerNorm(dtype=self.dtype, name="LayerNorm_mlp")(x)
-    y = MlpBlock(self.mlp_dim, dropout_rate=self.dropout_rate, dtype=self.dtype,
-                 name="MlpBlock")(y, deterministic=deterministic)
+    y = MlpBlock(self.mlp_dim, dropout_rate=self.dropout_rate, activation=self.mlp_activation,
+                 dtype=self.dtype, name="MlpBlock")(y, deterministic=deterministic)
     return x + drop_path(self, y, self.droppath_rate, deterministic)
 
 
@@ -196,7 +202,7 @@ class Encoder(nn.Module):
   Tokens come in as `[B, N, D]`. For the factorised block types, `temporal_dims`
   says how to view them as `[B, T, N/T, D]`; the output is flattened back.
   Stochastic depth grows linearly from 0 at the first block to
-  `stochastic_depth` at the last.
+  `stochastic_depth` at the last. `mlp_activation` goes to every block's MLP.
   """
 
   num_layers: int
@@ -211,13 +217,15 @@ class Encoder(nn.Module):
   stochastic_depth: float = 0.0
   remat: bool = False
   dtype: Dtype = jnp.float32
+  mlp_activation: Callable[[jax.Array], jax.Array] = nn.gelu
 
   def _block(self, layer: int) -> nn.Module:
     rate = self.stochastic_depth * layer / max(self.num_layers - 1, 1)
     common = dict(mlp_dim=self.mlp_dim, num_heads=self.num_heads,
                   attention=self.attention, dropout_rate=self.dropout_rate,
                   attention_dropout_rate=self.attention_dropout_rate,
-                  droppath_rate=rate, dtype=self.dtype, name=f"encoderblock_{layer}")
+                  droppath_rate=rate, dtype=self.dtype, mlp_activation=self.mlp_activation,
+                  name=f"encoderblock_{layer}")
     if self.block_type == "factorized_self_attention":
       cls = FactorizedSelfAttentionBlock
       common["temporal_attention"] = self.temporal_attention

@@ -3,6 +3,11 @@
 `config.model.name` picks the family: 'vivit' (models 1-4), 'timesformer', 'xvit' or
 'student' (the ViT-S video student of two-stage distillation) or 'cast' (two frozen
 experts joined by cross-attention, `model.cast`).
+
+`model.mlp_activation` left empty takes the family's source: the erf GELU for
+TimeSformer and X-ViT (PyTorch code, so their released weights reproduce), flax's
+tanh GELU for ViViT and the student (scenic). CAST's experts fix their own
+(QuickGELU for CLIP, erf for VideoMAE), so the key must stay empty there.
 """
 
 from __future__ import annotations
@@ -15,7 +20,7 @@ import ml_collections
 
 from vivit_knn.models import cast, student, timesformer, xvit
 from vivit_knn.models.attention import ATTENTION_KINDS, resolve_knn_k
-from vivit_knn.models.encoder import AttentionSpec
+from vivit_knn.models.encoder import MLP_ACTIVATIONS, AttentionSpec
 from vivit_knn.models.vivit import ViViT
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
@@ -23,11 +28,32 @@ MODEL_NAMES = ("vivit", "timesformer", "xvit", "student", "cast")
 # `model.attention_type` when left empty.
 DEFAULT_ATTENTION_TYPE = {"timesformer": "divided_space_time", "xvit": "space_time_mixing"}
 ATTENTION_TYPES = {"timesformer": timesformer.ATTENTION_TYPES, "xvit": xvit.ATTENTION_TYPES}
+# `model.mlp_activation` when left empty: the activation of each family's original code.
+DEFAULT_MLP_ACTIVATION = {"vivit": "gelu_tanh", "student": "gelu_tanh",
+                          "timesformer": "gelu_exact", "xvit": "gelu_exact"}
 
 
 def attention_type(cfg: ml_collections.ConfigDict) -> str:
   """`model.attention_type`, or the family's default when empty (TimeSformer/X-ViT only)."""
   return cfg.attention_type or DEFAULT_ATTENTION_TYPE[cfg.name]
+
+
+def mlp_activation(cfg: ml_collections.ConfigDict) -> str:
+  """`model.mlp_activation`, or the family's default when empty (a key of `MLP_ACTIVATIONS`).
+
+  CAST has no single MLP activation (its experts fix their own): returns '' for it,
+  and raises ValueError naming `model.mlp_activation` if one is set.
+  """
+  name = cfg.mlp_activation
+  if name and name not in MLP_ACTIVATIONS:
+    raise ValueError(f"model.mlp_activation must be one of {tuple(MLP_ACTIVATIONS)} or empty "
+                     f"(the family's default), got {name!r}")
+  if cfg.name == "cast":
+    if name:
+      raise ValueError(f"model.mlp_activation={name!r} cannot take effect for model.name="
+                       "'cast': its experts fix their own activations; leave it empty")
+    return ""
+  return name or DEFAULT_MLP_ACTIVATION[cfg.name]
 
 
 def attention_spec(cfg: ml_collections.ConfigDict, field: str) -> AttentionSpec:
@@ -58,6 +84,7 @@ def _common(cfg: ml_collections.ConfigDict, num_classes: int) -> dict:
       kernel_init_method=cfg.kernel_init_method or None,
       remat=cfg.remat,
       dtype=DTYPES[cfg.dtype],
+      mlp_activation=MLP_ACTIVATIONS[mlp_activation(cfg)],
   )
 
 
@@ -67,6 +94,10 @@ def build_model(cfg: ml_collections.ConfigDict, num_classes: int) -> nn.Module:
     raise ValueError(f"model.name must be one of {MODEL_NAMES}, got {cfg.name!r}")
   if cfg.dtype not in DTYPES:
     raise ValueError(f"model.dtype must be one of {sorted(DTYPES)}, got {cfg.dtype!r}")
+  mlp_activation(cfg)  # checks the name (and that CAST leaves it empty)
+  if cfg.xvit_segment_frames and cfg.name != "xvit":
+    raise ValueError(f"model.xvit_segment_frames applies to model.name='xvit' only, "
+                     f"got {cfg.name!r}")
   if cfg.name == "timesformer":
     return timesformer.TimeSformer(
         attention_type=attention_type(cfg),
@@ -95,6 +126,7 @@ def build_model(cfg: ml_collections.ConfigDict, num_classes: int) -> nn.Module:
     return xvit.XViT(
         attention_type=attention_type(cfg),
         shift_div=cfg.xvit_div,
+        segment_frames=cfg.xvit_segment_frames,
         num_summary_tokens=cfg.num_summary_tokens,
         head_layers=cfg.head_layers,
         temporal_attention=attention_spec(cfg.temporal_attention, "model.temporal_attention"),

@@ -22,7 +22,14 @@ frame with its own CLS). After the projections, `FrameShift` replaces the key
 and value channels `[0, C/div)` by those of frame t+1 and `[C/div, 2C/div)` by
 those of frame t-1 (zeros past either end); queries are not shifted. Attention
 then runs within each frame, so the cost is that of spatial-only attention:
-linear in T.
+linear in T. With `segment_frames` set, the clip is cut into consecutive
+segments of that many frames and the shift stays inside each: the first and
+last frame of every segment see zeros where a neighbour in another segment
+would be (the authors' 16-frame Kinetics X-ViT shifts within two 8-frame
+segments: its `TemporalShift` views the `B*16` frames as `[2B, 8]`).
+
+MLP activation: both blocks take `mlp_activation` (default: the erf GELU of
+PyTorch's `nn.GELU()`, which the TimeSformer and X-ViT code use).
 
 Summary tokens (X-ViT's optional global temporal mixing; no public code has
 them, so this is our reading of the paper): in every block each frame's tokens
@@ -37,7 +44,7 @@ shifted), so every query can also attend to a summary of every frame. This adds
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Optional, Tuple
+from typing import Any, Callable, Optional, Tuple
 
 import flax.linen as nn
 import jax
@@ -45,19 +52,28 @@ import jax.numpy as jnp
 
 from vivit_knn.models.attention import MultiHeadAttention
 from vivit_knn.models.encoder import (DENSE, AddPositionEmbedding, AttentionSpec, MlpBlock,
-                                      drop_path)
+                                      drop_path, exact_gelu)
 
 Dtype = Any
+Activation = Callable[[jax.Array], jax.Array]
 
 
-def shift_frames(x: jax.Array, div: int) -> jax.Array:
+def shift_frames(x: jax.Array, div: int, segment_frames: int = 0) -> jax.Array:
   """X-ViT's channel shift of `[..., T, N, H, d]` along T (axis -4).
 
   Channels are the flattened `H*d` axis (head-major). Output channels `[0, C/div)`
   hold frame t+1's, `[C/div, 2C/div)` frame t-1's, the rest frame t's own; frames
-  past either end contribute zeros.
+  past either end contribute zeros. With `segment_frames > 0` the T frames are
+  consecutive segments of that many frames and "either end" is the segment's:
+  no channel crosses a segment border.
   """
   *lead, t, n, h, d = x.shape
+  if segment_frames and segment_frames != t:
+    if t % segment_frames:
+      raise ValueError(f"model.xvit_segment_frames={segment_frames} does not divide the "
+                       f"{t} frame tokens")
+    segments = x.reshape(tuple(lead) + (t // segment_frames, segment_frames, n, h, d))
+    return shift_frames(segments, div).reshape(x.shape)
   c = h * d
   fold = c // div
   flat = x.reshape(tuple(lead) + (t, n, c))
@@ -74,17 +90,19 @@ class FrameShift:
 
   Inputs are `[B, T, N, H, d]`. With `own_tokens` set, only the first `own_tokens`
   keys/values (the frame's own tokens) are shifted; later ones (summary tokens)
-  are left as they are.
+  are left as they are. `segment_frames > 0` keeps the shift inside consecutive
+  segments of that many frames (see `shift_frames`).
   """
 
   div: int
   own_tokens: Optional[int] = None
+  segment_frames: int = 0
 
   def _shift(self, x: jax.Array) -> jax.Array:
     if self.own_tokens is None or self.own_tokens == x.shape[-3]:
-      return shift_frames(x, self.div)
+      return shift_frames(x, self.div, self.segment_frames)
     own, extra = x[..., :self.own_tokens, :, :], x[..., self.own_tokens:, :, :]
-    return jnp.concatenate([shift_frames(own, self.div), extra], axis=-3)
+    return jnp.concatenate([shift_frames(own, self.div, self.segment_frames), extra], axis=-3)
 
   def __call__(self, q: jax.Array, k: jax.Array, v: jax.Array
                ) -> Tuple[jax.Array, jax.Array, jax.Array]:
@@ -120,7 +138,8 @@ def _mha(spec: AttentionSpec, num_heads: int, rate: float, dtype: Dtype, name: s
 def _mlp_residual(block: nn.Module, x: jax.Array, deterministic: bool) -> jax.Array:
   """x + drop_path(MLP(LN(x))), creating `LayerNorm_1` and `MlpBlock_0` on `block`."""
   y = nn.LayerNorm(dtype=block.dtype, name="LayerNorm_1")(x)
-  y = MlpBlock(block.mlp_dim, dropout_rate=block.dropout_rate, dtype=block.dtype,
+  y = MlpBlock(block.mlp_dim, dropout_rate=block.dropout_rate,
+               activation=block.mlp_activation, dtype=block.dtype,
                name="MlpBlock_0")(y, deterministic=deterministic)
   return x + drop_path(block, y, block.droppath_rate, deterministic)
 
@@ -130,6 +149,7 @@ class DividedSpaceTimeBlock(nn.Module):
 
   `temporal_fc_zero_init=False` initialises `temporal_fc` like any Dense layer
   (for training from scratch, where there is no image model to start from).
+  `mlp_activation` defaults to TimeSformer's erf GELU.
   """
 
   mlp_dim: int
@@ -142,6 +162,7 @@ class DividedSpaceTimeBlock(nn.Module):
   attention_dropout_rate: float = 0.0
   droppath_rate: float = 0.0
   dtype: Dtype = jnp.float32
+  mlp_activation: Activation = exact_gelu
 
   def _branch(self, y: jax.Array, deterministic: bool) -> jax.Array:
     y = nn.Dropout(self.dropout_rate)(y, deterministic=deterministic)
@@ -177,18 +198,22 @@ class DividedSpaceTimeBlock(nn.Module):
 class SpaceTimeMixingBlock(nn.Module):
   """X-ViT block on per-frame tokens `[B, T, S, D]` (see module doc).
 
-  `shift_div=0` turns the shift off (the space-only baseline).
+  `shift_div=0` turns the shift off (the space-only baseline); `segment_frames > 0`
+  keeps the shift inside consecutive segments of that many frames.
+  `mlp_activation` defaults to X-ViT's erf GELU.
   """
 
   mlp_dim: int
   num_heads: int
   shift_div: int = 8
   num_summary_tokens: int = 0
+  segment_frames: int = 0
   attention: AttentionSpec = DENSE
   dropout_rate: float = 0.0
   attention_dropout_rate: float = 0.0
   droppath_rate: float = 0.0
   dtype: Dtype = jnp.float32
+  mlp_activation: Activation = exact_gelu
 
   @nn.compact
   def __call__(self, x: jax.Array, deterministic: bool) -> jax.Array:
@@ -201,7 +226,7 @@ class SpaceTimeMixingBlock(nn.Module):
       summary = summary.reshape(b, 1, t * self.num_summary_tokens, d)
       kv = jnp.concatenate([y, jnp.broadcast_to(summary, (b, t) + summary.shape[2:])], 2)
       own = s
-    shift = FrameShift(self.shift_div, own) if self.shift_div else None
+    shift = FrameShift(self.shift_div, own, self.segment_frames) if self.shift_div else None
     y = _mha(self.attention, self.num_heads, self.attention_dropout_rate, self.dtype,
              "MultiHeadDotProductAttention_0", qkv_transform=shift)(
                  y, kv, deterministic=deterministic)

@@ -19,7 +19,7 @@ Branches and the aligner run only in training (and at init); evaluation and
 
 from __future__ import annotations
 
-from typing import Any, Dict, Tuple
+from typing import Any, Callable, Dict, Tuple
 
 import flax.linen as nn
 import jax
@@ -52,6 +52,7 @@ class MHCABlock(nn.Module):
   attention_dropout_rate: float = 0.0
   droppath_rate: float = 0.0
   dtype: Dtype = jnp.float32
+  mlp_activation: Callable[[jax.Array], jax.Array] = nn.gelu
 
   @nn.compact
   def __call__(self, x: jax.Array, deterministic: bool, grid: Tuple[int, int],
@@ -66,8 +67,8 @@ class MHCABlock(nn.Module):
     y = nn.Dropout(self.dropout_rate)(y, deterministic=deterministic)
     x = x + drop_path(self, y, self.droppath_rate, deterministic)
     y = nn.LayerNorm(dtype=self.dtype, name="LayerNorm_1")(x)
-    y = MlpBlock(self.mlp_dim, dropout_rate=self.dropout_rate, dtype=self.dtype,
-                 name="MlpBlock_0")(y, deterministic=deterministic)
+    y = MlpBlock(self.mlp_dim, dropout_rate=self.dropout_rate, activation=self.mlp_activation,
+                 dtype=self.dtype, name="MlpBlock_0")(y, deterministic=deterministic)
     return x + drop_path(self, y, self.droppath_rate, deterministic)
 
 
@@ -89,6 +90,7 @@ class StudentEncoder(nn.Module):
   stochastic_depth: float = 0.0
   remat: bool = False
   dtype: Dtype = jnp.float32
+  mlp_activation: Callable[[jax.Array], jax.Array] = nn.gelu
 
   @nn.compact
   def __call__(self, x: jax.Array, *, grid: Tuple[int, int], num_frames: int, train: bool):
@@ -101,7 +103,8 @@ class StudentEncoder(nn.Module):
                     dropout_rate=self.dropout_rate,
                     attention_dropout_rate=self.attention_dropout_rate,
                     droppath_rate=self.stochastic_depth * layer / max(self.num_layers - 1, 1),
-                    dtype=self.dtype, name=f"encoderblock_{layer}")
+                    dtype=self.dtype, mlp_activation=self.mlp_activation,
+                    name=f"encoderblock_{layer}")
       if layer < self.mhca_layers:
         cls = nn.remat(MHCABlock, static_argnums=(2, 3, 4)) if self.remat else MHCABlock
         x = cls(locality_strength=self.locality_strength, **common)(
@@ -178,6 +181,7 @@ class VideoStudent(VideoTransformer):
         locality_strength=self.locality_strength, taps=taps, dropout_rate=self.dropout_rate,
         attention_dropout_rate=self.attention_dropout_rate,
         stochastic_depth=self.stochastic_depth, remat=self.remat, dtype=self.dtype,
+        mlp_activation=self.mlp_activation,
         name="Transformer")(tokens, grid=(h, w), num_frames=t, train=train)
     out["encoded"] = encoded
     out["pre_logits"] = encoded[:, 0]

@@ -22,6 +22,10 @@ motion task training stays at chance for hundreds of steps.
 Every attention is dense or k-NN through `AttentionSpec`: `attention` for the
 spatial/joint attention, `temporal_attention` for the divided time attention.
 
+The MLPs use `mlp_activation`, by default the erf GELU of TimeSformer's PyTorch
+code (`nn.GELU()`); flax's tanh form drifts by about 1e-3 per block from a
+released checkpoint's outputs.
+
 Parameters (the timm TimeSformer names they map to in brackets): `embedding`
 (`patch_embed.proj`), `cls` (`cls_token`), `Transformer/posembed_input`
 (`pos_embed`), `Transformer/time_embed` (`time_embed`), `Transformer/encoderblock_i`
@@ -33,13 +37,13 @@ clip through an image-initialised model gives the image model's output.)
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from vivit_knn.models.encoder import DENSE, AttentionSpec, EncoderBlock
+from vivit_knn.models.encoder import DENSE, AttentionSpec, EncoderBlock, exact_gelu
 from vivit_knn.models.spacetime_attention import (DividedSpaceTimeBlock, frame_tokens,
                                                   time_embed_init)
 from vivit_knn.models.video_transformer import VideoTransformer
@@ -70,13 +74,15 @@ class TimeSformerEncoder(nn.Module):
   stochastic_depth: float = 0.0
   remat: bool = False
   dtype: Dtype = jnp.float32
+  mlp_activation: Callable[[jax.Array], jax.Array] = exact_gelu
 
   def _block(self, layer: int, num_frames: int) -> nn.Module:
     common = dict(mlp_dim=self.mlp_dim, num_heads=self.num_heads, attention=self.attention,
                   dropout_rate=self.dropout_rate,
                   attention_dropout_rate=self.attention_dropout_rate,
                   droppath_rate=self.stochastic_depth * layer / max(self.num_layers - 1, 1),
-                  dtype=self.dtype, name=f"encoderblock_{layer}")
+                  dtype=self.dtype, mlp_activation=self.mlp_activation,
+                  name=f"encoderblock_{layer}")
     if self.attention_type == "divided_space_time":
       cls = DividedSpaceTimeBlock
       common.update(num_frames=num_frames, temporal_attention=self.temporal_attention,
@@ -113,7 +119,8 @@ class TimeSformer(VideoTransformer):
   """TimeSformer returning `(logits, intermediates)`.
 
   `intermediates`: `tubelets` (`[B, t, h, w, D]` after the stem), `encoded` (final
-  tokens) and `pre_logits` (the CLS, `[B, D]`).
+  tokens) and `pre_logits` (the CLS, `[B, D]`). `mlp_activation` defaults to the erf
+  GELU of TimeSformer's code.
   """
 
   attention_type: str = "divided_space_time"
@@ -121,6 +128,7 @@ class TimeSformer(VideoTransformer):
   temporal_attention: AttentionSpec = DENSE
   time_embed_init_std: float = 0.0
   temporal_fc_zero_init: bool = True
+  mlp_activation: Callable[[jax.Array], jax.Array] = exact_gelu
 
   @nn.compact
   def __call__(self, x: jax.Array, *, train: bool = False):
@@ -138,6 +146,7 @@ class TimeSformer(VideoTransformer):
         temporal_fc_zero_init=self.temporal_fc_zero_init, dropout_rate=self.dropout_rate,
         attention_dropout_rate=self.attention_dropout_rate,
         stochastic_depth=self.stochastic_depth, remat=self.remat, dtype=self.dtype,
+        mlp_activation=self.mlp_activation,
         name="Transformer")(x.reshape(b, t, h * w, d), cls, train=train)
     out["encoded"] = tokens
     out["pre_logits"] = tokens[:, 0]

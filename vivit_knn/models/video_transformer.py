@@ -3,15 +3,17 @@
 `VideoTransformer` is a base for ViViT, TimeSformer, X-ViT and the distillation
 student: width, depth, patching, the default attention, regularisation and
 compute dtype. Each model adds its own fields and may change a default (e.g.
-TimeSformer's single-frame patches); `models.registry` fills these from
+TimeSformer's single-frame patches, and the erf GELU of TimeSformer and X-ViT,
+whose original code is PyTorch); `models.registry` fills these from
 `config.model` in one place.
 """
 
 from __future__ import annotations
 
-from typing import Optional, Sequence
+from typing import Callable, Optional, Sequence
 
 import flax.linen as nn
+import jax
 import jax.numpy as jnp
 
 from vivit_knn.models.encoder import DENSE, AttentionSpec, Dtype
@@ -30,6 +32,8 @@ class VideoTransformer(nn.Module):
     kernel_init_method: tubelet kernel init (`None`, `central_frame_initializer`, ...).
     remat: rematerialise each block in the backward pass.
     dtype: compute dtype (parameters stay float32).
+    mlp_activation: the activation of every block's MLP (one of
+      `encoder.MLP_ACTIVATIONS`); flax's tanh GELU here, as scenic's ViViT.
   """
 
   num_classes: int
@@ -45,3 +49,4 @@ class VideoTransformer(nn.Module):
   kernel_init_method: Optional[str] = None
   remat: bool = False
   dtype: Dtype = jnp.float32
+  mlp_activation: Callable[[jax.Array], jax.Array] = nn.gelu

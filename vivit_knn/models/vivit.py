@@ -111,7 +111,7 @@ class ViViT(VideoTransformer):
         attention=attention, block_type=block_type, temporal_dims=temporal_dims,
         dropout_rate=self.dropout_rate, attention_dropout_rate=self.attention_dropout_rate,
         stochastic_depth=self.stochastic_depth, remat=self.remat, dtype=self.dtype,
-        name=name)
+        mlp_activation=self.mlp_activation, name=name)
 
   def _pool(self, x: jax.Array, cls_name: str, encoder: Encoder, train: bool):
     """Runs `encoder` on `[B, N, D]` with an optional CLS; returns (pooled, tokens)."""

@@ -7,14 +7,20 @@ normal of that scale instead). Every block is a `SpaceTimeMixingBlock`: keys/val
 `[0, C/div)` come from frame t+1 and `[C/div, 2C/div)` from frame t-1 (zero
 padded), queries are unshifted, and attention stays within the frame, so the
 cost is that of a spatial-only ViT on T frames (linear in T). `div` is 8 for
-Kinetics, 4 for SSv2. Optional summary tokens add a global view (see
-`spacetime_attention`).
+Kinetics, 4 for SSv2. `segment_frames > 0` keeps the shift inside consecutive
+segments of that many frames: the authors' 16-frame Kinetics model shifts
+within two segments of 8 (their `XVIT.NUM_SEGMENTS: 8` with `NUM_FRAMES: 16`).
+Optional summary tokens add a global view (see `spacetime_attention`).
 
 Head (X-ViT's temporal attention aggregation): the T normalised per-frame CLS
 tokens, preceded by a new zero-initialised CLS (`cls_TemporalTransformer`), go
 through `head_layers` transformer blocks (no position embedding) and a
 LayerNorm (`TemporalTransformer`), then an MLP head: `pre_logits` (Dense+GELU)
 and the zero-initialised `output_projection`.
+
+Every MLP, the head's blocks and the head's `pre_logits` GELU included, uses
+`mlp_activation`, by default the erf GELU of the X-ViT code (PyTorch's
+`nn.GELU()` in its blocks' `Mlp` and in `VitHead.mlp_head`).
 
 `attention_type='space_only'` is the baseline without shift and without the
 time embedding: frames never exchange information and the head is
@@ -23,19 +29,20 @@ permutation-invariant, so frame order is invisible.
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from vivit_knn.models.encoder import DENSE, AttentionSpec, EncoderBlock
+from vivit_knn.models.encoder import DENSE, AttentionSpec, EncoderBlock, exact_gelu
 from vivit_knn.models.spacetime_attention import (SpaceTimeMixingBlock, frame_tokens,
                                                   time_embed_init)
 from vivit_knn.models.video_transformer import VideoTransformer
 from vivit_knn.models.vivit import tubelet_embedding
 
 Dtype = Any
+Activation = Callable[[jax.Array], jax.Array]
 
 ATTENTION_TYPES = ("space_time_mixing", "space_only")
 
@@ -52,6 +59,7 @@ class XViTEncoder(nn.Module):
   num_heads: int
   shift_div: int = 8
   num_summary_tokens: int = 0
+  segment_frames: int = 0
   attention: AttentionSpec = DENSE
   time_embed_init_std: float = 0.0
   dropout_rate: float = 0.0
@@ -59,6 +67,7 @@ class XViTEncoder(nn.Module):
   stochastic_depth: float = 0.0
   remat: bool = False
   dtype: Dtype = jnp.float32
+  mlp_activation: Activation = exact_gelu
 
   @nn.compact
   def __call__(self, patches: jax.Array, cls: jax.Array, *, train: bool) -> jax.Array:
@@ -73,11 +82,13 @@ class XViTEncoder(nn.Module):
     block = _remat(SpaceTimeMixingBlock, self.remat)
     for layer in range(self.num_layers):
       x = block(mlp_dim=self.mlp_dim, num_heads=self.num_heads, shift_div=self.shift_div,
-                num_summary_tokens=self.num_summary_tokens, attention=self.attention,
+                num_summary_tokens=self.num_summary_tokens,
+                segment_frames=self.segment_frames, attention=self.attention,
                 dropout_rate=self.dropout_rate,
                 attention_dropout_rate=self.attention_dropout_rate,
                 droppath_rate=self.stochastic_depth * layer / max(self.num_layers - 1, 1),
-                dtype=self.dtype, name=f"encoderblock_{layer}")(x, not train)
+                dtype=self.dtype, mlp_activation=self.mlp_activation,
+                name=f"encoderblock_{layer}")(x, not train)
     return nn.LayerNorm(dtype=self.dtype, name="encoder_norm")(x)
 
 
@@ -92,6 +103,7 @@ class TemporalHead(nn.Module):
   attention_dropout_rate: float = 0.0
   remat: bool = False
   dtype: Dtype = jnp.float32
+  mlp_activation: Activation = exact_gelu
 
   @nn.compact
   def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
@@ -101,6 +113,7 @@ class TemporalHead(nn.Module):
       x = block(mlp_dim=self.mlp_dim, num_heads=self.num_heads, attention=self.attention,
                 dropout_rate=self.dropout_rate,
                 attention_dropout_rate=self.attention_dropout_rate, dtype=self.dtype,
+                mlp_activation=self.mlp_activation,
                 name=f"encoderblock_{layer}")(x, not train)
     return nn.LayerNorm(dtype=self.dtype, name="encoder_norm")(x)
 
@@ -110,11 +123,15 @@ class XViT(VideoTransformer):
 
   `intermediates`: `tubelets`, `encoded` (`[B, T, 1 + N, D]` backbone tokens),
   `frame_cls` (`[B, T, D]`), `pre_logits` (`[B, D]`, the head's CLS).
+  `segment_frames` (0 = the whole clip) bounds the shift to segments of that many
+  frames; `mlp_activation` (erf GELU) serves every MLP and the head's GELU.
   """
 
   attention_type: str = "space_time_mixing"
   patch_size: Sequence[int] = (16, 16, 1)
   shift_div: int = 8
+  segment_frames: int = 0
+  mlp_activation: Activation = exact_gelu
   num_summary_tokens: int = 0
   head_layers: int = 1
   temporal_attention: AttentionSpec = DENSE
@@ -130,14 +147,18 @@ class XViT(VideoTransformer):
                           self.kernel_init_method, self.dtype)(x)
     out = {"tubelets": x}
     b, t, h, w, d = x.shape
+    if self.segment_frames < 0 or (self.segment_frames and t % self.segment_frames):
+      raise ValueError(f"model.xvit_segment_frames={self.segment_frames} must be 0 or divide "
+                       f"the {t} frame tokens")
     cls = self.param("cls", nn.initializers.zeros, (1, 1, d), jnp.float32)
     tokens = XViTEncoder(
         num_layers=self.num_layers, mlp_dim=self.mlp_dim, num_heads=self.num_heads,
         shift_div=self.shift_div if self.attention_type == "space_time_mixing" else 0,
-        num_summary_tokens=self.num_summary_tokens, attention=self.attention,
-        time_embed_init_std=self.time_embed_init_std, dropout_rate=self.dropout_rate,
-        attention_dropout_rate=self.attention_dropout_rate,
+        num_summary_tokens=self.num_summary_tokens, segment_frames=self.segment_frames,
+        attention=self.attention, time_embed_init_std=self.time_embed_init_std,
+        dropout_rate=self.dropout_rate, attention_dropout_rate=self.attention_dropout_rate,
         stochastic_depth=self.stochastic_depth, remat=self.remat, dtype=self.dtype,
+        mlp_activation=self.mlp_activation,
         name="Transformer")(x.reshape(b, t, h * w, d), cls, train=train)
     out["encoded"] = tokens
     frame_cls = tokens[:, :, 0]
@@ -151,10 +172,11 @@ class XViT(VideoTransformer):
         num_layers=self.head_layers, mlp_dim=self.mlp_dim, num_heads=self.num_heads,
         attention=self.temporal_attention, dropout_rate=self.dropout_rate,
         attention_dropout_rate=self.attention_dropout_rate, remat=self.remat,
-        dtype=self.dtype, name="TemporalTransformer")(seq, train=train)
+        dtype=self.dtype, mlp_activation=self.mlp_activation,
+        name="TemporalTransformer")(seq, train=train)
     pooled = seq[:, 0]
     out["pre_logits"] = pooled
-    y = nn.gelu(nn.Dense(d, dtype=self.dtype, name="pre_logits")(pooled))
+    y = self.mlp_activation(nn.Dense(d, dtype=self.dtype, name="pre_logits")(pooled))
     y = nn.Dropout(self.dropout_rate)(y, deterministic=not train)
     logits = nn.Dense(self.num_classes, kernel_init=nn.initializers.zeros,
                       dtype=jnp.float32, name="output_projection")(y)

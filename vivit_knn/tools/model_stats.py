@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import contextlib
 import math
-from typing import Any, Dict, Iterator, Optional, Sequence
+from typing import Any, Dict, Iterator, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -32,6 +32,7 @@ import ml_collections
 from absl import app, flags
 from ml_collections import config_flags
 
+from vivit_knn import cli
 from vivit_knn.models import attention
 from vivit_knn.models.registry import build_model
 
@@ -107,4 +108,4 @@ def main(argv: Sequence[str]) -> None:
 
 
 if __name__ == "__main__":
-  app.run(main)
+  cli.run(main)

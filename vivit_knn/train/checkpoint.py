@@ -14,8 +14,10 @@ is refused with the differing parameters listed.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import sys
 from typing import Any, Dict, List, Optional
 
 import jax
@@ -146,6 +148,7 @@ class Checkpointer:
     self._manager = ocp.CheckpointManager(self.directory, options=options)
     self._pending: Dict[int, Dict[str, List[int]]] = {}
     self.restored_step: Optional[int] = None
+    self.damaged_steps: List[int] = []
 
   def latest_step(self) -> Optional[int]:
     """The newest finished checkpoint's step, or None."""
@@ -218,11 +221,15 @@ class Checkpointer:
     if not steps:
       raise FileNotFoundError(f"No checkpoint found in {self.directory}")
     failures = []
+    with _orbax_quiet():
+      return self._restore_first_good(target, steps, failures)
+
+  def _restore_first_good(self, target: Any, steps: List[int], failures: list) -> Any:
     for candidate in steps:
       try:
         stored = self._stored_params(candidate)
       except Exception as err:  # pylint: disable=broad-except
-        failures.append((candidate, _short(err)))
+        failures.append((candidate, f"its metadata is unreadable: {_short(err)}"))
         self._warn_fallback(candidate, failures[-1][1], steps)
         continue
       mismatch = _shape_mismatches(stored, getattr(target, "params", target))
@@ -238,7 +245,7 @@ class Checkpointer:
             candidate, args=ocp.args.StandardRestore(abstract_like(target)))
         reason = self._verify(candidate, restored)
       except Exception as err:  # pylint: disable=broad-except
-        reason = _short(err)
+        reason = f"its array data is unreadable: {_short(err)}"
       if reason is None:
         self.restored_step = candidate
         return restored
@@ -251,8 +258,30 @@ class Checkpointer:
   def _warn_fallback(self, step: int, reason: str, steps: List[int]) -> None:
     older = [s for s in steps if s < step]
     then = f"falling back to step {older[0]}" if older else "no older step left"
-    logging.warning("checkpoint step %d in %s cannot be used (%s); %s", step, self.directory,
-                    reason, then)
+    self.damaged_steps.append(step)
+    if jax.process_index() == 0:
+      print(f"warning: checkpoint step {step} in {self.directory} cannot be used ({reason}); "
+            f"{then}", file=sys.stderr, flush=True)
+
+  def set_aside_damaged(self) -> None:
+    """Moves the steps a restore skipped to `<workdir>/checkpoints_damaged/`, kept for study.
+
+    Training calls this after falling back, so that it can save those steps anew.
+    """
+    if not self.damaged_steps:
+      return
+    self.wait()
+    if jax.process_index() == 0:
+      aside = epath.Path(self.directory).parent / "checkpoints_damaged"
+      aside.mkdir(parents=True, exist_ok=True)
+      for step in self.damaged_steps:
+        target = aside / str(step)
+        if target.exists():
+          target = aside / f"{step}.{len(list(aside.iterdir()))}"
+        (epath.Path(self.directory) / str(step)).rename(target)
+        logging.warning("moved damaged checkpoint step %d to %s", step, target)
+    self.damaged_steps = []
+    self._manager.reload()
 
   def wait(self) -> None:
     """Blocks until pending asynchronous saves (and their checksums) are on disk."""
@@ -265,7 +294,24 @@ class Checkpointer:
     self._manager.close()
 
 
+@contextlib.contextmanager
+def _orbax_quiet():
+  """Silences Orbax's own error logs (pages of traceback) while damaged steps are tried;
+  the fallback warnings say what happened in one line each."""
+  previous, hook = logging.get_verbosity(), sys.excepthook
+  if previous < logging.DEBUG:
+    logging.set_verbosity(logging.FATAL)
+    # TensorStore's callbacks into a closed asyncio loop print through sys.excepthook.
+    sys.excepthook = lambda *args: None
+  try:
+    yield
+  finally:
+    logging.set_verbosity(previous)
+    sys.excepthook = hook
+
+
 def _short(err: BaseException) -> str:
   """The first line of an error, shortened: Orbax/TensorStore messages run to pages."""
   text = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-  return (text[:160] + "...") if len(text) > 160 else text
+  text = text.split(" See full TensorStore details")[0]
+  return (text[:120] + "...") if len(text) > 120 else text

@@ -156,10 +156,11 @@ def state_from_params(exp: Experiment, params: Any) -> TrainState:
 def initial_state(exp: Experiment, ckpt: checkpoint.Checkpointer,
                   rng: jax.Array) -> Tuple[TrainState, InitSummary]:
   """The run's first state (see the module doc) and the summary of where it came from."""
-  step = ckpt.latest_step()
-  if step is not None:
+  if ckpt.latest_step() is not None:
+    # The newest step that reads and verifies; damaged ones are skipped with a warning.
     state = ckpt.restore(exp.abstract_state())
-    detail = f"step {step} in {ckpt.directory}"
+    ckpt.set_aside_damaged()
+    detail = f"step {ckpt.restored_step} in {ckpt.directory}"
     if configured_sources(exp.config):
       detail += "; the configured init_from checkpoints are not read when resuming"
     return state, InitSummary("resume", detail)

@@ -1,4 +1,4 @@
-"""SIGTERM handling: finish the current step, save a checkpoint, exit cleanly.
+"""SIGTERM and Ctrl-C handling: finish the current step, save a checkpoint, exit cleanly.
 
 Cloud TPU and SLURM send SIGTERM before taking a machine away. On several
 processes every host must stop at the same step, so the flag is agreed on with
@@ -8,6 +8,7 @@ an all-gather (cheap next to a train step).
 from __future__ import annotations
 
 import signal
+import sys
 
 import jax
 import numpy as np
@@ -15,9 +16,12 @@ from jax.experimental import multihost_utils
 
 
 class PreemptionWatcher:
-  """Records SIGTERM (and SIGUSR1, SLURM's early warning) instead of dying at once."""
+  """Records SIGTERM, SIGUSR1 (SLURM's early warning) and SIGINT instead of dying at once.
 
-  SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
+  A second Ctrl-C (SIGINT) raises KeyboardInterrupt at once, without saving.
+  """
+
+  SIGNALS = (signal.SIGTERM, signal.SIGUSR1, signal.SIGINT)
 
   def __init__(self):
     self._flag = False
@@ -29,7 +33,12 @@ class PreemptionWatcher:
         pass
 
   def _handle(self, signum, frame):
-    del signum, frame
+    del frame
+    if signum == signal.SIGINT:
+      if self._flag:
+        raise KeyboardInterrupt
+      print("stopping: saving a checkpoint at the end of this step (Ctrl-C again to quit "
+            "without saving)", file=sys.stderr, flush=True)
     self._flag = True
 
   def requested(self) -> bool:

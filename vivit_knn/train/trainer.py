@@ -92,44 +92,51 @@ def train(config: ml_collections.ConfigDict, workdir: str,
   bar = ProgressBar(exp.total_steps, initial=start, desc=config.experiment_name, enabled=is_chief)
   history, last = [], {}
   stop = preemption.PreemptionWatcher()
-  for step in range(start, exp.total_steps):
-    if exp.objective.phase(step) != phase:
-      phase = exp.objective.phase(step)
-      logging.info("Objective phase %r from step %d", phase, step)
-      frozen = exp.objective.init_frozen(exp, phase)
-      train_step = steps.make_train_step(exp, frozen, phase)
-    batch = sharding.shard_batch(next(batches), exp.mesh)
-    state, step_metrics = train_step(state, batch, train_rng, frozen)
-    history.append(step_metrics)
-    done = step + 1
-    due_log = done % cfg.log_every_steps == 0 or done == exp.total_steps
-    due_save = done % cfg.checkpoint_every_steps == 0
-    if due_log or due_save:
-      # Never save (or go on from) a state whose loss went non-finite.
-      _check_finite(history, done, ckpt, state)
-    if due_log:
-      last = _mean_metrics(history)
-      history = []
-      writer.write_scalars(done, {f"train/{k}": v for k, v in last.items()})
-      skipped = exp.dataset.skipped_examples()
-      if skipped:
-        writer.write_scalars(done, {f"data/skipped_{k}": v for k, v in skipped.items()})
-    bar.update(1, **{k: last[k] for k in ("loss", "top1") if k in last})
-    ckpt.save(done, state)
-    if cfg.debug_kill_after_step and done == cfg.debug_kill_after_step:
-      ckpt.wait()
-      os.kill(os.getpid(), signal.SIGKILL)  # simulated hard preemption
-    if stop.requested():
-      _check_finite(history, done, ckpt, state)
-      ckpt.save(done, state, force=True)
-      ckpt.close()
-      bar.close()
-      writer.close()
-      stop.restore()
-      logging.warning("Preempted: saved step %d in %s; rerun the same command to resume.",
-                      done, ckpt.directory)
-      return {"train": last, "step": done, "state": state, "preempted": True,
-              "class_names": exp.dataset.info.class_names}
+  try:
+    for step in range(start, exp.total_steps):
+      if exp.objective.phase(step) != phase:
+        phase = exp.objective.phase(step)
+        logging.info("Objective phase %r from step %d", phase, step)
+        frozen = exp.objective.init_frozen(exp, phase)
+        train_step = steps.make_train_step(exp, frozen, phase)
+      batch = sharding.shard_batch(next(batches), exp.mesh)
+      state, step_metrics = train_step(state, batch, train_rng, frozen)
+      history.append(step_metrics)
+      done = step + 1
+      due_log = done % cfg.log_every_steps == 0 or done == exp.total_steps
+      due_save = done % cfg.checkpoint_every_steps == 0
+      if due_log or due_save:
+        # Never save (or go on from) a state whose loss went non-finite.
+        _check_finite(history, done, ckpt, state)
+      if due_log:
+        last = _mean_metrics(history)
+        history = []
+        writer.write_scalars(done, {f"train/{k}": v for k, v in last.items()})
+        skipped = exp.dataset.skipped_examples()
+        if skipped:
+          writer.write_scalars(done, {f"data/skipped_{k}": v for k, v in skipped.items()})
+      bar.update(1, **{k: last[k] for k in ("loss", "top1") if k in last})
+      ckpt.save(done, state)
+      if cfg.debug_kill_after_step and done == cfg.debug_kill_after_step:
+        ckpt.wait()
+        os.kill(os.getpid(), signal.SIGKILL)  # simulated hard preemption
+      if stop.requested():
+        _check_finite(history, done, ckpt, state)
+        ckpt.save(done, state, force=True)
+        ckpt.close()
+        bar.close()
+        writer.close()
+        stop.restore()
+        logging.warning("Preempted: saved step %d in %s; rerun the same command to resume.",
+                        done, ckpt.directory)
+        return {"train": last, "step": done, "state": state, "preempted": True,
+                "class_names": exp.dataset.info.class_names}
+  except BaseException:
+    # Errors and Ctrl-C end the bar's line first, so the message stands on its own line.
+    bar.close()
+    writer.close()
+    stop.restore()
+    raise
   stop.restore()
   ckpt.save(exp.total_steps, state, force=True)
   ckpt.close()
@@ -145,20 +152,35 @@ def train(config: ml_collections.ConfigDict, workdir: str,
   return result
 
 
+def _report_dir(workdir: str, output_dir: Optional[str]) -> str:
+  """Where eval reports go: `output_dir`, else the workdir when it can be written."""
+  if output_dir:
+    return output_dir
+  path = str(checkpoint.resolve(workdir))
+  if "://" not in path and os.path.isdir(path) and not os.access(path, os.W_OK):
+    raise PermissionError(f"--workdir={workdir} is not writable; pass --output_dir=<dir> for "
+                          "the eval reports")
+  return workdir
+
+
 def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str,
-                        step: Optional[int] = None) -> Dict[str, Any]:
+                        step: Optional[int] = None,
+                        output_dir: Optional[str] = None) -> Dict[str, Any]:
   """Restores a checkpoint from `workdir` (latest by default) and evaluates it.
 
   A workdir without checkpoints evaluates the weights `config.init_from` configures
   (e.g. a released classifier with `init_from.restore_head`), reported as step 0,
-  without training; with nothing configured that is an error.
+  without training; with nothing configured that is an error, and nothing is
+  created. Reports go to `output_dir` (default: the workdir), so a finished run in
+  a read-only folder can be evaluated.
   """
+  reports = _report_dir(workdir, output_dir)
   exp = build_experiment(config)
   summary = None
   if checkpoint.has_checkpoints(workdir):
     ckpt = checkpoint.Checkpointer(workdir, keep=config.train.keep_checkpoints)
-    step = ckpt.latest_step() if step is None else step
-    params = ckpt.restore(exp.abstract_state(), step=step).params
+    params = ckpt.restore(exp.abstract_state(), step=step).params  # newest readable by default
+    step = ckpt.restored_step
     ckpt.close()
   elif initialisation.configured_sources(config):
     host_params, summary = initialisation.initial_params(exp, _rngs(config.seed)[0])
@@ -172,7 +194,7 @@ def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str,
         f"{checkpoint.resolve(workdir) / 'checkpoints'}); train first, point --workdir at a "
         "training run, or configure init_from to evaluate pretrained weights")
   result = evaluation.run_eval(exp, params)
-  with MetricWriter(os.path.join(workdir, "eval"), enabled=jax.process_index() == 0) as writer:
-    paths = evaluation.write_eval_report(exp, result, workdir, step, writer)
+  with MetricWriter(os.path.join(reports, "eval"), enabled=jax.process_index() == 0) as writer:
+    paths = evaluation.write_eval_report(exp, result, reports, step, writer)
   return {"eval": result, "eval_paths": paths, "step": step, "init": summary,
           "class_names": exp.dataset.info.class_names}

@@ -18,11 +18,11 @@ from __future__ import annotations
 
 import os
 import shutil
-import sys
-from typing import Any, List, Mapping, Optional, Sequence
+from typing import Any, Mapping, Optional, Sequence
 
-from absl import app, flags
+from absl import flags
 
+from vivit_knn import cli
 from vivit_knn.weights import formats, load
 from vivit_knn.weights.image_vit import infer_arch
 from vivit_knn.weights.tree import flatten
@@ -83,30 +83,17 @@ def convert(src: str, checkpoint_format: str, dst: str, overwrite: bool = False,
 
 
 def main(argv: Sequence[str]) -> None:
-  """Converts --from to --to and prints what was written; errors exit with status 2."""
-  try:
-    if len(argv) > 1:
-      raise _UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
-    for flag in (_FROM, _FORMAT, _TO):
-      if not flag.value:
-        raise _UsageError(f"--{flag.name} is required")
-    if _FORMAT.value not in formats.LOADABLE_FORMATS:
-      raise _UsageError(f"--format must be one of {', '.join(formats.LOADABLE_FORMATS)}, got "
-                        f"{_FORMAT.value!r}")
-    print(convert(_FROM.value, _FORMAT.value, _TO.value, _OVERWRITE.value, _NUM_HEADS.value))
-  except (OSError, ValueError, ImportError) as err:
-    print(f"error: {err}", file=sys.stderr)
-    sys.exit(2)
-
-
-def parse_flags(argv: Sequence[str]) -> List[str]:
-  """Parses the flags; a bad flag is reported like any other error (`error: ...`, status 2)."""
-  try:
-    return flags.FLAGS(list(argv))
-  except flags.Error as err:
-    print(f"error: {err}", file=sys.stderr)
-    sys.exit(2)
+  """Converts --from to --to and prints what was written (errors: see `vivit_knn.cli`)."""
+  if len(argv) > 1:
+    raise _UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+  for flag in (_FROM, _FORMAT, _TO):
+    if not flag.value:
+      raise _UsageError(f"--{flag.name} is required")
+  if _FORMAT.value not in formats.LOADABLE_FORMATS:
+    raise _UsageError(f"--format must be one of {', '.join(formats.LOADABLE_FORMATS)}, got "
+                      f"{_FORMAT.value!r}")
+  print(convert(_FROM.value, _FORMAT.value, _TO.value, _OVERWRITE.value, _NUM_HEADS.value))
 
 
 if __name__ == "__main__":
-  app.run(main, flags_parser=parse_flags)
+  cli.run(main)
