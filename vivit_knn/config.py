@@ -150,7 +150,10 @@ def base_config() -> ConfigDict:
       "init_from": init_from_config(),
       "distill": distill_config(),
       "optimizer": optim.default_config(),
-      "loss": {"label_smoothing": 0.0, "mixup_alpha": 0.0},
+      # `objective`: the training objective by name ('' = chosen from the model and
+      # `distill`: 'classification', 'verb_noun' for a two-head CAST, 'distill' with
+      # distill.method); see vivit_knn/train/objectives.py.
+      "loss": {"label_smoothing": 0.0, "mixup_alpha": 0.0, "objective": ""},
       "train": {
           "global_batch_size": 32,
           # Either a step count, or (when num_train_steps <= 0) epochs of the train split.
