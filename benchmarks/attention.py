@@ -95,8 +95,8 @@ def main(argv=None):
 
   forward = {
       "dense": lambda q, k_, v: attention.dot_product_attention(q, k_, v),
-      "knn radix": lambda q, k_, v: attention.dot_product_attention(q, k_, v, kind="knn",
-                                                                    knn_k=k),
+      "knn radix": lambda q, k_, v: attention.dot_product_attention(
+          q, k_, v, attention.AttentionSpec("knn", k)),
       "knn lax.top_k": lambda q, k_, v: naive_topk_knn_attention(q, k_, v, k),
       "dense, all logits at once": all_at_once_dense_attention,
   }

@@ -31,7 +31,8 @@ import numpy as np  # pylint: disable=g-import-not-at-top
 import tensorflow as tf  # pylint: disable=g-import-not-at-top
 from absl import logging  # pylint: disable=g-import-not-at-top
 
-from vivit_knn.data import convert, registry, testing  # pylint: disable=g-import-not-at-top
+from tests import video_fixtures as testing  # pylint: disable=g-import-not-at-top
+from vivit_knn.data import convert, registry  # pylint: disable=g-import-not-at-top
 
 CLIP = dict(num_frames=8, frame_stride=2, image_size=224)
 SETTINGS = {

@@ -7,8 +7,9 @@ alter behaviour, and compare.
   python tests/fingerprint_configs.py --out=after.json --compare=before.json
 
 For each config: every key's value, a SHA-256 of the initial parameters (names,
-shapes, dtypes and bytes, seed `config.seed`), and the loss of one forward pass on a
-fixed random clip (train=False), bit for bit. Keys added after the baseline are
+shapes, dtypes and bytes, seed `config.seed`), and the logits and loss of one forward
+pass (train=False) on a fixed random clip with every parameter perturbed by a fixed
+draw (so zero-initialised heads do not hide the rest), bit for bit. Keys added after the baseline are
 reported but not counted as differences.
 """
 
@@ -54,10 +55,19 @@ def fingerprint(name):
     leaf = np.asarray(leaf)
     digest.update(f"{jax.tree_util.keystr(path)}{leaf.shape}{leaf.dtype}".encode())
     digest.update(leaf.tobytes())
-  logits, _ = model.apply({"params": params}, x, train=False)
-  loss = float(-jax.nn.log_softmax(logits.astype(jnp.float32))[0, 0])
+  # Zero-initialised heads make the logits of fresh parameters all zero: perturb every
+  # leaf (a fixed draw per leaf, in path order) so the forward pass depends on all of them.
+  rng = np.random.default_rng(1)
+  leaves = sorted(jax.tree_util.tree_leaves_with_path(params), key=lambda t: str(t[0]))
+  noise = {jax.tree_util.keystr(p): rng.normal(size=np.shape(v)).astype(np.float32)
+           for p, v in leaves}
+  perturbed = jax.tree_util.tree_map_with_path(
+      lambda p, v: v + 0.02 * noise[jax.tree_util.keystr(p)].astype(v.dtype), params)
+  logits, _ = model.apply({"params": perturbed}, x, train=False)
+  logits = np.asarray(logits, np.float32)
+  loss = float(-jax.nn.log_softmax(jnp.asarray(logits))[0, 0])
   return {"values": _flat(config.to_dict()), "params_sha256": digest.hexdigest(),
-          "loss": loss.hex()}
+          "logits_sha256": hashlib.sha256(logits.tobytes()).hexdigest(), "loss": loss.hex()}
 
 
 def main():
@@ -94,11 +104,11 @@ def main():
       print(f"{name}: {key}: {old} -> {new}")
     if added:
       print(f"{name}: new keys (not differences): {', '.join(added)}")
-    for field in ("params_sha256", "loss"):
+    for field in ("params_sha256", "logits_sha256", "loss"):
       if got[field] != want[field]:
         print(f"{name}: {field} differs")
-    bad += bool(changed) + (got["params_sha256"] != want["params_sha256"]) + (
-        got["loss"] != want["loss"])
+    bad += bool(changed) + sum(got[f] != want[f] for f in ("params_sha256", "logits_sha256",
+                                                           "loss"))
   print(f"{len(base)} configs compared, {bad} differences")
   return 1 if bad else 0
 

@@ -1,4 +1,4 @@
-"""Tests for vivit_knn.models.attention: exact k-th largest, dense / k-NN / factorised attention."""
+"""Attention: exact k-th largest, dense / k-NN / factorised attention, the kind registry."""
 
 import math
 
@@ -9,6 +9,9 @@ import pytest
 from jax import lax
 
 from vivit_knn.models import attention as att
+from vivit_knn.models import attention_backends as backends
+from vivit_knn.models import kth_largest as kth
+from vivit_knn.models.attention import AttentionSpec
 
 
 def _rng(seed=0):
@@ -75,7 +78,7 @@ def _hard_rows(n, seed):
 def test_kth_largest_matches_numpy_sort(n):
   x = _hard_rows(n, seed=n)
   for k in sorted({1, max(1, n // 2), max(1, (2 * n) // 3), n}):
-    got = att.kth_largest(jnp.asarray(x), k)
+    got = kth.kth_largest(jnp.asarray(x), k)
     assert got.shape == (9, 1) and got.dtype == jnp.float32
     np.testing.assert_array_equal(np.asarray(got), _ref_kth(x, k), err_msg=f"n={n} k={k}")
 
@@ -85,22 +88,22 @@ def test_kth_largest_batched_and_chunked(monkeypatch):
   x = rng.standard_normal((2, 3, 13, 40)).astype(np.float32)
   x[0, 1, :, 5:30] = -np.inf
   want = {k: _ref_kth(x, k) for k in (1, 27, 40)}
-  np.testing.assert_array_equal(np.asarray(jax.jit(att.kth_largest, static_argnums=1)(x, 27)),
+  np.testing.assert_array_equal(np.asarray(jax.jit(kth.kth_largest, static_argnums=1)(x, 27)),
                                 want[27])
   # Force the CPU chunking: 78 rows in chunks of 6, then 13 rows padded to 2 x 8.
-  monkeypatch.setattr(att, "_SEARCH_ELEMS", 8 * att._row_layout(40).padded)
+  monkeypatch.setattr(kth, "_SEARCH_ELEMS", 8 * kth.row_layout(40).padded)
   for k, ref in want.items():
-    np.testing.assert_array_equal(np.asarray(att.kth_largest(x, k)), ref)
-    np.testing.assert_array_equal(np.asarray(att.kth_largest(x[0, 1], k)), ref[0, 1])
+    np.testing.assert_array_equal(np.asarray(kth.kth_largest(x, k)), ref)
+    np.testing.assert_array_equal(np.asarray(kth.kth_largest(x[0, 1], k)), ref[0, 1])
 
 
 def test_kth_largest_one_dim_and_low_precision():
   rng = _rng(2)
   x = rng.standard_normal(50).astype(np.float32)
-  np.testing.assert_array_equal(np.asarray(att.kth_largest(x, 17)), _ref_kth(x, 17))
+  np.testing.assert_array_equal(np.asarray(kth.kth_largest(x, 17)), _ref_kth(x, 17))
   for dtype in (jnp.bfloat16, jnp.float16):
     y = jnp.asarray(rng.standard_normal((4, 30)) * 3, dtype=dtype).at[0, :10].set(-jnp.inf)
-    got = att.kth_largest(y, 20)
+    got = kth.kth_largest(y, 20)
     assert got.dtype == dtype and got.shape == (4, 1)
     np.testing.assert_array_equal(np.asarray(got, np.float32),
                                   _ref_kth(np.asarray(y, np.float32), 20))
@@ -109,9 +112,9 @@ def test_kth_largest_one_dim_and_low_precision():
 def test_no_sort_or_top_k_is_used():
   x = jnp.zeros((4, 33))
   q = jnp.zeros((2, 17, 3, 8))
-  jaxprs = [jax.make_jaxpr(lambda x: att.kth_largest(x, 5))(x),
-            jax.make_jaxpr(lambda q: att.dot_product_attention(q, q, q, kind="knn",
-                                                               knn_k=5))(q)]
+  jaxprs = [jax.make_jaxpr(lambda x: kth.kth_largest(x, 5))(x),
+            jax.make_jaxpr(lambda q: att.dot_product_attention(q, q, q,
+                                                               AttentionSpec("knn", 5)))(q)]
   for jaxpr in jaxprs:
     text = str(jaxpr)
     assert "scan" in text  # the bit-by-bit search loop is there...
@@ -122,15 +125,15 @@ def test_kth_largest_rejects_bad_arguments():
   x = jnp.zeros((2, 5))
   for k in (0, 6, -1, True, 2.0, None):
     with pytest.raises(ValueError, match="k must be an int in"):
-      att.kth_largest(x, k)
+      kth.kth_largest(x, k)
   with pytest.raises(TypeError):
-    att.kth_largest(jnp.zeros((2, 5), jnp.int32), 1)
+    kth.kth_largest(jnp.zeros((2, 5), jnp.int32), 1)
 
 
 def test_knn_mask_logits_keeps_ties_and_masks_the_rest():
   logits = jnp.asarray([[3.0, 1.0, 2.0, 2.0, 0.0, 2.0],
                         [5.0, -1.0, 4.0, -2.0, 0.5, 6.0]])
-  out = np.asarray(att.knn_mask_logits(logits, 2))
+  out = np.asarray(kth.knn_mask_logits(logits, 2))
   # Row 0: the 2nd largest is 2.0, shared by three entries: all kept.
   np.testing.assert_array_equal(out[0], [3.0, -np.inf, 2.0, 2.0, -np.inf, 2.0])
   np.testing.assert_array_equal(out[1], [5.0, -np.inf, -np.inf, -np.inf, -np.inf, 6.0])
@@ -166,7 +169,7 @@ def test_knn_attention_matches_numpy_reference(knn_k, path):
   kwargs = {}
   if path == "all-at-once":
     kwargs["bias"] = jnp.zeros((h, n, n))  # any bias selects the all-at-once path
-  out = att.dot_product_attention(q, k, v, kind="knn", knn_k=knn_k, **kwargs)
+  out = att.dot_product_attention(q, k, v, AttentionSpec("knn", knn_k), **kwargs)
   assert out.shape == (b, n, h, d) and out.dtype == jnp.float32
   want = _ref_attention(q, k, v, knn=att.resolve_knn_k(knn_k, n))
   np.testing.assert_allclose(np.asarray(out), want, rtol=1e-5, atol=1e-5)
@@ -178,7 +181,7 @@ def test_knn_with_all_keys_equals_dense():
   q, k, v = _qkv((2, 17, 3, 8), seed=3)
   for bias in (None, jnp.zeros(())):
     dense = att.dot_product_attention(q, k, v, bias=bias)
-    knn = att.dot_product_attention(q, k, v, kind="knn", knn_k=17, bias=bias)
+    knn = att.dot_product_attention(q, k, v, AttentionSpec("knn", 17), bias=bias)
     np.testing.assert_allclose(np.asarray(knn), np.asarray(dense), rtol=1e-6, atol=1e-6)
   np.testing.assert_allclose(np.asarray(dense), _ref_attention(q, k, v), rtol=1e-5, atol=1e-5)
 
@@ -192,7 +195,7 @@ def test_bias_and_mask_apply_before_knn():
   dense = att.dot_product_attention(q, k, v, bias=bias, mask=mask)
   np.testing.assert_allclose(np.asarray(dense), _ref_attention(q, k, v, bias=bias, mask=mask),
                              rtol=1e-5, atol=1e-5)
-  knn = att.dot_product_attention(q, k, v, kind="knn", knn_k=3, bias=bias, mask=mask)
+  knn = att.dot_product_attention(q, k, v, AttentionSpec("knn", 3), bias=bias, mask=mask)
   np.testing.assert_allclose(np.asarray(knn),
                              _ref_attention(q, k, v, knn=3, bias=bias, mask=mask),
                              rtol=1e-5, atol=1e-5)
@@ -209,34 +212,49 @@ def test_blockwise_blocking_matches_reference(monkeypatch, shape, heads_per_bloc
   q, k, v = _qkv(shape, seed=6)
   n = shape[1]
   knn_k = (2 * n) // 3
-  monkeypatch.setattr(att, "_MIN_Q_BLOCK", 1)
-  for kind, width in (("dense", n), ("knn", att._row_layout(n).padded)):
+  monkeypatch.setattr(backends, "_MIN_Q_BLOCK", 1)
+  for kind, width in (("dense", n), ("knn", kth.row_layout(n).padded)):
     if heads_per_block:
-      monkeypatch.setattr(att, "_BLOCK_ELEMS", heads_per_block * n * width)
+      monkeypatch.setattr(backends, "_BLOCK_ELEMS", heads_per_block * n * width)
     else:
-      monkeypatch.setattr(att, "_BLOCK_ELEMS", queries_per_block * width)
-    out = att.dot_product_attention(q, k, v, kind=kind, knn_k=knn_k)
+      monkeypatch.setattr(backends, "_BLOCK_ELEMS", queries_per_block * width)
+    out = att.dot_product_attention(q, k, v, AttentionSpec(kind, knn_k))
     want = _ref_attention(q, k, v, knn=knn_k if kind == "knn" else None)
     np.testing.assert_allclose(np.asarray(out), want, rtol=1e-5, atol=1e-5)
 
 
-def test_plan_blocks():
-  assert att._plan_blocks(24, 785, 800, 1 << 20, 64) == (1, 24, 785, 785)
-  assert att._plan_blocks(2352, 8, 32, 1 << 20, 64) == (2352, 2352, 8, 8)
-  assert att._plan_blocks(7, 13, 32, 5 * 13 * 32, 1) == (5, 10, 13, 13)
-  assert att._plan_blocks(2, 3137, 3200, 1 << 20, 64) == (1, 2, 327, 3270)
-  assert att._plan_blocks(2, 3136, 3136, 1 << 20, 64) == (1, 2, 224, 3136)
+@pytest.mark.parametrize("num_bh, num_q, width, block_elems, min_q_block", [
+    (24, 785, 800, 1 << 20, 64), (2352, 8, 32, 1 << 20, 64), (7, 13, 32, 5 * 13 * 32, 1),
+    (2, 3137, 3200, 1 << 20, 64), (2, 3136, 3136, 1 << 20, 64), (13, 1, 1, 4, 1),
+])
+def test_block_plans_cover_every_row_within_the_budget(num_bh, num_q, width, block_elems,
+                                                       min_q_block):
+  group, num_bh_pad, q_block, num_q_pad = backends._plan_blocks(num_bh, num_q, width,
+                                                                block_elems, min_q_block)
+  # Blocks tile the padded rows exactly and cover every real row.
+  assert num_bh_pad % group == 0 and num_bh <= num_bh_pad < num_bh + group
+  assert num_q_pad % q_block == 0 and num_q <= num_q_pad < num_q + q_block
+  # A block stays within the budget unless one head's minimal query block exceeds it.
+  assert group * q_block * width <= max(block_elems, min(num_q, min_q_block) * width)
+  # Heads are only grouped when whole heads fit; then their queries are not split.
+  assert group == 1 or q_block == num_q
 
 
 def test_accelerator_path_matches_reference(monkeypatch):
-  # Off CPU, attention is computed all at once and rows are searched unchunked.
-  monkeypatch.setattr(att, "_on_cpu", lambda: False)
+  # Off CPU (or in one_piece_paths), attention is computed all at once and rows are
+  # searched unchunked; the blockwise path must not run.
+  def no_blockwise(*args, **kwargs):
+    raise AssertionError("the blockwise path ran inside one_piece_paths()")
+
+  monkeypatch.setattr(backends, "_blockwise_attention", no_blockwise)
   q, k, v = _qkv((2, 17, 3, 8), seed=11)
-  out = att.dot_product_attention(q, k, v, kind="knn", knn_k=7)
+  with att.one_piece_paths():
+    out = att.dot_product_attention(q, k, v, AttentionSpec("knn", 7))
+    x = _hard_rows(40, seed=12)
+    thresh = kth.kth_largest(x, 13)
   np.testing.assert_allclose(np.asarray(out), _ref_attention(q, k, v, knn=7),
                              rtol=1e-5, atol=1e-5)
-  x = _hard_rows(40, seed=12)
-  np.testing.assert_array_equal(np.asarray(att.kth_largest(x, 13)), _ref_kth(x, 13))
+  np.testing.assert_array_equal(np.asarray(thresh), _ref_kth(x, 13))
 
 
 def test_dropout_and_dtype():
@@ -248,7 +266,7 @@ def test_dropout_and_dtype():
   with pytest.raises(ValueError, match="dropout_rng"):
     att.dot_product_attention(q, k, v, dropout_rate=0.5, deterministic=False)
   out = att.dot_product_attention(q.astype(jnp.bfloat16), k.astype(jnp.bfloat16),
-                                  v.astype(jnp.bfloat16), kind="knn", knn_k=3)
+                                  v.astype(jnp.bfloat16), AttentionSpec("knn", 3))
   assert out.dtype == jnp.bfloat16
   assert att.dot_product_attention(q, k, v, dtype=jnp.bfloat16).dtype == jnp.bfloat16
 
@@ -256,9 +274,10 @@ def test_dropout_and_dtype():
 def test_unknown_kind_raises():
   q, k, v = _qkv((1, 4, 2, 4))
   with pytest.raises(ValueError, match="kind"):
-    att.dot_product_attention(q, k, v, kind="sparse")
+    att.dot_product_attention(q, k, v, AttentionSpec("sparse"))
   with pytest.raises(ValueError, match="kind"):
-    att.factorized_dot_product_attention(q[:, None], k[:, None], v[:, None], kind="sparse")
+    att.factorized_dot_product_attention(q[:, None], k[:, None], v[:, None],
+                                         AttentionSpec("sparse"))
 
 
 def test_knn_attention_jit_and_grad():
@@ -268,7 +287,7 @@ def test_knn_attention_jit_and_grad():
   def loss(fn):
     return lambda q, k, v: jnp.sum(fn(q, k, v) * w)
 
-  knn = loss(lambda q, k, v: att.dot_product_attention(q, k, v, kind="knn", knn_k=6))
+  knn = loss(lambda q, k, v: att.dot_product_attention(q, k, v, AttentionSpec("knn", 6)))
 
   def topk_reference(q, k, v):  # same masking, threshold from lax.top_k
     logits = jnp.einsum("bqhd,bkhd->bhqk", q, k) / math.sqrt(8)
@@ -308,7 +327,7 @@ def _ref_factorized(q, k, v, knn_k=None):
 @pytest.mark.parametrize("kind, knn_k", [("dense", None), ("knn", 2 / 3)])
 def test_factorized_attention_matches_reference(kind, knn_k):
   q, k, v = _qkv((2, 4, 6, 4, 8), seed=10)
-  out = att.factorized_dot_product_attention(q, k, v, kind=kind, knn_k=knn_k)
+  out = att.factorized_dot_product_attention(q, k, v, AttentionSpec(kind, knn_k))
   assert out.shape == q.shape
   np.testing.assert_allclose(np.asarray(out), _ref_factorized(q, k, v, knn_k),
                              rtol=1e-5, atol=1e-5)
@@ -358,12 +377,12 @@ def test_mha_knn_with_all_keys_equals_dense_and_dtypes():
   dense = att.MultiHeadAttention(num_heads=3)
   params = dense.init(jax.random.key(0), x)
   y_dense = dense.apply(params, x)
-  y_knn = att.MultiHeadAttention(num_heads=3, kind="knn", knn_k=17).apply(params, x)
+  y_knn = att.MultiHeadAttention(num_heads=3, attention=AttentionSpec("knn", 17)).apply(params, x)
   np.testing.assert_allclose(np.asarray(y_knn), np.asarray(y_dense), rtol=1e-6, atol=1e-6)
-  y_knn_small = att.MultiHeadAttention(num_heads=3, kind="knn", knn_k=0.3).apply(params, x)
+  y_knn_small = att.MultiHeadAttention(num_heads=3, attention=AttentionSpec("knn", 0.3)).apply(params, x)
   assert not np.allclose(np.asarray(y_knn_small), np.asarray(y_dense), atol=1e-4)
 
-  low = att.MultiHeadAttention(num_heads=3, kind="knn", knn_k=0.5, dtype=jnp.bfloat16)
+  low = att.MultiHeadAttention(num_heads=3, attention=AttentionSpec("knn", 0.5), dtype=jnp.bfloat16)
   params16, y16 = _init_apply(low, x)
   assert y16.dtype == jnp.bfloat16
   assert all(p.dtype == jnp.float32 for p in jax.tree.leaves(params16))
@@ -372,7 +391,7 @@ def test_mha_knn_with_all_keys_equals_dense_and_dtypes():
 def test_mha_factorized_hook_dropout_and_validation():
   x = jnp.asarray(_rng(13).standard_normal((2, 3, 5, 16)), jnp.float32)
   params, out = _init_apply(att.MultiHeadAttention(num_heads=4, factorized=True,
-                                                   kind="knn", knn_k=2 / 3), x)
+                                                   attention=AttentionSpec("knn", 2 / 3)), x)
   assert out.shape == x.shape
 
   tokens = jnp.asarray(_rng(14).standard_normal((2, 17, 24)), jnp.float32)
@@ -412,8 +431,8 @@ def test_flash_dense_padding_equals_dense_attention(n):
 
 def test_flash_path_is_used_only_where_cudnn_can_run():
   half = jnp.zeros((1, 8, 2, 64), jnp.bfloat16)
-  assert not att._flash_eligible(half, half) or jax.default_backend() == "gpu"
-  assert not att._flash_eligible(jnp.zeros((1, 8, 2, 64), jnp.float32),
+  assert not backends._flash_eligible(half, half) or jax.default_backend() == "gpu"
+  assert not backends._flash_eligible(jnp.zeros((1, 8, 2, 64), jnp.float32),
                                        jnp.zeros((1, 8, 2, 64), jnp.float32))
-  assert not att._flash_eligible(jnp.zeros((1, 8, 2, 60), jnp.bfloat16),
+  assert not backends._flash_eligible(jnp.zeros((1, 8, 2, 60), jnp.bfloat16),
                                        jnp.zeros((1, 8, 2, 60), jnp.bfloat16))

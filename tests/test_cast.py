@@ -10,8 +10,8 @@ import pytest
 
 from tests.tiny import load_config
 from vivit_knn import config as config_lib
-from vivit_knn.models.cast import (CAST, TRAINABLE_PATTERNS, BCASTBlock, joint_action_log_probs,
-                                   merge_expert_params)
+from vivit_knn.models.cast import CAST, TRAINABLE_PATTERNS, BCASTBlock, joint_action_log_probs
+from vivit_knn.weights.cast_experts import merge_expert_params
 from vivit_knn.models.experts import CLIPVisionExpert, VideoMAEExpert
 from vivit_knn.models.registry import build_model
 from vivit_knn.train import losses, multihead, optim

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from vivit_knn.data import (convert, dmvr, inference, jpeg, registry, testing,
-                            video_io)
+from tests import video_fixtures
+from vivit_knn.data import convert, registry, tfrecord, video_io
 
 SMALL = dict(num_frames=4, frame_stride=2, image_size=32, min_resize=40)
 
@@ -25,7 +25,7 @@ def corrupt_video(path):
 
 
 def truncated_video(path):
-  video_io.write_video(path, testing.synthetic_frames(90, 48, 64, 0))
+  video_io.write_video(path, video_fixtures.synthetic_frames(90, 48, 64, 0))
   with open(path, "rb") as f:
     data = f.read()
   with open(path, "wb") as f:
@@ -41,7 +41,7 @@ def damaged(tmp_path_factory):
   """UCF101 layout whose train list has a corrupt and an empty video and
   whose test list has a truncated one; plus its conversion."""
   base = tmp_path_factory.mktemp("damaged")
-  layout = testing.write_ucf101(str(base / "UCF101"), train_per_class=2,
+  layout = video_fixtures.write_ucf101(str(base / "UCF101"), train_per_class=2,
                                 test_per_class=1)
   bad = {"ApplyLipstick/v_ApplyLipstick_g01_c01.avi": corrupt_video,
          "Biking/v_Biking_g02_c01.avi": empty_video,
@@ -103,14 +103,14 @@ def _write_records(path, serialized):
 
 
 def test_tfrecord_source_skips_bad_records_and_a_truncated_shard(tmp_path):
-  good_frames = [jpeg.encode_jpeg(f) for f in
-                 testing.synthetic_frames(6, 32, 48, 1)]
-  good = dmvr.make_sequence_example(good_frames, 1)
+  good_frames = [convert.encode_jpeg(f) for f in
+                 video_fixtures.synthetic_frames(6, 32, 48, 1)]
+  good = tfrecord.make_sequence_example(good_frames, 1)
   eval_records = [
       good,
-      dmvr.make_sequence_example([b"\xff\xd8 not a jpeg"] * 6, 0),
-      dmvr.make_sequence_example([], 0),
-      dmvr.make_sequence_example(good_frames, 7),  # Only 2 classes.
+      tfrecord.make_sequence_example([b"\xff\xd8 not a jpeg"] * 6, 0),
+      tfrecord.make_sequence_example([], 0),
+      tfrecord.make_sequence_example(good_frames, 7),  # Only 2 classes.
       b"\x0a\xff\xff not a proto",
       good,
   ]
@@ -141,11 +141,11 @@ def test_inference_names_the_bad_file(damaged, tmp_path):
               "Biking/v_Biking_g02_c01.avi", "Diving/v_Diving_g03_c01.avi"):
     path = os.path.join(layout.root, rel)
     with pytest.raises(ValueError, match=os.path.basename(rel)):
-      inference.load_video_views(path, cfg)
+      registry.load_video_views(path, cfg)
   with pytest.raises(FileNotFoundError, match="absent.avi"):
-    inference.load_video_views(str(tmp_path / "absent.avi"), cfg)
+    registry.load_video_views(str(tmp_path / "absent.avi"), cfg)
   with pytest.raises(ValueError, match="synthetic"):
-    inference.load_video_views(
+    registry.load_video_views(
         os.path.join(layout.root, layout.test[0]),
         registry.DATASET_DEFAULTS["synthetic"]())
 

@@ -3,7 +3,8 @@
 import pytest
 
 from tests.tiny import load_config
-from vivit_knn.data import export, registry
+from tests.video_fixtures import export_synthetic
+from vivit_knn.data import registry
 from vivit_knn.train import trainer
 
 
@@ -27,7 +28,7 @@ def record_dataset_config(data_dir):
 
 @pytest.mark.slow
 def test_dk_vivit_learns_from_exported_tfrecords(tmp_path):
-  meta = export.export_synthetic(str(tmp_path / "records"))
+  meta = export_synthetic(str(tmp_path / "records"))
   assert meta["splits"]["train"]["num_examples"] == 2048
   config = load_config("synthetic_dk")
   config.dataset = record_dataset_config(str(tmp_path / "records"))

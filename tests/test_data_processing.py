@@ -7,9 +7,9 @@ import pytest
 import tensorflow as tf
 from PIL import Image, ImageOps
 
-from vivit_knn.data import augment, processors, sampling
+from vivit_knn.data import augment, processors
 from vivit_knn.data.options import ProcessSpec, processing_fields
-from vivit_knn.data.views import average_view_logits
+from vivit_knn.data.processors import average_view_logits
 
 
 def spec(**overrides):
@@ -33,23 +33,23 @@ def to_pixels(x):
 def test_train_indices_are_a_strided_window_inside_the_video():
   rng = np.random.default_rng(0)
   for _ in range(50):
-    idx = sampling.train_indices(40, 8, 2, rng)
+    idx = processors.train_indices(40, 8, 2, rng)
     assert np.all(np.diff(idx) == 2) and idx.min() >= 0 and idx.max() < 40
-  starts = {sampling.train_indices(40, 8, 2, rng)[0] for _ in range(300)}
+  starts = {processors.train_indices(40, 8, 2, rng)[0] for _ in range(300)}
   assert starts == set(range(40 - 15 + 1))  # Every fitting start is drawn.
 
 
 def test_short_videos_loop():
-  idx = sampling.train_indices(5, 8, 1, np.random.default_rng(1))
+  idx = processors.train_indices(5, 8, 1, np.random.default_rng(1))
   assert len(idx) == 8 and set(idx) == set(range(5))
   np.testing.assert_array_equal(np.diff(idx) % 5, np.ones(7))
 
 
 def test_test_indices_spread_clips_from_start_to_end():
-  idx = sampling.test_indices(100, 4, 3, 3).reshape(3, 4)
+  idx = processors.test_indices(100, 4, 3, 3).reshape(3, 4)
   np.testing.assert_array_equal(idx[:, 0], [0, 45, 90])
   assert idx[-1, -1] == 99
-  np.testing.assert_array_equal(sampling.test_indices(100, 4, 3, 1),
+  np.testing.assert_array_equal(processors.test_indices(100, 4, 3, 1),
                                 [45, 48, 51, 54])  # One clip: centred.
 
 

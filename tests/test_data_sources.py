@@ -6,10 +6,12 @@ import shutil
 
 import numpy as np
 import pytest
+import tensorflow as tf
 
+from tests import video_fixtures
 from tests.tiny import run_python
-from vivit_knn.data import (convert, dmvr, inference, metadata, records,
-                            registry, splits, testing, video_io)
+from vivit_knn.data import (convert, records, registry, splits, tfrecord,
+                            video_io)
 
 SMALL = dict(num_frames=4, frame_stride=2, image_size=32, min_resize=40)
 
@@ -25,7 +27,7 @@ def config(name, **fields):
 def ucf(tmp_path_factory):
   """A UCF101 folder (3 classes, 9 train / 6 test) and its TFRecords."""
   base = tmp_path_factory.mktemp("ucf")
-  layout = testing.write_ucf101(str(base / "UCF101"))
+  layout = video_fixtures.write_ucf101(str(base / "UCF101"))
   meta = convert.convert("ucf101", layout.root, str(base / "records"),
                          num_shards=2, num_workers=1, progress=False)
   return layout, str(base / "records"), meta
@@ -35,7 +37,7 @@ def ucf(tmp_path_factory):
 def hmdb(tmp_path_factory):
   """An HMDB51 folder (3 classes, 9 train / 6 test / 3 unused) + TFRecords."""
   base = tmp_path_factory.mktemp("hmdb")
-  layout = testing.write_hmdb51(str(base / "HMDB51"))
+  layout = video_fixtures.write_hmdb51(str(base / "HMDB51"))
   convert.convert("hmdb51", layout.root, str(base / "records"),
                   num_shards=3, num_workers=1, progress=False)
   return layout, str(base / "records")
@@ -53,7 +55,7 @@ def test_converter_writes_shards_with_metadata_and_offsets(ucf):
   layout, out, meta = ucf
   assert meta["splits"]["train"]["num_examples"] == 9
   assert meta["splits"]["test"]["num_examples"] == 6
-  assert metadata.read_class_names(os.path.join(out, "classes.txt")) == list(
+  assert tfrecord.read_class_names(os.path.join(out, "classes.txt")) == list(
       layout.class_names)
   for shard in meta["splits"]["train"]["shards"]:
     offsets, _, problem = records.scan_offsets(os.path.join(out,
@@ -63,9 +65,9 @@ def test_converter_writes_shards_with_metadata_and_offsets(ucf):
       os.path.join(out, "test.tfrecord@2")))
   seen = []
   for i in range(len(index)):
-    frames, label = dmvr.parse_sequence_example(index.read(i), "test")
-    example = dmvr.tf.train.SequenceExample.FromString(index.read(i))
-    name = example.context.feature[dmvr.FILENAME_KEY].bytes_list.value[0]
+    frames, label = tfrecord.parse_sequence_example(index.read(i), "test")
+    example = tf.train.SequenceExample.FromString(index.read(i))
+    name = example.context.feature[tfrecord.FILENAME_KEY].bytes_list.value[0]
     video = video_io.read_video(os.path.join(layout.root, name.decode()))
     assert len(frames) == len(video)  # Every frame is stored.
     assert layout.class_names[label] == name.decode().split("/")[0]
@@ -141,8 +143,8 @@ def b_index_of(dataset, layout, path):
   table = dataset._train
   for i in range(len(table)):
     raw = table._reader.read(i)
-    example = dmvr.tf.train.SequenceExample.FromString(raw)
-    if example.context.feature[dmvr.FILENAME_KEY].bytes_list.value[0] == (
+    example = tf.train.SequenceExample.FromString(raw)
+    if example.context.feature[tfrecord.FILENAME_KEY].bytes_list.value[0] == (
         rel.encode()):
       return i
   raise KeyError(rel)
@@ -157,11 +159,11 @@ def test_multiview_eval_batches_and_inference_views_agree(ucf):
   assert [b["inputs"].shape for b in batches] == [(4, 6, 4, 32, 32, 3)] * 2
   ev = eval_pass(ds)
   for i in (0, 5):
-    views = inference.load_video_views(os.path.join(layout.root,
+    views = registry.load_video_views(os.path.join(layout.root,
                                                     layout.test[i]), cfg)
     assert views.shape == (6, 4, 32, 32, 3) and views.dtype == np.float32
     np.testing.assert_allclose(views, ev["inputs"][i], atol=1e-5)
-  single = inference.load_video_views(
+  single = registry.load_video_views(
       os.path.join(layout.root, layout.test[0]),
       config("ucf101", format="folder", data_dir=layout.root))
   assert single.shape == (1, 4, 32, 32, 3)
@@ -241,7 +243,7 @@ def test_generic_folder_conversion_is_resumable(tmp_path):
     os.makedirs(root / name)
     for k in range(5):
       video_io.write_video(str(root / name / f"{k}.mp4"),
-                           testing.synthetic_frames(10, 32, 32, label, k))
+                           video_fixtures.synthetic_frames(10, 32, 32, label, k))
   out = str(tmp_path / "records")
   meta = convert.convert("folder", str(root), out, eval_fraction=0.2,
                          num_shards=2, num_workers=1, progress=False)
@@ -290,8 +292,8 @@ def test_convert_command_line_with_worker_processes(ucf, tmp_path):
   assert f"--config.dataset.data_dir={tmp_path}" in proc.stdout
   index = records.RecordIndex(records.expand_files(
       str(tmp_path / "test.tfrecord@3")))
-  frames, _ = dmvr.parse_sequence_example(index.read(0), "test")
-  image = dmvr.tf.io.decode_jpeg(frames[0]).numpy()
+  frames, _ = tfrecord.parse_sequence_example(index.read(0), "test")
+  image = tf.io.decode_jpeg(frames[0]).numpy()
   assert min(image.shape[:2]) == 32  # 48x64 frames downscaled to 32x43.
   bad = run_python(["-m", "vivit_knn.data.convert", "--format=hmdb51",
                     f"--root={layout.root}", f"--out={tmp_path / 'x'}"],

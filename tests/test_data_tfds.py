@@ -4,7 +4,8 @@ import numpy as np
 import pytest
 import tensorflow_datasets as tfds
 
-from vivit_knn.data import registry, testing
+from tests import video_fixtures
+from vivit_knn.data import registry
 
 SMALL = dict(num_frames=4, frame_stride=2, image_size=32, min_resize=36)
 
@@ -37,7 +38,7 @@ class TinyVideos(tfds.core.GeneratorBasedBuilder):
   def _generate_examples(self, count, offset):
     for i in range(count):
       label = i % 2
-      yield offset + i, {"video": testing.synthetic_frames(
+      yield offset + i, {"video": video_fixtures.synthetic_frames(
           10 + i, 24, 32, label, seed=i), "label": label}
 
 

@@ -4,8 +4,8 @@ import re
 
 import pytest
 
+from tests import video_fixtures
 from tests.tiny import run_python
-from vivit_knn.data import testing
 
 CLASSES = ("ApplyLipstick", "Biking", "Diving", "Drumming", "Fencing", "Surfing")
 
@@ -14,7 +14,7 @@ CLASSES = ("ApplyLipstick", "Biking", "Diving", "Drumming", "Fencing", "Surfing"
 def trained(tmp_path_factory):
   """A tiny Dk-ViViT trained for a few steps on a 6-class UCF101 folder layout."""
   tmp = tmp_path_factory.mktemp("infer")
-  layout = testing.write_ucf101(str(tmp / "ucf"), classes=CLASSES, train_per_class=2,
+  layout = video_fixtures.write_ucf101(str(tmp / "ucf"), classes=CLASSES, train_per_class=2,
                                 test_per_class=1, num_frames=12)
   cfg = tmp / "ucf_tiny.py"
   cfg.write_text(

@@ -17,7 +17,6 @@ import pytest
 
 from tests.tiny import load_config, tiny_config
 from vivit_knn import config as config_lib
-from vivit_knn.models import registry
 from vivit_knn.models.registry import build_model
 
 INPUT = (4, 24, 24, 3)  # 4 frames of 3x3 patches of 8x8
@@ -190,23 +189,31 @@ def assert_mlp_matches(inter, params, path, gelu, other, norm="LayerNorm_1", mlp
 # ----------------------------------------------------------------------------- tests
 
 
-def test_family_defaults_and_overrides():
-  for name, want in (("timesformer", "gelu_exact"), ("xvit", "gelu_exact"),
-                     ("vivit", "gelu_tanh"), ("student", "gelu_tanh")):
-    m = family_config(name).model
-    assert registry.mlp_activation(m) == want, name
-    m.mlp_activation = "quick_gelu"
-    assert registry.mlp_activation(m) == "quick_gelu", name
+def gelu_quick(x):
+  """CLIP's QuickGELU: x * sigmoid(1.702 x)."""
+  return x / (1.0 + np.exp(-1.702 * x))
+
+
+@pytest.mark.parametrize("name", ["timesformer", "xvit", "vivit", "student"])
+def test_an_override_reaches_every_family_s_mlp(name):
+  config = family_config(name, mlp_activation="quick_gelu")
+  p, _, inter = run_captured(config)
+  assert_mlp_matches(inter, p, ("Transformer", "encoderblock_0") if name != "vivit" else
+                     ("SpatialTransformer", "encoderblock_0"), gelu_quick, gelu_erf)
+
+
+def test_unknown_activation_names_the_field():
   m = family_config("timesformer").model
   m.mlp_activation = "gelu"
   with pytest.raises(ValueError, match=r"model\.mlp_activation"):
     build_model(m, 5)
+  with pytest.raises(ValueError, match=r"model\.mlp_activation"):
+    config_lib.check_model(m, INPUT)
 
 
 def test_cast_keeps_its_experts_activations():
   config = load_config("synthetic_cast")
-  assert registry.mlp_activation(config.model) == ""
-  build_model(config.model, 4)
+  build_model(config.model, 4)  # empty: each expert keeps its checkpoint's activation
   config.model.mlp_activation = "gelu_exact"
   with pytest.raises(ValueError, match=r"model\.mlp_activation"):
     build_model(config.model, 4)

@@ -28,8 +28,8 @@ def torchvision_state(depth, width=WIDTH, classes=CLASSES, seed=0):
     state[f"{name}.running_var"] = rng.uniform(0.5, 2.0, c).astype(np.float32)
     state[f"{name}.num_batches_tracked"] = np.array(7, np.int64)
 
-  kind, blocks = resnet.DEPTHS[depth]
-  expansion = resnet.EXPANSION[kind]
+  design, blocks = resnet.DEPTHS[depth]
+  expansion = resnet.EXPANSION[design]
   conv("conv1", width, 3, 7)
   bn("bn1", width)
   inplanes = width
@@ -38,7 +38,7 @@ def torchvision_state(depth, width=WIDTH, classes=CLASSES, seed=0):
     for j in range(count):
       p = f"layer{stage + 1}.{j}"
       stride = 2 if stage and not j else 1
-      if kind == "basic":
+      if design == "basic":
         conv(f"{p}.conv1", planes, inplanes, 3), bn(f"{p}.bn1", planes)
         conv(f"{p}.conv2", planes, planes, 3), bn(f"{p}.bn2", planes)
       else:
@@ -84,13 +84,13 @@ def _maxpool(x):
 
 def _np_resnet(s, depth, x):
   relu = lambda v: np.maximum(v, 0)
-  kind, blocks = resnet.DEPTHS[depth]
+  design, blocks = resnet.DEPTHS[depth]
   x = _maxpool(relu(_bn(_conv(x, s["conv1.weight"], 2, 3), s, "bn1")))
   for stage, count in enumerate(blocks):
     for j in range(count):
       p = f"layer{stage + 1}.{j}"
       stride = 2 if stage and not j else 1
-      if kind == "basic":
+      if design == "basic":
         y = relu(_bn(_conv(x, s[f"{p}.conv1.weight"], stride, 1), s, f"{p}.bn1"))
         y = _bn(_conv(y, s[f"{p}.conv2.weight"], 1, 1), s, f"{p}.bn2")
       else:

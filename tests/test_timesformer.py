@@ -9,7 +9,7 @@ import pytest
 
 from tests.tiny import tiny_config
 from vivit_knn import config as config_lib
-from vivit_knn.models.encoder import AttentionSpec
+from vivit_knn.models.attention import AttentionSpec
 from vivit_knn.models.registry import build_model
 from vivit_knn.models.spacetime_attention import DividedSpaceTimeBlock
 from vivit_knn.weights.timm import convert_timm

@@ -11,6 +11,7 @@ from tests.tiny import run_python
 from vivit_knn.weights import big_vision, vit_npz
 from vivit_knn.weights.image_vit import ImageViT, ImageViTArch, infer_arch
 from vivit_knn.weights.load import load_checkpoint, load_orbax
+from vivit_knn.weights.qkv import fuse_out, fuse_qkv, split_out, split_qkv
 from vivit_knn.weights.tree import UnmatchedKeysError, flatten
 
 ARCH = ImageViTArch(patch_size=(8, 8), hidden_size=16, num_heads=2, mlp_dim=32, num_layers=2,
@@ -211,3 +212,24 @@ def test_convert_cli_writes_an_orbax_tree(tmp_path):
   assert os.path.isdir(dst)
   assert_same_tree(load_orbax(dst), tree)
   assert_same_tree(load_checkpoint(dst, "orbax"), tree)
+
+
+def test_qkv_split_and_fuse_follow_torch_row_order():
+  rng = np.random.default_rng(4)
+  heads, head_dim, d = 2, 4, 6
+  width = heads * head_dim
+  weight, bias = rng.normal(size=(3 * width, d)), rng.normal(size=3 * width)
+  parts = split_qkv(weight, bias, heads)
+  # Head h, channel c of part j is torch row j * width + h * head_dim + c.
+  for j, part in enumerate(("query", "key", "value")):
+    assert parts[f"{part}/kernel"].shape == (d, heads, head_dim)
+    np.testing.assert_array_equal(parts[f"{part}/kernel"][:, 1, 3], weight[j * width + 7])
+    np.testing.assert_array_equal(parts[f"{part}/bias"][1, 3], bias[j * width + 7])
+  fused_weight, fused_bias = fuse_qkv(parts)
+  np.testing.assert_array_equal(fused_weight, weight)
+  np.testing.assert_array_equal(fused_bias, bias)
+  assert "query/bias" not in split_qkv(weight, None, heads)
+  out = rng.normal(size=(d, width))
+  kernel = split_out(out, heads)
+  np.testing.assert_array_equal(kernel[1, 3], out[:, 7])
+  np.testing.assert_array_equal(fuse_out(kernel), out)

@@ -12,7 +12,9 @@ import sys
 
 import pytest
 
-TORCH_REQUIREMENT = "torch==2.13.0"
+from vivit_knn.weights.state_dict import TORCH_REQUIREMENT  # the one pin, also in error messages
+
+__all__ = ["TORCH_REQUIREMENT", "require_torch"]
 
 
 def require_torch():

@@ -135,21 +135,33 @@ def quiet_tensorflow_import() -> None:
 
 
 def describe_error(err: BaseException) -> tuple:
-  """`(exit code, message)` for an error raised while a tool runs."""
-  from vivit_knn.train.checkpoint import CheckpointError  # light: no jax work at import
+  """`(exit code, message)` for an error raised while a tool runs.
+
+  Args:
+    err: the exception that ended the tool.
+
+  Returns:
+    `(exit code, one-line message)`, with the codes of the module doc.
+  """
+  # Imported here, not at the top: it loads jax and orbax (seconds), which the flag
+  # parsing and `--help` of every tool would otherwise wait for.
+  from vivit_knn.train.checkpoint import CheckpointError
   if isinstance(err, FloatingPointError):
     return EXIT_NON_FINITE, str(err)
   if isinstance(err, OSError) and err.errno == errno.ENOSPC:
     return EXIT_BAD_INPUT, f"no space left on the device writing {err.filename or 'a file'}"
   if isinstance(err, PermissionError):
     return EXIT_BAD_INPUT, f"permission denied: {err.filename or err} (is the folder writable?)"
+  if isinstance(err, (NotADirectoryError, FileExistsError)) and err.filename is None:
+    return EXIT_BAD_INPUT, str(err)  # raised by our code, with the whole message
   if isinstance(err, (NotADirectoryError, FileExistsError)):
     return EXIT_BAD_INPUT, f"{err.strerror or err}: {err.filename} (a file stands where a " \
                            "folder is needed)"
   if isinstance(err, (ValueError, FileNotFoundError, CheckpointError, app.UsageError,
                       ImportError, OSError)):
     return EXIT_BAD_INPUT, str(err)
-  return EXIT_UNEXPECTED, (f"unexpected {type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"
+  first = str(err).splitlines()[0] if str(err) else ""
+  return EXIT_UNEXPECTED, (f"unexpected {type(err).__name__}: {first}"
                            " (rerun with --verbose for the traceback)")
 
 

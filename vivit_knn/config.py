@@ -7,48 +7,41 @@ misspellings) and shape combinations that cannot work, naming the field.
 
 from __future__ import annotations
 
-import difflib
 from typing import Iterable, Optional, Sequence
 
 import ml_collections
 
+from vivit_knn import keys
 from vivit_knn.data.registry import DATASET_DEFAULTS
 from vivit_knn.models import registry as model_registry
 from vivit_knn.models import resnet
-from vivit_knn.models.encoder import MLP_ACTIVATIONS
-from vivit_knn.models.vivit import CLASSIFIERS, KERNEL_INIT_METHODS, MODEL_TYPES
-from vivit_knn.train import optim
+from vivit_knn.models.attention import attention_config
 from vivit_knn.weights import formats
 
 ConfigDict = ml_collections.ConfigDict
 
 
-def attention_config(kind: str = "dense", knn_k: float = 2 / 3) -> ConfigDict:
-  """An attention block config: `kind` ('dense' | 'knn') and `knn_k` (fraction <= 1, or a count)."""
-  return ConfigDict({"kind": kind, "knn_k": float(knn_k)})
-
-
 def model_config() -> ConfigDict:
   """Default `config.model`: ViViT-B/16x2 factorised encoder with dense attention.
 
-  `name` picks the family ('vivit', 'timesformer', 'xvit'). `model_type`,
-  `spatial_transformer` and `temporal_transformer` are ViViT's; `attention_type`
+  `name` picks the family (`vivit_knn.models.registry.FAMILIES`). This block holds
+  the keys several families read; each family adds its own (`model_type`,
+  `spatial_transformer`, `temporal_transformer` for ViViT; `xvit_div`,
+  `xvit_segment_frames`, `num_summary_tokens`, `head_layers` for X-ViT;
+  `temporal_fc_zero_init` for TimeSformer; `student`; `cast`) through its
+  `ModelFamily.defaults`. Shared by TimeSformer and X-ViT: `attention_type`
   ('' = the family default), `temporal_attention` (TimeSformer's divided time
-  attention, X-ViT's head), `xvit_div`, `num_summary_tokens`, `head_layers`,
-  `time_embed_init_std` (0 = zeros, the papers' init) and `temporal_fc_zero_init`
-  are TimeSformer's / X-ViT's; the last two matter only when training from scratch.
+  attention, X-ViT's head) and `time_embed_init_std` (0 = zeros, the papers'
+  init; it matters only when training from scratch).
   """
-  return ConfigDict({
+  config = ConfigDict({
       "name": "vivit",
-      "model_type": "factorized_encoder",
       "hidden_size": 768,
       "patch_size": (16, 16, 2),
       "num_heads": 12,
       "mlp_dim": 3072,
       "num_layers": 12,
       "attention": attention_config(),
-      "spatial_transformer": {"num_layers": 12, "attention": attention_config()},
-      "temporal_transformer": {"num_layers": 4, "attention": attention_config()},
       "classifier": "token",
       "dropout_rate": 0.0,
       "attention_dropout_rate": 0.0,
@@ -58,28 +51,38 @@ def model_config() -> ConfigDict:
       "dtype": "float32",
       "attention_type": "",
       "temporal_attention": attention_config(),
-      "xvit_div": 8,
-      # X-ViT: frames per shift segment (0 = the whole clip). The authors' 16-frame K400
-      # model shifts inside two 8-frame segments.
-      "xvit_segment_frames": 0,
       # MLP activation: '' = the family's source (vivit/student: 'gelu_tanh' as scenic;
       # timesformer/xvit: 'gelu_exact' as their torch code), or one of MLP_ACTIVATIONS.
       "mlp_activation": "",
-      "num_summary_tokens": 0,
-      "head_layers": 1,
       "time_embed_init_std": 0.0,
-      "temporal_fc_zero_init": True,
-      # The two-stage-distillation student ('student'): MHCA in the first `mhca_layers`,
-      # OFA `branch_heads` (0 = none) and an aligner to `aligner_features` teacher channels
-      # (0 = none); see vivit_knn/models/student.py.
-      "student": {"mhca_layers": 0, "locality_strength": 1.0, "branch_heads": 0,
-                  "aligner_features": 0, "aligner_kernel": 1},
-      # CAST ('cast'): B-CAST bottleneck width, adapter bottleneck, MLP-adapter scale, and
-      # for EPIC-Kitchens the verb/noun head sizes (both 0 = one single-label head); see
-      # vivit_knn/models/cast.py. The experts use hidden_size/num_heads/mlp_dim/num_layers.
-      "cast": {"cross_dim": 384, "adapter_dim": 192, "mlp_adapter_scale": 0.5,
-               "num_verbs": 0, "num_nouns": 0},
   })
+  for key, value in model_registry.default_config_keys().items():
+    if key in config:
+      raise ValueError(f"model.{key} is both a common key and a family's own")
+    config[key] = value
+  return config
+
+
+def optimizer_config() -> ConfigDict:
+  """Default `config.optimizer` (see `vivit_knn.train.optim` for how each key is used)."""
+  return ConfigDict(
+      {
+          "name": "sgd",
+          "base_learning_rate": 0.1,
+          "end_learning_rate": 0.0,
+          "warmup_steps": 0,
+          "momentum": 0.9,
+          "nesterov": False,
+          "beta1": 0.9,
+          "beta2": 0.999,
+          "weight_decay": 0.0,
+          "grad_clip_norm": 1.0,
+          # Regexes on '/'-joined parameter paths; () = every parameter trains.
+          "trainable_patterns": (),
+          # Layer-wise lr decay factor; 1.0 = off.
+          "layer_decay": 1.0,
+      }
+  )
 
 
 def init_from_config() -> ConfigDict:
@@ -149,10 +152,10 @@ def base_config() -> ConfigDict:
       "model": model_config(),
       "init_from": init_from_config(),
       "distill": distill_config(),
-      "optimizer": optim.default_config(),
+      "optimizer": optimizer_config(),
       # `objective`: the training objective by name ('' = chosen from the model and
       # `distill`: 'classification', 'verb_noun' for a two-head CAST, 'distill' with
-      # distill.method); see vivit_knn/train/objectives.py.
+      # distill.method); see vivit_knn/train/objective_table.py.
       "loss": {"label_smoothing": 0.0, "mixup_alpha": 0.0, "objective": ""},
       "train": {
           "global_batch_size": 32,
@@ -183,8 +186,7 @@ def _unknown_keys(cfg: ConfigDict, schema: ConfigDict, prefix: str) -> Iterable[
   for key in cfg.keys():
     path = f"{prefix}{key}"
     if key not in schema:
-      hint = difflib.get_close_matches(key, list(schema.keys()), n=1)
-      yield path + (f" (did you mean '{prefix}{hint[0]}'?)" if hint else "")
+      yield path + keys.did_you_mean(key, schema.keys(), prefix)
     elif isinstance(schema[key], ConfigDict):
       if not isinstance(cfg[key], ConfigDict):
         yield f"{path} (must be a config block, got {type(cfg[key]).__name__})"
@@ -209,114 +211,12 @@ def _require(cond: bool, field: str, message: str) -> None:
     raise ValueError(f"{field}: {message}")
 
 
-def _check_vivit(cfg: ConfigDict, field: str) -> None:
-  _require(cfg.model_type in MODEL_TYPES, f"{field}.model_type",
-           f"must be one of {MODEL_TYPES}, got {cfg.model_type!r}")
-  _require(cfg.classifier in CLASSIFIERS, f"{field}.classifier",
-           f"must be one of {CLASSIFIERS}, got {cfg.classifier!r}")
-  if cfg.model_type in ("factorized_self_attention_block", "factorized_dot_product_attention"):
-    _require(cfg.classifier == "gap", f"{field}.classifier",
-             f"must be 'gap' for model_type {cfg.model_type!r} (no CLS token there)")
-  if cfg.model_type == "factorized_dot_product_attention":
-    _require(cfg.num_heads % 2 == 0, f"{field}.num_heads",
-             f"must be even for model 4 (half the heads per axis), got {cfg.num_heads}")
-
-
-def _check_spacetime(cfg: ConfigDict, field: str) -> None:
-  """TimeSformer / X-ViT keys."""
-  allowed = model_registry.ATTENTION_TYPES[cfg.name]
-  _require(cfg.attention_type in ("",) + allowed, f"{field}.attention_type",
-           f"must be one of {allowed} (or empty for "
-           f"{model_registry.DEFAULT_ATTENTION_TYPE[cfg.name]!r}) for {cfg.name}, "
-           f"got {cfg.attention_type!r}")
-  _require(cfg.classifier == "token", f"{field}.classifier",
-           f"must be 'token' for {cfg.name} (it classifies from its CLS), got {cfg.classifier!r}")
-  _require(cfg.time_embed_init_std >= 0.0, f"{field}.time_embed_init_std",
-           f"must be >= 0 (0 = zeros), got {cfg.time_embed_init_std}")
-  if cfg.name != "xvit":
-    return
-  div = cfg.xvit_div
-  _require(isinstance(div, int) and div >= 2, f"{field}.xvit_div",
-           f"must be an int >= 2 (2C/div shifted channels must fit in C), got {div!r}")
-  _require(cfg.hidden_size % div == 0, f"{field}.xvit_div",
-           f"{div} does not divide the {cfg.hidden_size} key/value channels (heads x head_dim)")
-  _require(cfg.num_summary_tokens >= 0, f"{field}.num_summary_tokens",
-           f"must be >= 0, got {cfg.num_summary_tokens}")
-  _require(cfg.head_layers >= 1, f"{field}.head_layers",
-           f"must be >= 1 (the temporal-attention head), got {cfg.head_layers}")
-
-
-def _check_student(cfg: ConfigDict, field: str) -> None:
-  """The distillation student's keys."""
-  st = cfg.student
-  _require(cfg.classifier == "token", f"{field}.classifier",
-           f"must be 'token' for the student (its branches read the CLS), got {cfg.classifier!r}")
-  _require(0 <= st.mhca_layers <= cfg.num_layers, f"{field}.student.mhca_layers",
-           f"must be in [0, num_layers={cfg.num_layers}], got {st.mhca_layers}")
-  _require(st.branch_heads >= 0 and (st.branch_heads == 0 or cfg.num_layers % st.branch_heads == 0),
-           f"{field}.student.branch_heads",
-           f"must be 0 or divide num_layers={cfg.num_layers}, got {st.branch_heads}")
-  _require(st.aligner_features >= 0, f"{field}.student.aligner_features",
-           f"must be >= 0, got {st.aligner_features}")
-  _require(st.aligner_kernel >= 1, f"{field}.student.aligner_kernel",
-           f"must be >= 1, got {st.aligner_kernel}")
-
-
-def _check_cast(cfg: ConfigDict, field: str) -> None:
-  """CAST's keys (its experts and cross-attention are dense)."""
-  c = cfg.cast
-  _require(cfg.attention.kind == "dense", f"{field}.attention.kind",
-           f"must be 'dense' for cast (pretrained dense experts), got {cfg.attention.kind!r}")
-  _require(c.cross_dim >= 1 and c.cross_dim % cfg.num_heads == 0, f"{field}.cast.cross_dim",
-           f"must be a positive multiple of num_heads={cfg.num_heads}, got {c.cross_dim}")
-  _require(c.adapter_dim >= 1, f"{field}.cast.adapter_dim", f"must be >= 1, got {c.adapter_dim}")
-  _require(c.num_verbs >= 0 and c.num_nouns >= 0 and (c.num_verbs > 0) == (c.num_nouns > 0),
-           f"{field}.cast.num_verbs",
-           f"num_verbs and num_nouns must both be 0 (one head) or both > 0 (EPIC-Kitchens), "
-           f"got {c.num_verbs} and {c.num_nouns}")
-
-
 def check_model(cfg: ConfigDict, input_shape: Sequence[int], field: str = "model") -> None:
-  """Checks model hyper-parameters against one clip's `(T, H, W, C)`; errors name the field."""
-  _require(cfg.name in model_registry.MODEL_NAMES, f"{field}.name",
-           f"must be one of {model_registry.MODEL_NAMES}, got {cfg.name!r}")
-  if cfg.name == "vivit":
-    _check_vivit(cfg, field)
-  elif cfg.name == "student":
-    _check_student(cfg, field)
-  elif cfg.name == "cast":
-    _check_cast(cfg, field)
-  else:
-    _check_spacetime(cfg, field)
-  _require((cfg.kernel_init_method or None) in KERNEL_INIT_METHODS, f"{field}.kernel_init_method",
-           f"must be one of {KERNEL_INIT_METHODS[1:]} or empty, got {cfg.kernel_init_method!r}")
-  _require(len(cfg.patch_size) == 3, f"{field}.patch_size",
-           f"must be (h, w, t), got {tuple(cfg.patch_size)}")
-  _require(cfg.hidden_size % cfg.num_heads == 0, f"{field}.num_heads",
-           f"{cfg.num_heads} heads do not divide hidden_size={cfg.hidden_size}")
-  for name in ("dropout_rate", "attention_dropout_rate", "stochastic_depth"):
-    _require(0.0 <= cfg[name] < 1.0, f"{field}.{name}", f"must be in [0, 1), got {cfg[name]}")
-  t_in, h_in, w_in, _ = input_shape
-  ph, pw, pt = cfg.patch_size
-  _require(pt >= 1 and t_in % pt == 0, f"{field}.patch_size",
-           f"num_frames={t_in} is not divisible by the tubelet time size t={pt} (dataset.num_frames)")
-  _require(ph >= 1 and h_in % ph == 0, f"{field}.patch_size",
-           f"image height {h_in} is not divisible by the patch height {ph}")
-  _require(pw >= 1 and w_in % pw == 0, f"{field}.patch_size",
-           f"image width {w_in} is not divisible by the patch width {pw}")
-  _require(cfg.mlp_activation in ("",) + tuple(MLP_ACTIVATIONS), f"{field}.mlp_activation",
-           f"must be one of {tuple(MLP_ACTIVATIONS)} or empty (the family's default), got "
-           f"{cfg.mlp_activation!r}")
-  seg = cfg.xvit_segment_frames
-  _require(isinstance(seg, int) and seg >= 0, f"{field}.xvit_segment_frames",
-           f"must be an int >= 0 (0 = the whole clip), got {seg!r}")
-  if seg:
-    _require(cfg.name == "xvit", f"{field}.xvit_segment_frames",
-             f"applies to model.name='xvit' only, got {cfg.name!r}")
-    frames = t_in // pt
-    _require(frames % seg == 0, f"{field}.xvit_segment_frames",
-             f"{seg} does not divide the {frames} frame tokens (dataset.num_frames / patch t)")
-  model_registry.check_knn_k(cfg, input_shape)
+  """Checks model hyper-parameters against one clip's `(T, H, W, C)`; errors name the field.
+
+  The common keys, then the family's own checks (`vivit_knn.models.registry.check`).
+  """
+  model_registry.check(cfg, input_shape, field)
 
 
 def check_init_from(config: ConfigDict) -> None:

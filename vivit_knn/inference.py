@@ -2,54 +2,33 @@
 
 from __future__ import annotations
 
-import json
 from typing import List, Tuple
 
 import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
-import orbax.checkpoint as ocp
 
 from vivit_knn import config as config_lib
-from vivit_knn.data.views import average_view_logits
+from vivit_knn.data.processors import average_view_logits
 from vivit_knn.models.registry import build_model
-from vivit_knn.train.checkpoint import item_path, resolve, restore_on_host
-
-RUN_INFO = "run_info.json"
-
-
-def write_run_info(workdir: str, class_names, input_shape) -> str:
-  """Records what inference needs from the dataset (class names, clip shape) in the workdir."""
-  path = resolve(workdir) / RUN_INFO
-  path.parent.mkdir(parents=True, exist_ok=True)
-  path.write_text(json.dumps({"class_names": list(class_names),
-                              "input_shape": list(input_shape)}, indent=2))
-  return str(path)
-
-
-def read_run_info(workdir: str) -> dict:
-  """Reads `run_info.json`; a clear error if the workdir was not written by training."""
-  path = resolve(workdir) / RUN_INFO
-  if not path.exists():
-    raise FileNotFoundError(f"{path} not found: --workdir must be a training run's directory")
-  return json.loads(path.read_text())
-
-
-def restore_params(workdir: str) -> Tuple[dict, int]:
-  """Params of the newest checkpoint in `<workdir>/checkpoints`, as host arrays."""
-  directory = resolve(workdir) / "checkpoints"
-  with ocp.CheckpointManager(directory) as manager:
-    step = manager.latest_step()
-  if step is None:
-    raise FileNotFoundError(f"--workdir={workdir} holds no checkpoint (looked in {directory})")
-  return restore_on_host(item_path(workdir, step))["params"], step
+from vivit_knn.train.run_info import read_run_info, restore_params
 
 
 def predict_video(config: ml_collections.ConfigDict, workdir: str, video: str,
                   top_k: int = 5) -> List[Tuple[str, float]]:
-  """Top-k (class name, probability) for one video file, averaging logits over the test views."""
-  from vivit_knn.data.inference import load_video_views  # PyAV only needed here
+  """Top-k (class name, probability) for one video file, averaging logits over the test views.
+
+  Args:
+    config: the config the run in `workdir` was trained with.
+    workdir: a training run's directory (its `run_info.json` and newest checkpoint).
+    video: the video file.
+    top_k: how many classes to return (at most the number of classes).
+
+  Returns:
+    `(class name, probability)` pairs, most probable first.
+  """
+  from vivit_knn.data.registry import load_video_views  # pylint: disable=g-import-not-at-top
 
   config_lib.check_keys(config)
   info = read_run_info(workdir)

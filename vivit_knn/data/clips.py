@@ -1,11 +1,20 @@
-"""The tf.data pipelines shared by every real-video source.
+"""Real-video examples and the tf.data pipelines shared by every real source.
 
-:class:`ClipDataset` turns a train and an eval :class:`ExampleTable` into the
+An :class:`ExampleTable` maps an example number to ``(frames, label)``,
+decoding only the frames its ``select`` argument asks for; tables hide where
+videos live (video files, TFRecord records, TFDS data sources).
+:class:`ClipDataset` turns a train and an eval table into the
 :class:`~vivit_knn.data.base.VideoDataset` interface. Records are example
 numbers, so the shuffling, resuming and host slicing of
 :func:`base.make_train_dataset` apply unchanged; each number is loaded in a
 ``tf.numpy_function`` (which picks and decodes only the sampled frames) and
 processed with graph ops.
+
+Stored frames (JPEG, PNG) are decoded with TensorFlow's image decoders called
+eagerly from inside that ``tf.numpy_function``: they are faster than Pillow's
+here, release the GIL, and a damaged image raises a Python exception that can
+be counted and skipped, where a graph-mode decode error would end the tf.data
+pipeline.
 
 Bad videos never stop a run. In training, a video that fails is replaced by
 the next good one in table order: every batch stays full and the stream stays
@@ -16,17 +25,136 @@ a pure function of ``(seed, step)``. In evaluation it becomes a masked slot
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import abc
+import re
+from collections.abc import Callable, Sequence
+from typing import Protocol
 
 import numpy as np
 import tensorflow as tf
 
-from vivit_knn.data import base, processors, sampling, skips
+from vivit_knn.data import base, processors, skips, video_io
 from vivit_knn.data.options import ProcessSpec
-from vivit_knn.data.tables import ExampleTable
+from vivit_knn.data.video_io import FrameSelector
 
 # Python ints of any size map to a valid numpy / TF seed word.
 _SEED_MASK = 2**63 - 1
+_JPEG_MAGIC = b"\xff\xd8"
+# Eager op errors carry "{{function_node ...}}" and "[Op:...]" decorations.
+_OP_NOISE = re.compile(r"\{\{[^}]*\}\}\s*|\s*\[Op:\w+\]")
+
+# Parses one serialized record into (encoded frames, label); ``source``
+# names the record in errors.
+RecordParser = Callable[[bytes, str], tuple[Sequence[bytes], int]]
+
+
+def decode_image(data: bytes) -> np.ndarray:
+  """uint8 ``[H, W, 3]`` of one encoded frame (JPEG fast path)."""
+  if data[:2] == _JPEG_MAGIC:
+    image = tf.io.decode_jpeg(data, channels=3, dct_method="INTEGER_FAST")
+  else:
+    image = tf.io.decode_image(data, channels=3, expand_animations=False)
+  return image.numpy()
+
+
+def decode_frames(encoded: Sequence[bytes], source: str) -> np.ndarray:
+  """Decodes frames into uint8 ``[n, H, W, 3]``.
+
+  Raises:
+    BadVideoError: ``bad_jpeg`` if a frame does not decode or the frames
+      differ in size.
+  """
+  frames = []
+  for i, data in enumerate(encoded):
+    try:
+      frames.append(decode_image(data))
+    except (tf.errors.InvalidArgumentError, ValueError) as err:
+      detail = _OP_NOISE.sub("", getattr(err, "message", str(err)))
+      raise skips.BadVideoError(skips.BAD_JPEG, source,
+                                f"frame {i}: {detail}") from err
+  if len({f.shape for f in frames}) > 1:
+    raise skips.BadVideoError(skips.BAD_JPEG, source,
+                              "frames differ in size")
+  return np.stack(frames)
+
+
+class ExampleTable(abc.ABC):
+  """A fixed, ordered collection of labelled videos."""
+
+  @abc.abstractmethod
+  def __len__(self) -> int:
+    """Number of examples."""
+
+  @abc.abstractmethod
+  def describe(self, i: int) -> str:
+    """Human-readable location of example ``i`` (for warnings)."""
+
+  @abc.abstractmethod
+  def load(self, i: int, select: FrameSelector) -> tuple[np.ndarray, int]:
+    """``(uint8 [k, H, W, 3] frames, label)`` of example ``i``.
+
+    Raises:
+      BadVideoError: if the example cannot provide frames.
+    """
+
+
+class VideoFileTable(ExampleTable):
+  """Video files decoded with PyAV."""
+
+  def __init__(self, paths: Sequence[str], labels: Sequence[int]):
+    if len(paths) != len(labels):
+      raise ValueError(f"{len(paths)} paths but {len(labels)} labels")
+    self.paths = list(paths)
+    self.labels = [int(label) for label in labels]
+
+  def __len__(self) -> int:
+    return len(self.paths)
+
+  def describe(self, i: int) -> str:
+    """The video's path."""
+    return self.paths[i]
+
+  def load(self, i: int, select: FrameSelector) -> tuple[np.ndarray, int]:
+    """Decodes the selected frames of video ``i`` with PyAV."""
+    return video_io.read_video(self.paths[i], select), self.labels[i]
+
+
+class RecordReader(Protocol):
+  """Random access to serialized records (e.g. a ``RecordIndex``)."""
+
+  def __len__(self) -> int:
+    """Number of records."""
+
+  def read(self, i: int) -> bytes:
+    """Serialized record ``i``."""
+
+  def describe(self, i: int) -> str:
+    """Location of record ``i``."""
+
+
+class RecordTable(ExampleTable):
+  """Records holding encoded frames; only the selected frames are decoded."""
+
+  def __init__(self, reader: RecordReader, parse: RecordParser):
+    self._reader = reader
+    self._parse = parse
+
+  def __len__(self) -> int:
+    return len(self._reader)
+
+  def describe(self, i: int) -> str:
+    """The record's location."""
+    return self._reader.describe(i)
+
+  def load(self, i: int, select: FrameSelector) -> tuple[np.ndarray, int]:
+    """Parses record ``i`` and decodes each selected frame once."""
+    source = self.describe(i)
+    encoded, label = self._parse(self._reader.read(i), source)
+    indices = np.asarray(select(len(encoded)), np.int64)
+    unique, inverse = np.unique(indices, return_inverse=True)
+    frames = decode_frames([encoded[j] for j in unique.tolist()],
+                                source)
+    return frames[inverse], label
 
 
 class ClipDataset(base.TfDataVideoDataset):
@@ -102,8 +230,8 @@ class ClipDataset(base.TfDataVideoDataset):
     rng = np.random.default_rng([seed & _SEED_MASK, position])
 
     def select(n):
-      return sampling.train_indices(n, spec.num_frames, spec.frame_stride,
-                                    rng)
+      return processors.train_indices(n, spec.num_frames,
+                                      spec.frame_stride, rng)
 
     for attempt in range(len(table)):
       loaded = self._load("train", table, (index + attempt) % len(table),
@@ -123,8 +251,8 @@ class ClipDataset(base.TfDataVideoDataset):
     spec = self._spec
 
     def select(n):
-      return sampling.test_indices(n, spec.num_frames, spec.frame_stride,
-                                   spec.num_test_clips)
+      return processors.test_indices(n, spec.num_frames, spec.frame_stride,
+                                     spec.num_test_clips)
 
     loaded = self._load("eval", self._eval, index, select)
     if loaded is None:

@@ -17,7 +17,6 @@ import tensorflow as tf
 from absl import logging
 
 from vivit_knn.data import clips, options, skips, splits, tfds_source, tfrecord
-from vivit_knn.data.tables import VideoFileTable
 
 FORMATS = ("folder", "tfrecord", "tfds")
 
@@ -89,8 +88,8 @@ def _folder_dataset(dataset: NamedVideoSet, cfg, spec) -> clips.ClipDataset:
   _check_sizes(dataset, cfg.split, len(lists.train.paths),
                len(lists.test.paths))
   return clips.ClipDataset(
-      VideoFileTable(lists.train.paths, lists.train.labels),
-      VideoFileTable(lists.test.paths, lists.test.labels),
+      clips.VideoFileTable(lists.train.paths, lists.train.labels),
+      clips.VideoFileTable(lists.test.paths, lists.test.labels),
       lists.class_names, spec, counter)
 
 

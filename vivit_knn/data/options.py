@@ -13,6 +13,8 @@ from collections.abc import Callable
 
 import ml_collections
 
+from vivit_knn import keys
+
 NORMALIZATIONS = ("zero_centered", "imagenet")
 TEST_CROPS = (1, 3)
 # Default resize-smallest target relative to the crop (256 for a 224 crop).
@@ -55,11 +57,8 @@ def resolve_config(config: ml_collections.ConfigDict | None,
   resolved = default_fn()
   if config is None:
     return resolved
+  keys.check_known(config, resolved.keys(), "dataset")
   for key, value in config.items():
-    if key not in resolved:
-      raise ValueError(
-          f"unknown field dataset.{key} for dataset {resolved.name!r}; "
-          f"known fields: {sorted(resolved.keys())}")
     resolved[key] = value
   return resolved
 

@@ -1,14 +1,25 @@
-"""DMVR-style spatial processing of sampled frames, as tf.data graph ops.
+"""DMVR-style processing: the frames that make a clip, and the model inputs.
 
-Input is the uint8 frames a reader already picked (``[T, H, W, 3]`` for a
-train clip, ``[clips * T, H, W, 3]`` for the test views). The crop window is
-chosen in source pixels and only the window is resized to ``image_size``:
-the same result as resize-smallest-then-crop at a fraction of the pixels,
-and no resize at all when the frames are stored at the target scale.
+Frame indices are chosen before any frame is decoded (random train windows,
+evenly spread test clips), so readers decode only the frames they return. A
+clip of ``num_frames`` frames taken every ``stride`` frames spans
+``(num_frames - 1) * stride + 1`` frames; videos shorter than that are looped
+(indices wrap around), as in DMVR.
+
+The spatial processing runs as tf.data graph ops on the uint8 frames a reader
+picked (``[T, H, W, 3]`` for a train clip, ``[clips * T, H, W, 3]`` for the
+test views). The crop window is chosen in source pixels and only the window is
+resized to ``image_size``: the same result as resize-smallest-then-crop at a
+fraction of the pixels, and no resize at all when the frames are stored at the
+target scale. The logits of a video's test views are averaged by
+:func:`average_view_logits`, which relies on the view layout made here.
 """
 
 from __future__ import annotations
 
+from typing import Any
+
+import numpy as np
 import tensorflow as tf
 
 from vivit_knn.data import augment
@@ -16,6 +27,57 @@ from vivit_knn.data.options import ProcessSpec
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+# Frame sampling.
+
+
+def clip_span(num_frames: int, stride: int) -> int:
+  """Number of consecutive source frames one clip covers."""
+  return (num_frames - 1) * stride + 1
+
+
+def _check_available(num_available: int) -> None:
+  if num_available < 1:
+    raise ValueError(f"a video needs at least one frame, got {num_available}")
+
+
+def train_indices(num_available: int, num_frames: int, stride: int,
+                  rng: np.random.Generator) -> np.ndarray:
+  """Frame indices of one random clip: ``int64 [num_frames]``.
+
+  The window start is uniform over all positions where the clip fits; a
+  video shorter than the window starts anywhere and wraps around.
+  """
+  _check_available(num_available)
+  span = clip_span(num_frames, stride)
+  if num_available >= span:
+    start = rng.integers(0, num_available - span + 1)
+  else:
+    start = rng.integers(0, num_available)
+  return (start + np.arange(num_frames) * stride) % num_available
+
+
+def test_indices(num_available: int, num_frames: int, stride: int,
+                 num_clips: int) -> np.ndarray:
+  """Frame indices of ``num_clips`` evenly spread clips, concatenated.
+
+  Returns ``int64 [num_clips * num_frames]``. Clip starts are
+  ``linspace(0, last_start, num_clips)`` rounded down; a single clip is
+  centred in time.
+  """
+  _check_available(num_available)
+  span = clip_span(num_frames, stride)
+  last_start = max(num_available - span, 0)
+  if num_clips == 1:
+    starts = np.array([last_start // 2])
+  else:
+    starts = np.floor(np.linspace(0, last_start, num_clips)).astype(np.int64)
+  offsets = np.arange(num_frames) * stride
+  return ((starts[:, None] + offsets[None, :]) % num_available).reshape(-1)
+
+
+# Spatial processing of the sampled frames.
 
 
 def normalize(x: tf.Tensor, kind: str) -> tf.Tensor:
@@ -119,7 +181,7 @@ def test_views(frames: tf.Tensor, spec: ProcessSpec) -> tf.Tensor:
 
   Args:
     frames: uint8 ``[num_test_clips * T, H, W, 3]``, clip-major (the frames
-      of :func:`vivit_knn.data.sampling.test_indices`).
+      of :func:`test_indices`).
     spec: Processing settings.
 
   Returns:
@@ -137,3 +199,37 @@ def test_views(frames: tf.Tensor, spec: ProcessSpec) -> tf.Tensor:
   x = tf.reshape(tf.transpose(x, [0, 2, 1, 3, 4, 5]),
                  [clips * crops, t, size, size, 3])
   return normalize(x, spec.normalization)
+
+
+def average_view_logits(logits: Any, num_views: int) -> Any:
+  """Averages the logits of each video's views.
+
+  Works on numpy and JAX arrays alike (only ``reshape``/``mean`` are used), so
+  it can run inside a jitted eval step.
+
+  Args:
+    logits: ``[b * V, C]`` with the ``V`` views of a video adjacent (the
+      layout of ``inputs.reshape(b * V, ...)`` for ``inputs`` of shape
+      ``[b, V, ...]``), or ``[b, V, C]``.
+    num_views: ``V``.
+
+  Returns:
+    ``[b, C]`` mean over views.
+
+  Raises:
+    ValueError: if the shape does not match ``num_views``.
+  """
+  if num_views < 1:
+    raise ValueError(f"num_views must be >= 1, got {num_views}")
+  if logits.ndim == 3:
+    if logits.shape[1] != num_views:
+      raise ValueError(
+          f"logits of shape {tuple(logits.shape)} have {logits.shape[1]} "
+          f"views, expected {num_views}")
+    return logits.mean(axis=1)
+  if logits.ndim != 2 or logits.shape[0] % num_views:
+    raise ValueError(
+        f"logits must be [b * {num_views}, C] or [b, {num_views}, C], got "
+        f"shape {tuple(logits.shape)}")
+  return logits.reshape(
+      (logits.shape[0] // num_views, num_views, logits.shape[1])).mean(axis=1)

@@ -1,20 +1,29 @@
-"""Name-based construction of datasets from ``config.dataset``.
+"""Name-based construction from ``config.dataset``: datasets, one video's views.
 
 Adding a source means adding one entry to :data:`_SOURCES` (or calling
 :func:`register_dataset`) with its default-config factory and its constructor.
+:func:`load_video_views` makes the test views of a single video file exactly
+as the eval pipeline of a real-video dataset config makes them.
 """
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 
 import ml_collections
+import numpy as np
+import tensorflow as tf
 
 from vivit_knn.data import base
 from vivit_knn.data import named
+from vivit_knn.data import options
+from vivit_knn.data import processors
+from vivit_knn.data import skips
 from vivit_knn.data import synthetic
 from vivit_knn.data import tfds_source
 from vivit_knn.data import tfrecord
+from vivit_knn.data import video_io
 
 DefaultConfigFn = Callable[[], ml_collections.ConfigDict]
 Constructor = Callable[[ml_collections.ConfigDict], base.VideoDataset]
@@ -66,3 +75,60 @@ def build_dataset(config: ml_collections.ConfigDict) -> base.VideoDataset:
         f"{', '.join(known_datasets())}")
   _, constructor = _SOURCES[name]
   return constructor(config)
+
+
+def _process_spec(
+    dataset_config: ml_collections.ConfigDict) -> options.ProcessSpec:
+  """Processing settings of a real-video dataset config (defaults filled in)."""
+  name = dataset_config.get("name")
+  if name not in DATASET_DEFAULTS:
+    raise ValueError(f"unknown dataset.name {name!r}")
+  defaults = DATASET_DEFAULTS[name]()
+  if "min_resize" not in defaults:
+    raise ValueError(
+        f"dataset {name!r} is not a video-file dataset; inference needs the "
+        "config of a real-video dataset (e.g. ucf101, hmdb51, tfrecord)")
+  return options.ProcessSpec.from_config(
+      options.resolve_config(dataset_config, lambda: defaults))
+
+
+def load_video_views(path: str,
+                     dataset_config: ml_collections.ConfigDict) -> np.ndarray:
+  """The eval views of the video at ``path``.
+
+  Uses the dataset config's test sampling (``num_test_clips`` clips spread
+  over the video, ``num_test_crops`` crops, ``frame_stride``) and the same
+  processors as the dataset's :meth:`~base.VideoDataset.eval_batches`.
+
+  Args:
+    path: Video file readable by FFmpeg.
+    dataset_config: ``config.dataset`` of the run.
+
+  Returns:
+    float32 ``[V, T, H, W, C]`` with ``V = num_test_clips * num_test_crops``
+    (``V = 1`` included).
+
+  Raises:
+    FileNotFoundError: naming ``path`` if it does not exist.
+    ValueError: naming ``path`` if it is corrupt, truncated or has no
+      frames, or if the config is not a real-video dataset's.
+  """
+  spec = _process_spec(dataset_config)
+  if not os.path.isfile(path):
+    raise FileNotFoundError(f"video file {path} does not exist")
+
+  def select(n):
+    return processors.test_indices(n, spec.num_frames, spec.frame_stride,
+                                   spec.num_test_clips)
+
+  try:
+    frames = video_io.read_video(path, select)
+  except skips.BadVideoError as err:
+    if err.reason == skips.MISSING:
+      raise FileNotFoundError(f"video file {path} does not exist") from err
+    raise ValueError(f"cannot read video {path}: "
+                     f"{err.reason.replace('_', ' ')}"
+                     f"{' (' + err.detail + ')' if err.detail else ''}"
+                     ) from err
+  views = processors.test_views(tf.constant(frames), spec)
+  return views.numpy().astype(np.float32)

@@ -21,6 +21,7 @@ class BadVideoError(Exception):
   Attributes:
     reason: One of the reason constants of this module.
     source: File name or record location, for messages.
+    detail: What went wrong, for messages ('' if the reason says it all).
   """
 
   def __init__(self, reason: str, source: str, detail: str = ""):

@@ -25,6 +25,7 @@ import ml_collections
 import numpy as np
 import tensorflow as tf
 
+from vivit_knn import keys
 from vivit_knn.data import base
 
 NUM_CHANNELS = 3
@@ -61,11 +62,8 @@ def _resolve_config(
   resolved = default_config()
   if config is None:
     return resolved
+  keys.check_known(config, resolved.keys(), "dataset")
   for key, value in config.items():
-    if key not in resolved:
-      raise ValueError(
-          f"unknown field dataset.{key} for the synthetic dataset; "
-          f"known fields: {sorted(resolved.keys())}")
     resolved[key] = value
   return resolved
 
@@ -122,18 +120,16 @@ class SyntheticMotionDataset(base.TfDataVideoDataset):
   so the train and eval splits are disjoint draws and any example can be
   regenerated on demand. Clips are generated inside the tf.data pipeline
   from example indices, after shuffling, skipping and host slicing.
+
+  Args:
+    config: Fields of :func:`default_config`; missing fields take their
+      default values.
+
+  Raises:
+    ValueError: for unknown or invalid fields, naming ``dataset.<field>``.
   """
 
   def __init__(self, config: ml_collections.ConfigDict | None = None):
-    """Builds the dataset from a (possibly partial) config.
-
-    Args:
-      config: Fields of :func:`default_config`; missing fields take their
-        default values.
-
-    Raises:
-      ValueError: for unknown or invalid fields, naming ``dataset.<field>``.
-    """
     cfg = _resolve_config(config)
     _validate(cfg)
     self.config = cfg

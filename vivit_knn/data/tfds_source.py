@@ -17,7 +17,6 @@ import tensorflow as tf
 from google.protobuf import message
 
 from vivit_knn.data import clips, options, records, skips
-from vivit_knn.data.tables import RecordTable
 
 
 def default_config() -> ml_collections.ConfigDict:
@@ -167,10 +166,10 @@ def build_tfds_dataset(*, builder: str, data_dir: str, manual_dir: str,
   counter = skips.SkipCounter()
   parse = example_parser(video_key, label_key)
   return clips.ClipDataset(
-      RecordTable(_reader(tfds_builder, train_split, counter, download),
-                  parse),
-      RecordTable(_reader(tfds_builder, eval_split, counter, download),
-                  parse),
+      clips.RecordTable(
+          _reader(tfds_builder, train_split, counter, download), parse),
+      clips.RecordTable(
+          _reader(tfds_builder, eval_split, counter, download), parse),
       label.names, spec, counter)
 
 

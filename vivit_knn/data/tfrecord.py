@@ -1,22 +1,169 @@
-"""Dataset ``tfrecord``: DMVR-format TFRecords (Kinetics, SSv2, converted folders).
+"""DMVR-format TFRecords: the record, its sidecars, the ``tfrecord`` dataset.
 
-Files are named by a glob or a ``name@N`` sharded spec, relative to
-``data_dir``. Records are read by byte offset (see
-:mod:`vivit_knn.data.records`): offsets and counts come from the
-converter's ``metadata.json`` when present, otherwise from one scan of the
-record headers when the dataset is built.
+A record is a ``tf.train.SequenceExample`` (the DMVR/scenic video record):
+feature list ``image/encoded`` holds one JPEG per frame; the context holds
+``clip/label/index`` (int64) and optionally ``clip/label/text`` and
+``video/filename``.
+
+Shards written by the converter (``python -m vivit_knn.data.convert``) have two
+sidecar files. ``classes.txt`` lists the class names, one per line, in label
+order. ``metadata.json`` records the class names, per-split example counts,
+each shard's record offsets (so readers need not scan the files) and the
+videos the converter skipped::
+
+  {"format": "dmvr", "version": 1, "source": "ucf101", "split": 1,
+   "short_side": 256, "class_names": [...],
+   "splits": {"train": {"num_examples": 9537,
+                        "shards": [{"file": "train.tfrecord-00000-of-00016",
+                                    "num_examples": 597, "bytes": 123,
+                                    "offsets": [0, ...]}, ...],
+                        "skipped": {"corrupt": ["<video>", ...]}}}}
+
+The dataset names its files by a glob or a ``name@N`` sharded spec, relative
+to ``data_dir``. Records are read by byte offset (see
+:mod:`vivit_knn.data.records`): offsets and counts come from
+``metadata.json`` when present, otherwise from one scan of the record headers
+when the dataset is built.
 """
 
 from __future__ import annotations
 
+import json
 import os
+from collections.abc import Sequence
 
 import ml_collections
 import tensorflow as tf
 from absl import logging
+from google.protobuf import message
 
-from vivit_knn.data import clips, dmvr, metadata, options, records, skips
-from vivit_knn.data.tables import RecordTable
+from vivit_knn.data import clips, options, records, skips
+
+FRAMES_KEY = "image/encoded"
+LABEL_KEY = "clip/label/index"
+TEXT_KEY = "clip/label/text"
+FILENAME_KEY = "video/filename"
+
+METADATA_FILE = "metadata.json"
+CLASSES_FILE = "classes.txt"
+FORMAT = "dmvr"
+VERSION = 1
+
+
+# The record.
+
+
+def make_sequence_example(jpegs: Sequence[bytes], label: int,
+                          label_text: str = "",
+                          filename: str = "") -> bytes:
+  """Serialized DMVR record of ``jpegs`` with class ``label``."""
+  example = tf.train.SequenceExample()
+  context = example.context.feature
+  context[LABEL_KEY].int64_list.value.append(int(label))
+  if label_text:
+    context[TEXT_KEY].bytes_list.value.append(label_text.encode())
+  if filename:
+    context[FILENAME_KEY].bytes_list.value.append(filename.encode())
+  frames = example.feature_lists.feature_list[FRAMES_KEY].feature
+  for jpeg in jpegs:
+    frames.add().bytes_list.value.append(jpeg)
+  return example.SerializeToString()
+
+
+class _LazyFrames(Sequence):
+  """The encoded frames of a parsed record; bytes are copied on access only."""
+
+  def __init__(self, features):
+    self._features = features
+
+  def __len__(self) -> int:
+    return len(self._features)
+
+  def __getitem__(self, i):
+    values = self._features[i].bytes_list.value
+    return values[0] if values else b""
+
+
+def parse_sequence_example(raw: bytes,
+                           source: str) -> tuple[Sequence[bytes], int]:
+  """``(JPEG frames, label)`` of a serialized DMVR record.
+
+  The frames are a lazy sequence, so picking a few of a long video copies
+  only those.
+
+  Raises:
+    BadVideoError: ``corrupt`` for an unparsable record or one without a
+      label, ``zero_frames`` for one without frames.
+  """
+  try:
+    example = tf.train.SequenceExample.FromString(raw)
+  except message.DecodeError as err:
+    raise skips.BadVideoError(skips.CORRUPT, source,
+                              f"not a SequenceExample: {err}") from err
+  labels = example.context.feature[LABEL_KEY].int64_list.value
+  if not labels:
+    raise skips.BadVideoError(skips.CORRUPT, source, f"no {LABEL_KEY}")
+  frames = _LazyFrames(
+      example.feature_lists.feature_list[FRAMES_KEY].feature)
+  if not frames:
+    raise skips.BadVideoError(skips.ZERO_FRAMES, source)
+  return frames, int(labels[0])
+
+
+# The sidecar files.
+
+
+def read_metadata(directory: str) -> dict | None:
+  """The metadata in ``directory``, or None if there is none."""
+  path = os.path.join(directory, METADATA_FILE)
+  if not tf.io.gfile.exists(path):
+    return None
+  with tf.io.gfile.GFile(path, "r") as f:
+    meta = json.load(f)
+  if meta.get("format") != FORMAT:
+    raise ValueError(f"{path} is not {FORMAT} shard metadata")
+  return meta
+
+
+def read_class_names(path: str) -> list[str]:
+  """Class names from a file with one name per line (blank lines ignored).
+
+  Raises:
+    FileNotFoundError: naming ``path`` if it does not exist.
+    ValueError: if it names no class or a class twice.
+  """
+  if not tf.io.gfile.exists(path):
+    raise FileNotFoundError(f"class names file {path} does not exist")
+  with tf.io.gfile.GFile(path, "r") as f:
+    names = [line.strip() for line in f if line.strip()]
+  if not names:
+    raise ValueError(f"class names file {path} lists no class")
+  if len(set(names)) != len(names):
+    raise ValueError(f"class names file {path} lists a class twice")
+  return names
+
+
+def shard_offsets(meta: dict | None, files: list[str]) -> dict[str, list]:
+  """``{path: offsets}`` for the files the metadata describes unchanged.
+
+  A shard whose size differs from the recorded one is left out, so it gets
+  scanned instead of read at stale offsets.
+  """
+  if not meta:
+    return {}
+  recorded = {}
+  for split in meta.get("splits", {}).values():
+    for shard in split.get("shards", []):
+      recorded[shard["file"]] = shard
+  out = {}
+  for path in files:
+    shard = recorded.get(os.path.basename(path))
+    if shard and tf.io.gfile.stat(path).length == shard["bytes"]:
+      out[path] = shard["offsets"]
+  return out
+
+
+# The dataset.
 
 
 def default_config() -> ml_collections.ConfigDict:
@@ -50,15 +197,15 @@ def index_records(pattern: str, counter: skips.SkipCounter,
                   split: str) -> tuple[records.RecordIndex, dict | None]:
   """Indexes the records named by ``pattern``; also returns the metadata."""
   files = records.expand_files(pattern)
-  meta = metadata.read_metadata(os.path.dirname(files[0]))
-  known = metadata.shard_offsets(meta, files)
+  meta = read_metadata(os.path.dirname(files[0]))
+  known = shard_offsets(meta, files)
   index = records.RecordIndex(files, known, counter)
   scanned = len(files) - len(known)
   if scanned:
     logging.warning(
         "%s split: counted %d records by scanning the headers of %d of %d "
         "files (no up-to-date %s beside them)", split, len(index), scanned,
-        len(files), metadata.METADATA_FILE)
+        len(files), METADATA_FILE)
   else:
     logging.info("%s split: %d records in %d files", split, len(index),
                  len(files))
@@ -79,19 +226,19 @@ def class_names_for(num_classes: int, class_names_file: str,
   """
   names = None
   if class_names_file:
-    names = metadata.read_class_names(class_names_file)
+    names = read_class_names(class_names_file)
   elif meta and meta.get("class_names"):
     names = list(meta["class_names"])
-  elif tf.io.gfile.exists(os.path.join(directory, metadata.CLASSES_FILE)):
-    names = metadata.read_class_names(
-        os.path.join(directory, metadata.CLASSES_FILE))
+  elif tf.io.gfile.exists(os.path.join(directory, CLASSES_FILE)):
+    names = read_class_names(
+        os.path.join(directory, CLASSES_FILE))
   if names is None:
     num_classes = num_classes or fallback_num_classes
     if num_classes < 1:
       raise ValueError(
           "dataset.num_classes is 0 and no class names were found: set "
           "dataset.num_classes or dataset.class_names_file (or keep the "
-          f"converter's {metadata.METADATA_FILE} next to the shards)")
+          f"converter's {METADATA_FILE} next to the shards)")
     return [f"class_{i}" for i in range(num_classes)]
   if num_classes and num_classes != len(names):
     raise ValueError(
@@ -135,8 +282,8 @@ def build_record_dataset(*, data_dir: str, train_pattern: str,
                           os.path.dirname(train_index.files[0]),
                           fallback_num_classes)
   return clips.ClipDataset(
-      RecordTable(train_index, dmvr.parse_sequence_example),
-      RecordTable(eval_index, dmvr.parse_sequence_example), names, spec,
+      clips.RecordTable(train_index, parse_sequence_example),
+      clips.RecordTable(eval_index, parse_sequence_example), names, spec,
       counter)
 
 

@@ -24,23 +24,27 @@ losses, and their top-1 is the action accuracy (both correct).
 
 Which parameters train is set by `optimizer.trainable_patterns`; the paper's
 choice is `TRAINABLE_PATTERNS`.
+
+`FAMILY` is the 'cast' model family (its own key: the `cast` block). The experts
+use the common `hidden_size`, `num_heads`, `mlp_dim` and `num_layers`; their
+attention is dense and their MLP activations are their checkpoints' own.
 """
 
 from __future__ import annotations
 
-import re
-from typing import Any, Dict, Mapping, Optional, Sequence
+from typing import Any, Dict, Sequence
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-import numpy as np
+import ml_collections
 
 from vivit_knn.models.adapters import Adapter
 from vivit_knn.models.attention import MultiHeadAttention
 from vivit_knn.models.encoder import drop_path, exact_gelu
 from vivit_knn.models.experts import CLIPVisionExpert, VideoMAEExpert
-from vivit_knn.weights.tree import flatten, raise_unmatched, unflatten
+from vivit_knn.models.family import DTYPES, ModelFamily, require
+from vivit_knn.models.video_transformer import droppath_ramp, maybe_remat
 
 Dtype = Any
 
@@ -178,7 +182,7 @@ class CAST(nn.Module):
     ph, pw, pt = self.patch_size
     t, p = frames // pt, (height // ph) * (width // pw)
     spatial, temporal = self._experts(p)
-    block = nn.remat(BCASTBlock, static_argnums=(3,)) if self.remat else BCASTBlock
+    block = maybe_remat(BCASTBlock, self.remat, static_argnums=(3,))
 
     # One frame per tubelet, its last: spatial frame i sits inside tubelet i.
     images = x[:, pt - 1::pt].reshape(b * t, height, width, channels)
@@ -187,7 +191,7 @@ class CAST(nn.Module):
     for i in range(self.num_layers):
       s = spatial.block(i, s, train=train, part="attention")
       v = temporal.block(i, v, train=train, part="attention")
-      rate = self.stochastic_depth * i / max(self.num_layers - 1, 1)
+      rate = droppath_ramp(self.stochastic_depth, i, self.num_layers)
       s, v = block(self.num_heads, self.cross_dim, rate, self.dtype,
                    name=f"cross_block_{i}")(s, v, not train)
       s = spatial.block(i, s, train=train, part="mlp")
@@ -228,30 +232,46 @@ def joint_action_log_probs(verb_logits: jax.Array, noun_logits: jax.Array) -> ja
   return joint.reshape(joint.shape[0], -1)
 
 
-def merge_expert_params(params: Mapping[str, Any], spatial: Optional[Mapping[str, Any]] = None,
-                        temporal: Optional[Mapping[str, Any]] = None) -> Dict[str, Any]:
-  """Returns `params` (numpy) with converted expert trees placed under `spatial` / `temporal`.
+def _defaults() -> Dict[str, Any]:
+  """CAST's own `config.model` key.
 
-  Every leaf of a given expert tree must exist in `params` with the same shape,
-  and every frozen leaf of that expert (one no `TRAINABLE_PATTERNS` entry matches)
-  must be given; trainable leaves that are not given (adapters, a missing
-  `fc_norm`) keep their values. Raises `UnmatchedKeysError` listing every leaf
-  with no place, missing or with the wrong shape.
+  B-CAST bottleneck width, adapter bottleneck, MLP-adapter scale, and for
+  EPIC-Kitchens the verb/noun head sizes (both 0 = one single-label head). The
+  experts use the common hidden_size/num_heads/mlp_dim/num_layers keys.
   """
-  flat = flatten(params)
-  unknown, missing, bad = [], [], []
-  for prefix, tree in (("spatial", spatial), ("temporal", temporal)):
-    if tree is None:
-      continue
-    given = {f"{prefix}/{key}": value for key, value in flatten(tree).items()}
-    for path, value in given.items():
-      if path not in flat:
-        unknown.append(path)
-      elif flat[path].shape != value.shape:
-        bad.append(f"{path}: got {value.shape}, want {flat[path].shape}")
-      else:
-        flat[path] = np.asarray(value, flat[path].dtype)
-    missing += [path for path in flat if path.startswith(prefix + "/") and path not in given
-                and not any(re.search(pattern, path) for pattern in TRAINABLE_PATTERNS)]
-  raise_unmatched("CAST experts", unknown=unknown, missing=missing, bad_shapes=bad)
-  return unflatten(flat)
+  return {"cast": {"cross_dim": 384, "adapter_dim": 192, "mlp_adapter_scale": 0.5,
+                   "num_verbs": 0, "num_nouns": 0}}
+
+
+def _check(cfg: ml_collections.ConfigDict, input_shape: Sequence[int], field: str) -> None:
+  """Checks CAST's keys (its experts and cross-attention are dense)."""
+  del input_shape
+  c = cfg.cast
+  require(cfg.attention.kind == "dense", f"{field}.attention.kind",
+          f"must be 'dense' for cast (pretrained dense experts), got {cfg.attention.kind!r}")
+  require(c.cross_dim >= 1 and c.cross_dim % cfg.num_heads == 0, f"{field}.cast.cross_dim",
+          f"must be a positive multiple of num_heads={cfg.num_heads}, got {c.cross_dim}")
+  require(c.adapter_dim >= 1, f"{field}.cast.adapter_dim", f"must be >= 1, got {c.adapter_dim}")
+  require(c.num_verbs >= 0 and c.num_nouns >= 0 and (c.num_verbs > 0) == (c.num_nouns > 0),
+          f"{field}.cast.num_verbs",
+          f"num_verbs and num_nouns must both be 0 (one head) or both > 0 (EPIC-Kitchens), "
+          f"got {c.num_verbs} and {c.num_nouns}")
+
+
+def _build(cfg: ml_collections.ConfigDict, num_classes: int) -> CAST:
+  """The CAST that `config.model` describes."""
+  return CAST(
+      num_classes=num_classes, hidden_size=cfg.hidden_size, num_heads=cfg.num_heads,
+      mlp_dim=cfg.mlp_dim, num_layers=cfg.num_layers, patch_size=tuple(cfg.patch_size),
+      cross_dim=cfg.cast.cross_dim, adapter_dim=cfg.cast.adapter_dim,
+      mlp_adapter_scale=cfg.cast.mlp_adapter_scale, num_verbs=cfg.cast.num_verbs,
+      num_nouns=cfg.cast.num_nouns, dropout_rate=cfg.dropout_rate,
+      attention_dropout_rate=cfg.attention_dropout_rate,
+      stochastic_depth=cfg.stochastic_depth, remat=cfg.remat, dtype=DTYPES[cfg.dtype])
+
+
+FAMILY = ModelFamily(
+    name="cast", build=_build, defaults=_defaults, check=_check,
+    mlp_activation=None,  # the experts fix their own: QuickGELU (CLIP), erf GELU (VideoMAE)
+    stem_names=frozenset({"conv1", "class_embedding", "positional_embedding", "ln_pre",
+                          "patch_embed"}))

@@ -7,29 +7,22 @@ MultiHeadDotProductAttention_0, LayerNorm_1, MlpBlock_0}`, `posembed_input`,
 
 from __future__ import annotations
 
-import dataclasses
-from typing import Any, Callable, Optional, Union
+from typing import Any, Callable, Optional
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from vivit_knn.models.attention import MultiHeadAttention
+from vivit_knn.models.attention import DENSE, AttentionSpec, MultiHeadAttention
 from vivit_knn.models.partitioning import constrain
+from vivit_knn.models.video_transformer import BlockFields, StackFields, maybe_remat
 
 Dtype = Any
-KnnK = Optional[Union[int, float]]
 
-
-@dataclasses.dataclass(frozen=True)
-class AttentionSpec:
-  """Which attention a block uses: `kind` is 'dense' or 'knn'; `knn_k` an int or a fraction of the keys."""
-
-  kind: str = "dense"
-  knn_k: KnnK = None
-
-
-DENSE = AttentionSpec()
+__all__ = ["DENSE", "ENCODER_MODEL_TYPES", "MLP_ACTIVATIONS", "MLP_PARAM_AXES",
+           "AddPositionEmbedding", "AttentionSpec", "Encoder", "EncoderBlock",
+           "FactorizedSelfAttentionBlock", "MlpBlock", "attention_module", "drop_path",
+           "exact_gelu", "mlp_residual", "quick_gelu"]
 
 
 class MlpBlock(nn.Module):
@@ -55,6 +48,14 @@ class MlpBlock(nn.Module):
     x = nn.Dropout(self.dropout_rate)(x, deterministic=deterministic)
     x = dense(out_dim)(x)
     return nn.Dropout(self.dropout_rate)(x, deterministic=deterministic)
+
+
+# Logical axes of the MLP's parameters (see `vivit_knn.train.sharding`).
+MLP_PARAM_AXES = (
+    (r"Mlp\w*/Dense_0/kernel$", ("embed", "mlp")),
+    (r"Mlp\w*/Dense_0/bias$", ("mlp",)),
+    (r"Mlp\w*/Dense_1/kernel$", ("mlp", "embed")),
+)
 
 
 def quick_gelu(x: jax.Array) -> jax.Array:
@@ -86,17 +87,33 @@ def drop_path(module: nn.Module, x: jax.Array, rate: float, deterministic: bool)
   return jnp.where(mask, x / keep, jnp.zeros_like(x))
 
 
-def _attention(spec: AttentionSpec, num_heads: int, rate: float, dtype: Dtype,
-               name: str, factorized: bool = False) -> MultiHeadAttention:
+def attention_module(block: BlockFields, name: str, attention: Optional[AttentionSpec] = None,
+                     **options: Any) -> MultiHeadAttention:
+  """The `MultiHeadAttention` of `block` (its heads, attention dropout and dtype), named `name`.
+
+  `attention` replaces the block's own spec (e.g. a separate temporal attention);
+  `options` go to `MultiHeadAttention` (`factorized`, `qkv_transform`, ...).
+  """
   return MultiHeadAttention(
-      num_heads=num_heads, kind=spec.kind, knn_k=spec.knn_k,
-      factorized=factorized, dropout_rate=rate, dtype=dtype, name=name)
+      num_heads=block.num_heads, attention=block.attention if attention is None else attention,
+      dropout_rate=block.attention_dropout_rate, dtype=block.dtype, name=name, **options)
+
+
+def mlp_residual(block: BlockFields, x: jax.Array, deterministic: bool,
+                 norm_name: str = "LayerNorm_1", mlp_name: str = "MlpBlock_0",
+                 epsilon: float = 1e-6) -> jax.Array:
+  """x + drop_path(MLP(LN(x))), creating the LayerNorm and `MlpBlock` on `block`."""
+  y = nn.LayerNorm(epsilon=epsilon, dtype=block.dtype, name=norm_name)(x)
+  y = MlpBlock(block.mlp_dim, dropout_rate=block.dropout_rate,
+               activation=block.mlp_activation, dtype=block.dtype,
+               name=mlp_name)(y, deterministic=deterministic)
+  return x + drop_path(block, y, block.droppath_rate, deterministic)
 
 
 BLOCK_PARTS = ("all", "attention", "mlp")
 
 
-class EncoderBlock(nn.Module):
+class EncoderBlock(BlockFields):
   """Pre-LN transformer block: x + Attn(LN(x)), then x + MLP(LN(x)).
 
   With `factorized=True` (ViViT model 4) the input is `[B, T, S, D]` and half the
@@ -113,15 +130,7 @@ class EncoderBlock(nn.Module):
   block.
   """
 
-  mlp_dim: int
-  num_heads: int
-  attention: AttentionSpec = DENSE
   factorized: bool = False
-  dropout_rate: float = 0.0
-  attention_dropout_rate: float = 0.0
-  droppath_rate: float = 0.0
-  dtype: Dtype = jnp.float32
-  mlp_activation: Callable[[jax.Array], jax.Array] = nn.gelu
   layer_norm_epsilon: float = 1e-6
   attention_adapter: Optional[Callable[..., nn.Module]] = None
   mlp_adapter: Optional[Callable[..., nn.Module]] = None
@@ -135,9 +144,8 @@ class EncoderBlock(nn.Module):
                                            name=name)
     if part != "mlp":
       y = layer_norm("LayerNorm_0")(x)
-      y = _attention(self.attention, self.num_heads, self.attention_dropout_rate,
-                     self.dtype, "MultiHeadDotProductAttention_0",
-                     factorized=self.factorized)(y, deterministic=deterministic)
+      y = attention_module(self, "MultiHeadDotProductAttention_0",
+                           factorized=self.factorized)(y, deterministic=deterministic)
       if self.attention_adapter is not None:
         y = self.attention_adapter(name="attention_adapter")(y, deterministic=deterministic)
       y = nn.Dropout(self.dropout_rate)(y, deterministic=deterministic)
@@ -153,28 +161,20 @@ class EncoderBlock(nn.Module):
     return x + drop_path(self, z, self.droppath_rate, deterministic)
 
 
-class FactorizedSelfAttentionBlock(nn.Module):
+class FactorizedSelfAttentionBlock(BlockFields):
   """ViViT model 3: attention along time, then along space, then the MLP.
 
   Input is `[B, T, S, D]`. Names follow scenic (`LayerNorm_time`,
   `MultiHeadDotProductAttention_time`, `_space`, `LayerNorm_mlp`, `MlpBlock`).
+  `temporal_attention` (default: `attention`) is the time half's.
   """
 
-  mlp_dim: int
-  num_heads: int
-  attention: AttentionSpec = DENSE
   temporal_attention: Optional[AttentionSpec] = None
-  dropout_rate: float = 0.0
-  attention_dropout_rate: float = 0.0
-  droppath_rate: float = 0.0
-  dtype: Dtype = jnp.float32
-  mlp_activation: Callable[[jax.Array], jax.Array] = nn.gelu
 
   def _axis_attention(self, x, axis_name, spec, deterministic):
     y = nn.LayerNorm(dtype=self.dtype, name=f"LayerNorm_{axis_name}")(x)
-    y = _attention(spec, self.num_heads, self.attention_dropout_rate, self.dtype,
-                   f"MultiHeadDotProductAttention_{axis_name}")(
-                       y, deterministic=deterministic)
+    y = attention_module(self, f"MultiHeadDotProductAttention_{axis_name}", spec)(
+        y, deterministic=deterministic)
     y = nn.Dropout(self.dropout_rate)(y, deterministic=deterministic)
     return x + drop_path(self, y, self.droppath_rate, deterministic)
 
@@ -187,66 +187,51 @@ class FactorizedSelfAttentionBlock(nn.Module):
                              deterministic)
     x = jnp.swapaxes(x, 1, 2)  # [B, T, S, D]
     x = self._axis_attention(x, "space", self.attention, deterministic)
-    y = nn.LayerNorm(dtype=self.dtype, name="LayerNorm_mlp")(x)
-    y = MlpBlock(self.mlp_dim, dropout_rate=self.dropout_rate, activation=self.mlp_activation,
-                 dtype=self.dtype, name="MlpBlock")(y, deterministic=deterministic)
-    return x + drop_path(self, y, self.droppath_rate, deterministic)
+    return mlp_residual(self, x, deterministic, norm_name="LayerNorm_mlp", mlp_name="MlpBlock")
 
 
-BLOCK_TYPES = ("standard", "factorized_self_attention", "factorized_dot_product")
+# ViViT's layouts that run on one `Encoder` (model 2, the factorised encoder, is two
+# encoders; see `vivit.MODEL_TYPES`).
+ENCODER_MODEL_TYPES = ("spacetime", "factorized_self_attention_block",
+                       "factorized_dot_product_attention")
 
 
-class Encoder(nn.Module):
+class Encoder(StackFields):
   """Learned position embedding, `num_layers` blocks and a final LayerNorm.
 
-  Tokens come in as `[B, N, D]`. For the factorised block types, `temporal_dims`
-  says how to view them as `[B, T, N/T, D]`; the output is flattened back.
-  Stochastic depth grows linearly from 0 at the first block to
-  `stochastic_depth` at the last. `mlp_activation` goes to every block's MLP.
+  Tokens come in as `[B, N, D]`. `model_type` is ViViT's layout: 'spacetime'
+  (standard blocks, also the image ViT's), 'factorized_self_attention_block'
+  (model 3) or 'factorized_dot_product_attention' (model 4); for the factorised
+  two, `temporal_dims` says how to view the tokens as `[B, T, N/T, D]` and the
+  output is flattened back. Stochastic depth grows linearly from 0 at the first
+  block to `stochastic_depth` at the last. `mlp_activation` goes to every block's
+  MLP; `temporal_attention` is model 3's time attention (default: `attention`).
   """
 
-  num_layers: int
-  mlp_dim: int
-  num_heads: int
-  attention: AttentionSpec = DENSE
   temporal_attention: Optional[AttentionSpec] = None
-  block_type: str = "standard"
+  model_type: str = "spacetime"
   temporal_dims: Optional[int] = None
-  dropout_rate: float = 0.0
-  attention_dropout_rate: float = 0.0
-  stochastic_depth: float = 0.0
-  remat: bool = False
-  dtype: Dtype = jnp.float32
-  mlp_activation: Callable[[jax.Array], jax.Array] = nn.gelu
 
   def _block(self, layer: int) -> nn.Module:
-    rate = self.stochastic_depth * layer / max(self.num_layers - 1, 1)
-    common = dict(mlp_dim=self.mlp_dim, num_heads=self.num_heads,
-                  attention=self.attention, dropout_rate=self.dropout_rate,
-                  attention_dropout_rate=self.attention_dropout_rate,
-                  droppath_rate=rate, dtype=self.dtype, mlp_activation=self.mlp_activation,
-                  name=f"encoderblock_{layer}")
-    if self.block_type == "factorized_self_attention":
+    common = self.block_fields(layer)
+    if self.model_type == "factorized_self_attention_block":
       cls = FactorizedSelfAttentionBlock
       common["temporal_attention"] = self.temporal_attention
     else:
       cls = EncoderBlock
-      common["factorized"] = self.block_type == "factorized_dot_product"
-    if self.remat:
-      # `deterministic` is passed positionally (argument 2, counting self) and
-      # must stay a Python bool inside the rematerialised call.
-      cls = nn.remat(cls, static_argnums=(2,))
-    return cls(**common)
+      common["factorized"] = self.model_type == "factorized_dot_product_attention"
+    return maybe_remat(cls, self.remat)(**common)
 
   @nn.compact
   def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
     """Encodes `[B, N, D]` tokens; returns `[B, N, D]`."""
-    if self.block_type not in BLOCK_TYPES:
-      raise ValueError(f"block_type must be one of {BLOCK_TYPES}, got {self.block_type!r}")
+    if self.model_type not in ENCODER_MODEL_TYPES:
+      raise ValueError(f"model_type must be one of {ENCODER_MODEL_TYPES}, "
+                       f"got {self.model_type!r}")
     b, n, d = x.shape
     x = AddPositionEmbedding(name="posembed_input")(x)
     x = nn.Dropout(self.dropout_rate)(x, deterministic=not train)
-    factorised = self.block_type != "standard"
+    factorised = self.model_type != "spacetime"
     if factorised:
       x = x.reshape(b, self.temporal_dims, n // self.temporal_dims, d)
     for layer in range(self.num_layers):

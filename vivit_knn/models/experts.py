@@ -34,6 +34,7 @@ import numpy as np
 
 from vivit_knn.models.adapters import adapter_factory
 from vivit_knn.models.encoder import EncoderBlock, exact_gelu, quick_gelu
+from vivit_knn.models.video_transformer import droppath_ramp, maybe_remat
 
 Dtype = Any
 
@@ -70,10 +71,10 @@ class _Expert(nn.Module):
   dtype: Dtype = jnp.float32
 
   def _blocks(self, activation, epsilon: float) -> List[nn.Module]:
-    cls = nn.remat(EncoderBlock, static_argnums=(2, 3)) if self.remat else EncoderBlock
+    cls = maybe_remat(EncoderBlock, self.remat, static_argnums=(2, 3))
     blocks = []
     for i in range(self.num_layers):
-      rate = self.stochastic_depth * i / max(self.num_layers - 1, 1)
+      rate = droppath_ramp(self.stochastic_depth, i, self.num_layers)
       blocks.append(cls(
           mlp_dim=self.mlp_dim, num_heads=self.num_heads, dropout_rate=self.dropout_rate,
           attention_dropout_rate=self.attention_dropout_rate, dtype=self.dtype,

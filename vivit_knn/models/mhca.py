@@ -24,7 +24,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from vivit_knn.models.attention import MultiHeadAttention
+from vivit_knn.models.attention import DENSE, AttentionSpec, MultiHeadAttention
 
 Dtype = Any
 
@@ -90,14 +90,15 @@ class QuadraticPositionBias(nn.Module):
 
 
 def mhca_attention(x: jax.Array, *, num_heads: int, grid: Sequence[int], num_frames: int = 1,
-                   num_prefix: int = 1, kind: str = "dense", knn_k=None,
+                   num_prefix: int = 1, attention: AttentionSpec = DENSE,
                    locality_strength: float = 1.0, dropout_rate: float = 0.0,
                    deterministic: bool = True, dtype: Dtype = jnp.float32) -> jax.Array:
   """MHCA of tokens `[B, P + T*h*w, D]`, built inside the calling module's scope.
 
   Creates `RelativePosition_0` (the `QuadraticPositionBias`) and
   `MultiHeadDotProductAttention_0` (the usual attention, so its parameters keep the
-  plain-ViT names) in the module whose compact method calls it.
+  plain-ViT names) in the module whose compact method calls it. `attention` is
+  the attention kind (dense, k-NN, ...) the relative term is added to.
   """
   n = x.shape[-2]
   if n != num_prefix + num_frames * grid[0] * grid[1]:
@@ -105,7 +106,7 @@ def mhca_attention(x: jax.Array, *, num_heads: int, grid: Sequence[int], num_fra
                      f"x {grid[0]}x{grid[1]} patches")
   bias = QuadraticPositionBias(num_heads, locality_strength, name="RelativePosition_0")(
       grid, num_frames, num_prefix)
-  return MultiHeadAttention(num_heads=num_heads, kind=kind, knn_k=knn_k,
+  return MultiHeadAttention(num_heads=num_heads, attention=attention,
                             dropout_rate=dropout_rate, dtype=dtype,
                             name="MultiHeadDotProductAttention_0")(
                                 x, bias=bias, deterministic=deterministic)
@@ -118,8 +119,7 @@ class MHCA(nn.Module):
     num_heads: number of heads.
     num_prefix: leading non-patch tokens (CLS) that get no relative term.
     locality_strength: initial `alpha_h`.
-    kind: 'dense' or 'knn'.
-    knn_k: k for 'knn'.
+    attention: the attention kind and its options (`AttentionSpec`).
     dropout_rate: attention dropout.
     dtype: computation dtype.
   """
@@ -127,8 +127,7 @@ class MHCA(nn.Module):
   num_heads: int
   num_prefix: int = 1
   locality_strength: float = 1.0
-  kind: str = "dense"
-  knn_k: Any = None
+  attention: AttentionSpec = DENSE
   dropout_rate: float = 0.0
   dtype: Dtype = jnp.float32
 
@@ -137,7 +136,7 @@ class MHCA(nn.Module):
                deterministic: bool = True) -> jax.Array:
     """Attends over `[B, P + T*h*w, D]` tokens laid out as `grid` patches per frame."""
     return mhca_attention(x, num_heads=self.num_heads, grid=grid, num_frames=num_frames,
-                          num_prefix=self.num_prefix, kind=self.kind, knn_k=self.knn_k,
+                          num_prefix=self.num_prefix, attention=self.attention,
                           locality_strength=self.locality_strength,
                           dropout_rate=self.dropout_rate, deterministic=deterministic,
                           dtype=self.dtype)

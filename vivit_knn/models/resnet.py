@@ -19,7 +19,7 @@ import jax.numpy as jnp
 
 Dtype = Any
 
-# depth -> (block kind, blocks per stage)
+# depth -> (block design: torchvision's BasicBlock or Bottleneck, blocks per stage)
 DEPTHS: Dict[int, Tuple[str, Tuple[int, ...]]] = {
     18: ("basic", (2, 2, 2, 2)),
     34: ("basic", (3, 4, 6, 3)),
@@ -33,8 +33,8 @@ BN_EPSILON = 1e-5  # torchvision's default
 
 def stage_channels(depth: int, width: int = 64) -> Tuple[int, ...]:
   """Output channels of `layer1..layer4` (e.g. 2048 for layer4 of ResNet-50/101)."""
-  kind, _ = _spec(depth)
-  return tuple(width * 2 ** i * EXPANSION[kind] for i in range(4))
+  design, _ = _spec(depth)
+  return tuple(width * 2 ** i * EXPANSION[design] for i in range(4))
 
 
 def feature_size(size: int, stage: int = 4) -> int:
@@ -64,9 +64,9 @@ def _conv(features: int, kernel: int, stride: int, name: str, dtype: Dtype) -> n
 
 
 class _Block(nn.Module):
-  """torchvision BasicBlock (`kind='basic'`) or Bottleneck, with its projection shortcut."""
+  """torchvision BasicBlock (`design='basic'`) or Bottleneck, with its projection shortcut."""
 
-  kind: str
+  design: str
   planes: int
   stride: int
   dtype: Dtype = jnp.float32
@@ -76,8 +76,8 @@ class _Block(nn.Module):
     """Applies the block to NHWC `x`."""
     norm = functools.partial(nn.BatchNorm, use_running_average=not train, momentum=0.9,
                              epsilon=BN_EPSILON, dtype=self.dtype)
-    out_features = self.planes * EXPANSION[self.kind]
-    if self.kind == "basic":
+    out_features = self.planes * EXPANSION[self.design]
+    if self.design == "basic":
       y = nn.relu(norm(name="bn1")(_conv(self.planes, 3, self.stride, "conv1", self.dtype)(x)))
       y = norm(name="bn2")(_conv(self.planes, 3, 1, "conv2", self.dtype)(y))
     else:
@@ -106,7 +106,7 @@ class ResNet(nn.Module):
   @nn.compact
   def __call__(self, x: jax.Array, *, train: bool = False):
     """Classifies images; BatchNorm uses its running statistics unless `train`."""
-    kind, blocks = _spec(self.depth)
+    design, blocks = _spec(self.depth)
     x = x.astype(self.dtype)
     x = _conv(self.width, 7, 2, "conv1", self.dtype)(x)
     x = nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=BN_EPSILON,
@@ -117,7 +117,7 @@ class ResNet(nn.Module):
     for stage, count in enumerate(blocks):
       for j in range(count):
         stride = 2 if stage > 0 and j == 0 else 1
-        x = _Block(kind, self.width * 2 ** stage, stride, self.dtype,
+        x = _Block(design, self.width * 2 ** stage, stride, self.dtype,
                    name=f"layer{stage + 1}_{j}")(x, train=train)
       features[f"layer{stage + 1}"] = x
     pooled = jnp.mean(x, axis=(1, 2))

@@ -50,9 +50,10 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from vivit_knn.models.attention import MultiHeadAttention
-from vivit_knn.models.encoder import (DENSE, AddPositionEmbedding, AttentionSpec, MlpBlock,
-                                      drop_path, exact_gelu)
+from vivit_knn.models.attention import DENSE, AttentionSpec
+from vivit_knn.models.encoder import (AddPositionEmbedding, attention_module, drop_path,
+                                      exact_gelu, mlp_residual)
+from vivit_knn.models.video_transformer import BlockFields
 
 Dtype = Any
 Activation = Callable[[jax.Array], jax.Array]
@@ -128,40 +129,18 @@ class SummaryTokens(nn.Module):
     return jnp.einsum("btrs,btsd->btrd", weights, x)
 
 
-def _mha(spec: AttentionSpec, num_heads: int, rate: float, dtype: Dtype, name: str,
-         qkv_transform=None) -> MultiHeadAttention:
-  return MultiHeadAttention(num_heads=num_heads, kind=spec.kind, knn_k=spec.knn_k,
-                            dropout_rate=rate, dtype=dtype, qkv_transform=qkv_transform,
-                            name=name)
-
-
-def _mlp_residual(block: nn.Module, x: jax.Array, deterministic: bool) -> jax.Array:
-  """x + drop_path(MLP(LN(x))), creating `LayerNorm_1` and `MlpBlock_0` on `block`."""
-  y = nn.LayerNorm(dtype=block.dtype, name="LayerNorm_1")(x)
-  y = MlpBlock(block.mlp_dim, dropout_rate=block.dropout_rate,
-               activation=block.mlp_activation, dtype=block.dtype,
-               name="MlpBlock_0")(y, deterministic=deterministic)
-  return x + drop_path(block, y, block.droppath_rate, deterministic)
-
-
-class DividedSpaceTimeBlock(nn.Module):
+class DividedSpaceTimeBlock(BlockFields, kw_only=True):
   """TimeSformer's divided space-time block on `[B, 1 + N*T, D]` tokens (see module doc).
 
   `temporal_fc_zero_init=False` initialises `temporal_fc` like any Dense layer
   (for training from scratch, where there is no image model to start from).
-  `mlp_activation` defaults to TimeSformer's erf GELU.
+  `mlp_activation` defaults to TimeSformer's erf GELU. `attention` is the spatial
+  attention's, `temporal_attention` the time attention's.
   """
 
-  mlp_dim: int
-  num_heads: int
   num_frames: int
-  attention: AttentionSpec = DENSE
   temporal_attention: AttentionSpec = DENSE
   temporal_fc_zero_init: bool = True
-  dropout_rate: float = 0.0
-  attention_dropout_rate: float = 0.0
-  droppath_rate: float = 0.0
-  dtype: Dtype = jnp.float32
   mlp_activation: Activation = exact_gelu
 
   def _branch(self, y: jax.Array, deterministic: bool) -> jax.Array:
@@ -177,8 +156,8 @@ class DividedSpaceTimeBlock(nn.Module):
     cls, patches = x[:, :1], x[:, 1:].reshape(b, n, t, d)
 
     y = nn.LayerNorm(dtype=self.dtype, name="temporal_norm1")(patches)
-    y = _mha(self.temporal_attention, self.num_heads, self.attention_dropout_rate,
-             self.dtype, "temporal_attn")(y, deterministic=deterministic)
+    y = attention_module(self, "temporal_attn", self.temporal_attention)(
+        y, deterministic=deterministic)
     fc_init = nn.initializers.zeros if self.temporal_fc_zero_init else nn.initializers.lecun_normal()
     y = nn.Dense(d, dtype=self.dtype, kernel_init=fc_init, name="temporal_fc")(self._branch(y, deterministic))
     patches = patches + y
@@ -186,16 +165,15 @@ class DividedSpaceTimeBlock(nn.Module):
     frames = jnp.swapaxes(patches, 1, 2)  # [B, T, N, D]
     tokens = jnp.concatenate([jnp.broadcast_to(cls[:, None], (b, t, 1, d)), frames], 2)
     y = nn.LayerNorm(dtype=self.dtype, name="LayerNorm_0")(tokens)
-    y = _mha(self.attention, self.num_heads, self.attention_dropout_rate, self.dtype,
-             "MultiHeadDotProductAttention_0")(y, deterministic=deterministic)
+    y = attention_module(self, "MultiHeadDotProductAttention_0")(y, deterministic=deterministic)
     y = self._branch(y, deterministic)
     cls = cls + jnp.mean(y[:, :, :1], axis=1)
     patches = patches + jnp.swapaxes(y[:, :, 1:], 1, 2)
     x = jnp.concatenate([cls, patches.reshape(b, n * t, d)], axis=1)
-    return _mlp_residual(self, x, deterministic)
+    return mlp_residual(self, x, deterministic)
 
 
-class SpaceTimeMixingBlock(nn.Module):
+class SpaceTimeMixingBlock(BlockFields):
   """X-ViT block on per-frame tokens `[B, T, S, D]` (see module doc).
 
   `shift_div=0` turns the shift off (the space-only baseline); `segment_frames > 0`
@@ -203,16 +181,9 @@ class SpaceTimeMixingBlock(nn.Module):
   `mlp_activation` defaults to X-ViT's erf GELU.
   """
 
-  mlp_dim: int
-  num_heads: int
   shift_div: int = 8
   num_summary_tokens: int = 0
   segment_frames: int = 0
-  attention: AttentionSpec = DENSE
-  dropout_rate: float = 0.0
-  attention_dropout_rate: float = 0.0
-  droppath_rate: float = 0.0
-  dtype: Dtype = jnp.float32
   mlp_activation: Activation = exact_gelu
 
   @nn.compact
@@ -227,12 +198,11 @@ class SpaceTimeMixingBlock(nn.Module):
       kv = jnp.concatenate([y, jnp.broadcast_to(summary, (b, t) + summary.shape[2:])], 2)
       own = s
     shift = FrameShift(self.shift_div, own, self.segment_frames) if self.shift_div else None
-    y = _mha(self.attention, self.num_heads, self.attention_dropout_rate, self.dtype,
-             "MultiHeadDotProductAttention_0", qkv_transform=shift)(
-                 y, kv, deterministic=deterministic)
+    y = attention_module(self, "MultiHeadDotProductAttention_0", qkv_transform=shift)(
+        y, kv, deterministic=deterministic)
     y = nn.Dropout(self.dropout_rate)(y, deterministic=deterministic)
     x = x + drop_path(self, y, self.droppath_rate, deterministic)
-    return _mlp_residual(self, x, deterministic)
+    return mlp_residual(self, x, deterministic)
 
 
 def time_embed_init(std: float):

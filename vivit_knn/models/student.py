@@ -15,44 +15,41 @@ encoder_norm}`, `output_projection`). Options for two-stage distillation:
 
 Branches and the aligner run only in training (and at init); evaluation and
 `export_params` drop them.
+
+`FAMILY` is the 'student' model family (its own key: the `student` block).
 """
 
 from __future__ import annotations
 
-from typing import Any, Callable, Dict, Tuple
+from typing import Any, Dict, Sequence, Tuple
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import ml_collections
 
 from vivit_knn.models import resnet
 from vivit_knn.models.aligner import FeatureAligner
-from vivit_knn.models.encoder import (DENSE, AddPositionEmbedding, AttentionSpec, EncoderBlock,
-                                      MlpBlock, drop_path)
+from vivit_knn.models.encoder import AddPositionEmbedding, EncoderBlock, drop_path, mlp_residual
+from vivit_knn.models.family import (KeyCounts, ModelFamily, attention_spec, require,
+                                     video_transformer_kwargs)
 from vivit_knn.models.mhca import mhca_attention
-from vivit_knn.models.video_transformer import VideoTransformer
+from vivit_knn.models.video_transformer import (BlockFields, StackFields, VideoTransformer,
+                                                maybe_remat)
 from vivit_knn.models.vivit import tubelet_embedding
 
 Dtype = Any
 TRAINING_ONLY_PREFIXES = ("branch_", "aligner")
 
 
-class MHCABlock(nn.Module):
+class MHCABlock(BlockFields):
   """Pre-LN block like `EncoderBlock`, with MHCA instead of plain attention.
 
   Parameters: `LayerNorm_0`, `RelativePosition_0`, `MultiHeadDotProductAttention_0`,
   `LayerNorm_1`, `MlpBlock_0`.
   """
 
-  mlp_dim: int
-  num_heads: int
-  attention: AttentionSpec = DENSE
   locality_strength: float = 1.0
-  dropout_rate: float = 0.0
-  attention_dropout_rate: float = 0.0
-  droppath_rate: float = 0.0
-  dtype: Dtype = jnp.float32
-  mlp_activation: Callable[[jax.Array], jax.Array] = nn.gelu
 
   @nn.compact
   def __call__(self, x: jax.Array, deterministic: bool, grid: Tuple[int, int],
@@ -60,37 +57,24 @@ class MHCABlock(nn.Module):
     """Applies the block to `[B, 1 + T*h*w, D]` tokens (CLS first)."""
     y = nn.LayerNorm(dtype=self.dtype, name="LayerNorm_0")(x)
     y = mhca_attention(y, num_heads=self.num_heads, grid=grid, num_frames=num_frames,
-                       num_prefix=1, kind=self.attention.kind, knn_k=self.attention.knn_k,
+                       num_prefix=1, attention=self.attention,
                        locality_strength=self.locality_strength,
                        dropout_rate=self.attention_dropout_rate, deterministic=deterministic,
                        dtype=self.dtype)
     y = nn.Dropout(self.dropout_rate)(y, deterministic=deterministic)
     x = x + drop_path(self, y, self.droppath_rate, deterministic)
-    y = nn.LayerNorm(dtype=self.dtype, name="LayerNorm_1")(x)
-    y = MlpBlock(self.mlp_dim, dropout_rate=self.dropout_rate, activation=self.mlp_activation,
-                 dtype=self.dtype, name="MlpBlock_0")(y, deterministic=deterministic)
-    return x + drop_path(self, y, self.droppath_rate, deterministic)
+    return mlp_residual(self, x, deterministic)
 
 
-class StudentEncoder(nn.Module):
+class StudentEncoder(StackFields):
   """Position embedding, `num_layers` blocks (MHCA first), final LayerNorm.
 
   Returns `(encoded tokens, [tokens after each layer listed in `taps`])`.
   """
 
-  num_layers: int
-  mlp_dim: int
-  num_heads: int
-  attention: AttentionSpec = DENSE
   mhca_layers: int = 0
   locality_strength: float = 1.0
   taps: Tuple[int, ...] = ()
-  dropout_rate: float = 0.0
-  attention_dropout_rate: float = 0.0
-  stochastic_depth: float = 0.0
-  remat: bool = False
-  dtype: Dtype = jnp.float32
-  mlp_activation: Callable[[jax.Array], jax.Array] = nn.gelu
 
   @nn.compact
   def __call__(self, x: jax.Array, *, grid: Tuple[int, int], num_frames: int, train: bool):
@@ -99,19 +83,13 @@ class StudentEncoder(nn.Module):
     x = nn.Dropout(self.dropout_rate)(x, deterministic=not train)
     tapped = []
     for layer in range(self.num_layers):
-      common = dict(mlp_dim=self.mlp_dim, num_heads=self.num_heads, attention=self.attention,
-                    dropout_rate=self.dropout_rate,
-                    attention_dropout_rate=self.attention_dropout_rate,
-                    droppath_rate=self.stochastic_depth * layer / max(self.num_layers - 1, 1),
-                    dtype=self.dtype, mlp_activation=self.mlp_activation,
-                    name=f"encoderblock_{layer}")
+      common = self.block_fields(layer)
       if layer < self.mhca_layers:
-        cls = nn.remat(MHCABlock, static_argnums=(2, 3, 4)) if self.remat else MHCABlock
+        cls = maybe_remat(MHCABlock, self.remat, static_argnums=(2, 3, 4))
         x = cls(locality_strength=self.locality_strength, **common)(
             x, not train, tuple(grid), num_frames)
       else:
-        cls = nn.remat(EncoderBlock, static_argnums=(2,)) if self.remat else EncoderBlock
-        x = cls(**common)(x, not train)
+        x = maybe_remat(EncoderBlock, self.remat)(**common)(x, not train)
       if layer + 1 in self.taps:
         tapped.append(x)
     return nn.LayerNorm(dtype=self.dtype, name="encoder_norm")(x), tapped
@@ -176,13 +154,8 @@ class VideoStudent(VideoTransformer):
     tokens = jnp.concatenate([jnp.broadcast_to(cls.astype(x.dtype), (b, 1, d)),
                               x.reshape(b, t * h * w, d)], axis=1)
     encoded, tapped = StudentEncoder(
-        num_layers=self.num_layers, mlp_dim=self.mlp_dim, num_heads=self.num_heads,
-        attention=self.attention, mhca_layers=self.mhca_layers,
-        locality_strength=self.locality_strength, taps=taps, dropout_rate=self.dropout_rate,
-        attention_dropout_rate=self.attention_dropout_rate,
-        stochastic_depth=self.stochastic_depth, remat=self.remat, dtype=self.dtype,
-        mlp_activation=self.mlp_activation,
-        name="Transformer")(tokens, grid=(h, w), num_frames=t, train=train)
+        mhca_layers=self.mhca_layers, locality_strength=self.locality_strength, taps=taps,
+        name="Transformer", **self.stack_fields())(tokens, grid=(h, w), num_frames=t, train=train)
     out["encoded"] = encoded
     out["pre_logits"] = encoded[:, 0]
     out["patch_tokens"] = encoded[:, 1:].reshape(b, t, h, w, d)
@@ -203,3 +176,56 @@ class VideoStudent(VideoTransformer):
 def export_params(params: Dict[str, Any]) -> Dict[str, Any]:
   """The student's parameters without the training-only branch heads and aligner."""
   return {k: v for k, v in params.items() if not k.startswith(TRAINING_ONLY_PREFIXES)}
+
+
+# --------------------------------------------------------------------------------------
+# The 'student' family.
+
+
+def _defaults() -> Dict[str, Any]:
+  """The student's own `config.model` key.
+
+  MHCA in the first `mhca_layers`, OFA `branch_heads` (0 = none) and an aligner to
+  `aligner_features` teacher channels (0 = none).
+  """
+  return {"student": {"mhca_layers": 0, "locality_strength": 1.0, "branch_heads": 0,
+                      "aligner_features": 0, "aligner_kernel": 1}}
+
+
+def _check(cfg: ml_collections.ConfigDict, input_shape: Sequence[int], field: str) -> None:
+  """Checks the CLS classifier and the `student` block against `num_layers`."""
+  del input_shape
+  st = cfg.student
+  require(cfg.classifier == "token", f"{field}.classifier",
+          f"must be 'token' for the student (its branches read the CLS), got {cfg.classifier!r}")
+  require(0 <= st.mhca_layers <= cfg.num_layers, f"{field}.student.mhca_layers",
+          f"must be in [0, num_layers={cfg.num_layers}], got {st.mhca_layers}")
+  require(st.branch_heads >= 0 and (st.branch_heads == 0 or cfg.num_layers % st.branch_heads == 0),
+          f"{field}.student.branch_heads",
+          f"must be 0 or divide num_layers={cfg.num_layers}, got {st.branch_heads}")
+  require(st.aligner_features >= 0, f"{field}.student.aligner_features",
+          f"must be >= 0, got {st.aligner_features}")
+  require(st.aligner_kernel >= 1, f"{field}.student.aligner_kernel",
+          f"must be >= 1, got {st.aligner_kernel}")
+
+
+def _build(cfg: ml_collections.ConfigDict, num_classes: int) -> VideoStudent:
+  """The student that `config.model` describes."""
+  return VideoStudent(
+      mhca_layers=cfg.student.mhca_layers,
+      locality_strength=cfg.student.locality_strength,
+      branch_heads=cfg.student.branch_heads,
+      aligner_features=cfg.student.aligner_features,
+      aligner_kernel=cfg.student.aligner_kernel,
+      **video_transformer_kwargs(cfg, num_classes, FAMILY.mlp_activation))
+
+
+def _key_counts(cfg: ml_collections.ConfigDict, t: int, s: int) -> KeyCounts:
+  """One joint space-time encoder with a CLS."""
+  return {"model.attention": (1 + t * s, attention_spec(cfg.attention, "model.attention"))}
+
+
+FAMILY = ModelFamily(
+    name="student", build=_build, defaults=_defaults, check=_check, key_counts=_key_counts,
+    mlp_activation="gelu_tanh",  # scenic's, as ViViT
+    stem_names=frozenset({"embedding", "cls", "posembed_input"}))

@@ -33,65 +33,56 @@ Parameters (the timm TimeSformer names they map to in brackets): `embedding`
 `output_projection` (`head`, zero-initialised). (TimeSformer's code skips block
 0 when it zeroes `temporal_fc`; here every block's starts at zero, so a static
 clip through an image-initialised model gives the image model's output.)
+
+`FAMILY` is the 'timesformer' model family (its own key: `temporal_fc_zero_init`).
 """
 
 from __future__ import annotations
 
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Dict, Sequence
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import ml_collections
 
-from vivit_knn.models.encoder import DENSE, AttentionSpec, EncoderBlock, exact_gelu
+from vivit_knn.models.attention import DENSE, AttentionSpec
+from vivit_knn.models.encoder import EncoderBlock, exact_gelu
+from vivit_knn.models.family import (KeyCounts, ModelFamily, attention_spec,
+                                     check_spacetime_keys, video_transformer_kwargs)
 from vivit_knn.models.spacetime_attention import (DividedSpaceTimeBlock, frame_tokens,
                                                   time_embed_init)
-from vivit_knn.models.video_transformer import VideoTransformer
+from vivit_knn.models.video_transformer import StackFields, VideoTransformer, maybe_remat
 from vivit_knn.models.vivit import tubelet_embedding
 
 Dtype = Any
 
 ATTENTION_TYPES = ("divided_space_time", "space_only", "joint_space_time")
+DEFAULT_ATTENTION_TYPE = "divided_space_time"  # `model.attention_type` when empty
 
 
-class TimeSformerEncoder(nn.Module):
+class TimeSformerEncoder(StackFields):
   """Position/time embeddings, `num_layers` blocks and the final LayerNorm.
 
   Takes patch tokens `[B, T, N, D]` and the `[1, 1, D]` CLS; returns `[B, 1 + N*T, D]`
   (`[B, 1 + N, D]`, averaged over frames, for `space_only`).
   """
 
-  attention_type: str
-  num_layers: int
-  mlp_dim: int
-  num_heads: int
-  attention: AttentionSpec = DENSE
+  attention_type: str = DEFAULT_ATTENTION_TYPE
   temporal_attention: AttentionSpec = DENSE
   time_embed_init_std: float = 0.0
   temporal_fc_zero_init: bool = True
-  dropout_rate: float = 0.0
-  attention_dropout_rate: float = 0.0
-  stochastic_depth: float = 0.0
-  remat: bool = False
-  dtype: Dtype = jnp.float32
   mlp_activation: Callable[[jax.Array], jax.Array] = exact_gelu
 
   def _block(self, layer: int, num_frames: int) -> nn.Module:
-    common = dict(mlp_dim=self.mlp_dim, num_heads=self.num_heads, attention=self.attention,
-                  dropout_rate=self.dropout_rate,
-                  attention_dropout_rate=self.attention_dropout_rate,
-                  droppath_rate=self.stochastic_depth * layer / max(self.num_layers - 1, 1),
-                  dtype=self.dtype, mlp_activation=self.mlp_activation,
-                  name=f"encoderblock_{layer}")
+    common = self.block_fields(layer)
     if self.attention_type == "divided_space_time":
       cls = DividedSpaceTimeBlock
       common.update(num_frames=num_frames, temporal_attention=self.temporal_attention,
                     temporal_fc_zero_init=self.temporal_fc_zero_init)
     else:
       cls = EncoderBlock
-    if self.remat:
-      cls = nn.remat(cls, static_argnums=(2,))  # `deterministic` stays a Python bool
-    return cls(**common)
+    return maybe_remat(cls, self.remat)(**common)
 
   @nn.compact
   def __call__(self, patches: jax.Array, cls: jax.Array, *, train: bool) -> jax.Array:
@@ -123,7 +114,7 @@ class TimeSformer(VideoTransformer):
   GELU of TimeSformer's code.
   """
 
-  attention_type: str = "divided_space_time"
+  attention_type: str = DEFAULT_ATTENTION_TYPE
   patch_size: Sequence[int] = (16, 16, 1)
   temporal_attention: AttentionSpec = DENSE
   time_embed_init_std: float = 0.0
@@ -139,17 +130,61 @@ class TimeSformer(VideoTransformer):
     b, t, h, w, d = x.shape
     cls = self.param("cls", nn.initializers.zeros, (1, 1, d), jnp.float32)
     tokens = TimeSformerEncoder(
-        attention_type=self.attention_type, num_layers=self.num_layers,
-        mlp_dim=self.mlp_dim, num_heads=self.num_heads, attention=self.attention,
-        temporal_attention=self.temporal_attention,
+        attention_type=self.attention_type, temporal_attention=self.temporal_attention,
         time_embed_init_std=self.time_embed_init_std,
-        temporal_fc_zero_init=self.temporal_fc_zero_init, dropout_rate=self.dropout_rate,
-        attention_dropout_rate=self.attention_dropout_rate,
-        stochastic_depth=self.stochastic_depth, remat=self.remat, dtype=self.dtype,
-        mlp_activation=self.mlp_activation,
-        name="Transformer")(x.reshape(b, t, h * w, d), cls, train=train)
+        temporal_fc_zero_init=self.temporal_fc_zero_init, name="Transformer",
+        **self.stack_fields())(x.reshape(b, t, h * w, d), cls, train=train)
     out["encoded"] = tokens
     out["pre_logits"] = tokens[:, 0]
     logits = nn.Dense(self.num_classes, kernel_init=nn.initializers.zeros,
                       dtype=jnp.float32, name="output_projection")(tokens[:, 0])
     return logits, out
+
+
+# --------------------------------------------------------------------------------------
+# The 'timesformer' family.
+
+
+def attention_type(cfg: ml_collections.ConfigDict) -> str:
+  """`model.attention_type`, or TimeSformer's default when empty."""
+  return cfg.attention_type or DEFAULT_ATTENTION_TYPE
+
+
+def _defaults() -> Dict[str, Any]:
+  """TimeSformer's own `config.model` key."""
+  return {"temporal_fc_zero_init": True}
+
+
+def _check(cfg: ml_collections.ConfigDict, input_shape: Sequence[int], field: str) -> None:
+  """Checks the layout (`attention_type`), the CLS classifier and `time_embed_init_std`."""
+  del input_shape
+  check_spacetime_keys(cfg, field, ATTENTION_TYPES, DEFAULT_ATTENTION_TYPE)
+
+
+def _build(cfg: ml_collections.ConfigDict, num_classes: int) -> TimeSformer:
+  """The TimeSformer that `config.model` describes."""
+  return TimeSformer(
+      attention_type=attention_type(cfg),
+      temporal_attention=attention_spec(cfg.temporal_attention, "model.temporal_attention"),
+      time_embed_init_std=cfg.time_embed_init_std,
+      temporal_fc_zero_init=cfg.temporal_fc_zero_init,
+      **video_transformer_kwargs(cfg, num_classes, FAMILY.mlp_activation))
+
+
+def _key_counts(cfg: ml_collections.ConfigDict, t: int, s: int) -> KeyCounts:
+  """Keys per attention for `t` frames of `s` patches plus the CLS."""
+  spec = attention_spec(cfg.attention, "model.attention")
+  temporal = attention_spec(cfg.temporal_attention, "model.temporal_attention")
+  layout = attention_type(cfg)
+  if layout == "joint_space_time":
+    return {"model.attention": (1 + t * s, spec)}
+  counts = {"model.attention": (1 + s, spec)}
+  if layout == "divided_space_time":
+    counts["model.temporal_attention"] = (t, temporal)
+  return counts
+
+
+FAMILY = ModelFamily(
+    name="timesformer", build=_build, defaults=_defaults, check=_check, key_counts=_key_counts,
+    mlp_activation="gelu_exact",  # TimeSformer's PyTorch `nn.GELU()`
+    stem_names=frozenset({"embedding", "cls", "posembed_input", "time_embed"}))

@@ -7,17 +7,24 @@ Model 3 `factorized_self_attention_block`: each block attends along time, then s
 Model 4 `factorized_dot_product_attention`: half the heads along time, half along space.
 
 Parameter names follow scenic's ViViT so its checkpoints load without renaming.
+
+`FAMILY` is the 'vivit' model family: its config keys (`model_type`,
+`spatial_transformer`, `temporal_transformer`), checks and builder.
 """
 
 from __future__ import annotations
 
-from typing import Any, Optional, Sequence
+from typing import Any, Dict, Optional, Sequence
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import ml_collections
 
-from vivit_knn.models.encoder import DENSE, AttentionSpec, Encoder
+from vivit_knn.models.attention import DENSE, AttentionSpec, attention_config
+from vivit_knn.models.encoder import Encoder
+from vivit_knn.models.family import (KeyCounts, ModelFamily, attention_spec, require,
+                                     video_transformer_kwargs)
 from vivit_knn.models.video_transformer import VideoTransformer
 
 Dtype = Any
@@ -31,11 +38,8 @@ MODEL_TYPES = (
 CLASSIFIERS = ("token", "gap")
 KERNEL_INIT_METHODS = (None, "central_frame_initializer", "average_frame_initializer")
 
-_BLOCK_TYPE = {
-    "spacetime": "standard",
-    "factorized_self_attention_block": "factorized_self_attention",
-    "factorized_dot_product_attention": "factorized_dot_product",
-}
+# Layouts without a CLS token (classifier 'gap' only).
+_NO_CLS_MODEL_TYPES = ("factorized_self_attention_block", "factorized_dot_product_attention")
 
 
 def central_frame_initializer(base_init=nn.initializers.lecun_normal()):
@@ -105,13 +109,9 @@ class ViViT(VideoTransformer):
   classifier: str = "token"
 
   def _encoder(self, name: str, num_layers: int, attention: AttentionSpec,
-               block_type: str = "standard", temporal_dims: Optional[int] = None) -> Encoder:
-    return Encoder(
-        num_layers=num_layers, mlp_dim=self.mlp_dim, num_heads=self.num_heads,
-        attention=attention, block_type=block_type, temporal_dims=temporal_dims,
-        dropout_rate=self.dropout_rate, attention_dropout_rate=self.attention_dropout_rate,
-        stochastic_depth=self.stochastic_depth, remat=self.remat, dtype=self.dtype,
-        mlp_activation=self.mlp_activation, name=name)
+               model_type: str = "spacetime", temporal_dims: Optional[int] = None) -> Encoder:
+    fields = dict(self.stack_fields(), num_layers=num_layers, attention=attention)
+    return Encoder(model_type=model_type, temporal_dims=temporal_dims, name=name, **fields)
 
   def _pool(self, x: jax.Array, cls_name: str, encoder: Encoder, train: bool):
     """Runs `encoder` on `[B, N, D]` with an optional CLS; returns (pooled, tokens)."""
@@ -129,7 +129,7 @@ class ViViT(VideoTransformer):
       raise ValueError(f"model.model_type must be one of {MODEL_TYPES}, got {self.model_type!r}")
     if self.classifier not in CLASSIFIERS:
       raise ValueError(f"model.classifier must be one of {CLASSIFIERS}, got {self.classifier!r}")
-    if self.model_type in _BLOCK_TYPE and self.model_type != "spacetime" and self.classifier != "gap":
+    if self.model_type in _NO_CLS_MODEL_TYPES and self.classifier != "gap":
       raise ValueError(f"model.classifier must be 'gap' for model_type {self.model_type!r}")
 
     x = tubelet_embedding(self.hidden_size, tuple(self.patch_size),
@@ -148,7 +148,7 @@ class ViViT(VideoTransformer):
     else:
       tokens_in = x.reshape(b, t * h * w, d)
       pooled, tokens = self._pool(tokens_in, "cls", self._encoder(
-          "Transformer", self.num_layers, self.attention, _BLOCK_TYPE[self.model_type],
+          "Transformer", self.num_layers, self.attention, self.model_type,
           temporal_dims=t), train)
 
     out["encoded"] = tokens
@@ -156,3 +156,71 @@ class ViViT(VideoTransformer):
     logits = nn.Dense(self.num_classes, kernel_init=nn.initializers.zeros,
                       dtype=jnp.float32, name="output_projection")(pooled)
     return logits, out
+
+
+# --------------------------------------------------------------------------------------
+# The 'vivit' family.
+
+
+def _defaults() -> Dict[str, Any]:
+  """ViViT's own `config.model` keys: the layout and the factorised encoder's two stacks."""
+  return {
+      "model_type": "factorized_encoder",
+      "spatial_transformer": {"num_layers": 12, "attention": attention_config()},
+      "temporal_transformer": {"num_layers": 4, "attention": attention_config()},
+  }
+
+
+def _check(cfg: ml_collections.ConfigDict, input_shape: Sequence[int], field: str) -> None:
+  """Checks `model_type` and `classifier` (models 3 and 4 have no CLS; model 4 splits heads)."""
+  del input_shape
+  require(cfg.model_type in MODEL_TYPES, f"{field}.model_type",
+          f"must be one of {MODEL_TYPES}, got {cfg.model_type!r}")
+  require(cfg.classifier in CLASSIFIERS, f"{field}.classifier",
+          f"must be one of {CLASSIFIERS}, got {cfg.classifier!r}")
+  if cfg.model_type in _NO_CLS_MODEL_TYPES:
+    require(cfg.classifier == "gap", f"{field}.classifier",
+            f"must be 'gap' for model_type {cfg.model_type!r} (no CLS token there)")
+  if cfg.model_type == "factorized_dot_product_attention":
+    require(cfg.num_heads % 2 == 0, f"{field}.num_heads",
+            f"must be even for model 4 (half the heads per axis), got {cfg.num_heads}")
+
+
+def _build(cfg: ml_collections.ConfigDict, num_classes: int) -> ViViT:
+  """The ViViT that `config.model` describes."""
+  return ViViT(
+      model_type=cfg.model_type,
+      spatial_layers=cfg.spatial_transformer.num_layers,
+      temporal_layers=cfg.temporal_transformer.num_layers,
+      spatial_attention=attention_spec(cfg.spatial_transformer.attention,
+                                       "model.spatial_transformer.attention"),
+      temporal_attention=attention_spec(cfg.temporal_transformer.attention,
+                                        "model.temporal_transformer.attention"),
+      classifier=cfg.classifier,
+      **video_transformer_kwargs(cfg, num_classes, FAMILY.mlp_activation))
+
+
+def _key_counts(cfg: ml_collections.ConfigDict, t: int, s: int) -> KeyCounts:
+  """Keys per attention for `t` tubelet times of `s` patches (plus the CLS if any)."""
+  cls = 1 if cfg.classifier == "token" else 0
+  if cfg.model_type == "factorized_encoder":
+    return {
+        "model.spatial_transformer.attention": (
+            s + cls, attention_spec(cfg.spatial_transformer.attention,
+                                    "model.spatial_transformer.attention")),
+        "model.temporal_transformer.attention": (
+            t + cls, attention_spec(cfg.temporal_transformer.attention,
+                                    "model.temporal_transformer.attention")),
+    }
+  spec = attention_spec(cfg.attention, "model.attention")
+  if cfg.model_type == "spacetime":
+    return {"model.attention": (t * s + cls, spec)}
+  # Models 3 and 4 attend along time and along space separately; k must fit both.
+  return {"model.attention": (min(t, s), spec)}
+
+
+FAMILY = ModelFamily(
+    name="vivit", build=_build, defaults=_defaults, check=_check, key_counts=_key_counts,
+    mlp_activation="gelu_tanh",  # scenic's (flax's tanh GELU)
+    stem_names=frozenset({"embedding", "cls", "posembed_input", "cls_SpatialTransformer",
+                          "cls_TemporalTransformer"}))

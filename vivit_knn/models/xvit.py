@@ -25,48 +25,43 @@ Every MLP, the head's blocks and the head's `pre_logits` GELU included, uses
 `attention_type='space_only'` is the baseline without shift and without the
 time embedding: frames never exchange information and the head is
 permutation-invariant, so frame order is invisible.
+
+`FAMILY` is the 'xvit' model family (its own keys: `xvit_div`,
+`xvit_segment_frames`, `num_summary_tokens`, `head_layers`).
 """
 
 from __future__ import annotations
 
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Dict, Sequence
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import ml_collections
 
-from vivit_knn.models.encoder import DENSE, AttentionSpec, EncoderBlock, exact_gelu
+from vivit_knn.models.attention import DENSE, AttentionSpec
+from vivit_knn.models.encoder import EncoderBlock, exact_gelu
+from vivit_knn.models.family import (KeyCounts, ModelFamily, attention_spec,
+                                     check_spacetime_keys, require, video_transformer_kwargs)
 from vivit_knn.models.spacetime_attention import (SpaceTimeMixingBlock, frame_tokens,
                                                   time_embed_init)
-from vivit_knn.models.video_transformer import VideoTransformer
+from vivit_knn.models.video_transformer import StackFields, VideoTransformer, maybe_remat
 from vivit_knn.models.vivit import tubelet_embedding
 
 Dtype = Any
 Activation = Callable[[jax.Array], jax.Array]
 
 ATTENTION_TYPES = ("space_time_mixing", "space_only")
+DEFAULT_ATTENTION_TYPE = "space_time_mixing"  # `model.attention_type` when empty
 
 
-def _remat(cls, remat: bool):
-  return nn.remat(cls, static_argnums=(2,)) if remat else cls
-
-
-class XViTEncoder(nn.Module):
+class XViTEncoder(StackFields):
   """Per-frame tokens through mixing blocks; returns normalised `[B, T, 1 + N, D]`."""
 
-  num_layers: int
-  mlp_dim: int
-  num_heads: int
   shift_div: int = 8
   num_summary_tokens: int = 0
   segment_frames: int = 0
-  attention: AttentionSpec = DENSE
   time_embed_init_std: float = 0.0
-  dropout_rate: float = 0.0
-  attention_dropout_rate: float = 0.0
-  stochastic_depth: float = 0.0
-  remat: bool = False
-  dtype: Dtype = jnp.float32
   mlp_activation: Activation = exact_gelu
 
   @nn.compact
@@ -79,42 +74,27 @@ class XViTEncoder(nn.Module):
                         jnp.float32)
       x = x + time.astype(x.dtype)[:, :, None]
     x = nn.Dropout(self.dropout_rate)(x, deterministic=not train)
-    block = _remat(SpaceTimeMixingBlock, self.remat)
+    block = maybe_remat(SpaceTimeMixingBlock, self.remat)
     for layer in range(self.num_layers):
-      x = block(mlp_dim=self.mlp_dim, num_heads=self.num_heads, shift_div=self.shift_div,
-                num_summary_tokens=self.num_summary_tokens,
-                segment_frames=self.segment_frames, attention=self.attention,
-                dropout_rate=self.dropout_rate,
-                attention_dropout_rate=self.attention_dropout_rate,
-                droppath_rate=self.stochastic_depth * layer / max(self.num_layers - 1, 1),
-                dtype=self.dtype, mlp_activation=self.mlp_activation,
-                name=f"encoderblock_{layer}")(x, not train)
+      x = block(shift_div=self.shift_div, num_summary_tokens=self.num_summary_tokens,
+                segment_frames=self.segment_frames, **self.block_fields(layer))(x, not train)
     return nn.LayerNorm(dtype=self.dtype, name="encoder_norm")(x)
 
 
-class TemporalHead(nn.Module):
-  """`num_layers` standard blocks over `[B, 1 + T, D]` (no position embedding) and a LayerNorm."""
+class TemporalHead(StackFields):
+  """`num_layers` standard blocks over `[B, 1 + T, D]` (no position embedding) and a LayerNorm.
 
-  num_layers: int
-  mlp_dim: int
-  num_heads: int
-  attention: AttentionSpec = DENSE
-  dropout_rate: float = 0.0
-  attention_dropout_rate: float = 0.0
-  remat: bool = False
-  dtype: Dtype = jnp.float32
+  No stochastic depth (`stochastic_depth` stays 0).
+  """
+
   mlp_activation: Activation = exact_gelu
 
   @nn.compact
   def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
     """Returns the normalised tokens."""
-    block = _remat(EncoderBlock, self.remat)
+    block = maybe_remat(EncoderBlock, self.remat)
     for layer in range(self.num_layers):
-      x = block(mlp_dim=self.mlp_dim, num_heads=self.num_heads, attention=self.attention,
-                dropout_rate=self.dropout_rate,
-                attention_dropout_rate=self.attention_dropout_rate, dtype=self.dtype,
-                mlp_activation=self.mlp_activation,
-                name=f"encoderblock_{layer}")(x, not train)
+      x = block(**self.block_fields(layer))(x, not train)
     return nn.LayerNorm(dtype=self.dtype, name="encoder_norm")(x)
 
 
@@ -127,7 +107,7 @@ class XViT(VideoTransformer):
   frames; `mlp_activation` (erf GELU) serves every MLP and the head's GELU.
   """
 
-  attention_type: str = "space_time_mixing"
+  attention_type: str = DEFAULT_ATTENTION_TYPE
   patch_size: Sequence[int] = (16, 16, 1)
   shift_div: int = 8
   segment_frames: int = 0
@@ -152,14 +132,10 @@ class XViT(VideoTransformer):
                        f"the {t} frame tokens")
     cls = self.param("cls", nn.initializers.zeros, (1, 1, d), jnp.float32)
     tokens = XViTEncoder(
-        num_layers=self.num_layers, mlp_dim=self.mlp_dim, num_heads=self.num_heads,
         shift_div=self.shift_div if self.attention_type == "space_time_mixing" else 0,
         num_summary_tokens=self.num_summary_tokens, segment_frames=self.segment_frames,
-        attention=self.attention, time_embed_init_std=self.time_embed_init_std,
-        dropout_rate=self.dropout_rate, attention_dropout_rate=self.attention_dropout_rate,
-        stochastic_depth=self.stochastic_depth, remat=self.remat, dtype=self.dtype,
-        mlp_activation=self.mlp_activation,
-        name="Transformer")(x.reshape(b, t, h * w, d), cls, train=train)
+        time_embed_init_std=self.time_embed_init_std, name="Transformer",
+        **self.stack_fields())(x.reshape(b, t, h * w, d), cls, train=train)
     out["encoded"] = tokens
     frame_cls = tokens[:, :, 0]
     out["frame_cls"] = frame_cls
@@ -181,3 +157,74 @@ class XViT(VideoTransformer):
     logits = nn.Dense(self.num_classes, kernel_init=nn.initializers.zeros,
                       dtype=jnp.float32, name="output_projection")(y)
     return logits, out
+
+
+# --------------------------------------------------------------------------------------
+# The 'xvit' family.
+
+
+def attention_type(cfg: ml_collections.ConfigDict) -> str:
+  """`model.attention_type`, or X-ViT's default when empty."""
+  return cfg.attention_type or DEFAULT_ATTENTION_TYPE
+
+
+def _defaults() -> Dict[str, Any]:
+  """X-ViT's own `config.model` keys."""
+  return {
+      "xvit_div": 8,
+      # Frames per shift segment (0 = the whole clip). The authors' 16-frame K400 model
+      # shifts inside two 8-frame segments.
+      "xvit_segment_frames": 0,
+      "num_summary_tokens": 0,
+      "head_layers": 1,
+  }
+
+
+def _check(cfg: ml_collections.ConfigDict, input_shape: Sequence[int], field: str) -> None:
+  """Checks the shared TimeSformer/X-ViT keys, the shift, summary tokens, head and segments."""
+  check_spacetime_keys(cfg, field, ATTENTION_TYPES, DEFAULT_ATTENTION_TYPE)
+  div = cfg.xvit_div
+  require(isinstance(div, int) and div >= 2, f"{field}.xvit_div",
+          f"must be an int >= 2 (2C/div shifted channels must fit in C), got {div!r}")
+  require(cfg.hidden_size % div == 0, f"{field}.xvit_div",
+          f"{div} does not divide the {cfg.hidden_size} key/value channels (heads x head_dim)")
+  require(cfg.num_summary_tokens >= 0, f"{field}.num_summary_tokens",
+          f"must be >= 0, got {cfg.num_summary_tokens}")
+  require(cfg.head_layers >= 1, f"{field}.head_layers",
+          f"must be >= 1 (the temporal-attention head), got {cfg.head_layers}")
+  seg = cfg.xvit_segment_frames
+  require(isinstance(seg, int) and seg >= 0, f"{field}.xvit_segment_frames",
+          f"must be an int >= 0 (0 = the whole clip), got {seg!r}")
+  if seg:
+    frames = input_shape[0] // cfg.patch_size[2]
+    require(frames % seg == 0, f"{field}.xvit_segment_frames",
+            f"{seg} does not divide the {frames} frame tokens (dataset.num_frames / patch t)")
+
+
+def _build(cfg: ml_collections.ConfigDict, num_classes: int) -> XViT:
+  """The X-ViT that `config.model` describes."""
+  return XViT(
+      attention_type=attention_type(cfg),
+      shift_div=cfg.xvit_div,
+      segment_frames=cfg.xvit_segment_frames,
+      num_summary_tokens=cfg.num_summary_tokens,
+      head_layers=cfg.head_layers,
+      temporal_attention=attention_spec(cfg.temporal_attention, "model.temporal_attention"),
+      time_embed_init_std=cfg.time_embed_init_std,
+      **video_transformer_kwargs(cfg, num_classes, FAMILY.mlp_activation))
+
+
+def _key_counts(cfg: ml_collections.ConfigDict, t: int, s: int) -> KeyCounts:
+  """Within-frame keys (+ every frame's summary tokens); the head sees CLS + `t` frames."""
+  spec = attention_spec(cfg.attention, "model.attention")
+  temporal = attention_spec(cfg.temporal_attention, "model.temporal_attention")
+  return {"model.attention": (1 + s + t * cfg.num_summary_tokens, spec),
+          "model.temporal_attention": (1 + t, temporal)}
+
+
+FAMILY = ModelFamily(
+    name="xvit", build=_build, defaults=_defaults, check=_check, key_counts=_key_counts,
+    mlp_activation="gelu_exact",  # X-ViT's PyTorch `nn.GELU()`
+    exclusive_keys=("xvit_segment_frames",),
+    stem_names=frozenset({"embedding", "cls", "posembed_input", "time_embed",
+                          "cls_TemporalTransformer"}))

@@ -1,7 +1,7 @@
-"""Parameter count and GFLOPs of the model a config describes, for one clip.
+r"""Parameter count and GFLOPs of the model a config describes, for one clip.
 
     python -m vivit_knn.tools.model_stats --config=configs/k400_timesformer.py
-    python -m vivit_knn.tools.model_stats --config=configs/ucf101_uk.py \\
+    python -m vivit_knn.tools.model_stats --config=configs/ucf101_uk.py \
         --config.dataset.num_frames=32 --num_classes=400
 
 GFLOPs follow the papers' convention: multiply-adds (one multiply plus one add =
@@ -22,9 +22,8 @@ softmax but undercounts those comparisons (a note is printed).
 
 from __future__ import annotations
 
-import contextlib
 import math
-from typing import Any, Dict, Iterator, Sequence
+from typing import Any, Dict, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -48,20 +47,6 @@ def clip_shape(config: ml_collections.ConfigDict) -> tuple:
   return (d.num_frames, d.image_size, d.image_size, 3)
 
 
-@contextlib.contextmanager
-def _one_piece_attention() -> Iterator[None]:
-  """Makes `dot_product_attention` take its loop-free path while tracing."""
-  if not callable(getattr(attention, "_on_cpu", None)):
-    raise RuntimeError("vivit_knn.models.attention no longer has the `_on_cpu` switch "
-                       "model_stats relies on to avoid loops; update model_stats")
-  original = attention._on_cpu  # pylint: disable=protected-access
-  attention._on_cpu = lambda: False  # pylint: disable=protected-access
-  try:
-    yield
-  finally:
-    attention._on_cpu = original  # pylint: disable=protected-access
-
-
 def _cost_flops(cost: Any) -> float:
   if isinstance(cost, (list, tuple)):  # older jax returned one dict per device
     cost = cost[0]
@@ -83,7 +68,7 @@ def model_stats(model_config: ml_collections.ConfigDict, input_shape: Sequence[i
   def forward(p, clip):
     return model.apply({"params": p}, clip, train=False)[0]
 
-  with _one_piece_attention():
+  with attention.one_piece_paths():  # the loop-free form, which XLA counts in full
     compiled = jax.jit(forward).lower(params, x).compile()
   flops = _cost_flops(compiled.cost_analysis())
   return {"params": num_params, "gflops": flops / 2 / 1e9, "xla_flops": flops,

@@ -296,8 +296,10 @@ class Checkpointer:
 
 @contextlib.contextmanager
 def _orbax_quiet():
-  """Silences Orbax's own error logs (pages of traceback) while damaged steps are tried;
-  the fallback warnings say what happened in one line each."""
+  """Silences Orbax's own error logs (pages of traceback) while damaged steps are tried.
+
+  The fallback warnings say what happened, in one line each.
+  """
   previous, hook = logging.get_verbosity(), sys.excepthook
   if previous < logging.DEBUG:
     logging.set_verbosity(logging.FATAL)

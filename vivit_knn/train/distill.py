@@ -26,11 +26,11 @@ from absl import logging
 
 from vivit_knn import config as config_lib
 from vivit_knn.data.registry import build_dataset
-from vivit_knn.inference import read_run_info, restore_params
 from vivit_knn.models import resnet
 from vivit_knn.models.registry import build_model
 from vivit_knn.train import losses, sharding
 from vivit_knn.train.objectives import Objective, Terms
+from vivit_knn.train.run_info import read_run_info, restore_params
 from vivit_knn.weights.torchvision_resnet import load_torchvision_resnet
 
 STAGE1, STAGE2 = "stage1", "stage2"

@@ -19,7 +19,8 @@ from vivit_knn.data.base import VideoDataset
 from vivit_knn.data.registry import build_dataset
 from vivit_knn.models.registry import build_model
 from vivit_knn.train import optim, sharding
-from vivit_knn.train.objectives import Objective, build_objective
+from vivit_knn.train.objective_table import build_objective, check_objective
+from vivit_knn.train.objectives import Objective
 
 
 @flax.struct.dataclass
@@ -98,6 +99,7 @@ def build_experiment(config: ml_collections.ConfigDict,
   Fails with a ValueError naming the field before anything compiles.
   """
   config_lib.check_keys(config)
+  check_objective(config)
   config_lib.check_init_from(config)  # a missing required checkpoint fails before the data
   dataset = build_dataset(config.dataset)
   mesh = sharding.make_mesh(config.mesh, devices)

@@ -26,10 +26,10 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from vivit_knn.models.cast import merge_expert_params
 from vivit_knn.train import checkpoint
 from vivit_knn.train.experiment import Experiment, TrainState
 from vivit_knn.weights import init_from as init_lib
+from vivit_knn.weights.cast_experts import merge_expert_params
 from vivit_knn.weights.load import load_checkpoint
 from vivit_knn.weights.tree import flatten
 

@@ -286,10 +286,12 @@ class EvalAccumulator:
     self._cm += confusion_matrix(preds, labels, self.num_classes)
 
   def result(self) -> dict[str, Any]:
-    """Returns ``top1``, ``top5``, ``loss`` (mean unsmoothed cross-entropy),
-    ``num_examples``, ``confusion_matrix`` and ``per_class_accuracy``.
+    """The metrics of every example seen so far.
 
-    Scalar metrics are ``nan`` when no examples were seen.
+    Returns:
+      ``top1``, ``top5``, ``loss`` (mean unsmoothed cross-entropy),
+      ``num_examples``, ``confusion_matrix`` and ``per_class_accuracy``. Scalar
+      metrics are ``nan`` when no examples were seen.
     """
     n = self._count
     scale = (1.0 / n) if n else float("nan")

@@ -1,5 +1,8 @@
 """Training objectives: the loss a train step minimises, as a plug-in of the one trainer.
 
+This module holds the base class, which the plug-ins (`multihead`, `distill`)
+extend; `objective_table` names them all and builds the configured one.
+
 An objective sees the student's forward pass (logits and intermediates) and may
 run frozen networks of its own (a distillation teacher). Frozen parameters live
 outside the train state: they are neither updated nor checkpointed with it.
@@ -10,9 +13,8 @@ from __future__ import annotations
 from typing import Any, Dict, Tuple
 
 import jax
-import ml_collections
 
-from vivit_knn.train import losses
+from vivit_knn.train import losses, sharding
 
 Terms = Dict[str, jax.Array]
 
@@ -40,7 +42,6 @@ class Objective:
 
   def frozen_shardings(self, exp, frozen: Any) -> Any:
     """Shardings of `frozen` on the experiment's mesh (replicated by default)."""
-    from vivit_knn.train import sharding
     return jax.tree.map(lambda _: sharding.replicated(exp.mesh), frozen)
 
   def __call__(self, frozen: Any, *, phase: str, inputs: jax.Array, targets: jax.Array,
@@ -50,23 +51,3 @@ class Objective:
     del frozen, phase, inputs, intermediates, step, rng
     ce = losses.softmax_cross_entropy(logits, targets)
     return ce, {"ce": ce}
-
-
-def build_objective(config: ml_collections.ConfigDict,
-                    num_train_examples: int | None = None) -> Objective:
-  """The objective for `config` (classification unless a plug-in is configured).
-
-  `distill.method` 'fad' / 'fpld' selects two-stage distillation
-  (`vivit_knn.train.distill`); `num_train_examples` sizes its epoch-based stage 1
-  (looked up from the dataset when not given). A two-head CAST
-  (`model.cast.num_verbs` > 0, EPIC-Kitchens) trains with the verb + noun
-  objective (`vivit_knn.train.multihead`), which logs both terms.
-  """
-  if config.get("distill") is not None and config.distill.method:
-    from vivit_knn.train.distill import DistillObjective  # distill imports this module
-    return DistillObjective(config, num_train_examples)
-  model = config.model
-  if model.name == "cast" and model.cast.num_verbs > 0:
-    from vivit_knn.train.multihead import VerbNounObjective  # multihead imports this module
-    return VerbNounObjective(model.cast.num_verbs, model.cast.num_nouns)
-  return Objective()

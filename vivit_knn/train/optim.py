@@ -39,6 +39,10 @@ import jax.numpy as jnp
 import ml_collections
 import optax
 
+from vivit_knn import config as config_lib
+from vivit_knn import keys
+from vivit_knn.models import registry as model_registry
+
 __all__ = [
     "default_config",
     "build_schedule",
@@ -56,25 +60,8 @@ _KNOWN_OPTIMIZERS = ("sgd", "adamw")
 
 
 def default_config() -> ml_collections.ConfigDict:
-  """Returns the optimiser config with its default values."""
-  return ml_collections.ConfigDict(
-      {
-          "name": "sgd",
-          "base_learning_rate": 0.1,
-          "end_learning_rate": 0.0,
-          "warmup_steps": 0,
-          "momentum": 0.9,
-          "nesterov": False,
-          "beta1": 0.9,
-          "beta2": 0.999,
-          "weight_decay": 0.0,
-          "grad_clip_norm": 1.0,
-          # Regexes on '/'-joined parameter paths; () = every parameter trains.
-          "trainable_patterns": (),
-          # Layer-wise lr decay factor; 1.0 = off.
-          "layer_decay": 1.0,
-      }
-  )
+  """Returns the optimiser config with its default values (`vivit_knn.config.optimizer_config`)."""
+  return config_lib.optimizer_config()
 
 
 def _defaults() -> dict[str, Any]:
@@ -82,7 +69,11 @@ def _defaults() -> dict[str, Any]:
 
 
 def _resolve(config: Any) -> dict[str, Any]:
-  """Merges ``config`` (the optimiser section, or a root with ``.optimizer``) with the defaults."""
+  """Merges ``config`` (the optimiser section, or a root with ``.optimizer``) with the defaults.
+
+  Raises:
+    ValueError: naming ``optimizer.<key>`` for a key the defaults lack.
+  """
   if config is None:
     return _defaults()
   if isinstance(config, ml_collections.ConfigDict):
@@ -94,9 +85,7 @@ def _resolve(config: Any) -> dict[str, Any]:
         f"optimizer config must be a ConfigDict or mapping, got {type(config).__name__}")
   if "name" not in section and isinstance(section.get("optimizer"), Mapping):
     section = dict(section["optimizer"])
-  merged = _defaults()
-  merged.update(section)
-  return merged
+  return keys.merge_known(section, _defaults(), "optimizer")
 
 
 def _check_number(cfg: Mapping[str, Any], field: str, *, minimum: float | None = None) -> float:
@@ -210,10 +199,8 @@ def zero_frozen(grads: Any, patterns: Sequence[str]) -> Any:
 
 
 _BLOCK_NAME = re.compile(r"block_(\d+)$")
-_STEM_NAMES = frozenset({
-    "embedding", "cls", "posembed_input", "time_embed", "cls_SpatialTransformer",
-    "cls_TemporalTransformer", "conv1", "class_embedding", "positional_embedding", "ln_pre",
-    "patch_embed"})
+# Every model family's stem parameter names (its `ModelFamily.stem_names`).
+_STEM_NAMES = model_registry.stem_names()
 
 
 def _layer_of(path: str) -> int | None:

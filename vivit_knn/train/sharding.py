@@ -23,6 +23,8 @@ import ml_collections
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
+from vivit_knn.models import registry as model_registry
+
 MESH_AXES = ("data", "fsdp", "tensor")
 BATCH_AXES = ("data", "fsdp")
 
@@ -35,15 +37,9 @@ DEFAULT_RULES = (
     ("vocab", None),
 )
 
-# (path regex, logical axes by rank). First match wins; paths are '/'-joined.
-_PARAM_AXES = (
-    (r"(^|/)(query|key|value)/kernel$", ("embed", "heads", "kv")),
-    (r"(^|/)(query|key|value)/bias$", ("heads", "kv")),
-    (r"(^|/)out/kernel$", ("heads", "kv", "embed")),
-    (r"Mlp\w*/Dense_0/kernel$", ("embed", "mlp")),
-    (r"Mlp\w*/Dense_0/bias$", ("mlp",)),
-    (r"Mlp\w*/Dense_1/kernel$", ("mlp", "embed")),
-)
+# (path regex, logical axes by rank). First match wins; paths are '/'-joined. The rules
+# of the attention and MLP layers and of each model family (`registry.param_axes`).
+_PARAM_AXES = model_registry.param_axes()
 
 
 def make_mesh(cfg: ml_collections.ConfigDict, devices: Optional[Sequence] = None) -> Mesh:

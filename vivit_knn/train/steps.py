@@ -8,7 +8,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from vivit_knn.data.views import average_view_logits
+from vivit_knn.data.processors import average_view_logits
 from vivit_knn.train import losses, metrics, optim, sharding
 from vivit_knn.train.experiment import Experiment, TrainState
 

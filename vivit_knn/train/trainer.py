@@ -11,9 +11,9 @@ import ml_collections
 import numpy as np
 from absl import logging
 
-from vivit_knn.inference import write_run_info
 from vivit_knn.train import checkpoint, evaluation, initialisation, preemption, sharding, steps
 from vivit_knn.train.experiment import Experiment, TrainState, build_experiment
+from vivit_knn.train.run_info import write_run_info
 from vivit_knn.train.summary import MetricWriter, ProgressBar
 
 

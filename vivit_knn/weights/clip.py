@@ -29,6 +29,7 @@ from typing import Any, Dict, Mapping, Optional
 
 import numpy as np
 
+from vivit_knn.weights.qkv import fuse_out, fuse_qkv, split_out, split_qkv
 from vivit_knn.weights.state_dict import read_state_dict, unwrap
 from vivit_knn.weights.tree import Flat, flatten, raise_unmatched, unflatten
 
@@ -70,7 +71,6 @@ def convert_clip(state: Mapping[str, Any], num_heads: Optional[int] = None) -> D
     raise_unmatched("CLIP", unknown=src, missing=["visual.conv1.weight"])
   d = src["conv1.weight"].shape[0]
   num_heads = num_heads or d // CLIP_HEAD_DIM
-  head_dim = d // num_heads
   out: Flat = {}
   used, missing = set(), []
 
@@ -110,13 +110,11 @@ def convert_clip(state: Mapping[str, Any], num_heads: Optional[int] = None) -> D
       dense(f"{block}.{name}", f"{dst}/{ours}")
     qkv, qkv_bias = take(f"{block}.attn.in_proj_weight"), take(f"{block}.attn.in_proj_bias")
     if qkv is not None and qkv_bias is not None:
-      for j, part in enumerate(("query", "key", "value")):
-        rows = slice(j * d, (j + 1) * d)
-        out[f"{dst}/{_ATTN}/{part}/kernel"] = qkv[rows].T.reshape(d, num_heads, head_dim)
-        out[f"{dst}/{_ATTN}/{part}/bias"] = qkv_bias[rows].reshape(num_heads, head_dim)
+      for key, value in split_qkv(qkv, qkv_bias, num_heads).items():
+        out[f"{dst}/{_ATTN}/{key}"] = value
     proj, proj_bias = take(f"{block}.attn.out_proj.weight"), take(f"{block}.attn.out_proj.bias")
     if proj is not None:
-      out[f"{dst}/{_ATTN}/out/kernel"] = proj.T.reshape(num_heads, head_dim, d)
+      out[f"{dst}/{_ATTN}/out/kernel"] = split_out(proj, num_heads)
     if proj_bias is not None:
       out[f"{dst}/{_ATTN}/out/bias"] = proj_bias
   raise_unmatched("CLIP", unknown=[_PREFIX + k for k in set(src) - used], missing=missing)
@@ -126,7 +124,6 @@ def convert_clip(state: Mapping[str, Any], num_heads: Optional[int] = None) -> D
 def export_clip(tree: Mapping[str, Any]) -> Dict[str, np.ndarray]:
   """The inverse of `convert_clip`: an expert tree -> `visual.*` state-dict arrays (no `proj`)."""
   flat = flatten(tree)
-  d = flat["conv1/kernel"].shape[-1]
   out = {"conv1.weight": flat["conv1/kernel"].transpose(3, 2, 0, 1),
          "class_embedding": flat["class_embedding"],
          "positional_embedding": flat["positional_embedding"]}
@@ -136,7 +133,8 @@ def export_clip(tree: Mapping[str, Any]) -> Dict[str, np.ndarray]:
 
   norm("ln_pre", "ln_pre")
   norm("ln_post", "ln_post")
-  blocks = sorted({int(k.split("/")[0].split("_")[1]) for k in flat if k.startswith("encoderblock_")})
+  blocks = sorted({int(k.split("/")[0].split("_")[1]) for k in flat
+                   if k.startswith("encoderblock_")})
   for i in blocks:
     src, name = f"encoderblock_{i}", f"{_BLOCKS}{i}"
     for theirs, ours in _NORMS.items():
@@ -145,10 +143,7 @@ def export_clip(tree: Mapping[str, Any]) -> Dict[str, np.ndarray]:
       out[f"{name}.{theirs}.weight"] = flat[f"{src}/{ours}/kernel"].T
       out[f"{name}.{theirs}.bias"] = flat[f"{src}/{ours}/bias"]
     attn = f"{src}/{_ATTN}"
-    out[f"{name}.attn.in_proj_weight"] = np.concatenate(
-        [flat[f"{attn}/{p}/kernel"].reshape(d, d).T for p in ("query", "key", "value")])
-    out[f"{name}.attn.in_proj_bias"] = np.concatenate(
-        [flat[f"{attn}/{p}/bias"].reshape(d) for p in ("query", "key", "value")])
-    out[f"{name}.attn.out_proj.weight"] = flat[f"{attn}/out/kernel"].reshape(d, d).T
+    out[f"{name}.attn.in_proj_weight"], out[f"{name}.attn.in_proj_bias"] = fuse_qkv(flat, attn)
+    out[f"{name}.attn.out_proj.weight"] = fuse_out(flat[f"{attn}/out/kernel"])
     out[f"{name}.attn.out_proj.bias"] = flat[f"{attn}/out/bias"]
   return {_PREFIX + k: np.asarray(v) for k, v in out.items()}

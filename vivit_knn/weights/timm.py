@@ -34,6 +34,7 @@ from typing import Any, Mapping, Optional
 import numpy as np
 
 from vivit_knn.weights.image_vit import check_image_tree
+from vivit_knn.weights.qkv import split_out, split_qkv
 from vivit_knn.weights.state_dict import TORCH_REQUIREMENT, read_state_dict, unwrap
 from vivit_knn.weights.tree import Flat, raise_unmatched, unflatten
 
@@ -81,16 +82,13 @@ def _attention(out: Flat, src: Mapping[str, np.ndarray], name: str, dst: str,
   qkv = src.get(f"{name}.qkv.weight")
   if qkv is None:
     return
-  d = qkv.shape[1]
-  head_dim = d // num_heads
-  bias = src.get(f"{name}.qkv.bias", np.zeros(3 * d, qkv.dtype))
-  for j, part in enumerate(("query", "key", "value")):
-    out[f"{dst}/{part}/kernel"] = qkv[j * d:(j + 1) * d].T.reshape(d, num_heads, head_dim)
-    out[f"{dst}/{part}/bias"] = bias[j * d:(j + 1) * d].reshape(num_heads, head_dim)
+  bias = src.get(f"{name}.qkv.bias", np.zeros(qkv.shape[0], qkv.dtype))
+  for key, value in split_qkv(qkv, bias, num_heads).items():
+    out[f"{dst}/{key}"] = value
   used.update(k for k in (f"{name}.qkv.weight", f"{name}.qkv.bias") if k in src)
   proj = src.get(f"{name}.proj.weight")
   if proj is not None:
-    out[f"{dst}/out/kernel"] = proj.T.reshape(num_heads, head_dim, d)
+    out[f"{dst}/out/kernel"] = split_out(proj, num_heads)
     used.add(f"{name}.proj.weight")
   if f"{name}.proj.bias" in src:
     out[f"{dst}/out/bias"] = src[f"{name}.proj.bias"]

@@ -30,6 +30,7 @@ from typing import Any, Dict, Mapping, Optional
 import numpy as np
 
 from vivit_knn.models.experts import sinusoid_table
+from vivit_knn.weights.qkv import fuse_out, fuse_qkv, split_out, split_qkv
 from vivit_knn.weights.state_dict import read_state_dict, unwrap
 from vivit_knn.weights.timm import STANDARD_HEADS
 from vivit_knn.weights.tree import Flat, flatten, raise_unmatched, unflatten
@@ -78,7 +79,6 @@ def convert_videomae(state: Mapping[str, Any],
     if d not in STANDARD_HEADS:
       raise ValueError(f"VideoMAE: cannot tell the head count of width {d}; pass num_heads")
     num_heads = STANDARD_HEADS[d]
-  head_dim = d // num_heads
   out: Flat = {}
   used, missing, bad = set(), [], []
 
@@ -124,14 +124,11 @@ def convert_videomae(state: Mapping[str, Any],
       if q_bias is not None and v_bias is not None:
         full_bias = np.concatenate([q_bias, np.zeros_like(q_bias), v_bias])
     if qkv is not None:
-      for j, part in enumerate(("query", "key", "value")):
-        rows = slice(j * d, (j + 1) * d)
-        out[f"{dst}/{_ATTN}/{part}/kernel"] = qkv[rows].T.reshape(d, num_heads, head_dim)
-        if full_bias is not None:
-          out[f"{dst}/{_ATTN}/{part}/bias"] = full_bias[rows].reshape(num_heads, head_dim)
+      for key, value in split_qkv(qkv, full_bias, num_heads).items():
+        out[f"{dst}/{_ATTN}/{key}"] = value
     proj, proj_bias = take(f"{block}.attn.proj.weight"), take(f"{block}.attn.proj.bias")
     if proj is not None:
-      out[f"{dst}/{_ATTN}/out/kernel"] = proj.T.reshape(num_heads, head_dim, d)
+      out[f"{dst}/{_ATTN}/out/kernel"] = split_out(proj, num_heads)
     if proj_bias is not None:
       out[f"{dst}/{_ATTN}/out/bias"] = proj_bias
   unknown = [k for k in set(src) - used if not _DROPPED.match(k)]
@@ -145,12 +142,12 @@ def export_videomae(tree: Mapping[str, Any]) -> Dict[str, np.ndarray]:
   Raises ValueError if a key bias is not zero (VideoMAE's attention has none).
   """
   flat = flatten(tree)
-  d = flat["patch_embed/kernel"].shape[-1]
   out = {"patch_embed.proj.weight": flat["patch_embed/kernel"].transpose(4, 3, 0, 1, 2),
          "patch_embed.proj.bias": flat["patch_embed/bias"]}
   if "fc_norm/scale" in flat:
     out["fc_norm.weight"], out["fc_norm.bias"] = flat["fc_norm/scale"], flat["fc_norm/bias"]
-  blocks = sorted({int(k.split("/")[0].split("_")[1]) for k in flat if k.startswith("encoderblock_")})
+  blocks = sorted({int(k.split("/")[0].split("_")[1]) for k in flat
+                   if k.startswith("encoderblock_")})
   for i in blocks:
     src, name = f"encoderblock_{i}", f"blocks.{i}"
     for theirs, ours in _NORMS.items():
@@ -162,10 +159,10 @@ def export_videomae(tree: Mapping[str, Any]) -> Dict[str, np.ndarray]:
     attn = f"{src}/{_ATTN}"
     if np.any(flat[f"{attn}/key/bias"]):
       raise ValueError(f"{attn}/key/bias is not zero; VideoMAE's attention has no key bias")
-    out[f"{name}.attn.qkv.weight"] = np.concatenate(
-        [flat[f"{attn}/{p}/kernel"].reshape(d, d).T for p in ("query", "key", "value")])
-    out[f"{name}.attn.q_bias"] = flat[f"{attn}/query/bias"].reshape(d)
-    out[f"{name}.attn.v_bias"] = flat[f"{attn}/value/bias"].reshape(d)
-    out[f"{name}.attn.proj.weight"] = flat[f"{attn}/out/kernel"].reshape(d, d).T
+    weight, bias = fuse_qkv(flat, attn)
+    q_bias, _, v_bias = np.split(bias, 3)
+    out[f"{name}.attn.qkv.weight"] = weight
+    out[f"{name}.attn.q_bias"], out[f"{name}.attn.v_bias"] = q_bias, v_bias
+    out[f"{name}.attn.proj.weight"] = fuse_out(flat[f"{attn}/out/kernel"])
     out[f"{name}.attn.proj.bias"] = flat[f"{attn}/out/bias"]
   return {k: np.asarray(v) for k, v in out.items()}

@@ -1,7 +1,8 @@
 """Converts a public checkpoint to an Orbax checkpoint of its tree in our naming.
 
-    python -m vivit_knn.weights.convert --from=ViT-B_16.npz --format=vit_npz \\
-        --to=vit_b16.orbax
+The command line (`__main__.py`):
+
+    python -m vivit_knn.weights.convert --from=ViT-B_16.npz --format=vit_npz --to=vit_b16.orbax
 
 The result is a valid source of format 'orbax' (`--config.init_from.checkpoint_path=
 vit_b16.orbax`, or a CAST expert's checkpoint). Formats: 'vit_npz' (original
@@ -18,26 +19,11 @@ from __future__ import annotations
 
 import os
 import shutil
-from typing import Any, Mapping, Optional, Sequence
+from typing import Any, Mapping, Optional
 
-from absl import flags
-
-from vivit_knn import cli
-from vivit_knn.weights import formats, load
+from vivit_knn.weights import load
 from vivit_knn.weights.image_vit import infer_arch
 from vivit_knn.weights.tree import flatten
-
-_FROM = flags.DEFINE_string("from", None, "Checkpoint file (or scenic workdir) to convert.")
-_FORMAT = flags.DEFINE_string("format", None,
-                              f"Format of --from: one of {', '.join(formats.LOADABLE_FORMATS)}.")
-_TO = flags.DEFINE_string("to", None, "Output Orbax checkpoint directory.")
-_OVERWRITE = flags.DEFINE_bool("overwrite", False, "Replace --to if it exists.")
-_NUM_HEADS = flags.DEFINE_integer("num_heads", None,
-                                  "Heads (timm, clip, videomae; default from the width).")
-
-
-class _UsageError(ValueError):
-  """A bad command line."""
 
 
 def describe(tree: Mapping[str, Any]) -> str:
@@ -61,11 +47,21 @@ def _replace(tmp: str, dst: str) -> None:
 
 def convert(src: str, checkpoint_format: str, dst: str, overwrite: bool = False,
             num_heads: Optional[int] = None) -> str:
-  """Converts `src` (in `checkpoint_format`) to an Orbax checkpoint at `dst`; returns a summary.
+  """Converts `src` (in `checkpoint_format`) to an Orbax checkpoint at `dst`.
+
+  Args:
+    src: the checkpoint file (or scenic workdir).
+    checkpoint_format: one of `formats.LOADABLE_FORMATS`.
+    dst: the Orbax checkpoint directory to write.
+    overwrite: replace an existing `dst` (written beside it first, then swapped in).
+    num_heads: the head count, for widths whose count cannot be guessed.
+
+  Returns:
+    A one-line summary of what was written.
 
   Raises:
     FileExistsError: `dst` exists and `overwrite` is False.
-    (and whatever `load.load_checkpoint` raises for `src`)
+    ValueError: whatever `load.load_checkpoint` raises for `src`.
   """
   dst = os.path.abspath(dst)
   if os.path.lexists(dst) and not overwrite:
@@ -80,20 +76,3 @@ def convert(src: str, checkpoint_format: str, dst: str, overwrite: bool = False,
     load.save_orbax(tmp, tree)
     _replace(tmp, dst)
   return f"wrote {dst}: {describe(tree)}"
-
-
-def main(argv: Sequence[str]) -> None:
-  """Converts --from to --to and prints what was written (errors: see `vivit_knn.cli`)."""
-  if len(argv) > 1:
-    raise _UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
-  for flag in (_FROM, _FORMAT, _TO):
-    if not flag.value:
-      raise _UsageError(f"--{flag.name} is required")
-  if _FORMAT.value not in formats.LOADABLE_FORMATS:
-    raise _UsageError(f"--format must be one of {', '.join(formats.LOADABLE_FORMATS)}, got "
-                      f"{_FORMAT.value!r}")
-  print(convert(_FROM.value, _FORMAT.value, _TO.value, _OVERWRITE.value, _NUM_HEADS.value))
-
-
-if __name__ == "__main__":
-  cli.run(main)

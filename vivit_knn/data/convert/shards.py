@@ -1,9 +1,11 @@
-"""Writing DMVR TFRecord shards resumably, with their offsets and skip lists.
+"""Writing DMVR TFRecord shards resumably, and their sidecar files.
 
 A shard is written to a temporary file and renamed when complete; its stats
 (record offsets, skipped videos) go to ``<out>/.shards/<shard>.json`` just
 before the rename. A shard whose final file and stats both exist is never
-written again, so an interrupted conversion resumes where it stopped.
+written again, so an interrupted conversion resumes where it stopped. The
+sidecar files (``classes.txt``, ``metadata.json``; see
+:mod:`vivit_knn.data.tfrecord`) are written last.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ from collections.abc import Callable, Iterable, Sequence
 
 import tensorflow as tf
 
-from vivit_knn.data import metadata, records
+from vivit_knn.data import records, tfrecord
 
 STATS_DIR = ".shards"
 
@@ -72,7 +74,7 @@ def write_shard(out_dir: str, name: str, results: Iterable[Result]) -> dict:
       offset += records.record_size(len(result[1]))
   stats = {"file": name, "num_examples": len(offsets), "bytes": offset,
            "offsets": offsets, "skipped": skipped}
-  metadata.write_json(_stats_path(out_dir, name), stats)
+  write_json(_stats_path(out_dir, name), stats)
   tf.io.gfile.rename(tmp, path, overwrite=True)
   return stats
 
@@ -124,3 +126,25 @@ def _counting(results: Iterable[Result], on_item) -> Iterable[Result]:
   for result in results:
     on_item(1)
     yield result
+
+
+def write_json(path: str, content: dict) -> None:
+  """Writes ``content`` to ``path`` atomically (temporary file + rename)."""
+  tmp = path + ".tmp"
+  with tf.io.gfile.GFile(tmp, "w") as f:
+    json.dump(content, f, indent=1)
+  tf.io.gfile.rename(tmp, path, overwrite=True)
+
+
+def write_class_names(directory: str, class_names) -> str:
+  """Writes ``classes.txt``; returns its path."""
+  path = os.path.join(directory, tfrecord.CLASSES_FILE)
+  with tf.io.gfile.GFile(path, "w") as f:
+    f.write("".join(f"{name}\n" for name in class_names))
+  return path
+
+
+def write_sidecars(out_dir: str, meta: dict) -> None:
+  """Writes ``classes.txt`` and ``metadata.json`` beside the shards."""
+  write_class_names(out_dir, meta["class_names"])
+  write_json(os.path.join(out_dir, tfrecord.METADATA_FILE), meta)

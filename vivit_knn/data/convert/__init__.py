@@ -1,4 +1,4 @@
-"""Converts a video folder into DMVR TFRecord shards.
+"""Converting a video folder into DMVR TFRecord shards.
 
   python -m vivit_knn.data.convert --format=ucf101 --root=<UCF101 dir> \
       --split=1 --out=<dir>
@@ -22,49 +22,88 @@ shards. Videos that cannot be decoded are skipped, counted and listed at the
 end and in ``metadata.json``. Point training at the output with
 ``--config.dataset.data_dir=<out>`` (datasets ``ucf101``/``hmdb51`` with
 ``format='tfrecord'``, or ``tfrecord``).
+
+This package's top level (listing, per-video transcoding, the conversion
+loop) imports no TensorFlow, so the worker processes that decode videos start
+quickly; the TensorFlow-backed shard writer (:mod:`.shards`) and record format
+are imported by :func:`convert` itself. The command line lives in
+``__main__.py``.
 """
 
 from __future__ import annotations
 
+import io
 import math
 import multiprocessing
 import os
 import random
 
+import numpy as np
 import tqdm
-from absl import app, flags
+from PIL import Image
 
-# Worker processes re-import this module (the spawn start method imports
-# __main__), so it imports only light modules at the top; TensorFlow-backed
-# writers are imported inside convert().
-from vivit_knn import cli
-from vivit_knn.data import splits, transcode
+from vivit_knn.data import skips, splits, video_io
 
 FORMATS = ("ucf101", "hmdb51", "folder")
 DEFAULT_SHORT_SIDE = 256
+DEFAULT_QUALITY = 90
 # Shards of ~256 videos keep UCF101/HMDB51 shards at a few hundred MB.
 VIDEOS_PER_SHARD = 256
 
-_FORMAT = flags.DEFINE_enum("format", None, FORMATS, "Input layout.")
-_ROOT = flags.DEFINE_string("root", None, "Input video folder.")
-_OUT = flags.DEFINE_string("out", None, "Output folder for the shards.")
-_SPLIT = flags.DEFINE_integer("split", 1, "Official split (ucf101, hmdb51).")
-_SPLITS_DIR = flags.DEFINE_string(
-    "splits_dir", "", "Split-file folder; default: the standard one in "
-    "--root.")
-_EVAL_FRACTION = flags.DEFINE_float(
-    "eval_fraction", 0.1, "format=folder without train/test folders: share "
-    "of each class held out for the test split.")
-_NUM_SHARDS = flags.DEFINE_integer(
-    "num_shards", 0, f"Shards per split; 0 = one per {VIDEOS_PER_SHARD} "
-    "videos.")
-_SHORT_SIDE = flags.DEFINE_integer(
-    "short_side", DEFAULT_SHORT_SIDE, "Downscale frames to this short side "
-    "(never enlarges); 0 keeps the original size.")
-_QUALITY = flags.DEFINE_integer("jpeg_quality", 90, "JPEG quality.")
-_WORKERS = flags.DEFINE_integer(
-    "num_workers", 0, "Decoding processes; 0 = one per CPU, 1 = in-process.")
-_SEED = flags.DEFINE_integer("seed", 0, "Seed of the train order shuffle.")
+
+# Per-video work, run in the worker processes. Results are plain tuples
+# because exceptions with extra fields do not survive pickling between
+# processes.
+
+
+def encode_jpeg(frame: np.ndarray, quality: int = DEFAULT_QUALITY) -> bytes:
+  """JPEG bytes of one uint8 ``[H, W, 3]`` RGB frame."""
+  buffer = io.BytesIO()
+  Image.fromarray(np.asarray(frame, np.uint8)).save(buffer, format="JPEG",
+                                                    quality=quality)
+  return buffer.getvalue()
+
+
+def resize_short_side(frame: np.ndarray, short_side: int) -> np.ndarray:
+  """Downscales ``frame`` so its short side is ``short_side``; never enlarges.
+
+  Uses Pillow's antialiased bilinear filter; ``short_side <= 0`` keeps the
+  frame as is.
+  """
+  height, width = frame.shape[:2]
+  short = min(height, width)
+  if short_side <= 0 or short <= short_side:
+    return frame
+  scale = short_side / short
+  size = (max(1, round(width * scale)), max(1, round(height * scale)))
+  if min(size) != short_side:  # Pin the short side against rounding.
+    size = ((short_side, size[1]) if width <= height else
+            (size[0], short_side))
+  return np.asarray(Image.fromarray(frame).resize(size, Image.BILINEAR))
+
+
+def video_to_jpegs(path: str, short_side: int,
+                   quality: int) -> tuple[str, object, str]:
+  """``('ok', [jpeg bytes per frame], '')`` or ``('skip', reason, detail)``.
+
+  Frames are downscaled to ``short_side`` (never enlarged; 0 keeps them).
+  """
+  try:
+    frames = video_io.read_video(path)
+    return ("ok", [encode_jpeg(resize_short_side(f, short_side), quality)
+                   for f in frames], "")
+  except skips.BadVideoError as err:
+    return ("skip", err.reason, str(err))
+  except Exception as err:  # Never let one odd file stop a conversion.
+    return ("skip", skips.CORRUPT, f"{path}: {type(err).__name__}: {err}")
+
+
+def transcode_job(job: tuple[str, int, int]) -> tuple[str, object, str]:
+  """:func:`video_to_jpegs` on a ``(path, short_side, quality)`` tuple."""
+  return video_to_jpegs(*job)
+
+
+# The conversion.
 
 
 def list_videos(fmt: str, root: str, split: int, splits_dir: str,
@@ -79,40 +118,44 @@ def list_videos(fmt: str, root: str, split: int, splits_dir: str,
 
 def _records(items, class_names, root, short_side, quality, pool):
   """Yields a shard's results: ``('ok', record)`` or ``('skip', ...)``."""
-  from vivit_knn.data import dmvr  # pylint: disable=g-import-not-at-top
+  from vivit_knn.data import tfrecord  # pylint: disable=g-import-not-at-top
   jobs = [(path, short_side, quality) for path, _ in items]
-  outputs = (pool.imap(transcode.transcode_job, jobs) if pool else
-             map(transcode.transcode_job, jobs))
+  outputs = (pool.imap(transcode_job, jobs) if pool else
+             map(transcode_job, jobs))
   for (path, label), output in zip(items, outputs):
     if output[0] == "skip":
       yield output
       continue
-    yield ("ok", dmvr.make_sequence_example(
+    yield ("ok", tfrecord.make_sequence_example(
         output[1], label, class_names[label], os.path.relpath(path, root)))
 
 
 def convert(fmt: str, root: str, out: str, *, split: int = 1,
             splits_dir: str = "", eval_fraction: float = 0.1,
             num_shards: int = 0, short_side: int = DEFAULT_SHORT_SIDE,
-            jpeg_quality: int = 90, num_workers: int = 1, seed: int = 0,
-            progress: bool = True) -> dict:
+            jpeg_quality: int = DEFAULT_QUALITY, num_workers: int = 1,
+            seed: int = 0, progress: bool = True) -> dict:
   """Converts ``root`` into shards in ``out``; returns the metadata written.
 
   Raises:
-    FileNotFoundError / ValueError: for a missing root or split file, or an
-      unknown class in a split file (naming the file).
+    FileNotFoundError: for a missing root or split file.
+    ValueError: for an unknown class or a malformed line in a split file
+      (naming the file).
   """
   if not os.path.isdir(root):
     raise FileNotFoundError(f"--root={root} is not a directory")
   videos = list_videos(fmt, root, split, splits_dir, eval_fraction)
-  from vivit_knn.data import metadata, shards  # pylint: disable=g-import-not-at-top
+  # pylint: disable=g-import-not-at-top
+  from vivit_knn.data import tfrecord
+  from vivit_knn.data.convert import shards
+  # pylint: enable=g-import-not-at-top
   train = list(zip(videos.train.paths, videos.train.labels))
   random.Random(seed).shuffle(train)
   test = list(zip(videos.test.paths, videos.test.labels))
   workers = num_workers or os.cpu_count() or 1
   pool = (multiprocessing.get_context("spawn").Pool(workers)
           if workers > 1 else None)
-  meta = {"format": metadata.FORMAT, "version": metadata.VERSION,
+  meta = {"format": tfrecord.FORMAT, "version": tfrecord.VERSION,
           "source": fmt, "split": split if fmt != "folder" else None,
           "short_side": short_side, "jpeg_quality": jpeg_quality,
           "class_names": videos.class_names, "splits": {}}
@@ -135,8 +178,7 @@ def convert(fmt: str, root: str, out: str, *, split: int = 1,
     if listed.missing:
       meta["splits"][name]["skipped"].setdefault("missing", []).extend(
           listed.missing)
-  metadata.write_class_names(out, videos.class_names)
-  metadata.write_json(os.path.join(out, metadata.METADATA_FILE), meta)
+  shards.write_sidecars(out, meta)
   return meta
 
 
@@ -151,23 +193,3 @@ def summary(meta: dict) -> str:
     for reason, details in sorted(split["skipped"].items()):
       lines.extend(f"  skipped ({reason}): {d}" for d in details)
   return "\n".join(lines)
-
-
-def main(argv) -> int:
-  """Runs the conversion described by the flags."""
-  del argv
-  for flag in (_FORMAT, _ROOT, _OUT):
-    if not flag.value:
-      raise app.UsageError(f"--{flag.name} is required")
-  meta = convert(_FORMAT.value, _ROOT.value, _OUT.value, split=_SPLIT.value,
-                 splits_dir=_SPLITS_DIR.value, eval_fraction=_EVAL_FRACTION.value,
-                 num_shards=_NUM_SHARDS.value, short_side=_SHORT_SIDE.value,
-                 jpeg_quality=_QUALITY.value, num_workers=_WORKERS.value, seed=_SEED.value)
-  print(summary(meta))
-  print(f"wrote {_OUT.value}; train with --config.dataset.data_dir="
-        f"{_OUT.value}")
-  return 0
-
-
-if __name__ == "__main__":
-  cli.run(main)

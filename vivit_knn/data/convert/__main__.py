@@ -1,0 +1,57 @@
+"""Command line of the converter: ``python -m vivit_knn.data.convert --help``.
+
+See :mod:`vivit_knn.data.convert` for the layouts it reads and what it writes.
+"""
+
+from __future__ import annotations
+
+from absl import app, flags
+
+from vivit_knn import cli
+from vivit_knn.data.convert import (DEFAULT_QUALITY, DEFAULT_SHORT_SIDE,
+                                    FORMATS, VIDEOS_PER_SHARD, convert,
+                                    summary)
+
+_FORMAT = flags.DEFINE_enum("format", None, FORMATS, "Input layout.")
+_ROOT = flags.DEFINE_string("root", None, "Input video folder.")
+_OUT = flags.DEFINE_string("out", None, "Output folder for the shards.")
+_SPLIT = flags.DEFINE_integer("split", 1, "Official split (ucf101, hmdb51).")
+_SPLITS_DIR = flags.DEFINE_string(
+    "splits_dir", "", "Split-file folder; default: the standard one in "
+    "--root.")
+_EVAL_FRACTION = flags.DEFINE_float(
+    "eval_fraction", 0.1, "format=folder without train/test folders: share "
+    "of each class held out for the test split.")
+_NUM_SHARDS = flags.DEFINE_integer(
+    "num_shards", 0, f"Shards per split; 0 = one per {VIDEOS_PER_SHARD} "
+    "videos.")
+_SHORT_SIDE = flags.DEFINE_integer(
+    "short_side", DEFAULT_SHORT_SIDE, "Downscale frames to this short side "
+    "(never enlarges); 0 keeps the original size.")
+_QUALITY = flags.DEFINE_integer("jpeg_quality", DEFAULT_QUALITY,
+                                "JPEG quality.")
+_WORKERS = flags.DEFINE_integer(
+    "num_workers", 0, "Decoding processes; 0 = one per CPU, 1 = in-process.")
+_SEED = flags.DEFINE_integer("seed", 0, "Seed of the train order shuffle.")
+
+
+def main(argv) -> int:
+  """Runs the conversion described by the flags."""
+  del argv
+  for flag in (_FORMAT, _ROOT, _OUT):
+    if not flag.value:
+      raise app.UsageError(f"--{flag.name} is required")
+  meta = convert(_FORMAT.value, _ROOT.value, _OUT.value, split=_SPLIT.value,
+                 splits_dir=_SPLITS_DIR.value,
+                 eval_fraction=_EVAL_FRACTION.value,
+                 num_shards=_NUM_SHARDS.value, short_side=_SHORT_SIDE.value,
+                 jpeg_quality=_QUALITY.value, num_workers=_WORKERS.value,
+                 seed=_SEED.value)
+  print(summary(meta))
+  print(f"wrote {_OUT.value}; train with --config.dataset.data_dir="
+        f"{_OUT.value}")
+  return 0
+
+
+if __name__ == "__main__":
+  cli.run(main)
