@@ -83,6 +83,20 @@ def merge_known(section: Optional[Mapping[str, Any]], defaults: Mapping[str, Any
   return merged
 
 
+def overlay_known(section: Optional[Mapping[str, Any]], defaults: Any, field: str) -> Any:
+  """Sets the values of `section` on `defaults` (a ConfigDict, changed in place) and returns it.
+
+  Raises:
+    ValueError: naming each key of `section` that `defaults` lacks, with a hint.
+  """
+  if section is None:
+    return defaults
+  check_known(section, defaults.keys(), field)
+  for key, value in section.items():
+    defaults[key] = value
+  return defaults
+
+
 def _as_dict(mapping: Mapping[str, Any]) -> dict:
   to_dict = getattr(mapping, "to_dict", None)
   return dict(to_dict()) if callable(to_dict) else dict(mapping)

@@ -54,13 +54,7 @@ def resolve_config(config: ml_collections.ConfigDict | None,
   Raises:
     ValueError: naming ``dataset.<field>`` for a field the defaults lack.
   """
-  resolved = default_fn()
-  if config is None:
-    return resolved
-  keys.check_known(config, resolved.keys(), "dataset")
-  for key, value in config.items():
-    resolved[key] = value
-  return resolved
+  return keys.overlay_known(config, default_fn(), "dataset")
 
 
 def resolve_path(path: str, data_dir: str) -> str:

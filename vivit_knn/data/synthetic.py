@@ -59,13 +59,7 @@ def default_config() -> ml_collections.ConfigDict:
 def _resolve_config(
     config: ml_collections.ConfigDict | None) -> ml_collections.ConfigDict:
   """Overlays ``config`` on the defaults, rejecting unknown fields."""
-  resolved = default_config()
-  if config is None:
-    return resolved
-  keys.check_known(config, resolved.keys(), "dataset")
-  for key, value in config.items():
-    resolved[key] = value
-  return resolved
+  return keys.overlay_known(config, default_config(), "dataset")
 
 
 def _phase_geometry(num_frames: int, num_classes: int, image_size: int,
