@@ -27,6 +27,8 @@ import orbax.checkpoint as ocp
 from absl import logging
 from etils import epath
 
+from vivit_knn.weights.tree import key_name
+
 CHECKSUMS = "checksums.json"
 MAX_MISMATCH_LINES = 10
 
@@ -67,19 +69,6 @@ def restore_on_host(path: epath.Path) -> Any:
   args = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), tree)
   with ocp.PyTreeCheckpointer() as ckptr:
     return ckptr.restore(path, args=ocp.args.PyTreeRestore(restore_args=args))
-
-
-def key_name(key_path) -> str:
-  """'/'-joined names of a pytree key path (dict keys, attributes, sequence indices)."""
-  parts = []
-  for k in key_path:
-    for attr in ("key", "name", "idx"):
-      if hasattr(k, attr):
-        parts.append(str(getattr(k, attr)))
-        break
-    else:
-      parts.append(str(k))
-  return "/".join(parts)
 
 
 def _fingerprint(x: jax.Array) -> jax.Array:

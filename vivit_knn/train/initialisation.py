@@ -31,7 +31,7 @@ from vivit_knn.train.experiment import Experiment, TrainState
 from vivit_knn.weights import init_from as init_lib
 from vivit_knn.weights.cast_experts import merge_expert_params
 from vivit_knn.weights.load import load_checkpoint
-from vivit_knn.weights.tree import flatten
+from vivit_knn.weights.tree import flatten, key_name
 
 SUMMARY_FILE = "init_summary.json"
 EXPERTS = ("spatial_expert", "temporal_expert")
@@ -94,7 +94,7 @@ def _module_counts(params: Any, report: Dict[str, str]) -> Dict[str, Dict[str, i
   """Parameters per top-level module and category (arrays or shape structs)."""
   counts: Dict[str, Dict[str, int]] = {}
   for key_path, value in jax.tree_util.tree_leaves_with_path(params):
-    path = "/".join(str(getattr(k, "key", k)) for k in key_path)
+    path = key_name(key_path)
     category = report.get(path, init_lib.FRESH)
     module = counts.setdefault(path.split("/")[0], {})
     module[category] = module.get(category, 0) + math.prod(value.shape)

@@ -42,6 +42,7 @@ import optax
 from vivit_knn import config as config_lib
 from vivit_knn import keys
 from vivit_knn.models import registry as model_registry
+from vivit_knn.weights.tree import key_name
 
 __all__ = [
     "default_config",
@@ -161,10 +162,6 @@ def weight_decay_mask(params: Any) -> Any:
   return jax.tree.map(lambda p: jnp.ndim(p) > 1, params)
 
 
-def _path(key_path) -> str:
-  return "/".join(str(getattr(k, "key", getattr(k, "name", k))) for k in key_path)
-
-
 def trainable_mask(params: Any, patterns: Sequence[str]) -> Any:
   """Pytree of booleans: ``True`` where a pattern matches the parameter's path (all if none).
 
@@ -179,7 +176,7 @@ def trainable_mask(params: Any, patterns: Sequence[str]) -> Any:
   except re.error as err:
     raise ValueError(f"optimizer.trainable_patterns: invalid regex: {err}") from None
   mask = jax.tree_util.tree_map_with_path(
-      lambda kp, _: any(c.search(_path(kp)) for c in compiled), params)
+      lambda kp, _: any(c.search(key_name(kp)) for c in compiled), params)
   if not any(jax.tree.leaves(mask)):
     raise ValueError(f"optimizer.trainable_patterns={tuple(patterns)} match no parameter")
   return mask
@@ -216,7 +213,7 @@ def _layer_of(path: str) -> int | None:
 def _layers(tree: Any) -> tuple[Any, int]:
   """(pytree of layer ids, L + 1) for the parameter paths of ``tree``."""
   is_leaf = lambda x: x is None
-  layers = jax.tree_util.tree_map_with_path(lambda kp, _: _layer_of(_path(kp)), tree)
+  layers = jax.tree_util.tree_map_with_path(lambda kp, _: _layer_of(key_name(kp)), tree)
   top = max((l for l in jax.tree.leaves(layers, is_leaf=is_leaf) if l is not None),
             default=0) + 1
   return jax.tree.map(lambda l: top if l is None else l, layers, is_leaf=is_leaf), top

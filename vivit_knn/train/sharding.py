@@ -24,6 +24,7 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from vivit_knn.models import registry as model_registry
+from vivit_knn.weights.tree import key_name
 
 MESH_AXES = ("data", "fsdp", "tensor")
 BATCH_AXES = ("data", "fsdp")
@@ -68,15 +69,6 @@ def logical_axes(path: str, ndim: int) -> Tuple[Optional[str], ...]:
       return axes
   return (None,) * ndim
 
-
-def _path_str(path) -> str:
-  parts = []
-  for key in path:
-    for attr in ("key", "name", "idx"):
-      if hasattr(key, attr):
-        parts.append(str(getattr(key, attr)))
-        break
-  return "/".join(parts)
 
 
 def param_spec(path: str, shape: Sequence[int], mesh: Mesh, rules: Dict[str, Any],
@@ -125,7 +117,7 @@ def tree_shardings(tree: Any, mesh: Mesh, cfg: ml_collections.ConfigDict) -> Any
   min_size = cfg.fsdp_min_param_size
 
   def one(path, leaf):
-    return NamedSharding(mesh, param_spec(_path_str(path), np.shape(leaf), mesh, rules, min_size))
+    return NamedSharding(mesh, param_spec(key_name(path), np.shape(leaf), mesh, rules, min_size))
 
   return jax.tree_util.tree_map_with_path(one, tree)
 

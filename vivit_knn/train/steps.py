@@ -10,6 +10,7 @@ import optax
 
 from vivit_knn.data.processors import average_view_logits
 from vivit_knn.train import losses, metrics, optim, sharding
+from vivit_knn.weights.tree import key_name
 from vivit_knn.train.experiment import Experiment, TrainState
 
 
@@ -31,7 +32,6 @@ def _finite_flags(tree: Any) -> Any:
 
 def first_nonfinite_leaf(tree: Any) -> Optional[str]:
   """The '/'-joined path of the first leaf of `tree` holding a NaN or inf, or None."""
-  from vivit_knn.train.checkpoint import key_name
   for key_path, ok in jax.tree_util.tree_leaves_with_path(jax.device_get(_finite_flags(tree))):
     if not bool(ok):
       return key_name(key_path)

@@ -33,6 +33,19 @@ def unflatten(flat: Mapping[str, Any]) -> Dict[str, Any]:
   return tree
 
 
+def key_name(key_path) -> str:
+  """'/'-joined names of a pytree key path (dict keys, attributes, sequence indices)."""
+  parts = []
+  for k in key_path:
+    for attr in ("key", "name", "idx"):
+      if hasattr(k, attr):
+        parts.append(str(getattr(k, attr)))
+        break
+    else:
+      parts.append(str(k))
+  return "/".join(parts)
+
+
 class UnmatchedKeysError(ValueError):
   """A checkpoint and a parameter tree do not match; the message lists every key."""
 
