@@ -1,9 +1,7 @@
 """Dk-ViViT-T (k-NN only in the temporal encoder) on UCF101 split 1.
 
-The k-NN ViViT recipe, with its deviations from the paper and their reasons, is
-`vivit_knn.presets.vivit_b16x2`'s docstring. Required on the command line:
-`--config.dataset.data_dir=<dir>` (README, "Real data") and
-`--config.init_from.checkpoint_path=<Kinetics-400 ViViT-B/16x2 factorised-encoder checkpoint>`.
+Recipe, and its deviations from the paper: `vivit_knn.presets.vivit_b16x2`. Needs
+--config.dataset.data_dir and --config.init_from.checkpoint_path (a Kinetics-400 ViViT-B/16x2 FE checkpoint).
 """
 
 from vivit_knn.presets import set_dataset, vivit_b16x2
