@@ -1,7 +1,8 @@
 """Dk-ViViT-T (k-NN only in the temporal encoder) on UCF101 split 1.
 
 Recipe, and its deviations from the paper: `vivit_knn.presets.vivit_b16x2`. Needs
---config.dataset.data_dir and --config.init_from.checkpoint_path (a Kinetics-400 ViViT-B/16x2 FE checkpoint).
+--config.dataset.data_dir and --config.init_from.checkpoint_path (a Kinetics-400
+ViViT-B/16x2 FE checkpoint).
 """
 
 from vivit_knn.presets import set_dataset, vivit_b16x2
