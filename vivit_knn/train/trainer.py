@@ -55,10 +55,10 @@ def _check_finite(history, step: int, ckpt: checkpoint.Checkpointer, state) -> N
   what = (f"the updated state has a non-finite value (first: {leaf})" if leaf
           else "the training loss is not finite")
   kept = ckpt.latest_step()
-  keep = (f"the last good checkpoint (step {kept}) is kept in {ckpt.directory}; rerun to "
-          "resume from it" if kept is not None else "no checkpoint was saved")
+  keep = (f"The last good checkpoint (step {kept}) is kept in {ckpt.directory}: rerun to "
+          "resume from it" if kept is not None else "No checkpoint was saved: rerun")
   raise FloatingPointError(
-      f"step {step}: {what}; stopped without saving. {keep}, with a lower "
+      f"step {step}: {what}; stopped without saving. {keep} with a lower "
       "optimizer.base_learning_rate or gradient clipping (optimizer.grad_clip_norm)")
 
 
