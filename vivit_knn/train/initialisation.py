@@ -121,16 +121,13 @@ def _with_experts(params: Any, config: ml_collections.ConfigDict,
 def initial_params(exp: Experiment, rng: jax.Array) -> Tuple[Any, InitSummary]:
   """Fresh parameters with every configured checkpoint applied (host numpy arrays).
 
-  Raises (before anything trains) when a configured file is missing, in an
-  unknown format, or does not fit the model (listing the keys).
+  For a config that names checkpoints (`configured_sources`). Raises (before
+  anything trains) when a configured file is missing, in an unknown format, or
+  does not fit the model (listing the keys).
   """
   config = exp.config
   params = jax.tree.map(np.asarray, jax.device_get(exp.init_params(rng)))
   sources = configured_sources(config)
-  if not sources:
-    summary = InitSummary("scratch", f"random initialisation, seed {config.seed}")
-    summary.modules = _module_counts(params, {})
-    return params, summary
   report: Dict[str, str] = {}
   init = config.init_from
   if init.checkpoint_path:
