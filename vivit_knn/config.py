@@ -173,7 +173,7 @@ def base_config() -> ConfigDict:
           # Fault injection for the non-finite guard: the loss of this step becomes NaN (0 = off).
           "debug_nan_loss_at_step": 0,
       },
-      "eval": {"global_batch_size": 32, "confusion_matrix": True},
+      "eval": {"global_batch_size": 32, "confusion_matrix": True, "save_logits": False},
       # Mesh axes (data, fsdp, tensor); data=-1 takes the remaining devices. `rules` maps
       # logical param axes to mesh axes as (name, axis) pairs; empty = the defaults in
       # vivit_knn/train/sharding.py (embed->fsdp, heads->tensor, mlp->tensor).
