@@ -10,6 +10,15 @@ changes during the run hit every cell alike. X-ViT attends within frames
 (linear in T: the T16/T8 ratio should be about 2); joint space-time attention
 over all T*N tokens grows quadratically (ratio well above 2); divided sits in
 between (its temporal attention is quadratic in T but over few tokens).
+
+    python benchmarks/scaling.py --all_reduce_devices=8 [--rounds=30]
+
+instead times a gradient-sized all-reduce (0.64 MB, the size of
+`configs/synthetic_dk.py`'s parameters) over N forced CPU devices with the same
+bytes split into 1, 4, 16 and 76 arrays (76 = that model's parameter count). XLA
+emits one combined all-reduce for each, yet on the CPU runtime the cost grows with
+the number of arrays, not with the bytes: this is what makes the forced 8-device
+CPU mesh slow per device for small models (see benchmarks/README.md).
 """
 
 from __future__ import annotations
@@ -55,6 +64,40 @@ def _step_fn(name: str, attention_type: str, args, frames: int):
   return lambda: jax.block_until_ready(grad(params, clip))
 
 
+ALL_REDUCE_FLOATS = 160_000  # 0.64 MB of float32
+ALL_REDUCE_ARRAYS = (1, 4, 16, 76)
+
+
+def all_reduce_table(devices: int, rounds: int) -> None:
+  """Prints the wall and CPU time of one combined all-reduce of the same bytes in k arrays."""
+  import numpy as np
+  from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+
+  from benchmarks import collectives
+
+  mesh = Mesh(np.array(jax.devices()[:devices]), ("d",))
+  print(f"one psum of {4 * ALL_REDUCE_FLOATS / 1e6:.2f} MB over {devices} {jax.default_backend()}"
+        f" devices, split into k arrays; median / min of {rounds} rounds, "
+        f"load average {os.getloadavg()[0]:.2f}")
+  print(f"{'arrays':>7}{'all-reduce ops':>16}{'wall ms':>18}{'CPU ms (median)':>17}")
+  for k in ALL_REDUCE_ARRAYS:
+    xs = [jax.device_put(jnp.zeros((devices, ALL_REDUCE_FLOATS // k)),
+                         NamedSharding(mesh, P("d"))) for _ in range(k)]
+    fn = jax.jit(jax.shard_map(lambda g: jax.lax.psum(g, "d"), mesh=mesh, in_specs=P("d"),
+                               out_specs=P("d")))
+    ops = len(collectives.count_collectives(fn.lower(xs).compile().as_text()))
+    for _ in range(3):
+      jax.block_until_ready(fn(xs))
+    wall, cpu = [], []
+    for _ in range(rounds):
+      c0, t0 = time.process_time(), time.perf_counter()
+      jax.block_until_ready(fn(xs))
+      wall.append(time.perf_counter() - t0)
+      cpu.append(time.process_time() - c0)
+    print(f"{k:>7}{ops:>16}{1e3 * statistics.median(wall):>10.2f} /{1e3 * min(wall):>6.2f}"
+          f"{1e3 * statistics.median(cpu):>17.2f}")
+
+
 def main() -> None:
   """Runs the benchmark and prints the table."""
   parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
@@ -62,7 +105,20 @@ def main() -> None:
   parser.add_argument("--layers", type=int, default=4)
   parser.add_argument("--image_size", type=int, default=224)
   parser.add_argument("--rounds", type=int, default=7)
+  parser.add_argument("--all_reduce_devices", type=int, default=0,
+                      help="if >= 2: time the all-reduce table on this many forced CPU devices")
   args = parser.parse_args()
+  if args.rounds < 1:
+    parser.error(f"--rounds must be >= 1, got {args.rounds}")
+  if args.all_reduce_devices:
+    if args.all_reduce_devices < 2:
+      parser.error(f"--all_reduce_devices must be >= 2, got {args.all_reduce_devices}")
+    if jax.device_count() < args.all_reduce_devices:
+      parser.error(f"--all_reduce_devices={args.all_reduce_devices} needs that many devices: "
+                   f"run with XLA_FLAGS=--xla_force_host_platform_device_count="
+                   f"{args.all_reduce_devices} JAX_PLATFORMS=cpu")
+    all_reduce_table(args.all_reduce_devices, args.rounds)
+    return
 
   cells = {}
   for label, name, kind in MODELS:

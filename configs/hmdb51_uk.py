@@ -7,12 +7,10 @@ ViViT-B/16x2 unfactorised checkpoint).
 
 from vivit_knn.presets import set_dataset, vivit_b16x2
 
-HMDB51_TRAIN_SIZE = 3570  # split 1
-
 
 def get_config():
   """Uk-ViViT/16x2 (unfactorised, L=12, k-NN attention)."""
   config = vivit_b16x2("spacetime", knn_spatial=True, knn_temporal=True)
-  set_dataset(config, "hmdb51", HMDB51_TRAIN_SIZE)
+  set_dataset(config, "hmdb51")
   config.experiment_name = "hmdb51_uk"
   return config

@@ -7,12 +7,10 @@ ViViT-B/16x2 FE checkpoint).
 
 from vivit_knn.presets import set_dataset, vivit_b16x2
 
-HMDB51_TRAIN_SIZE = 3570  # split 1
-
 
 def get_config():
   """ViViT-B/16x2 factorised encoder baseline (dense attention)."""
   config = vivit_b16x2("factorized_encoder", knn_spatial=False, knn_temporal=False)
-  set_dataset(config, "hmdb51", HMDB51_TRAIN_SIZE)
+  set_dataset(config, "hmdb51")
   config.experiment_name = "hmdb51_vivit_fe"
   return config

@@ -24,7 +24,7 @@ def get_config():
   """ViT-S student, TSD-fad: 100 + 300 epochs, AdamW."""
   config = base_config()
   config.train.global_batch_size = 128
-  set_dataset(config, "tfrecord", K400_TRAIN_SIZE, augment=False)
+  set_dataset(config, "tfrecord", augment=False)
   config.experiment_name = "k400_tsd_fad"
   config.dataset.num_classes = 400
   config.dataset.num_train = K400_TRAIN_SIZE

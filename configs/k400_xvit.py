@@ -44,11 +44,11 @@ def get_config():
   config.train.checkpoint_every_steps = 2000
   config.eval.global_batch_size = 64
 
-  set_dataset(config, "tfrecord", K400_TRAIN_SIZE, augment=False)
+  set_dataset(config, "tfrecord", augment=False)
   config.dataset.num_classes = 400
   config.dataset.num_train = K400_TRAIN_SIZE
   config.dataset.frame_stride = 16
-  config.optimizer.warmup_steps = 5 * K400_TRAIN_SIZE // config.train.global_batch_size
+  config.optimizer.warmup_epochs = 5.0
   config.experiment_name = "k400_xvit"
   config.init_from.checkpoint_format = "timm"
   config.init_from.required = True  # an ImageNet ViT-B/16; see the module doc

@@ -26,7 +26,7 @@ def get_config():
   """ViT-S student with 4 branch heads, TSD-fpld: 100 + 300 epochs, AdamW."""
   config = base_config()
   config.train.global_batch_size = 128
-  set_dataset(config, "tfrecord", SSV2_TRAIN_SIZE, augment=False)
+  set_dataset(config, "tfrecord", augment=False)
   config.experiment_name = "ssv2_tsd_fpld"
   config.dataset.num_classes = 174
   config.dataset.num_train = SSV2_TRAIN_SIZE

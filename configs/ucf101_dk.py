@@ -7,12 +7,10 @@ ViViT-B/16x2 FE checkpoint).
 
 from vivit_knn.presets import set_dataset, vivit_b16x2
 
-UCF101_TRAIN_SIZE = 9537  # split 1
-
 
 def get_config():
   """Dk-ViViT/16x2 (factorised encoder Ls=8, Lt=4, k-NN in both encoders)."""
   config = vivit_b16x2("factorized_encoder", knn_spatial=True, knn_temporal=True)
-  set_dataset(config, "ucf101", UCF101_TRAIN_SIZE)
+  set_dataset(config, "ucf101")
   config.experiment_name = "ucf101_dk"
   return config

@@ -7,12 +7,10 @@ ViViT-B/16x2 FE checkpoint).
 
 from vivit_knn.presets import set_dataset, vivit_b16x2
 
-UCF101_TRAIN_SIZE = 9537  # split 1
-
 
 def get_config():
   """Dk-ViViT-S (k-NN only in the spatial encoder)."""
   config = vivit_b16x2("factorized_encoder", knn_spatial=True, knn_temporal=False)
-  set_dataset(config, "ucf101", UCF101_TRAIN_SIZE)
+  set_dataset(config, "ucf101")
   config.experiment_name = "ucf101_dk_s"
   return config

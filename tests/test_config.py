@@ -99,7 +99,7 @@ def test_paper_config_values():
   assert dk.model.spatial_transformer.attention.knn_k == pytest.approx(2 / 3)
   assert tuple(dk.model.patch_size) == (16, 16, 2) and dk.dataset.num_frames == 8
   assert dk.optimizer.name == "sgd" and dk.optimizer.momentum == 0.9
-  assert dk.optimizer.warmup_steps > 0
+  assert dk.optimizer.warmup_epochs == 2.5 and dk.optimizer.warmup_steps == 0
   uk = _load("ucf101_uk")
   assert uk.model.model_type == "spacetime" and uk.model.num_layers == 12
   assert uk.model.attention.kind == "knn"

@@ -80,6 +80,8 @@ def test_folder_source_skips_and_counts_exactly_once(damaged):
   ds = registry.build_dataset(config("ucf101", format="folder",
                                      data_dir=layout.root))
   assert ds.skipped_examples() == {}
+  assert ds.split_counts("eval") == {"listed": 3, "readable": None,
+                                     "skipped": 0}
   for _ in range(2):  # The second pass must not count again.
     batches = list(ds.eval_batches(2))
     mask = np.concatenate([b["mask"] for b in batches])
@@ -88,12 +90,20 @@ def test_folder_source_skips_and_counts_exactly_once(damaged):
     np.testing.assert_array_equal(index, [0, 1, -1, -1])
     assert not np.any(batches[1]["inputs"])
   assert ds.skipped_examples() == {"truncated": 1}
+  assert ds.split_counts("eval") == {"listed": 3, "readable": 2,
+                                     "skipped": 1}
+  assert [os.path.basename(s.split(":")[0]) for s in
+          ds.skipped_sources("eval")] == ["v_Diving_g03_c01.avi"]
   # Two epochs of training: every batch full, bad videos replaced.
   stream = ds.train_batches(3, seed=0)
   labels = np.concatenate([next(stream)["label"] for _ in range(4)])
   assert labels.shape == (12,) and set(labels) <= {0, 1, 2}
   assert ds.skipped_examples() == {"corrupt": 1, "truncated": 1,
                                    "zero_frames": 1}
+  assert ds.split_counts("train") == {"listed": 6, "readable": 4,
+                                      "skipped": 2}
+  with pytest.raises(ValueError, match="split"):
+    ds.split_counts("test")
 
 
 def _write_records(path, serialized):
@@ -131,6 +141,11 @@ def test_tfrecord_source_skips_bad_records_and_a_truncated_shard(tmp_path):
   assert ds.skipped_examples() == {"bad_jpeg": 1, "bad_label": 1,
                                    "corrupt": 1, "truncated": 1,
                                    "zero_frames": 1}
+  # The cut train shard counts as one listed, skipped record.
+  assert ds.split_counts("eval") == {"listed": 6, "readable": 2,
+                                     "skipped": 4}
+  assert ds.split_counts("train")["listed"] == 4
+  assert ds.split_counts("train")["skipped"] == 1
   assert next(ds.train_batches(3))["inputs"].shape == (3, 4, 32, 32, 3)
 
 
@@ -144,10 +159,13 @@ def test_inference_names_the_bad_file(damaged, tmp_path):
       registry.load_video_views(path, cfg)
   with pytest.raises(FileNotFoundError, match="absent.avi"):
     registry.load_video_views(str(tmp_path / "absent.avi"), cfg)
-  with pytest.raises(ValueError, match="synthetic"):
-    registry.load_video_views(
-        os.path.join(layout.root, layout.test[0]),
-        registry.DATASET_DEFAULTS["synthetic"]())
+  # A synthetic-task config takes one centre clip at its own clip size.
+  synthetic = registry.DATASET_DEFAULTS["synthetic"]()
+  views = registry.load_video_views(os.path.join(layout.root, layout.test[0]),
+                                    synthetic)
+  size = synthetic.image_size
+  assert views.shape == (1, synthetic.num_frames, size, size, 3)
+  assert views.min() >= -1.0 and views.max() <= 1.0 and views.std() > 0
 
 
 def test_listed_but_missing_videos_are_counted(damaged, tmp_path):
@@ -164,3 +182,6 @@ def test_listed_but_missing_videos_are_counted(damaged, tmp_path):
                                      splits_dir=str(lists)))
   assert ds.info.num_train_examples == 6
   assert ds.skipped_examples() == {"missing": 1}
+  assert ds.split_counts("train") == {"listed": 7, "readable": None,
+                                      "skipped": 1}
+  assert ds.split_counts("eval")["skipped"] == 0

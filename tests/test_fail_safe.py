@@ -125,13 +125,21 @@ def test_eval_of_a_read_only_run_writes_only_to_output_dir(trained, tmp_path):
   out = tmp_path / "reports"
   run_python(TINY + [f"--workdir={work}", "--mode=eval", f"--output_dir={out}"])
   assert sorted(str(p) for p in work.rglob("*")) == before
-  assert (out / "eval" / "results_step_4.json").is_file()
+  assert (out / "eval" / "results_step_4_1x1.json").is_file()
 
 
 def test_resuming_with_another_shape_lists_the_parameters(trained, tmp_path):
   work = _copy(trained, tmp_path)
-  proc = run_python(TINY + [f"--workdir={work}", "--config.model.mlp_dim=48",
-                            "--config.train.num_train_steps=6"] + QUICK, check=False)
+  args = TINY + [f"--workdir={work}", "--config.model.mlp_dim=48",
+                 "--config.train.num_train_steps=6"] + QUICK
+  # The stored run config refuses the shape change before any checkpoint is read.
+  proc = run_python(args, check=False)
+  assert proc.returncode == BAD_INPUT
+  errors = _error_lines(proc)
+  assert len(errors) == 1 and "model.mlp_dim: 32 -> 48 (parameter shapes)" in errors[0], errors
+  # A run written without a stored config is caught by the checkpoint's own shapes.
+  (work / "config.json").unlink()
+  proc = run_python(args, check=False)
   assert proc.returncode == BAD_INPUT
   errors = _error_lines(proc)
   assert errors[0].startswith("error: the model this config builds does not fit checkpoint")
@@ -198,7 +206,7 @@ def _start_training(work):
                             daemon=True)
   reader.start()
   deadline = time.time() + 240
-  while time.time() < deadline and "step/s" not in "".join(chunks):
+  while time.time() < deadline and "s/step" not in "".join(chunks):
     time.sleep(0.2)  # the progress bar shows a rate once steps are running
   assert proc.poll() is None, "".join(chunks)
   return proc, chunks, reader

@@ -271,7 +271,7 @@ def test_eval_on_an_empty_workdir_scores_a_released_classifier(tmp_path):
                             "--mode=eval", "--config.init_from.restore_head=True"] + flags)
   assert "evaluating the configured initial weights" in proc.stdout
   assert not (work / "checkpoints").exists()
-  result = json.loads((work / "eval" / "results_step_0.json").read_text())
+  result = json.loads((work / "eval" / "results_step_0_1x1.json").read_text())
 
   # The same numbers from the model built on the file's arrays, computed here.
   dataset = build_dataset(config.dataset)
@@ -294,6 +294,6 @@ def test_eval_on_an_empty_workdir_scores_a_released_classifier(tmp_path):
   # Without restore_head the head is fresh, so the loss differs.
   other = run_python(MAIN + ["--config=configs/synthetic_tiny.py", f"--workdir={tmp_path / 'e2'}",
                              "--mode=eval"] + flags)
-  fresh = json.loads((tmp_path / "e2" / "eval" / "results_step_0.json").read_text())
+  fresh = json.loads((tmp_path / "e2" / "eval" / "results_step_0_1x1.json").read_text())
   assert "initialisation: checkpoints" in other.stdout
   assert abs(fresh["loss"] - result["loss"]) > 1e-3

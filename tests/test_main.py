@@ -22,7 +22,7 @@ def test_train_then_eval_mode_writes_reports(tmp_path):
   assert "checkpoint step 6" in out
   for name in ("left_up", "right_down"):
     assert name in out  # per-class table
-  png = glob.glob(str(work / "eval" / "confusion_matrix_step_6.png"))
+  png = glob.glob(str(work / "eval" / "confusion_matrix_step_6_1x1.png"))
   assert png and open(png[0], "rb").read(8) == b"\x89PNG\r\n\x1a\n"
 
 

@@ -10,27 +10,32 @@ Exit codes (the same for every CLI of the project):
   130  interrupted by a second Ctrl-C, without saving
 
 `--verbose` (or the environment variable VIVIT_KNN_VERBOSE=1) prints the traceback
-as well.
+as well, and keeps the libraries' start-up and INFO lines that are hidden by
+default (see `quiet_startup`).
 """
 
 from __future__ import annotations
 
 import errno
+import importlib.abc
+import importlib.machinery
 import os
 import re
 import sys
 import threading
 import traceback
-from typing import Callable, List, Optional, Sequence
+from typing import Any, Callable, List, Optional, Sequence
 
 from absl import app, flags
+from absl import logging as absl_logging
 
 EXIT_OK, EXIT_UNEXPECTED, EXIT_BAD_INPUT, EXIT_NON_FINITE, EXIT_PREEMPTED = 0, 1, 2, 3, 4
 EXIT_INTERRUPTED = 130
 VERBOSE_ENV = "VIVIT_KNN_VERBOSE"
 
-_VERBOSE = flags.DEFINE_bool("verbose", False,
-                             f"Print tracebacks with errors (also: {VERBOSE_ENV}=1).")
+_VERBOSE = flags.DEFINE_bool(
+    "verbose", False, "Print tracebacks with errors, and the libraries' start-up and INFO "
+    f"lines (also: {VERBOSE_ENV}=1).")
 
 
 def verbose(argv: Optional[Sequence[str]] = None) -> bool:
@@ -100,9 +105,18 @@ def describe_flags_error(err: BaseException, argv: Sequence[str]) -> str:
   return f"--config: loading {config} failed: {type(root).__name__}: {_first_line(root)}"
 
 
+_HELP_FLAGS = ("--help", "-h", "-?", "--helpshort", "--helpfull", "--helpxml")
+
+
 def _parse_flags(argv: List[str]) -> List[str]:
   try:
-    rest = flags.FLAGS(argv)
+    try:
+      rest = flags.FLAGS(argv)
+    except SystemExit as err:
+      # absl prints the help and exits with 1; asking for help is not a failure.
+      if err.code == 1 and any(a in _HELP_FLAGS for a in argv[1:]):
+        sys.exit(EXIT_OK)
+      raise
     config = _config_file(argv)
     if config != "--config" and not any(os.path.isfile(p) for p in (config, config.split(":")[0])):
       raise FileNotFoundError(f"No such file: {config}")
@@ -114,24 +128,71 @@ def _parse_flags(argv: List[str]) -> List[str]:
     sys.exit(EXIT_BAD_INPUT)
 
 
-def quiet_tensorflow_import() -> None:
-  """Imports TensorFlow with the C++ start-up lines (oneDNN, CPU features) hidden.
-
-  They are written straight to file descriptor 2 while TensorFlow loads, before
-  any Python logging setting applies. Nothing is hidden with --verbose.
-  """
-  if verbose(sys.argv) or "tensorflow" in sys.modules:
-    return
-  os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+def _silenced_fd2(function: Callable[[], Any]) -> Any:
+  """Calls `function` with file descriptor 2 pointed at the null device."""
   sys.stderr.flush()
   saved = os.dup(2)
   try:
     with open(os.devnull, "w") as null:
       os.dup2(null.fileno(), 2)
-      import tensorflow  # noqa: F401  pylint: disable=import-outside-toplevel,unused-import
+      return function()
   finally:
     os.dup2(saved, 2)
     os.close(saved)
+
+
+class _QuietTensorFlowLoader(importlib.abc.Loader):
+  """Runs TensorFlow's package import with its C++ start-up lines hidden."""
+
+  def __init__(self, loader: importlib.abc.Loader):
+    self._loader = loader
+
+  def create_module(self, spec):
+    """Delegates to TensorFlow's own loader."""
+    return self._loader.create_module(spec)
+
+  def exec_module(self, module) -> None:
+    """Imports TensorFlow (and everything its `__init__` loads) with fd 2 silenced."""
+    _silenced_fd2(lambda: self._loader.exec_module(module))
+
+
+class _QuietTensorFlowFinder(importlib.abc.MetaPathFinder):
+  """Finds `tensorflow` as usual but loads it through `_QuietTensorFlowLoader`."""
+
+  def find_spec(self, name, path=None, target=None):
+    """The normal spec of `tensorflow` with a quiet loader; None for anything else."""
+    if name != "tensorflow":
+      return None
+    sys.meta_path.remove(self)  # one import only: later ones hit sys.modules
+    spec = importlib.machinery.PathFinder.find_spec(name, path)
+    if spec is not None and spec.loader is not None:
+      spec.loader = _QuietTensorFlowLoader(spec.loader)
+    return spec
+
+
+def quiet_startup(argv: Optional[Sequence[str]] = None) -> None:
+  """Hides the libraries' start-up lines unless `--verbose` (or VIVIT_KNN_VERBOSE=1).
+
+  TensorFlow's C++ runtime prints its oneDNN and CPU-feature notes (and absl's
+  "All log messages before absl::InitializeLog()" line) straight to file
+  descriptor 2 while it loads, once per native library and before any Python
+  logging setting applies, and `TF_CPP_MIN_LOG_LEVEL` does not hide all of
+  them. So the first `import tensorflow`, whenever and by whoever it happens,
+  runs with fd 2 pointed at the null device. Python-side INFO lines (JAX's
+  backend probing, Orbax's checkpoint progress) are hidden by setting absl's
+  verbosity to WARNING. Importing nothing itself, this costs nothing for tools
+  that never load TensorFlow.
+
+  Args:
+    argv: the command line (default `sys.argv`); `--verbose` in it keeps everything.
+  """
+  if verbose(sys.argv if argv is None else argv):
+    return
+  os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+  absl_logging.set_verbosity(absl_logging.WARNING)
+  if "tensorflow" not in sys.modules and not any(
+      isinstance(f, _QuietTensorFlowFinder) for f in sys.meta_path):
+    sys.meta_path.insert(0, _QuietTensorFlowFinder())
 
 
 def describe_error(err: BaseException) -> tuple:
@@ -165,6 +226,19 @@ def describe_error(err: BaseException) -> tuple:
                            " (rerun with --verbose for the traceback)")
 
 
+def _list_flags_in_help(main: Callable) -> None:
+  """Makes `--help` list the tool's own flags and `--verbose`, however it was started.
+
+  absl's `--help` lists the flags of the module named by `sys.argv[0]`. Under
+  `python -m` that is the tool's module; an installed console script is another
+  file, which defines no flags.
+  """
+  module = getattr(main, "__module__", "__main__")
+  own = [] if module == "__main__" else flags.FLAGS.get_key_flags_for_module(module)
+  for flag in own + [flags.FLAGS[_VERBOSE.name]]:
+    flags.FLAGS.register_key_flag_for_module(sys.argv[0], flag)
+
+
 def run(main: Callable[[List[str]], int]) -> None:
   """`absl.app.run(main)` with one-line errors and the exit codes of the module doc."""
 
@@ -186,6 +260,6 @@ def run(main: Callable[[List[str]], int]) -> None:
     # tried; the restore reports the outcome in one line.
     threading.excepthook = lambda args: None
     sys.unraisablehook = lambda unraisable: None  # their pending reads, at exit
-  if any(a.startswith("--config") for a in sys.argv[1:]):
-    quiet_tensorflow_import()  # config files import the data pipeline, hence TensorFlow
+  quiet_startup()
+  _list_flags_in_help(main)
   app.run(guarded, flags_parser=_parse_flags)

@@ -70,7 +70,12 @@ def optimizer_config() -> ConfigDict:
           "name": "sgd",
           "base_learning_rate": 0.1,
           "end_learning_rate": 0.0,
+          # Linear warmup length: `warmup_steps`, or, when `warmup_epochs` >= 0, that many
+          # epochs of the train split, turned into steps when the run starts (from the
+          # dataset's size and train.global_batch_size). Setting warmup_epochs >= 0 with
+          # warmup_steps > 0 is an error: give one of them.
           "warmup_steps": 0,
+          "warmup_epochs": -1.0,
           "momentum": 0.9,
           "nesterov": False,
           "beta1": 0.9,

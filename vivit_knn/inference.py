@@ -1,22 +1,83 @@
-"""Single-video inference from a training run's workdir: top-k class names with probabilities."""
+"""Inference from a training run's workdir: one video's top-5, or a CSV for a folder of videos.
+
+Videos are read and processed by the data pipeline's own reader and processors
+(:func:`vivit_knn.data.registry.load_video_views`), so a video gets exactly the
+test views evaluation gives it. A run trained on the synthetic task takes one
+centre clip of any real video, resized to its input size.
+"""
 
 from __future__ import annotations
 
+import csv
+import os
+import sys
 from typing import List, Tuple
 
 import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
+from etils import epath
 
 from vivit_knn import config as config_lib
 from vivit_knn.data.processors import average_view_logits
+from vivit_knn.data.registry import load_video_views
+from vivit_knn.data.splits import VIDEO_EXTENSIONS
 from vivit_knn.models.registry import build_model
+from vivit_knn.train.checkpoint import resolve
 from vivit_knn.train.run_info import read_run_info, restore_params
+from vivit_knn.train.summary import ProgressBar
+
+TOP_K = 5
+
+
+class Predictor:
+  """Class probabilities of single videos from the newest checkpoint of a run.
+
+  Args:
+    config: the config the run in `workdir` was trained with.
+    workdir: a training run's directory (its `run_info.json` and newest checkpoint).
+
+  Raises:
+    FileNotFoundError: the workdir has no `run_info.json` or no checkpoint.
+    ValueError: the config does not fit the run (unknown keys, model vs clip shape).
+  """
+
+  def __init__(self, config: ml_collections.ConfigDict, workdir: str):
+    config_lib.check_keys(config)
+    info = read_run_info(workdir)
+    self.class_names: List[str] = list(info["class_names"])
+    config_lib.check_model(config.model, info["input_shape"])
+    self._dataset_config = config.dataset
+    model = build_model(config.model, len(self.class_names))
+    self.params, self.step = restore_params(workdir)
+
+    @jax.jit
+    def probabilities(params, views):
+      logits, _ = model.apply({"params": params}, views, train=False)
+      logits = average_view_logits(logits.astype(jnp.float32)[None], views.shape[0])[0]
+      return jax.nn.softmax(logits)
+
+    self._probabilities = probabilities
+
+  def probabilities(self, video: str) -> np.ndarray:
+    """float32 `[C]` softmax of the view-averaged logits of the video file `video`.
+
+    Raises:
+      FileNotFoundError: naming `video` if it does not exist.
+      ValueError: naming `video` if it cannot be decoded.
+    """
+    views = np.asarray(load_video_views(video, self._dataset_config), np.float32)
+    return np.asarray(self._probabilities(self.params, views))
+
+  def top_k(self, probs: np.ndarray, k: int = TOP_K) -> List[Tuple[str, float]]:
+    """`(class name, probability)` of the `k` most probable classes, most probable first."""
+    order = np.argsort(-probs, kind="stable")[:min(k, len(self.class_names))]
+    return [(self.class_names[i], float(probs[i])) for i in order]
 
 
 def predict_video(config: ml_collections.ConfigDict, workdir: str, video: str,
-                  top_k: int = 5) -> List[Tuple[str, float]]:
+                  top_k: int = TOP_K) -> List[Tuple[str, float]]:
   """Top-k (class name, probability) for one video file, averaging logits over the test views.
 
   Args:
@@ -28,21 +89,118 @@ def predict_video(config: ml_collections.ConfigDict, workdir: str, video: str,
   Returns:
     `(class name, probability)` pairs, most probable first.
   """
-  from vivit_knn.data.registry import load_video_views  # pylint: disable=g-import-not-at-top
+  predictor = Predictor(config, workdir)
+  return predictor.top_k(predictor.probabilities(video), top_k)
 
-  config_lib.check_keys(config)
-  info = read_run_info(workdir)
-  names = info["class_names"]
-  config_lib.check_model(config.model, info["input_shape"])
-  model = build_model(config.model, len(names))
-  params, _ = restore_params(workdir)
-  views = np.asarray(load_video_views(video, config.dataset), np.float32)  # [V, T, H, W, C]
 
-  @jax.jit
-  def probabilities(params, views):
-    logits, _ = model.apply({"params": params}, views, train=False)
-    return jax.nn.softmax(average_view_logits(logits.astype(jnp.float32)[None], views.shape[0])[0])
+def list_videos(folder: str) -> Tuple[List[str], List[str]]:
+  """Files under `folder` (recursively, sorted by relative path), split by extension.
 
-  probs = np.asarray(probabilities(params, views))
-  order = np.argsort(-probs)[:min(top_k, len(names))]
-  return [(names[i], float(probs[i])) for i in order]
+  Returns:
+    `(videos, others)`: paths relative to `folder` whose extension is one of
+    `VIDEO_EXTENSIONS`, and the remaining files (hidden ones excluded).
+  """
+  videos, others = [], []
+  for root, dirs, files in os.walk(folder):
+    dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+    for name in sorted(files):
+      if name.startswith("."):
+        continue
+      rel = os.path.relpath(os.path.join(root, name), folder)
+      (videos if name.lower().endswith(VIDEO_EXTENSIONS) else others).append(rel)
+  return sorted(videos), sorted(others)
+
+
+def csv_header(k: int = TOP_K) -> List[str]:
+  """Columns of the folder CSV: `file`, then `top<i>_class`, `top<i>_prob` for i = 1..k."""
+  header = ["file"]
+  for i in range(1, k + 1):
+    header += [f"top{i}_class", f"top{i}_prob"]
+  return header
+
+
+def predict_folder(predictor: Predictor, folder: str, out_csv: str,
+                   progress: bool) -> Tuple[int, List[str], List[str]]:
+  """Writes the top-5 of every video under `folder` to `out_csv`.
+
+  Probabilities are written with `repr` (full float precision). A file that
+  cannot be decoded is left out of the CSV and listed instead.
+
+  Returns:
+    `(number of rows written, skipped lines 'file: why', files ignored for their extension)`.
+  """
+  videos, others = list_videos(folder)
+  k = min(TOP_K, len(predictor.class_names))
+  skipped, rows = [], 0
+  epath.Path(out_csv).parent.mkdir(parents=True, exist_ok=True)
+  with epath.Path(out_csv).open("w") as f, \
+      ProgressBar(len(videos), desc="videos", unit="video", enabled=progress) as bar:
+    writer = csv.writer(f, lineterminator="\n")
+    writer.writerow(csv_header(k))
+    for rel in videos:
+      try:
+        probs = predictor.probabilities(os.path.join(folder, rel))
+      except (ValueError, FileNotFoundError) as err:
+        skipped.append(f"{rel}: {err}")
+      else:
+        row = [rel]
+        for name, prob in predictor.top_k(probs, k):
+          row += [name, repr(prob)]
+        writer.writerow(row)
+        rows += 1
+      bar.update()
+  return rows, skipped, others
+
+
+def _folder_csv_path(workdir: str, folder: str, step: int) -> str:
+  name = os.path.basename(os.path.normpath(os.path.abspath(folder))) or "videos"
+  return str(resolve(workdir) / "predictions" / f"{name}_step_{step}.csv")
+
+
+def run_infer(config: ml_collections.ConfigDict, workdir: str, video: str) -> None:
+  """`--mode=infer`: prints a video file's top-5, or writes a CSV for a folder of videos.
+
+  For a file, prints `<rank>. <class>  <probability>` lines. For a folder,
+  writes `<workdir>/predictions/<folder name>_step_<N>.csv` (columns from
+  :func:`csv_header`; one row per readable video), shows a progress bar when
+  stderr is a terminal, writes the unreadable files with the reason to
+  `<csv stem>_skipped.txt`, and prints a summary line and the CSV path.
+
+  Args:
+    config: the config the run in `workdir` was trained with.
+    workdir: a training run's directory.
+    video: a video file or a folder of videos.
+
+  Raises:
+    FileNotFoundError: naming `video` if it does not exist, or the workdir lacks a run.
+    ValueError: naming `video` if a single file cannot be decoded, or if a folder holds
+      no video file.
+  """
+  if not video:
+    raise ValueError("--video is empty: give a video file or a folder of videos")
+  if not os.path.exists(video):
+    raise FileNotFoundError(f"--video={video} does not exist")
+  if not os.path.isdir(video):
+    predictor = Predictor(config, workdir)
+    for rank, (name, prob) in enumerate(predictor.top_k(predictor.probabilities(video)), 1):
+      print(f"{rank}. {name}  {prob:.4f}")
+    return
+  videos, others = list_videos(video)
+  if not videos:
+    raise ValueError(f"--video={video} holds no video file (extensions: "
+                     f"{', '.join(VIDEO_EXTENSIONS)})")
+  predictor = Predictor(config, workdir)
+  out_csv = _folder_csv_path(workdir, video, predictor.step)
+  rows, skipped, others = predict_folder(predictor, video, out_csv,
+                                         progress=sys.stderr.isatty())
+  line = f"predicted {rows} of {rows + len(skipped)} videos in {video}"
+  if skipped:
+    skipped_path = os.path.splitext(out_csv)[0] + "_skipped.txt"
+    epath.Path(skipped_path).write_text("\n".join(skipped) + "\n")
+    line += f" ({len(skipped)} unreadable, skipped, see {skipped_path})"
+  if others:
+    line += f"; {len(others)} other files ignored (not a video extension)"
+  print(line)
+  for entry in skipped:
+    print(f"skipped {entry}")
+  print(f"predictions: {out_csv}")

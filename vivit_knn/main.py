@@ -3,20 +3,21 @@
   python -m vivit_knn.main --config=configs/synthetic_dk.py --workdir=runs/synthetic_dk
   python -m vivit_knn.main --config=configs/synthetic_dk.py --workdir=runs/synthetic_dk --mode=eval
   python -m vivit_knn.main --config=<config> --workdir=<run> --mode=infer --video=clip.avi
+  python -m vivit_knn.main --config=<config> --workdir=<run> --mode=infer --video=<folder>
 
 `--config.<field>=<value>` overrides any config value; unknown fields are errors.
+Training stores its resolved config in `<workdir>/config.json`; eval, infer and a
+resumed training start from it, with their own command-line overrides on top (an
+override that changes the trained parameter shapes or data layout is refused).
 Errors are one line on stderr; exit codes are listed in `vivit_knn.cli` (0 done,
 2 bad input, 3 non-finite, 4 preempted with a checkpoint saved).
 """
 
 from __future__ import annotations
 
-import os
+import sys
 
-# Keep TensorFlow (used only for tf.data) quiet and off accelerators' memory.
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-
-from absl import app, flags, logging
+from absl import app, flags
 from ml_collections import config_flags
 
 from vivit_knn import cli
@@ -30,8 +31,10 @@ _MODE = flags.DEFINE_enum("mode", "train", MODES,
                           "train: train (resuming from --workdir) then evaluate; "
                           "eval: evaluate the latest checkpoint in --workdir (or, when it "
                           "has none, the weights config.init_from configures); "
-                          "infer: print the top-5 classes for --video.")
-_VIDEO = flags.DEFINE_string("video", None, "Video file for --mode=infer.")
+                          "infer: print the top-5 classes for --video (a file), or write "
+                          "a CSV of them for every video in --video (a folder).")
+_VIDEO = flags.DEFINE_string("video", None, "Video file, or a folder of videos (writes a CSV "
+                             "of top-5 predictions), for --mode=infer.")
 _OUTPUT_DIR = flags.DEFINE_string(
     "output_dir", None, "--mode=eval: where reports go (default: --workdir). Lets a finished "
     "run in a read-only folder be evaluated.")
@@ -51,13 +54,20 @@ def main(argv) -> int:
   from vivit_knn.train import distributed
   distributed.maybe_initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
   import jax
-  from vivit_knn.train import evaluation, trainer  # heavy imports after flag parsing
+  # Heavy imports after flag parsing.
+  from vivit_knn.train import checkpoint, evaluation, run_config, trainer
 
   config, workdir = _CONFIG.value, _WORKDIR.value
   if config is None:
     raise app.UsageError("--config is required, e.g. --config=configs/synthetic_dk.py")
   if not workdir:
     raise app.UsageError("--workdir is required: the run's checkpoints and logs go there")
+  if _MODE.value == "infer" and not _VIDEO.value:
+    raise app.UsageError("--mode=infer needs --video=<file or folder>")
+  if _MODE.value != "train" or checkpoint.has_checkpoints(workdir):
+    # The run's stored config, with this command line's overrides on top; a fresh
+    # training run stores its own config when it starts.
+    config = run_config.resolve_run_config(config, workdir, sys.argv)
   if _MODE.value == "train":
     result = trainer.train(config, workdir)
     if result.get("preempted"):
@@ -68,11 +78,8 @@ def main(argv) -> int:
       for name, path in result["eval_paths"].items():
         print(f"{name}: {path}")
   elif _MODE.value == "infer":
-    from vivit_knn.inference import predict_video
-    if not _VIDEO.value:
-      raise app.UsageError("--mode=infer needs --video=<file>")
-    for rank, (name, prob) in enumerate(predict_video(config, workdir, _VIDEO.value), 1):
-      print(f"{rank}. {name}  {prob:.4f}")
+    from vivit_knn import inference
+    inference.run_infer(config, workdir, _VIDEO.value)
   else:
     result = trainer.evaluate_checkpoint(config, workdir, output_dir=_OUTPUT_DIR.value)
     if result["init"] is None:
@@ -85,7 +92,6 @@ def main(argv) -> int:
 
 def run() -> None:
   """Console entry: errors are one-line messages with the exit codes of `vivit_knn.cli`."""
-  logging.set_verbosity(logging.WARNING)
   cli.run(main)
 
 

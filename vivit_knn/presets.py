@@ -39,6 +39,7 @@ def synthetic_run(name: str, *, image_size: int, learning_rate: float, num_train
 # 0.4/0.1) and RandAugment with 2 ops at magnitude 9 (the usual RandAugment setting).
 KNN_VIVIT_COLOR_JITTER = 0.8
 KNN_VIVIT_RANDAUGMENT = (2, 9)
+KNN_VIVIT_WARMUP_EPOCHS = 2.5
 
 
 def vivit_b16x2(model_type: str, knn_spatial: bool, knn_temporal: bool):
@@ -91,6 +92,8 @@ def vivit_b16x2(model_type: str, knn_spatial: bool, knn_temporal: bool):
   config.optimizer.momentum = 0.9
   config.optimizer.base_learning_rate = 0.05
   config.optimizer.grad_clip_norm = 1.0
+  config.optimizer.warmup_steps = 0
+  config.optimizer.warmup_epochs = KNN_VIVIT_WARMUP_EPOCHS
   config.loss.label_smoothing = 0.1
   config.loss.mixup_alpha = 0.3
   config.train.global_batch_size = 64
@@ -103,10 +106,12 @@ def vivit_b16x2(model_type: str, knn_spatial: bool, knn_temporal: bool):
   return config
 
 
-def set_dataset(config, name: str, num_train: int, augment: bool = True):
+def set_dataset(config, name: str, augment: bool = True):
   """Points `config.dataset` at a real dataset's defaults; warmup = 2.5 epochs.
 
-  With `augment`, training clips get colour jitter and RandAugment
+  The warmup is given in epochs (`optimizer.warmup_epochs`) and becomes steps when
+  the run starts, from the train split's actual size and the global batch. With
+  `augment`, training clips get colour jitter and RandAugment
   (`KNN_VIVIT_COLOR_JITTER`, `KNN_VIVIT_RANDAUGMENT`).
   """
   config.dataset = DATASET_DEFAULTS[name]()
@@ -116,8 +121,8 @@ def set_dataset(config, name: str, num_train: int, augment: bool = True):
     config.dataset.color_jitter = KNN_VIVIT_COLOR_JITTER
     config.dataset.randaugment_num_layers, config.dataset.randaugment_magnitude = (
         KNN_VIVIT_RANDAUGMENT)
-  steps_per_epoch = num_train // config.train.global_batch_size
-  config.optimizer.warmup_steps = int(2.5 * steps_per_epoch)
+  config.optimizer.warmup_steps = 0
+  config.optimizer.warmup_epochs = KNN_VIVIT_WARMUP_EPOCHS
   config.experiment_name = name
   return config
 
@@ -162,14 +167,14 @@ def cast_b16(name: str, *, num_train: int, num_classes: int, epochs: int,
   config.loss.label_smoothing = 0.1
   config.loss.mixup_alpha = 0.8
 
-  set_dataset(config, "tfrecord", num_train, augment=False)
+  set_dataset(config, "tfrecord", augment=False)
   d = config.dataset
   d.num_classes = num_classes
   d.num_train = num_train
   d.num_frames, d.frame_stride, d.image_size = 16, frame_stride, 224
   d.normalization = "imagenet"
   d.num_test_clips, d.num_test_crops = num_test_clips, 3
-  o.warmup_steps = warmup_epochs * num_train // config.train.global_batch_size
+  o.warmup_steps, o.warmup_epochs = 0, float(warmup_epochs)
   # The experts are the point of CAST: refuse random ones unless asked for.
   config.init_from.required = True
   config.experiment_name = name

@@ -107,6 +107,58 @@ class VideoDataset(abc.ABC):
     """
     return {}
 
+  def split_counts(self, split: str) -> dict[str, int | None]:
+    """How many videos ``split`` ('train' or 'eval') lists, reads and skips.
+
+    Returns:
+      ``{'listed': n, 'readable': r, 'skipped': s}``: ``listed`` counts the
+      videos (or records) the split names, including those found bad while
+      listing (absent files, damaged record tails); ``skipped`` the distinct
+      ones skipped so far in this process; ``readable`` is ``listed -
+      skipped`` once every listed video has been read, and ``None`` before
+      (unknown until decoded). This default is for sources that cannot meet
+      bad data: nothing skipped, readability unknown.
+
+    Raises:
+      ValueError: if ``split`` is not 'train' or 'eval'.
+    """
+    if check_split(split) == "train":
+      listed = self.info.num_train_examples
+    else:
+      listed = self.info.num_eval_examples
+    return {"listed": listed, "readable": None, "skipped": 0}
+
+  def describe_example(self, split: str, index: int) -> str:
+    """Where example ``index`` of ``split`` comes from (a file name when known).
+
+    Raises:
+      ValueError: if ``split`` is not 'train' or 'eval'.
+    """
+    return f"{check_split(split)}:{int(index)}"
+
+  def skipped_sources(self, split: str) -> list[str]:
+    """One line per video of ``split`` skipped so far: its location and why.
+
+    Raises:
+      ValueError: if ``split`` is not 'train' or 'eval'.
+    """
+    check_split(split)
+    return []
+
+
+SPLITS = ("train", "eval")
+
+
+def check_split(split: str) -> str:
+  """Returns ``split`` if it is 'train' or 'eval'.
+
+  Raises:
+    ValueError: naming the accepted values otherwise.
+  """
+  if split not in SPLITS:
+    raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
+  return split
+
 
 class TfDataVideoDataset(VideoDataset):
   """A :class:`VideoDataset` whose batches come from tf.data pipelines.

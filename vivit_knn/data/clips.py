@@ -179,6 +179,9 @@ class ClipDataset(base.TfDataVideoDataset):
     self._train, self._eval = train, eval_
     self._spec = spec
     self._counter = counter or skips.SkipCounter()
+    # Example numbers read at least once per split, to know when every
+    # listed video has been tried (see split_counts).
+    self._tried: dict[str, set[int]] = {"train": set(), "eval": set()}
     self._info = base.DatasetInfo(
         num_classes=len(class_names), class_names=tuple(class_names),
         num_train_examples=len(train), num_eval_examples=len(eval_),
@@ -198,8 +201,33 @@ class ClipDataset(base.TfDataVideoDataset):
     """Distinct examples skipped so far, by reason."""
     return self._counter.counts()
 
+  def split_counts(self, split: str) -> dict[str, int | None]:
+    """See :meth:`base.VideoDataset.split_counts`.
+
+    Files a split lists but that are absent, and damaged record-file tails,
+    count as listed and skipped.
+    """
+    table = self._train if base.check_split(split) == "train" else self._eval
+    pre_listing = (self._counter.split_count(split, skips.LISTING_MISSING) +
+                   self._counter.split_count(split, skips.LISTING_FILE))
+    listed = len(table) + pre_listing
+    skipped = self._counter.split_count(split)
+    complete = len(self._tried[split]) >= len(table)
+    return {"listed": listed, "readable": listed - skipped if complete else None,
+            "skipped": skipped}
+
+  def describe_example(self, split: str, index: int) -> str:
+    """The file (or record location) of example ``index`` of ``split``."""
+    table = self._train if base.check_split(split) == "train" else self._eval
+    return table.describe(int(index))
+
+  def skipped_sources(self, split: str) -> list[str]:
+    """See :meth:`base.VideoDataset.skipped_sources`."""
+    return self._counter.split_sources(base.check_split(split))
+
   def _load(self, split: str, table: ExampleTable, i: int, select):
     """``(frames, label)`` of example ``i``, or None after counting a skip."""
+    self._tried[split].add(i)
     key = (split, i)
     if self._counter.is_skipped(key):
       return None

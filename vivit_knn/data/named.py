@@ -82,9 +82,10 @@ def _check_sizes(dataset: NamedVideoSet, split: int, train: int,
 def _folder_dataset(dataset: NamedVideoSet, cfg, spec) -> clips.ClipDataset:
   lists = dataset.list_videos(cfg.data_dir, cfg.split, cfg.splits_dir)
   counter = skips.SkipCounter()
-  for path in lists.train.missing + lists.test.missing:
-    counter.record(("listed", path), skips.BadVideoError(
-        skips.MISSING, path, "listed in the split files"))
+  for split, videos in (("train", lists.train), ("eval", lists.test)):
+    for path in videos.missing:
+      counter.record((split, skips.LISTING_MISSING, path), skips.BadVideoError(
+          skips.MISSING, path, "listed in the split files"))
   _check_sizes(dataset, cfg.split, len(lists.train.paths),
                len(lists.test.paths))
   return clips.ClipDataset(

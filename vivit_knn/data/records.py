@@ -140,11 +140,13 @@ class RecordIndex:
       metadata) that spares the header scan of those files.
     counter: Tally in which damaged files are counted (one skipped example
       per damaged tail); a private one if omitted.
+    split: 'train' or 'eval' to attribute damaged files to that split in
+      ``counter``; '' for none.
   """
 
   def __init__(self, files: list[str],
                known_offsets: dict[str, list[int]] | None = None,
-               counter: skips.SkipCounter | None = None):
+               counter: skips.SkipCounter | None = None, split: str = ""):
     known_offsets = known_offsets or {}
     counter = counter or skips.SkipCounter()
     paths, offsets, ordinals, lengths = [], [], [], []
@@ -155,7 +157,8 @@ class RecordIndex:
       else:
         file_offsets, end, problem = scan_offsets(path)
         if problem:
-          counter.record(("file", path), skips.BadVideoError(
+          key = (split, skips.LISTING_FILE, path) if split else ("file", path)
+          counter.record(key, skips.BadVideoError(
               problem, path, f"damaged after record {len(file_offsets)}; "
               "the records before it are used"))
       file_offsets = np.asarray(file_offsets, np.int64)

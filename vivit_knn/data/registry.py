@@ -83,13 +83,33 @@ def _process_spec(
   name = dataset_config.get("name")
   if name not in DATASET_DEFAULTS:
     raise ValueError(f"unknown dataset.name {name!r}")
+  if name == "synthetic":
+    return _synthetic_spec(dataset_config)
   defaults = DATASET_DEFAULTS[name]()
   if "min_resize" not in defaults:
     raise ValueError(
         f"dataset {name!r} is not a video-file dataset; inference needs the "
-        "config of a real-video dataset (e.g. ucf101, hmdb51, tfrecord)")
+        "config of a real-video dataset (e.g. ucf101, hmdb51, tfrecord, "
+        "synthetic)")
   return options.ProcessSpec.from_config(
       options.resolve_config(dataset_config, lambda: defaults))
+
+
+def _synthetic_spec(
+    dataset_config: ml_collections.ConfigDict) -> options.ProcessSpec:
+  """How a real video becomes the input of a model trained on synthetic clips.
+
+  One clip of ``num_frames`` consecutive frames from the middle of the
+  video, short side resized to ``image_size`` and centre-cropped, scaled to
+  [-1, 1] like the synthetic clips.
+  """
+  cfg = options.resolve_config(dataset_config, synthetic.default_config)
+  fields = options.processing_fields()
+  fields.update(num_frames=cfg.num_frames, frame_stride=1,
+                image_size=cfg.image_size, min_resize=cfg.image_size,
+                normalization="zero_centered", num_test_clips=1,
+                num_test_crops=1)
+  return options.ProcessSpec.from_config(ml_collections.ConfigDict(fields))
 
 
 def load_video_views(path: str,
@@ -98,7 +118,9 @@ def load_video_views(path: str,
 
   Uses the dataset config's test sampling (``num_test_clips`` clips spread
   over the video, ``num_test_crops`` crops, ``frame_stride``) and the same
-  processors as the dataset's :meth:`~base.VideoDataset.eval_batches`.
+  processors as the dataset's :meth:`~base.VideoDataset.eval_batches`. For
+  a ``synthetic`` config, the video gives one centre clip of consecutive
+  frames resized to the synthetic clips' size and value range.
 
   Args:
     path: Video file readable by FFmpeg.

@@ -14,6 +14,11 @@ BAD_JPEG = "bad_jpeg"  # A stored frame image does not decode.
 MISSING = "missing"  # Listed by a split file but absent on disk.
 BAD_LABEL = "bad_label"  # Label outside [0, num_classes).
 
+# Second item of a ``(split, kind, location)`` key for examples found bad
+# while listing a split, before any decoding.
+LISTING_MISSING = "missing"  # A listed file that is absent.
+LISTING_FILE = "file"  # A record file damaged after some records.
+
 
 class BadVideoError(Exception):
   """A video (file or record) that cannot provide frames.
@@ -38,12 +43,15 @@ class SkipCounter:
   Each example is identified by a hashable key (e.g. ``('train', 17)``) and
   counted once, however many epochs revisit it, so the totals are exact
   even though tf.data decodes ahead and in parallel. The first skip of an
-  example logs a warning naming its file.
+  example logs a warning naming its file. A tuple key whose first item is a
+  split name (``'train'`` or ``'eval'``) attributes the skip to that split
+  (see :meth:`split_count` and :meth:`split_sources`).
   """
 
   def __init__(self):
     self._lock = threading.Lock()
     self._reasons: dict[object, str] = {}
+    self._messages: dict[object, str] = {}
 
   def record(self, key: object, error: BadVideoError) -> None:
     """Counts ``key`` as skipped for ``error.reason`` (first time only)."""
@@ -51,7 +59,24 @@ class SkipCounter:
       if key in self._reasons:
         return
       self._reasons[key] = error.reason
+      self._messages[key] = str(error)
     logging.warning("Skipping video %s", error)
+
+  def _split_keys(self, split: str, kind: str | None = None) -> list:
+    """Keys attributed to ``split`` (optionally only ``(split, kind, ...)``)."""
+    return [k for k in self._reasons
+            if isinstance(k, tuple) and k and k[0] == split
+            and (kind is None or (len(k) > 1 and k[1] == kind))]
+
+  def split_count(self, split: str, kind: str | None = None) -> int:
+    """Distinct skipped examples of ``split`` (``kind`` narrows the keys)."""
+    with self._lock:
+      return len(self._split_keys(split, kind))
+
+  def split_sources(self, split: str) -> list[str]:
+    """One line per skipped example of ``split``: where it is and why, sorted."""
+    with self._lock:
+      return sorted(self._messages[k] for k in self._split_keys(split))
 
   def is_skipped(self, key: object) -> bool:
     """Whether ``key`` was already found bad."""

@@ -143,6 +143,12 @@ class SyntheticMotionDataset(base.TfDataVideoDataset):
     """Static description of the dataset."""
     return self._info
 
+  def split_counts(self, split: str) -> dict[str, int | None]:
+    """See :meth:`base.VideoDataset.split_counts`; generated clips always read."""
+    counts = super().split_counts(split)
+    counts["readable"] = counts["listed"]
+    return counts
+
   @property
   def speed(self) -> int:
     """Displacement of the square between consecutive frames, in pixels."""

@@ -71,8 +71,12 @@ class _SubsetReader:
     return self._reader.describe(self._positions[i])
 
 
-def _tfrecord_reader(builder, split: str, counter: skips.SkipCounter):
-  """Reader over the TFRecord shards of ``split`` (honouring slices)."""
+def _tfrecord_reader(builder, split: str, counter: skips.SkipCounter,
+                     role: str):
+  """Reader over the TFRecord shards of ``split`` (honouring slices).
+
+  Damaged shards are counted in ``counter`` for ``role`` ('train'/'eval').
+  """
   instructions = builder.info.splits[split].file_instructions
   paths = []
   for ins in instructions:
@@ -81,7 +85,7 @@ def _tfrecord_reader(builder, split: str, counter: skips.SkipCounter):
       path = os.path.join(builder.data_dir, path)
     paths.append(path)
   files = list(dict.fromkeys(paths))
-  index = records.RecordIndex(files, counter=counter)
+  index = records.RecordIndex(files, counter=counter, split=role)
   starts = dict(zip(files, index.file_starts()))
   positions = []
   for ins, path in zip(instructions, paths):
@@ -99,7 +103,8 @@ def _not_prepared(builder, download: bool) -> FileNotFoundError:
                            f"prepared in {builder.data_dir}{hint}")
 
 
-def _reader(builder, split: str, counter: skips.SkipCounter, download: bool):
+def _reader(builder, split: str, counter: skips.SkipCounter, download: bool,
+            role: str):
   """Random-access reader of ``split``, whatever the prepared file format."""
   import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
   try:
@@ -108,7 +113,7 @@ def _reader(builder, split: str, counter: skips.SkipCounter, download: bool):
     return _DataSourceReader(source, f"{builder.name}:{split}")
   except NotImplementedError:  # Not ArrayRecord: maybe prepared as TFRecord.
     if builder.is_prepared():
-      return _tfrecord_reader(builder, split, counter)
+      return _tfrecord_reader(builder, split, counter, role)
     raise _not_prepared(builder, download) from None
   except Exception:
     if builder.is_prepared():
@@ -167,9 +172,11 @@ def build_tfds_dataset(*, builder: str, data_dir: str, manual_dir: str,
   parse = example_parser(video_key, label_key)
   return clips.ClipDataset(
       clips.RecordTable(
-          _reader(tfds_builder, train_split, counter, download), parse),
+          _reader(tfds_builder, train_split, counter, download, "train"),
+          parse),
       clips.RecordTable(
-          _reader(tfds_builder, eval_split, counter, download), parse),
+          _reader(tfds_builder, eval_split, counter, download, "eval"),
+          parse),
       label.names, spec, counter)
 
 

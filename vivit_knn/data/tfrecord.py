@@ -199,7 +199,7 @@ def index_records(pattern: str, counter: skips.SkipCounter,
   files = records.expand_files(pattern)
   meta = read_metadata(os.path.dirname(files[0]))
   known = shard_offsets(meta, files)
-  index = records.RecordIndex(files, known, counter)
+  index = records.RecordIndex(files, known, counter, split=split)
   scanned = len(files) - len(known)
   if scanned:
     logging.warning(

@@ -26,6 +26,7 @@ import jax.numpy as jnp
 import ml_collections
 
 from vivit_knn.models import attention_backends as backends
+from vivit_knn.models import attention_record
 from vivit_knn.models.attention_backends import (KnnK, PrecisionLike, flash_dense_attention,
                                                  resolve_knn_k)
 from vivit_knn.models.cpu_paths import disabled as one_piece_paths
@@ -45,10 +46,17 @@ class AttentionSpec:
   """Which attention a block uses: `kind` (a key of `ATTENTION_KINDS`) and its options.
 
   `knn_k` is the 'knn' kind's k: an int count or a float fraction of the keys.
+  `impl` is the evaluation path, one of `attention_backends.IMPLS`: 'auto' (the
+  default: the one-piece / CPU paths, or 'blocked' when one layer's logits would
+  exceed `attention_backends.AUTO_BLOCKED_BYTES`), 'xla' (one-piece / CPU paths),
+  'blocked' (query blocks with a recomputing backward pass: memory linear in the
+  token count), 'pallas' (the fused kernel; TPU or GPU only) or 'pallas_interpret'
+  (the same kernel in the Pallas interpreter, any backend; slow, for tests).
   """
 
   kind: str = "dense"
   knn_k: KnnK = None
+  impl: str = "auto"
 
 
 DENSE = AttentionSpec()
@@ -97,25 +105,31 @@ def attention_kind(kind: str) -> AttentionKind:
   return ATTENTION_KINDS[kind]
 
 
-def attention_config(kind: str = "dense", knn_k: float = 2 / 3) -> ml_collections.ConfigDict:
+def attention_config(kind: str = "dense", knn_k: float = 2 / 3,
+                     impl: str = "auto") -> ml_collections.ConfigDict:
   """An attention config block: `kind` (a key of `ATTENTION_KINDS`) and its options.
 
   `knn_k` is the 'knn' kind's k: a fraction (<= 1) of the keys, or a count.
+  `impl` is the evaluation path (see `AttentionSpec`).
   """
-  return ml_collections.ConfigDict({"kind": kind, "knn_k": float(knn_k)})
+  return ml_collections.ConfigDict({"kind": kind, "knn_k": float(knn_k), "impl": impl})
 
 
 def attention_spec(cfg: ml_collections.ConfigDict, field: str) -> AttentionSpec:
-  """Turns an `{kind, knn_k}` config block into an AttentionSpec; errors name `field`.
+  """Turns an `{kind, knn_k, impl}` config block into an AttentionSpec; errors name `field`.
 
   `knn_k` at most 1 is a fraction of the key count; a larger whole number is a count.
+  A block without `impl` gets 'auto'.
   """
   if cfg.kind not in ATTENTION_KINDS:
     raise ValueError(f"{field}.kind must be one of {tuple(ATTENTION_KINDS)}, got {cfg.kind!r}")
+  impl = cfg.get("impl", "auto")
+  backends.check_impl(impl, f"{field}.impl")
   k = cfg.knn_k
   if isinstance(k, float) and k > 1 and float(k).is_integer():
     k = int(k)
-  return AttentionSpec(kind=cfg.kind, knn_k=k if ATTENTION_KINDS[cfg.kind].takes_knn_k else None)
+  return AttentionSpec(kind=cfg.kind, knn_k=k if ATTENTION_KINDS[cfg.kind].takes_knn_k else None,
+                       impl=impl)
 
 
 def dot_product_attention(query: Array, key: Array, value: Array,
@@ -206,6 +220,8 @@ class MultiHeadAttention(nn.Module):
   The projections are `nn.DenseGeneral` modules named `query`, `key`, `value`
   (kernels `[D, H, D/H]`) and `out` (kernel `[H, D/H, out_features]`), the layout of
   flax's / scenic's `MultiHeadDotProductAttention`, so checkpoints map one to one.
+  Applied with `mutable=['intermediates']`, it also records its attention weights
+  and k-NN kept mask (`attention_record`); otherwise nothing extra is computed.
 
   Attributes:
     num_heads: number of heads; must divide `qkv_features`.
@@ -268,6 +284,10 @@ class MultiHeadAttention(nn.Module):
     value = project(name="value")(inputs_kv)
     if self.qkv_transform is not None:
       query, key, value = self.qkv_transform(query, key, value)
+    if self.is_mutable_collection(attention_record.COLLECTION):
+      # Only when asked: `model.apply(..., mutable=['intermediates'])`.
+      attention_record.sow_attention(self, query, key, self.attention, bias=bias, mask=mask,
+                                     factorized=self.factorized, precision=self.precision)
 
     dropout_rng = None
     if not deterministic and self.dropout_rate > 0.0:

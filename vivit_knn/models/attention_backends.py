@@ -8,10 +8,23 @@ k-NN attention keeps, for every query, only the keys whose logits are at least t
 k-th largest logit of that query (found exactly by `kth_largest`), and masks the
 others to -inf before the softmax.
 
-On CPU both kinds evaluate attention one block of (batch x head) rows at a time, so
-the logits of a block stay in cache while they are searched and soft-maxed; this is
-about twice as fast as materialising all logits at once. Elsewhere, and whenever a
-bias, a mask or attention dropout is used, the logits are computed in one piece.
+Evaluation paths, chosen by the spec's `impl` (see `choose_impl`):
+
+* 'xla': on CPU, one block of (batch x head) rows at a time, so the logits of a
+  block stay in cache while they are searched and soft-maxed (about twice as fast
+  as materialising all logits at once); elsewhere, and whenever a bias, a mask or
+  attention dropout is used, all logits in one piece. Plain half-precision dense
+  attention on GPU goes to cuDNN flash attention.
+* 'blocked': query blocks with a recomputing backward pass
+  (`blocked_attention`): temporary memory grows linearly in the token count.
+* 'pallas': the fused kernel (`knn_kernel`) on TPU or GPU; 'pallas_interpret'
+  runs the same kernel in the Pallas interpreter on any backend (for tests).
+* 'auto' (the default): 'xla', unless one layer's materialised float32 logits
+  would exceed `AUTO_BLOCKED_BYTES`; then the kernel where it is enabled for the
+  backend and fits the shapes, else 'blocked'. Bias, mask and attention dropout
+  always take 'xla', and so does everything inside `cpu_paths.disabled()` (the
+  loop-free form that cost analysis needs); forcing another path with bias, mask
+  or dropout is an error.
 """
 
 from __future__ import annotations
@@ -26,7 +39,9 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
+from vivit_knn.models import blocked_attention as blocked
 from vivit_knn.models import cpu_paths
+from vivit_knn.models import knn_kernel
 from vivit_knn.models import kth_largest as kth
 
 Array = jax.Array
@@ -42,6 +57,15 @@ _MASK_VALUE = float(np.finfo(np.float32).min)
 # On CPU, attention is evaluated in blocks of at most _BLOCK_ELEMS logits.
 _BLOCK_ELEMS = 1 << 20
 _MIN_Q_BLOCK = 64  # query blocks of a split head have at least this many rows
+
+# The evaluation paths a spec's `impl` names (see the module doc).
+IMPLS = ("auto", "xla", "blocked", "pallas", "pallas_interpret")
+# 'auto' leaves the one-piece / CPU paths when one layer's float32 logits
+# (batch x heads x Nq x Nk x 4 bytes, as the attention sees its inputs) exceed this.
+AUTO_BLOCKED_BYTES = 64 << 20
+# Backends on which 'auto' uses the fused kernel. Empty until the kernel has been
+# compiled and checked on that hardware; until then 'auto' takes 'blocked' there.
+AUTO_PALLAS_BACKENDS: Tuple[str, ...] = ()
 
 
 # --------------------------------------------------------------------------------------
@@ -193,15 +217,59 @@ def _blockwise_attention(query, key, value, *, knn, out_dtype, precision, block_
   return jnp.moveaxis(out, -3, -2).astype(out_dtype)
 
 
+def check_impl(impl: str, field: str = "attention.impl") -> None:
+  """Raises ValueError naming `field` unless `impl` is one of `IMPLS`."""
+  if impl not in IMPLS:
+    raise ValueError(f"{field} must be one of {IMPLS}, got {impl!r}")
+
+
+def choose_impl(impl: str, query: Array, key: Array, knn: Optional[int], *,
+                plain: bool) -> str:
+  """The evaluation path for `impl`: 'xla', 'blocked', 'pallas' or 'pallas_interpret'.
+
+  `plain` says the call has no bias, mask or attention dropout and query, key and
+  value share their leading axes and heads (the blocked paths need all of that).
+
+  Raises:
+    ValueError: naming `impl` for an unknown value, for 'blocked' / 'pallas' without
+      `plain`, and for 'pallas' on a backend that has no kernel.
+  """
+  check_impl(impl)
+  if impl == "xla":
+    return impl
+  if impl != "auto":
+    if not plain:
+      raise ValueError(f"attention impl={impl!r} supports no bias, mask or attention dropout "
+                       "(and needs matching query/key/value heads); use impl='auto' or 'xla'")
+    if impl == "pallas" and jax.default_backend() not in knn_kernel.Q_BLOCK:
+      raise ValueError(f"attention impl='pallas' needs a TPU or GPU backend (this one is "
+                       f"{jax.default_backend()!r}); use 'pallas_interpret' to run the kernel "
+                       "in the Pallas interpreter, or 'blocked'")
+    return impl
+  if not plain or cpu_paths.one_piece_requested():
+    return "xla"
+  logit_bytes = 4 * math.prod(query.shape[:-3]) * query.shape[-2] * query.shape[-3] * key.shape[-3]
+  if logit_bytes <= AUTO_BLOCKED_BYTES:
+    return "xla"
+  if knn is None and _flash_eligible(query, key):
+    return "xla"  # cuDNN flash attention is memory-bounded already
+  backend = jax.default_backend()
+  if (backend in AUTO_PALLAS_BACKENDS
+      and knn_kernel.supports(backend, key.shape[-3], query.shape[-1])):
+    return "pallas"
+  return "blocked"
+
+
 def _attend(query: Array, key: Array, value: Array, knn: Optional[int], *,
             bias: Optional[Array] = None, mask: Optional[Array] = None,
             dropout_rng: Optional[Array] = None, dropout_rate: float = 0.0,
             deterministic: bool = True, dtype: Optional[Dtype] = None,
-            precision: PrecisionLike = None) -> Array:
+            precision: PrecisionLike = None, impl: str = "auto") -> Array:
   """Dense attention (`knn` None) or k-NN attention keeping each query's `knn` largest logits.
 
-  Picks the evaluation path: cuDNN flash attention for plain half-precision dense
-  attention on GPU, blocks of (batch x head) rows on CPU, else all logits at once.
+  Picks the evaluation path with `choose_impl`. On 'xla': cuDNN flash attention
+  for plain half-precision dense attention on GPU, blocks of (batch x head) rows
+  on CPU, else all logits at once.
   """
   out_dtype = dtype or query.dtype
   use_dropout = not deterministic and dropout_rate > 0.0
@@ -210,6 +278,14 @@ def _attend(query: Array, key: Array, value: Array, knn: Optional[int], *,
   same_layout = (query.shape[:-3] == key.shape[:-3] == value.shape[:-3]
                  and query.shape[-2] == key.shape[-2] == value.shape[-2])
   plain = same_layout and bias is None and mask is None and not use_dropout
+  path = choose_impl(impl, query, key, knn, plain=plain)
+  if path == "blocked":
+    return blocked.blocked_attention(query, key, value, knn, dtype=out_dtype,
+                                     precision=precision)
+  if path in ("pallas", "pallas_interpret"):
+    return knn_kernel.kernel_attention(query, key, value, knn, dtype=out_dtype,
+                                       precision=precision,
+                                       interpret=path == "pallas_interpret")
   if plain and knn is None and _flash_eligible(query, key):
     try:
       return flash_dense_attention(query, key, value).astype(out_dtype)
@@ -258,6 +334,11 @@ def _flash_eligible(query: Array, key: Array) -> bool:
           and key.dtype == query.dtype and d % 8 == 0 and d <= 128)
 
 
+def _impl(spec: Spec) -> str:
+  """The spec's evaluation path (`AttentionSpec.impl`; 'auto' for specs without one)."""
+  return getattr(spec, "impl", "auto")
+
+
 def dense_attention(query: Array, key: Array, value: Array, spec: Spec,
                     **options: Any) -> Array:
   """Scaled dot-product attention over all keys (the 'dense' kind).
@@ -266,15 +347,14 @@ def dense_attention(query: Array, key: Array, value: Array, spec: Spec,
     query: `[..., Nq, H, d]`.
     key: `[..., Nk, H, d]`.
     value: `[..., Nk, H, d]`.
-    spec: the attention spec (unused by this kind).
+    spec: the attention spec; only its `impl` (evaluation path) is used.
     **options: `bias`, `mask`, `dropout_rng`, `dropout_rate`, `deterministic`,
       `dtype`, `precision`, as for `attention.dot_product_attention`.
 
   Returns:
     `[..., Nq, H, d]`.
   """
-  del spec
-  return _attend(query, key, value, None, **options)
+  return _attend(query, key, value, None, impl=_impl(spec), **options)
 
 
 def knn_attention(query: Array, key: Array, value: Array, spec: Spec,
@@ -283,11 +363,11 @@ def knn_attention(query: Array, key: Array, value: Array, spec: Spec,
 
   The entries below a row's k-th largest logit are set to -inf after bias and
   mask, before the softmax; ties at the threshold are kept. `spec.knn_k` is an
-  int count or a float fraction of the keys (see `resolve_knn_k`). Arguments as
-  for `dense_attention`.
+  int count or a float fraction of the keys (see `resolve_knn_k`); `spec.impl`
+  picks the evaluation path (`choose_impl`). Arguments as for `dense_attention`.
   """
   knn = resolve_knn_k(spec.knn_k, key.shape[-3])
-  return _attend(query, key, value, knn, **options)
+  return _attend(query, key, value, knn, impl=_impl(spec), **options)
 
 
 def check_knn(spec: Spec, num_keys: int, field: str) -> None:

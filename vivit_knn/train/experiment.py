@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import math
 from typing import Any, Callable, Optional, Sequence
 
 import flax
@@ -44,6 +43,7 @@ class Experiment:
   schedule: Callable[[Any], Any]
   total_steps: int
   objective: Objective = dataclasses.field(default_factory=Objective)
+  plan: Optional[optim.StepPlan] = None
 
   @property
   def num_classes(self) -> int:
@@ -84,19 +84,25 @@ class Experiment:
     return init(rng)
 
 
-def total_train_steps(config: ml_collections.ConfigDict, num_train_examples: int) -> int:
-  """`train.num_train_steps`, or `num_epochs` of the train split when that is <= 0."""
-  if config.train.num_train_steps > 0:
-    return int(config.train.num_train_steps)
-  steps = math.ceil(config.train.num_epochs * num_train_examples / config.train.global_batch_size)
-  return max(1, steps)
-
-
 def build_experiment(config: ml_collections.ConfigDict,
-                     devices: Optional[Sequence[jax.Device]] = None) -> Experiment:
+                     devices: Optional[Sequence[jax.Device]] = None,
+                     training: bool = True) -> Experiment:
   """Validates `config` and builds the run's parts on `devices` (default: all).
 
-  Fails with a ValueError naming the field before anything compiles.
+  Epoch-based settings (`train.num_epochs`, `optimizer.warmup_epochs`) become steps
+  here, from the dataset's actual train-split size (`Experiment.plan`).
+
+  Args:
+    config: the experiment config.
+    devices: the devices of the mesh (default: all).
+    training: False for evaluation and inference: the training schedule is then
+      never an error (see `vivit_knn.train.optim.plan_steps`).
+
+  Returns:
+    The experiment.
+
+  Raises:
+    ValueError: naming the field, before anything compiles.
   """
   config_lib.check_keys(config)
   check_objective(config)
@@ -107,8 +113,9 @@ def build_experiment(config: ml_collections.ConfigDict,
                       num_devices=sharding.data_parallel_size(mesh),
                       process_count=jax.process_count())
   model = build_model(config.model, dataset.info.num_classes)
-  total = total_train_steps(config, dataset.info.num_train_examples)
-  tx, schedule = optim.build_optimizer(config.optimizer, total)
+  plan = optim.plan_steps(config, dataset.info.num_train_examples, training=training)
+  tx, schedule = optim.build_optimizer(config.optimizer, plan.total_steps, plan.warmup_steps)
   return Experiment(config=config, dataset=dataset, model=model, mesh=mesh,
-                    optimizer=tx, schedule=schedule, total_steps=total,
-                    objective=build_objective(config, dataset.info.num_train_examples))
+                    optimizer=tx, schedule=schedule, total_steps=plan.total_steps,
+                    objective=build_objective(config, dataset.info.num_train_examples),
+                    plan=plan)

@@ -19,7 +19,9 @@ __all__ = [
     "per_class_accuracy",
     "save_confusion_matrix_png",
     "format_per_class_report",
+    "format_class_table",
     "EvalAccumulator",
+    "DENSE_CONFUSION_MAX_CLASSES",
 ]
 
 # Above this many classes the per-class tick labels overlap, so they are hidden.
@@ -81,9 +83,10 @@ def confusion_matrix(
     if arr.size and (arr.min() < 0 or arr.max() >= num_classes):
       raise ValueError(
           f"{name} must lie in [0, {num_classes}), got range [{arr.min()}, {arr.max()}]")
-  flat = np.bincount(labels * num_classes + preds, weights=counts,
+  # Integer counts: one int64 [C * C] array, no float copy.
+  flat = np.bincount(np.repeat(labels * num_classes + preds, counts),
                      minlength=num_classes * num_classes)
-  return np.rint(flat).astype(np.int64).reshape(num_classes, num_classes)
+  return flat.astype(np.int64, copy=False).reshape(num_classes, num_classes)
 
 
 def per_class_accuracy(cm: Any) -> np.ndarray:
@@ -198,10 +201,26 @@ def format_per_class_report(cm: Any, class_names: Optional[Sequence[str]] = None
   accuracies over classes that have examples.
   """
   cm = np.asarray(cm)
-  num_classes = cm.shape[0]
+  return format_class_table(cm.sum(axis=1), np.diag(cm), class_names)
+
+
+def format_class_table(support: Any, correct: Any,
+                       class_names: Optional[Sequence[str]] = None) -> str:
+  """:func:`format_per_class_report` from per-class counts, without a ``[C, C]`` matrix.
+
+  Args:
+    support: ``[C]`` examples per true class.
+    correct: ``[C]`` top-1 hits per true class.
+    class_names: ``C`` names, or ``None`` for class indices.
+  """
+  support = np.asarray(support, np.int64).reshape(-1)
+  correct = np.asarray(correct, np.int64).reshape(-1)
+  if support.shape != correct.shape:
+    raise ValueError(f"support {support.shape} and correct {correct.shape} differ")
+  num_classes = support.shape[0]
   names = _class_names(class_names, num_classes)
-  support = cm.sum(axis=1)
-  acc = per_class_accuracy(cm)
+  with np.errstate(invalid="ignore", divide="ignore"):
+    acc = np.where(support > 0, correct / np.maximum(support, 1), np.nan)
   name_width = max([len("class")] + [len(n) for n in names])
   index_width = max(len("idx"), len(str(num_classes - 1)))
   count_width = max(len("n"), len(str(int(support.max()) if num_classes else 0)))
@@ -214,7 +233,7 @@ def format_per_class_report(cm: Any, class_names: Optional[Sequence[str]] = None
         f"{int(support[c]):>{count_width}}  {acc_text:>8}"
     )
   total = int(support.sum())
-  overall = np.trace(cm) / total if total else float("nan")
+  overall = int(correct.sum()) / total if total else float("nan")
   present = acc[~np.isnan(acc)]
   mean_acc = float(present.mean()) if present.size else float("nan")
   lines.append("-" * len(header))
@@ -228,18 +247,40 @@ def _log_softmax(logits: np.ndarray) -> np.ndarray:
   return shifted - np.log(np.exp(shifted).sum(axis=-1, keepdims=True))
 
 
+# Up to this many classes the accumulator also returns the dense [C, C]
+# confusion matrix (8 MB of int64 at 1,000 classes); above it only the
+# non-zero (true, predicted) pairs are kept, so memory grows with the number
+# of examples, not with C squared.
+DENSE_CONFUSION_MAX_CLASSES = 1000
+# Pending (true, predicted) codes are merged into counts past this many.
+_COMPACT_EVERY = 1 << 20
+
+
 class EvalAccumulator:
   """Accumulates classification statistics over evaluation batches on the host.
 
   Call :meth:`update` with each batch's logits, integer labels and validity
   mask (padding rows have mask 0 and are ignored), then :meth:`result`.
+
+  Memory is ``O(C + distinct (true, predicted) pairs)``: per-class support and
+  hits are ``[C]`` counts and the confusion matrix is kept sparse, as counts
+  of the codes ``true * C + predicted``. The dense ``[C, C]`` matrix is built
+  once, in :meth:`result`, and only when ``dense_confusion`` allows it.
+
+  Args:
+    num_classes: ``C``.
+    dense_confusion: whether :meth:`result` returns the dense confusion
+      matrix; ``None`` = when ``C <= DENSE_CONFUSION_MAX_CLASSES``.
   """
 
-  def __init__(self, num_classes: int):
+  def __init__(self, num_classes: int, dense_confusion: Optional[bool] = None):
     """Creates an empty accumulator for ``num_classes`` classes."""
     if num_classes <= 0:
       raise ValueError(f"num_classes must be positive, got {num_classes}")
     self.num_classes = int(num_classes)
+    if dense_confusion is None:
+      dense_confusion = self.num_classes <= DENSE_CONFUSION_MAX_CLASSES
+    self.dense_confusion = bool(dense_confusion)
     self.reset()
 
   def reset(self) -> None:
@@ -248,7 +289,12 @@ class EvalAccumulator:
     self._top1 = 0.0
     self._top5 = 0.0
     self._loss = 0.0
-    self._cm = np.zeros((self.num_classes, self.num_classes), np.int64)
+    self._support = np.zeros(self.num_classes, np.int64)
+    self._hits = np.zeros(self.num_classes, np.int64)
+    self._codes = np.zeros(0, np.int64)  # Distinct true * C + predicted.
+    self._code_counts = np.zeros(0, np.int64)
+    self._pending: list[np.ndarray] = []
+    self._num_pending = 0
 
   def update(self, logits: Any, labels: Any, mask: Optional[Any] = None) -> None:
     """Adds a batch.
@@ -279,27 +325,69 @@ class EvalAccumulator:
     label_scores = logits[rows, labels]
     rank = (logits > label_scores[:, None]).sum(axis=1)
     preds = logits.argmax(axis=1)
-    self._top1 += float((preds == labels).sum())
+    hit = preds == labels
+    self._top1 += float(hit.sum())
     self._top5 += float((rank < k).sum())
     self._loss += float(-_log_softmax(logits)[rows, labels].sum())
     self._count += int(labels.size)
-    self._cm += confusion_matrix(preds, labels, self.num_classes)
+    self._support += np.bincount(labels, minlength=self.num_classes)
+    self._hits += np.bincount(labels[hit], minlength=self.num_classes)
+    self._pending.append(labels * self.num_classes + preds)
+    self._num_pending += labels.size
+    if self._num_pending >= _COMPACT_EVERY:
+      self._compact()
+
+  def _compact(self) -> None:
+    """Merges the pending codes into the distinct-code counts."""
+    if not self._pending:
+      return
+    codes = np.concatenate([self._codes] + self._pending)
+    counts = np.concatenate([self._code_counts] +
+                            [np.ones(p.size, np.int64) for p in self._pending])
+    self._codes, inverse = np.unique(codes, return_inverse=True)
+    self._code_counts = np.bincount(inverse.reshape(-1), weights=counts).astype(np.int64)
+    self._pending, self._num_pending = [], 0
+
+  def confusion_pairs(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The non-zero cells of the confusion matrix: ``(true, predicted, count)``, int64 ``[P]``.
+
+    Sorted by true class, then predicted class.
+    """
+    self._compact()
+    true, pred = np.divmod(self._codes, self.num_classes)
+    return true, pred, self._code_counts.copy()
+
+  def dense_confusion_matrix(self) -> np.ndarray:
+    """``np.int64 [C, C]`` confusion matrix (rows true, columns predicted), built now."""
+    self._compact()
+    flat = np.zeros(self.num_classes * self.num_classes, np.int64)
+    flat[self._codes] = self._code_counts
+    return flat.reshape(self.num_classes, self.num_classes)
 
   def result(self) -> dict[str, Any]:
     """The metrics of every example seen so far.
 
     Returns:
       ``top1``, ``top5``, ``loss`` (mean unsmoothed cross-entropy),
-      ``num_examples``, ``confusion_matrix`` and ``per_class_accuracy``. Scalar
-      metrics are ``nan`` when no examples were seen.
+      ``num_examples``, ``support`` and ``correct`` (int64 ``[C]``: examples
+      and top-1 hits per true class), ``per_class_accuracy``,
+      ``confusion_pairs`` (see :meth:`confusion_pairs`) and
+      ``confusion_matrix``: the dense ``[C, C]`` counts when
+      ``dense_confusion``, else ``None``. Scalar metrics are ``nan`` when no
+      examples were seen.
     """
     n = self._count
     scale = (1.0 / n) if n else float("nan")
+    with np.errstate(invalid="ignore", divide="ignore"):
+      per_class = np.where(self._support > 0, self._hits / self._support, np.nan)
     return {
         "top1": self._top1 * scale,
         "top5": self._top5 * scale,
         "loss": self._loss * scale,
         "num_examples": n,
-        "confusion_matrix": self._cm.copy(),
-        "per_class_accuracy": per_class_accuracy(self._cm),
+        "support": self._support.copy(),
+        "correct": self._hits.copy(),
+        "per_class_accuracy": per_class,
+        "confusion_pairs": self.confusion_pairs(),
+        "confusion_matrix": self.dense_confusion_matrix() if self.dense_confusion else None,
     }

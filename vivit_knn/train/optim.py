@@ -29,6 +29,7 @@ stacks (CAST's two experts and its cross blocks) share a layer.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import numbers
 import re
@@ -47,6 +48,8 @@ from vivit_knn.weights.tree import key_name
 __all__ = [
     "default_config",
     "build_schedule",
+    "StepPlan",
+    "plan_steps",
     "build_optimizer",
     "weight_decay_mask",
     "trainable_mask",
@@ -104,6 +107,99 @@ def _as_int(value: Any) -> int | None:
   return int(value)
 
 
+@dataclasses.dataclass(frozen=True)
+class StepPlan:
+  """A run's length and warmup in steps, with the settings they came from.
+
+  Attributes:
+    total_steps: optimisation steps of the whole run.
+    warmup_steps: linear-warmup steps.
+    steps_per_epoch: train examples / global batch (fractional: the schedule counts
+      epochs as examples seen, not as whole batches).
+    total_source: how `total_steps` was set, e.g. `'train.num_train_steps'` or
+      `'30 epochs'`.
+    warmup_source: how `warmup_steps` was set, e.g. `'optimizer.warmup_steps'` or
+      `'2.5 epochs'`.
+  """
+
+  total_steps: int
+  warmup_steps: int
+  steps_per_epoch: float
+  total_source: str
+  warmup_source: str
+
+
+def _epochs_to_steps(epochs: float, steps_per_epoch: float) -> int:
+  # Round up, as the run length does; the small slack keeps exact products exact.
+  return int(math.ceil(epochs * steps_per_epoch - 1e-9))
+
+
+def plan_steps(config: ml_collections.ConfigDict, num_train_examples: int,
+               training: bool = True) -> StepPlan:
+  """Turns `train.num_train_steps|num_epochs` and `optimizer.warmup_steps|warmup_epochs` into steps.
+
+  Epoch counts become steps from the train split's actual size and
+  `train.global_batch_size`: `ceil(epochs * num_train_examples / global_batch_size)`.
+  `optimizer.warmup_epochs` < 0 means warmup is given in steps.
+
+  Args:
+    config: the root experiment config.
+    num_train_examples: the train split's size.
+    training: False for evaluation and inference, which never fail on the
+      schedule: an ambiguous or too long warmup becomes 0 steps there.
+
+  Returns:
+    The plan.
+
+  Raises:
+    ValueError (when training): both warmup settings are given, or the warmup is not
+      shorter than the run; the message shows the effective numbers.
+  """
+  tr, opt = config.train, config.optimizer
+  batch = int(tr.global_batch_size)
+  per_epoch = num_train_examples / batch if batch > 0 else 0.0
+  if tr.num_train_steps > 0:
+    total, total_source = int(tr.num_train_steps), "train.num_train_steps"
+  else:
+    total = max(1, _epochs_to_steps(tr.num_epochs, per_epoch))
+    total_source = f"{tr.num_epochs:g} epochs"
+  warmup_epochs = float(opt.get("warmup_epochs", -1.0))
+  steps = _as_int(opt.warmup_steps)
+  size = f"train split of {num_train_examples} examples at global batch {batch}"
+  if warmup_epochs >= 0:
+    if steps and training:
+      raise ValueError(
+          f"optimizer.warmup_steps={opt.warmup_steps} and optimizer.warmup_epochs="
+          f"{warmup_epochs:g} are both set: give one (optimizer.warmup_steps=0, or "
+          "optimizer.warmup_epochs=-1 to count warmup in steps)")
+    warmup, warmup_source = _epochs_to_steps(warmup_epochs, per_epoch), f"{warmup_epochs:g} epochs"
+    field = "optimizer.warmup_epochs"
+  else:
+    if (steps is None or steps < 0) and training:
+      raise ValueError(f"optimizer.warmup_steps must be a non-negative integer, got "
+                       f"{opt.warmup_steps!r}")
+    warmup, warmup_source = max(0, steps or 0), "optimizer.warmup_steps"
+    field = "optimizer.warmup_steps"
+  if warmup >= total:
+    if training:
+      warm = (f"{warmup_source} = {warmup} steps" if warmup_epochs >= 0 else f"{warmup} steps")
+      tot = (f"{total_source} = {total} steps" if tr.num_train_steps <= 0
+             else f"{total}, train.num_train_steps")
+      raise ValueError(f"{field}: warmup ({warm}) must be smaller than the total steps ({tot}); "
+                       f"{size}")
+    warmup = 0
+  return StepPlan(total_steps=total, warmup_steps=warmup, steps_per_epoch=per_epoch,
+                  total_source=total_source, warmup_source=warmup_source)
+
+
+def _refuse_epochs(cfg: Mapping[str, Any]) -> None:
+  """Warmup in epochs needs the dataset's size, which only a whole run knows."""
+  if _check_number(cfg, "warmup_epochs") >= 0:
+    raise ValueError(f"optimizer.warmup_epochs={cfg['warmup_epochs']} needs the train split's "
+                     "size: build the run with vivit_knn.train.experiment.build_experiment "
+                     "(or give optimizer.warmup_steps)")
+
+
 def _make_schedule(cfg: Mapping[str, Any], total_steps: int) -> Schedule:
   total = _as_int(total_steps)
   if total is None or total <= 0:
@@ -154,7 +250,9 @@ def build_schedule(config: Any, total_steps: int) -> Schedule:
     ValueError: for invalid values, naming the field (e.g.
       ``optimizer.warmup_steps``).
   """
-  return _make_schedule(_resolve(config), total_steps)
+  cfg = _resolve(config)
+  _refuse_epochs(cfg)
+  return _make_schedule(cfg, total_steps)
 
 
 def weight_decay_mask(params: Any) -> Any:
@@ -237,7 +335,8 @@ def scale_by_layer_decay(decay: float) -> optax.GradientTransformation:
   return optax.GradientTransformation(lambda params: optax.EmptyState(), update_fn)
 
 
-def build_optimizer(config: Any, total_steps: int) -> tuple[optax.GradientTransformation, Schedule]:
+def build_optimizer(config: Any, total_steps: int, warmup_steps: int | None = None
+                    ) -> tuple[optax.GradientTransformation, Schedule]:
   """Builds the gradient transformation and its learning-rate schedule.
 
   Chain: optional global-norm clipping (``grad_clip_norm``; ``None`` or
@@ -250,6 +349,9 @@ def build_optimizer(config: Any, total_steps: int) -> tuple[optax.GradientTransf
   Args:
     config: optimiser ``ConfigDict`` with the fields of :func:`default_config`.
     total_steps: total number of optimisation steps.
+    warmup_steps: the warmup in steps when the run computed it (see
+      :func:`plan_steps`); it replaces ``warmup_steps`` and ``warmup_epochs``.
+      None: the config's ``warmup_steps``, and ``warmup_epochs`` must be unset.
 
   Returns:
     ``(tx, schedule)``; ``schedule(step)`` gives the learning rate used for
@@ -259,6 +361,9 @@ def build_optimizer(config: Any, total_steps: int) -> tuple[optax.GradientTransf
     ValueError: for an unknown ``optimizer.name`` or invalid field values.
   """
   cfg = _resolve(config)
+  if warmup_steps is not None:
+    cfg["warmup_steps"], cfg["warmup_epochs"] = warmup_steps, -1.0
+  _refuse_epochs(cfg)
   name = cfg["name"]
   if not isinstance(name, str) or name.lower() not in _KNOWN_OPTIMIZERS:
     raise ValueError(f"optimizer.name must be one of {_KNOWN_OPTIMIZERS}, got {name!r}")

@@ -109,6 +109,12 @@ def make_train_step(exp: Experiment, frozen: Any = None, phase: str = "main") ->
     with jax.set_mesh(exp.mesh):  # lets the model pin activation layouts by logical name
       return jitted(state, batch, rng, frozen if frozen_params is None else frozen_params)
 
+  def lower(state, batch, rng, frozen_params=None):
+    """The step lowered for these arguments (for its compiled HLO and memory analysis)."""
+    with jax.set_mesh(exp.mesh):
+      return jitted.lower(state, batch, rng, frozen if frozen_params is None else frozen_params)
+
+  train_step.lower = lower
   return train_step
 
 

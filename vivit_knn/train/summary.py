@@ -1,4 +1,4 @@
-"""Training logs: TensorBoard scalar/text writer, console progress bar and a reader.
+"""Training logs: TensorBoard scalar/text writer, console progress (bar or lines), a reader.
 
 TensorFlow is imported lazily, only when an enabled writer first writes or
 when event files are read, so importing this module stays cheap. Summaries
@@ -9,10 +9,12 @@ TensorBoard scalar and text dashboards expect, so writing does not require the
 
 from __future__ import annotations
 
+import collections
 import glob
 import math
 import os
 import sys
+import time
 from typing import Any, Mapping, Optional, TextIO
 
 __all__ = ["MetricWriter", "ProgressBar", "read_scalars", "read_text"]
@@ -106,10 +108,32 @@ def _format_postfix(value: Any) -> str:
   return f"{number:.4g}"
 
 
-class ProgressBar:
-  """Console progress bar (ETA and it/s) with scalar values in the postfix.
+def _format_duration(seconds: float) -> str:
+  seconds = int(round(max(0.0, seconds)))
+  hours, rest = divmod(seconds, 3600)
+  return f"{hours}:{rest // 60:02d}:{rest % 60:02d}"
 
-  A thin wrapper over ``tqdm``; with ``enabled=False`` nothing is printed.
+
+def _is_terminal(stream: TextIO) -> bool:
+  try:
+    return bool(stream.isatty())
+  except (AttributeError, ValueError):  # no isatty, or a closed stream
+    return False
+
+
+class ProgressBar:
+  """Console progress of a loop: a live bar on a terminal, plain lines otherwise.
+
+  On a terminal it is a ``tqdm`` bar (ETA and rate) with scalar values in the
+  postfix. Written to a file or pipe (a batch job's log), a bar's carriage
+  returns would pile up into one huge line, so it prints a plain line instead
+  after the first count (its time includes compilation), at every tenth of
+  ``total``, at least every ``log_every_s`` seconds, and at the end, e.g.::
+
+    synthetic_dk: step 40/200 (20%) loss=1.414 top1=0.19 0.31 s/step 206 clips/s eta 0:00:50
+
+  It also measures the step time (see :meth:`rates`). With ``enabled=False``
+  nothing is printed, but rates are still measured.
   """
 
   def __init__(
@@ -121,42 +145,155 @@ class ProgressBar:
       *,
       unit: str = "step",
       file: Optional[TextIO] = None,
+      clips_per_step: Optional[int] = None,
+      interactive: Optional[bool] = None,
+      log_every_s: float = 60.0,
+      window: int = 50,
   ):
-    """Creates the bar; ``initial`` is the starting count when resuming."""
-    from tqdm import tqdm
+    """Creates the bar.
 
+    Args:
+      total: the count at which the loop ends (None if unknown).
+      initial: the starting count when resuming.
+      desc: a label printed before the count (e.g. the experiment name).
+      enabled: print anything at all (False on non-zero processes).
+      unit: what one count is, in the bar and the lines.
+      file: the stream (default: ``sys.stderr``).
+      clips_per_step: examples per count; given, :meth:`rates` and the console
+        also report clips per second.
+      interactive: a live bar (True) or plain lines (False); default: whether
+        ``file`` is a terminal.
+      log_every_s: plain lines only: the longest gap between two lines.
+      window: the number of recent counts the rates average over.
+    """
     self.enabled = bool(enabled)
-    self._bar = tqdm(
-        total=total,
-        initial=initial,
-        desc=desc,
-        unit=unit,
-        dynamic_ncols=True,
-        file=file if file is not None else sys.stderr,
-        disable=not self.enabled,
-    )
+    self.total, self.desc, self.unit = total, desc, unit
+    self._file = file if file is not None else sys.stderr
+    self._interactive = (_is_terminal(self._file) if interactive is None
+                         else bool(interactive))
+    self._clips_per_step = clips_per_step
+    self._log_every_s = float(log_every_s)
+    self._n = int(initial)
+    self._postfix: dict[str, str] = {}
+    # (seconds, counts) of the latest updates; the first update's interval also
+    # holds compilation, so it is never one of them.
+    self._intervals: collections.deque = collections.deque(maxlen=max(1, int(window)))
+    self._last_update: Optional[float] = None
+    self._first_step_s: Optional[float] = None
+    self._last_line_time = self._created = time.perf_counter()
+    self._last_line_n = self._n
+    self._closed = False
+    self._bar = None
+    if self.enabled and self._interactive:
+      from tqdm import tqdm
+
+      self._bar = tqdm(total=total, initial=initial, desc=desc, unit=unit,
+                       dynamic_ncols=True, file=self._file)
 
   @property
   def n(self) -> int:
     """Current count."""
-    return int(self._bar.n)
+    return self._n
+
+  @property
+  def interactive(self) -> bool:
+    """Whether the progress is a live bar (True) or plain lines (False)."""
+    return self._interactive
 
   def update(self, n: int = 1, **postfix: Any) -> None:
     """Advances by ``n`` and shows ``postfix`` (e.g. ``loss=..., lr=...``)."""
+    now = time.perf_counter()
+    if self._last_update is not None and n > 0:
+      self._intervals.append((now - self._last_update, n))
+    elif self._last_update is None:
+      self._first_step_s = now - self._created
+    self._last_update = now
+    self._n += n
+    if postfix:
+      self._postfix = {k: _format_postfix(v) for k, v in postfix.items()}
     if not self.enabled:
       return
-    if postfix:
-      self._bar.set_postfix({k: _format_postfix(v) for k, v in postfix.items()}, refresh=False)
-    self._bar.update(n)
+    if self._bar is not None:
+      shown = dict(self._postfix)
+      clips = self.rates().get("clips_per_s")
+      if clips is not None:
+        shown["clips/s"] = _format_postfix(clips)
+      if shown:
+        self._bar.set_postfix(shown, refresh=False)
+      self._bar.update(n)
+    elif self._line_due(now):
+      self._print_line(now)
+
+  def rates(self) -> dict[str, float]:
+    """``{"step_time_s", "clips_per_s"}`` over the recent window; ``{}`` before two updates.
+
+    The time of a count is the wall time between updates divided by the counts
+    they advanced, averaged over the last ``window`` counts (not a median: with
+    asynchronous dispatch most updates return at once and a few wait, and only
+    their total is the true throughput). The first update's interval, which
+    includes compilation, is left out. ``clips_per_s`` is present only when
+    ``clips_per_step`` was given.
+    """
+    if not self._intervals:
+      return {}
+    seconds = sum(s for s, _ in self._intervals)
+    counts = sum(c for _, c in self._intervals)
+    step_time = seconds / counts
+    out = {"step_time_s": step_time}
+    if self._clips_per_step:
+      out["clips_per_s"] = self._clips_per_step / step_time if step_time > 0 else math.inf
+    return out
+
+  def _line_due(self, now: float) -> bool:
+    if not self._intervals or (self.total and self._n >= self.total):  # first step, or done
+      return True
+    if self.total and self.total > 0:
+      tenth = self.total / 10
+      if int(self._n / tenth) > int(self._last_line_n / tenth):
+        return True
+    return now - self._last_line_time >= self._log_every_s
+
+  def line(self) -> str:
+    """The plain progress line for the current count (what a log file gets)."""
+    parts = [f"{self.desc}:"] if self.desc else []
+    if self.total:
+      parts.append(f"{self.unit} {self._n}/{self.total} ({100 * self._n / self.total:.0f}%)")
+    else:
+      parts.append(f"{self.unit} {self._n}")
+    parts.extend(f"{k}={v}" for k, v in self._postfix.items())
+    rates = self.rates()
+    if not rates and self._first_step_s is not None:
+      parts.append(f"{self._first_step_s:.3g} s/{self.unit} (the first, with compilation)")
+    if rates:
+      parts.append(f"{rates['step_time_s']:.3g} s/{self.unit}")
+      if "clips_per_s" in rates:
+        parts.append(f"{rates['clips_per_s']:.4g} clips/s")
+      if self.total and self._n < self.total:
+        parts.append(f"eta {_format_duration((self.total - self._n) * rates['step_time_s'])}")
+    return " ".join(parts)
+
+  def _print_line(self, now: float) -> None:
+    print(self.line(), file=self._file, flush=True)
+    self._last_line_time, self._last_line_n = now, self._n
 
   def write(self, message: str) -> None:
     """Prints a line without breaking the bar."""
-    if self.enabled:
-      self._bar.write(message, file=self._bar.fp)
+    if not self.enabled:
+      return
+    if self._bar is not None:
+      self._bar.write(message, file=self._file)
+    else:
+      print(message, file=self._file, flush=True)
 
   def close(self) -> None:
-    """Closes the bar."""
-    self._bar.close()
+    """Closes the bar; plain lines end with the count reached, if not yet printed."""
+    if self._closed:
+      return
+    self._closed = True
+    if self._bar is not None:
+      self._bar.close()
+    elif self.enabled and self._n != self._last_line_n:
+      self._print_line(time.perf_counter())
 
   def __enter__(self) -> "ProgressBar":
     return self

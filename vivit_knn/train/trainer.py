@@ -11,8 +11,10 @@ import ml_collections
 import numpy as np
 from absl import logging
 
-from vivit_knn.train import checkpoint, evaluation, initialisation, preemption, sharding, steps
+from vivit_knn.train import (checkpoint, evaluation, initialisation, preemption, run_summary,
+                             sharding, steps)
 from vivit_knn.train.experiment import Experiment, TrainState, build_experiment
+from vivit_knn.train.run_config import save_run_config
 from vivit_knn.train.run_info import write_run_info
 from vivit_knn.train.summary import MetricWriter, ProgressBar
 
@@ -37,6 +39,15 @@ def restore_or_init(exp: Experiment, ckpt: checkpoint.Checkpointer,
     if workdir is not None and summary.source != "resume":
       initialisation.write_summary(workdir, summary)
   return state
+
+
+def _report_run_summary(exp: Experiment, workdir: str) -> None:
+  """Prints the run summary and writes `<workdir>/run_summary.json` (call on process 0)."""
+  summary = run_summary.summarize_experiment(exp)
+  path = run_summary.write_run_summary(workdir, summary)
+  text = f"{run_summary.format_run_summary(summary)}\n  (written to {path})"
+  print(text, flush=True)
+  logging.info("%s", text)
 
 
 def _check_finite(history, step: int, ckpt: checkpoint.Checkpointer, state) -> None:
@@ -76,10 +87,14 @@ def train(config: ml_collections.ConfigDict, workdir: str,
   exp = exp or build_experiment(config)
   cfg = config.train
   is_chief = jax.process_index() == 0
+  fresh = not checkpoint.has_checkpoints(workdir)
   ckpt = checkpoint.Checkpointer(workdir, keep=cfg.keep_checkpoints,
                                  save_every=cfg.checkpoint_every_steps)
+  if fresh:
+    save_run_config(workdir, config)  # process 0 writes it
   if is_chief:
     write_run_info(workdir, exp.dataset.info.class_names, exp.dataset.info.input_shape)
+    _report_run_summary(exp, workdir)
   state = restore_or_init(exp, ckpt, workdir)
   start = int(jax.device_get(state.step))
   phase, frozen, train_step = None, None, None
@@ -89,7 +104,8 @@ def train(config: ml_collections.ConfigDict, workdir: str,
       process_index=jax.process_index(), process_count=jax.process_count())
 
   writer = MetricWriter(os.path.join(workdir, "train"), enabled=is_chief)
-  bar = ProgressBar(exp.total_steps, initial=start, desc=config.experiment_name, enabled=is_chief)
+  bar = ProgressBar(exp.total_steps, initial=start, desc=config.experiment_name, enabled=is_chief,
+                    clips_per_step=cfg.global_batch_size)
   history, last = [], {}
   stop = preemption.PreemptionWatcher()
   try:
@@ -112,6 +128,9 @@ def train(config: ml_collections.ConfigDict, workdir: str,
         last = _mean_metrics(history)
         history = []
         writer.write_scalars(done, {f"train/{k}": v for k, v in last.items()})
+        rates = bar.rates()  # step time and clips/s; empty before two steps
+        if rates:
+          writer.write_scalars(done, {f"train/{k}": v for k, v in rates.items()})
         skipped = exp.dataset.skipped_examples()
         if skipped:
           writer.write_scalars(done, {f"data/skipped_{k}": v for k, v in skipped.items()})
@@ -175,7 +194,7 @@ def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str,
   a read-only folder can be evaluated.
   """
   reports = _report_dir(workdir, output_dir)
-  exp = build_experiment(config)
+  exp = build_experiment(config, training=False)
   summary = None
   if checkpoint.has_checkpoints(workdir):
     ckpt = checkpoint.Checkpointer(workdir, keep=config.train.keep_checkpoints)

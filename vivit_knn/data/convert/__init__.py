@@ -18,7 +18,12 @@ splits; otherwise ``--eval_fraction`` of each class's videos (picked by a
 hash of the file path, so stable) form the test split.
 
 The conversion is resumable: re-running the same command skips finished
-shards. Videos that cannot be decoded are skipped, counted and listed at the
+shards. ``<out>/conversion.json``, written before the first shard, records
+every option and a hash of the source videos (see :mod:`.manifest`): a rerun
+with other options or sources stops with one line naming each difference,
+unless ``overwrite`` (``--overwrite``) removes the earlier conversion first.
+Shards are written under a temporary name and renamed when complete, so a
+half-written shard is never read or resumed. Videos that cannot be decoded are skipped, counted and listed at the
 end and in ``metadata.json``. Point training at the output with
 ``--config.dataset.data_dir=<out>`` (datasets ``ucf101``/``hmdb51`` with
 ``format='tfrecord'``, or ``tfrecord``).
@@ -39,7 +44,6 @@ import os
 import random
 
 import numpy as np
-import tqdm
 from PIL import Image
 
 from vivit_knn.data import skips, splits, video_io
@@ -134,21 +138,39 @@ def convert(fmt: str, root: str, out: str, *, split: int = 1,
             splits_dir: str = "", eval_fraction: float = 0.1,
             num_shards: int = 0, short_side: int = DEFAULT_SHORT_SIDE,
             jpeg_quality: int = DEFAULT_QUALITY, num_workers: int = 1,
-            seed: int = 0, progress: bool = True) -> dict:
+            seed: int = 0, progress: bool = True, overwrite: bool = False) -> dict:
   """Converts ``root`` into shards in ``out``; returns the metadata written.
+
+  Args are the command line's flags (see ``python -m vivit_knn.data.convert
+  --help``); ``progress`` shows a bar on a terminal and plain lines otherwise.
 
   Raises:
     FileNotFoundError: for a missing root or split file.
     ValueError: for an unknown class or a malformed line in a split file
-      (naming the file).
+      (naming the file); for an ``out`` that holds a conversion with other
+      options or sources, or unrecorded shards, unless ``overwrite``.
   """
+  if fmt not in FORMATS:
+    raise ValueError(f"--format must be one of {', '.join(FORMATS)}, got {fmt!r}")
   if not os.path.isdir(root):
     raise FileNotFoundError(f"--root={root} is not a directory")
+  for name, value, low in (("num_shards", num_shards, 0), ("short_side", short_side, 0),
+                           ("num_workers", num_workers, 0), ("jpeg_quality", jpeg_quality, 1)):
+    if value < low:
+      raise ValueError(f"--{name} must be at least {low}, got {value}")
+  if jpeg_quality > 100:
+    raise ValueError(f"--jpeg_quality must be at most 100, got {jpeg_quality}")
   videos = list_videos(fmt, root, split, splits_dir, eval_fraction)
   # pylint: disable=g-import-not-at-top
   from vivit_knn.data import tfrecord
-  from vivit_knn.data.convert import shards
+  from vivit_knn.data.convert import manifest, shards
+  from vivit_knn.data.convert.progress import Progress
   # pylint: enable=g-import-not-at-top
+  manifest.prepare(out, manifest.manifest(
+      manifest.options(fmt, root, split=split, splits_dir=splits_dir,
+                       eval_fraction=eval_fraction, num_shards=num_shards,
+                       short_side=short_side, jpeg_quality=jpeg_quality, seed=seed),
+      manifest.source_record(videos, root)), overwrite)
   train = list(zip(videos.train.paths, videos.train.labels))
   random.Random(seed).shuffle(train)
   test = list(zip(videos.test.paths, videos.test.labels))
@@ -160,8 +182,7 @@ def convert(fmt: str, root: str, out: str, *, split: int = 1,
           "short_side": short_side, "jpeg_quality": jpeg_quality,
           "class_names": videos.class_names, "splits": {}}
   try:
-    with tqdm.tqdm(total=len(train) + len(test), unit="video",
-                   disable=not progress) as bar:
+    with Progress(len(train) + len(test), enabled=progress) as bar:
       for name, items in (("train", train), ("test", test)):
         count = num_shards or math.ceil(len(items) / VIDEOS_PER_SHARD)
         meta["splits"][name] = shards.write_split(
@@ -169,7 +190,7 @@ def convert(fmt: str, root: str, out: str, *, split: int = 1,
             lambda ids, items=items: _records(
                 [items[i] for i in ids], videos.class_names, root,
                 short_side, jpeg_quality, pool),
-            bar.update)
+            bar, bar.resume)
   finally:
     if pool:
       pool.close()

@@ -1,6 +1,7 @@
 """Command line of the converter: ``python -m vivit_knn.data.convert --help``.
 
 See :mod:`vivit_knn.data.convert` for the layouts it reads and what it writes.
+Installed as a package, the same command is ``vivit-knn-convert-videos``.
 """
 
 from __future__ import annotations
@@ -33,6 +34,10 @@ _QUALITY = flags.DEFINE_integer("jpeg_quality", DEFAULT_QUALITY,
 _WORKERS = flags.DEFINE_integer(
     "num_workers", 0, "Decoding processes; 0 = one per CPU, 1 = in-process.")
 _SEED = flags.DEFINE_integer("seed", 0, "Seed of the train order shuffle.")
+_OVERWRITE = flags.DEFINE_bool(
+    "overwrite", False, "Replace an earlier conversion in --out made with other options or "
+    "sources (without it such a rerun stops, naming the differences; a rerun with the same "
+    "options resumes).")
 
 
 def main(argv) -> int:
@@ -46,12 +51,17 @@ def main(argv) -> int:
                  eval_fraction=_EVAL_FRACTION.value,
                  num_shards=_NUM_SHARDS.value, short_side=_SHORT_SIDE.value,
                  jpeg_quality=_QUALITY.value, num_workers=_WORKERS.value,
-                 seed=_SEED.value)
+                 seed=_SEED.value, overwrite=_OVERWRITE.value)
   print(summary(meta))
   print(f"wrote {_OUT.value}; train with --config.dataset.data_dir="
         f"{_OUT.value}")
   return 0
 
 
-if __name__ == "__main__":
+def run() -> None:
+  """Console entry (``vivit-knn-convert-videos``): one-line errors, exit codes of the CLI."""
   cli.run(main)
+
+
+if __name__ == "__main__":
+  run()

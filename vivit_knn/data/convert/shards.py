@@ -90,7 +90,8 @@ def remove_stale_shards(out_dir: str, split: str, keep: Sequence[str]) -> list:
 
 def write_split(out_dir: str, split: str, num_items: int, num_shards: int,
                 convert: Callable[[Sequence[int]], Iterable[Result]],
-                on_item: Callable[[int], None] = lambda n: None) -> dict:
+                on_item: Callable[[int], None] = lambda n: None,
+                on_resumed: Callable[[int], None] | None = None) -> dict:
   """Writes ``num_items`` items as ``num_shards`` shards of ``split``.
 
   Args:
@@ -100,6 +101,8 @@ def write_split(out_dir: str, split: str, num_items: int, num_shards: int,
     num_shards: Number of shards (at most ``num_items``, at least 1).
     convert: Maps the item numbers of one shard to their results, in order.
     on_item: Called with the number of items done (progress).
+    on_resumed: Called with the item count of each shard kept from an earlier
+      run (default: ``on_item``).
 
   Returns:
     ``{'num_examples', 'shards': [stats...], 'skipped': {reason: [...]}}``.
@@ -113,7 +116,7 @@ def write_split(out_dir: str, split: str, num_items: int, num_shards: int,
     if stats is None:
       stats = write_shard(out_dir, name, _counting(convert(items), on_item))
     else:
-      on_item(len(items))
+      (on_resumed or on_item)(len(items))
     shards.append({k: stats[k] for k in ("file", "num_examples", "bytes",
                                          "offsets")})
     for reason, details in stats["skipped"].items():

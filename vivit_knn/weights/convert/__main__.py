@@ -1,6 +1,7 @@
 """Command line of the weight converter: `python -m vivit_knn.weights.convert --help`.
 
 See `vivit_knn.weights.convert` for the formats it reads and what it writes.
+Installed as a package, the same command is `vivit-knn-convert-weights`.
 """
 
 from __future__ import annotations
@@ -39,5 +40,10 @@ def main(argv: Sequence[str]) -> None:
   print(convert(_FROM.value, _FORMAT.value, _TO.value, _OVERWRITE.value, _NUM_HEADS.value))
 
 
-if __name__ == "__main__":
+def run() -> None:
+  """Console entry (``vivit-knn-convert-weights``): one-line errors, exit codes of the CLI."""
   cli.run(main)
+
+
+if __name__ == "__main__":
+  run()

@@ -1,0 +1,173 @@
+"""The record of what an output folder was converted from: ``<out>/conversion.json``.
+
+Written before the first shard, it holds every option that shapes the shards
+and a hash of the source videos (paths relative to ``--root``, labels, sizes,
+modification times, the split assignment and the class names). A rerun into
+the same folder resumes only when both match; otherwise it stops with one line
+naming each differing option with both values, unless ``--overwrite`` is given,
+which removes the folder's previous conversion first. A folder holding shards
+but no record (an older converter, or another tool) is refused the same way.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from collections.abc import Mapping
+
+import tensorflow as tf
+
+from vivit_knn.data import splits, tfrecord
+from vivit_knn.data.convert import shards
+
+MANIFEST_FILE = "conversion.json"
+# The options of the record, in the order differences are reported.
+OPTIONS = ("format", "root", "split", "splits_dir", "eval_fraction", "num_shards",
+           "short_side", "jpeg_quality", "seed")
+
+
+def options(fmt: str, root: str, *, split: int, splits_dir: str,
+            eval_fraction: float, num_shards: int, short_side: int,
+            jpeg_quality: int, seed: int) -> dict:
+  """The conversion's options as recorded (flag name -> value).
+
+  Options a format does not use are recorded as None, so they never count as a
+  difference (``--split`` for ``folder``, ``--eval_fraction`` for the official
+  splits). Folders are recorded as absolute paths.
+  """
+  official = fmt != "folder"
+  return {
+      "format": fmt,
+      "root": os.path.abspath(root),
+      "split": split if official else None,
+      "splits_dir": (os.path.abspath(splits_dir) if splits_dir else "") if official else None,
+      "eval_fraction": None if official else eval_fraction,
+      "num_shards": num_shards,
+      "short_side": short_side,
+      "jpeg_quality": jpeg_quality,
+      "seed": seed,
+  }
+
+
+def _entries(listed: splits.VideoList, root: str) -> list[list]:
+  entries = []
+  for path, label in zip(listed.paths, listed.labels):
+    stat = os.stat(path)
+    entries.append([os.path.relpath(path, root), label, stat.st_size, stat.st_mtime_ns])
+  return sorted(entries)
+
+
+def source_record(videos: splits.VideoSplits, root: str) -> dict:
+  """``{'sha256', 'videos': {split: count}}`` of the listed videos and their files."""
+  listing = {
+      "class_names": list(videos.class_names),
+      "train": _entries(videos.train, root),
+      "test": _entries(videos.test, root),
+      "missing": sorted(os.path.relpath(p, root)
+                        for p in videos.train.missing + videos.test.missing),
+  }
+  digest = hashlib.sha256(json.dumps(listing, sort_keys=True).encode()).hexdigest()
+  return {"sha256": digest,
+          "videos": {"train": len(listing["train"]), "test": len(listing["test"])}}
+
+
+def manifest(option_values: Mapping[str, object], sources: Mapping[str, object]) -> dict:
+  """The content of ``conversion.json``."""
+  return {"record_format": tfrecord.FORMAT, "record_version": tfrecord.VERSION,
+          "options": dict(option_values), "sources": dict(sources)}
+
+
+def differences(recorded: Mapping, current: Mapping) -> list[str]:
+  """One phrase per difference between two manifests, recorded value first."""
+  out = []
+  old_options, new_options = recorded.get("options", {}), current["options"]
+  for name in OPTIONS:
+    old, new = old_options.get(name), new_options.get(name)
+    if old != new:
+      out.append(f"--{name}={_show(old)} (now {_show(new)})")
+  for name in ("record_format", "record_version"):
+    if recorded.get(name) != current[name]:
+      out.append(f"{name} {recorded.get(name)} (now {current[name]})")
+  old_sources, new_sources = recorded.get("sources", {}), current["sources"]
+  if old_sources.get("sha256") != new_sources["sha256"]:
+    counts = " ".join(
+        f"{split} {old_sources.get('videos', {}).get(split, '?')}"
+        f"->{new_sources['videos'][split]}" for split in ("train", "test"))
+    out.append(f"the source videos (files, sizes, dates or split lists changed; videos: "
+               f"{counts})")
+  return out
+
+
+def _show(value: object) -> str:
+  return "<unset>" if value is None else ("''" if value == "" else str(value))
+
+
+def read(out_dir: str) -> dict | None:
+  """The manifest in ``out_dir``, or None when there is none."""
+  path = os.path.join(out_dir, MANIFEST_FILE)
+  if not tf.io.gfile.exists(path):
+    return None
+  with tf.io.gfile.GFile(path) as f:
+    try:
+      return json.load(f)
+    except json.JSONDecodeError as err:
+      raise ValueError(f"{path} is not valid JSON ({err}); pass --overwrite to start the "
+                       "conversion again") from None
+
+
+def previous_outputs(out_dir: str) -> list[str]:
+  """The files and folders of an earlier conversion found in ``out_dir``."""
+  if not tf.io.gfile.isdir(out_dir):
+    return []
+  found = sorted(tf.io.gfile.glob(os.path.join(out_dir, "*.tfrecord-*")))
+  for name in (tfrecord.METADATA_FILE, tfrecord.CLASSES_FILE, MANIFEST_FILE, shards.STATS_DIR):
+    if tf.io.gfile.exists(os.path.join(out_dir, name)):
+      found.append(os.path.join(out_dir, name))
+  return found
+
+
+def remove_previous(out_dir: str) -> None:
+  """Deletes an earlier conversion's shards, stats and sidecars (nothing else)."""
+  for path in previous_outputs(out_dir):
+    if tf.io.gfile.isdir(path):
+      tf.io.gfile.rmtree(path)
+    else:
+      tf.io.gfile.remove(path)
+
+
+def prepare(out_dir: str, current: Mapping, overwrite: bool) -> bool:
+  """Checks ``out_dir`` against ``current`` and records it; True when resuming.
+
+  Args:
+    out_dir: the output folder (``--out``).
+    current: this conversion's manifest (:func:`manifest`).
+    overwrite: remove an earlier conversion in ``out_dir`` instead of refusing it.
+
+  Returns:
+    Whether finished shards of an earlier run with the same manifest are kept.
+
+  Raises:
+    ValueError: ``out_dir`` holds a conversion with other options or sources
+      (each difference named), or shards without a record, and not ``overwrite``.
+  """
+  recorded = read(out_dir) if not overwrite else None
+  previous = previous_outputs(out_dir)
+  resume = False
+  if not overwrite and recorded is not None:
+    changed = differences(recorded, current)
+    if changed:
+      raise ValueError(
+          f"--out={out_dir} holds a conversion with other settings: {'; '.join(changed)}; "
+          "pass --overwrite to replace it, or choose another --out")
+    resume = True
+  elif not overwrite and previous:
+    raise ValueError(
+        f"--out={out_dir} holds shards but no {MANIFEST_FILE} (written by an older converter "
+        "or another tool), so they cannot be checked against these options; pass --overwrite "
+        "to replace them, or choose another --out")
+  if overwrite and previous:
+    remove_previous(out_dir)
+  tf.io.gfile.makedirs(out_dir)
+  shards.write_json(os.path.join(out_dir, MANIFEST_FILE), dict(current))
+  return resume

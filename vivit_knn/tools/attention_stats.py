@@ -1,0 +1,88 @@
+"""Numbers behind the attention tools: recorded layers, top-k attention mass, rollout.
+
+* `record_attention`: runs a model once with recording on and returns its logits
+  and `{layer name: record}` (see `vivit_knn.models.attention_record`).
+* `select_layers`: turns `--layers` (names or indices) into layer names, with a
+  one-line error listing the layers when one does not exist.
+* `topk_mass_curve`: for every query, the share of its attention mass held by
+  its k largest weights, for k = 1..n, averaged over queries, heads and examples.
+* `rollout`: attention rollout (Abnar & Zuidema, 2020) over a stack of layers
+  that attend over the same tokens.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Dict, List, Sequence, Tuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from vivit_knn.models import attention_record
+
+Records = Dict[str, Dict[str, np.ndarray]]
+
+
+def record_attention(model: Any, params: Any, clips: np.ndarray) -> Tuple[np.ndarray, Records]:
+  """Runs `model` on clips `[B, T, H, W, C]` with attention recording on.
+
+  Returns:
+    `(logits [B, classes], {layer name: {'weights', 'kept', 'logits'}})` as numpy.
+  """
+
+  @jax.jit
+  def forward(params, clips):
+    (logits, _), state = model.apply({"params": params}, clips, train=False,
+                                     mutable=[attention_record.COLLECTION])
+    return logits, attention_record.attention_layers(state[attention_record.COLLECTION])
+
+  logits, layers = jax.device_get(forward(params, jnp.asarray(clips, jnp.float32)))
+  return np.asarray(logits), {n: {k: np.asarray(v) for k, v in layers[n].items()}
+                              for n in attention_record.layer_order(layers)}
+
+
+def select_layers(names: Sequence[str], wanted: Sequence[str]) -> List[str]:
+  """The layer names `wanted` asks for (names or indices into `names`); all when empty.
+
+  Raises:
+    ValueError: one line naming the unknown entry and listing the layers.
+  """
+  if not wanted:
+    return list(names)
+  chosen = []
+  for item in wanted:
+    item = str(item).strip()
+    if item.lstrip("-").isdigit() and -len(names) <= int(item) < len(names):
+      chosen.append(names[int(item)])
+    elif item in names:
+      chosen.append(item)
+    else:
+      listing = ", ".join(f"{i}={n}" for i, n in enumerate(names))
+      raise ValueError(f"--layers: no attention layer {item!r}; the model has {len(names)}: "
+                       f"{listing}")
+  return chosen
+
+
+def topk_mass_curve(weights: jax.Array) -> jax.Array:
+  """`[Nk]`: entry k-1 is the mean share of attention mass in each row's k largest weights.
+
+  `weights` is `[..., Nk]` (rows sum to 1); the mean is over all rows. The curve
+  is non-decreasing and ends at 1 (up to rounding).
+  """
+  top_first = -jnp.sort(-weights.astype(jnp.float32), axis=-1)
+  return jnp.cumsum(top_first, axis=-1).reshape(-1, weights.shape[-1]).mean(axis=0)
+
+
+def rollout(weights: Sequence[np.ndarray]) -> np.ndarray:
+  """Attention rollout of consecutive layers' head-averaged weights `[..., N, N]`.
+
+  Each layer's weights are mixed with the residual path, `0.5 A + 0.5 I` with rows
+  renormalised, and the layers multiplied in order, first layer rightmost.
+  Returns `[..., N, N]`: row q says how much each input token feeds output token q.
+  """
+  out = None
+  for a in weights:
+    a = 0.5 * np.asarray(a, np.float64) + 0.5 * np.eye(a.shape[-1])
+    a = a / a.sum(-1, keepdims=True)
+    out = a if out is None else a @ out
+  return out

@@ -1,0 +1,227 @@
+r"""Re-evaluates a trained checkpoint with k-NN attention at other k, and measures top-k mass.
+
+    python -m vivit_knn.tools.knn_sweep --config=configs/synthetic_dk.py \
+        --workdir=runs/synthetic_dk --k=0.25,0.5,0.67,0.8,1.0
+    python -m vivit_knn.tools.knn_sweep ... --fields=model.spatial_transformer.attention --k=4,8
+
+The parameters do not depend on k, so each k is the stored run config with the
+chosen attention fields (`--fields`, default: every attention of the model) set
+to `kind='knn'` and `knn_k=k`, evaluated with the run's own evaluation. A k at
+most 1 (written with a point) is a fraction of each attention's keys; a whole
+number is a count. Two more rows: `trained` (the config as trained) and
+`dense` (the chosen fields dense).
+
+Under dense attention it also measures, per layer, the share of each query's
+attention mass that its k largest weights hold (averaged over queries, heads and
+the first `--mass_examples` eval clips): the quantity k-NN attention argues from.
+
+Writes `<workdir>/knn_sweep/{sweep.csv, sweep.json, mass.csv, sweep.png}`.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import sys
+from typing import Any, Dict, List, Sequence, Tuple, Union
+
+from absl import flags
+from ml_collections import ConfigDict, config_flags
+
+from vivit_knn import cli
+
+_CONFIG = config_flags.DEFINE_config_file("config", None, "The run's config file.",
+                                          lock_config=True)
+_WORKDIR = flags.DEFINE_string("workdir", None, "A training run's directory.")
+_K = flags.DEFINE_list("k", ["0.25", "0.5", "0.67", "0.8", "1.0"],
+                       "k values: fractions in (0, 1] (with a point) or key counts.")
+_FIELDS = flags.DEFINE_list("fields", ["all"], "Attention config fields to change, e.g. "
+                            "model.spatial_transformer.attention, or 'all'.")
+_MASS_EXAMPLES = flags.DEFINE_integer("mass_examples", 64,
+                                      "Eval clips for the top-k attention-mass shares.")
+_OUTPUT_DIR = flags.DEFINE_string("output_dir", None,
+                                  "Where results go (default: <workdir>/knn_sweep).")
+
+KValue = Union[int, float]
+
+
+def parse_k(text: str) -> KValue:
+  """'0.5' -> 0.5 (a fraction), '8' -> 8 (a count); ValueError naming `--k` otherwise."""
+  text = text.strip()
+  try:
+    value = float(text) if any(c in text for c in ".eE") else int(text)
+  except ValueError:
+    raise ValueError(f"--k: {text!r} is not a number (use fractions like 0.5 or counts "
+                     "like 8)") from None
+  if isinstance(value, float) and not 0.0 < value <= 1.0:
+    raise ValueError(f"--k: the fraction {text} is outside (0, 1]; write counts without "
+                     "a point")
+  if isinstance(value, int) and value < 1:
+    raise ValueError(f"--k: the count {value} must be at least 1")
+  return value
+
+
+def attention_fields(config: ConfigDict, input_shape: Sequence[int],
+                     wanted: Sequence[str]) -> Dict[str, int]:
+  """`{attention config field: number of keys}` for `wanted` ('all' = every one the model uses).
+
+  Raises:
+    ValueError: naming `--fields` and listing the model's fields for an unknown one.
+  """
+  from vivit_knn.models.registry import attention_key_counts  # pylint: disable=g-import-not-at-top
+  counts = {f: n for f, (n, _) in attention_key_counts(config.model, input_shape).items()}
+  if list(wanted) in ([], ["all"]):
+    return counts
+  for field in wanted:
+    if field not in counts:
+      raise ValueError(f"--fields: {field!r} is not an attention of this model; it has "
+                       f"{', '.join(counts)}")
+  return {f: counts[f] for f in wanted}
+
+
+def with_attention(config: ConfigDict, fields: Sequence[str], kind: str,
+                   k: KValue = None) -> ConfigDict:
+  """A copy of `config` with each field's `kind` (and `knn_k`, when given) replaced."""
+  out = ConfigDict(config.to_dict())
+  for field in fields:
+    block = out
+    for part in field.split("."):  # e.g. 'model.spatial_transformer.attention'
+      block = block[part]
+    block.kind = kind
+    if k is not None:
+      block.knn_k = float(k) if isinstance(k, float) else k
+  return out
+
+
+def _mass_curves(exp: Any, params: Any, num_examples: int) -> Dict[str, List[float]]:
+  """`{layer: top-k mass curve}` under `exp`'s model over its first eval clips."""
+  import jax  # pylint: disable=g-import-not-at-top
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  from vivit_knn.models import attention_record  # pylint: disable=g-import-not-at-top
+  from vivit_knn.tools.attention_stats import topk_mass_curve  # pylint: disable=g-import-not-at-top
+
+  @jax.jit
+  def curves(params, clips):
+    _, state = exp.model.apply({"params": params}, clips, train=False,
+                               mutable=[attention_record.COLLECTION])
+    layers = attention_record.attention_layers(state[attention_record.COLLECTION])
+    return {name: topk_mass_curve(r["weights"]) for name, r in layers.items()}
+
+  total: Dict[str, Any] = {}
+  seen = 0
+  for batch in exp.dataset.eval_batches(exp.config.eval.global_batch_size):
+    clips = np.asarray(batch["inputs"])[np.asarray(batch["mask"]) > 0]
+    clips = clips[:num_examples - seen]
+    if not len(clips):
+      break
+    clips = clips.reshape((-1,) + clips.shape[-4:])  # views folded into the batch
+    for name, curve in jax.device_get(curves(params, clips)).items():
+      total[name] = total.get(name, 0.0) + np.asarray(curve, np.float64) * len(clips)
+    seen += len(clips)
+    if seen >= num_examples:
+      break
+  return {name: (total[name] / seen).tolist()
+          for name in attention_record.layer_order(total)}
+
+
+def sweep(config: ConfigDict, workdir: str, ks: Sequence[KValue], fields: Sequence[str],
+          mass_examples: int) -> Dict[str, Any]:
+  """Evaluates the newest checkpoint of `workdir` at each k; returns rows and mass shares.
+
+  Returns:
+    `{'rows': [{'name', 'k', 'top1', 'top5', 'loss'}], 'fields': {field: keys},
+    'mass': {layer: {'num_keys', 'curve', 'share': {k label: share}}}}`.
+  """
+  from vivit_knn.models.attention_backends import resolve_knn_k  # pylint: disable=g-import-not-at-top
+  from vivit_knn.train.evaluation import run_eval  # pylint: disable=g-import-not-at-top
+  from vivit_knn.train.experiment import build_experiment  # pylint: disable=g-import-not-at-top
+  from vivit_knn.train.run_info import read_run_info, restore_params  # pylint: disable=g-import-not-at-top
+
+  info = read_run_info(workdir)
+  counts = attention_fields(config, info["input_shape"], fields)
+  for k in ks:
+    for field, n in counts.items():
+      try:
+        resolve_knn_k(k, n)
+      except ValueError as err:
+        raise ValueError(f"--k={k} does not fit {field} ({n} keys): {err}") from None
+  if mass_examples < 1:
+    raise ValueError(f"--mass_examples must be at least 1, got {mass_examples}")
+  params, step = restore_params(workdir)
+  variants: List[Tuple[str, KValue, ConfigDict]] = [("trained", None, config)]
+  variants += [(f"knn k={k}", k, with_attention(config, counts, "knn", k)) for k in ks]
+  dense_config = with_attention(config, counts, "dense")
+  variants.append(("dense", None, dense_config))
+  rows = []
+  for name, k, cfg in variants:
+    exp = build_experiment(cfg)
+    result = run_eval(exp, params)
+    rows.append({"name": name, "k": k, "top1": float(result["top1"]),
+                 "top5": float(result["top5"]), "loss": float(result["loss"])})
+    print(f"{name:>14}  top1={rows[-1]['top1']:.4f}  top5={rows[-1]['top5']:.4f}", flush=True)
+  mass = {}
+  for layer, curve in _mass_curves(build_experiment(dense_config), params,
+                                   mass_examples).items():
+    n = len(curve)
+    share = {}
+    for k in ks:
+      try:
+        share[str(k)] = curve[resolve_knn_k(k, n) - 1]
+      except ValueError:
+        share[str(k)] = None  # a count larger than this layer's keys
+    mass[layer] = {"num_keys": n, "curve": curve, "share": share}
+  return {"step": step, "fields": counts, "k": [str(k) for k in ks], "rows": rows,
+          "mass": mass}
+
+
+def write_outputs(result: Dict[str, Any], out_dir: str) -> Dict[str, str]:
+  """Writes the sweep table (CSV, JSON), the mass table (CSV) and the plot; returns the paths."""
+  from vivit_knn.tools import attention_plots  # pylint: disable=g-import-not-at-top
+  os.makedirs(out_dir, exist_ok=True)
+  paths = {name: os.path.join(out_dir, name) for name in
+           ("sweep.csv", "sweep.json", "mass.csv", "sweep.png")}
+  with open(paths["sweep.csv"], "w", newline="") as f:
+    writer = csv.DictWriter(f, fieldnames=["name", "k", "top1", "top5", "loss"])
+    writer.writeheader()
+    writer.writerows(result["rows"])
+  with open(paths["sweep.json"], "w") as f:
+    json.dump(result, f, indent=2)
+  with open(paths["mass.csv"], "w", newline="") as f:
+    writer = csv.writer(f)
+    writer.writerow(["layer", "num_keys"] + [f"k={k}" for k in result["k"]])
+    for layer, m in result["mass"].items():
+      writer.writerow([layer, m["num_keys"]] + [
+          "" if m["share"][k] is None else f"{m['share'][k]:.4f}" for k in result["k"]])
+  attention_plots.plot_sweep(result, paths["sweep.png"])
+  return paths
+
+
+def main(argv: Sequence[str]) -> int:
+  """Runs the sweep and lists the files written."""
+  if len(argv) > 1:
+    raise ValueError(f"unexpected arguments: {' '.join(argv[1:])}")
+  if _CONFIG.value is None:
+    raise ValueError("--config is required, e.g. --config=configs/synthetic_dk.py")
+  if not _WORKDIR.value:
+    raise ValueError("--workdir is required: a training run's directory")
+  ks = [parse_k(k) for k in _K.value]
+  if not ks:
+    raise ValueError("--k needs at least one value")
+  from vivit_knn.train.run_config import resolve_run_config  # pylint: disable=g-import-not-at-top
+  config = resolve_run_config(_CONFIG.value, _WORKDIR.value, sys.argv)
+  result = sweep(config, _WORKDIR.value, ks, _FIELDS.value, _MASS_EXAMPLES.value)
+  print("top-k attention-mass share under dense attention (per layer):")
+  for layer, m in result["mass"].items():
+    shares = "  ".join(f"k={k}:{'-' if s is None else f'{s:.3f}'}"
+                       for k, s in m["share"].items())
+    print(f"  {layer} ({m['num_keys']} keys)  {shares}")
+  paths = write_outputs(result, _OUTPUT_DIR.value or os.path.join(_WORKDIR.value, "knn_sweep"))
+  print("wrote:")
+  for path in paths.values():
+    print(f"  {path}")
+  return 0
+
+
+if __name__ == "__main__":
+  cli.run(main)
