@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 from tests import video_fixtures
-from tests.tiny import run_python
+from tests.tiny import run_python, write_folder_config
 
 CLASSES = ("ApplyLipstick", "Biking", "Diving", "Drumming", "Fencing", "Surfing")
 BAD = "Surfing/v_Surfing_g03_c01.avi"  # A test video of the split, overwritten with junk.
@@ -37,21 +37,9 @@ def run(tmp_path_factory):
   with open(os.path.join(layout.root, BAD), "wb") as f:
     f.write(b"not a video" * 300)
   cfg = tmp / "ucf_tiny.py"
-  cfg.write_text(
-      "from vivit_knn.data.registry import DATASET_DEFAULTS\n"
-      "from tests.tiny import load_config\n"
-      "def get_config():\n"
-      "  config = load_config('synthetic_tiny')\n"
-      "  config.dataset = DATASET_DEFAULTS['ucf101']()\n"
-      f"  config.dataset.data_dir = {layout.root!r}\n"
-      "  config.dataset.format = 'folder'\n"
-      "  config.dataset.num_frames = 4\n"
-      "  config.dataset.image_size = 24\n"
-      "  config.train.num_train_steps = 3\n"
-      "  config.train.global_batch_size = 4\n"
-      "  config.optimizer.warmup_steps = 0\n"
-      "  config.eval.global_batch_size = 4\n"
-      "  return config\n")
+  write_folder_config(cfg, layout.root, {
+      "train.num_train_steps": 3, "train.global_batch_size": 4, "optimizer.warmup_steps": 0,
+      "eval.global_batch_size": 4})
   work = tmp / "run"
   train = _main(cfg, work).stdout
   evaluated = _main(cfg, work, "--mode=eval", "--config.eval.save_logits=True",

@@ -5,7 +5,7 @@ import re
 import pytest
 
 from tests import video_fixtures
-from tests.tiny import run_python
+from tests.tiny import run_python, write_folder_config
 
 CLASSES = ("ApplyLipstick", "Biking", "Diving", "Drumming", "Fencing", "Surfing")
 
@@ -17,18 +17,7 @@ def trained(tmp_path_factory):
   layout = video_fixtures.write_ucf101(str(tmp / "ucf"), classes=CLASSES, train_per_class=2,
                                 test_per_class=1, num_frames=12)
   cfg = tmp / "ucf_tiny.py"
-  cfg.write_text(
-      "from vivit_knn.data.registry import DATASET_DEFAULTS\n"
-      "from tests.tiny import load_config\n"
-      "def get_config():\n"
-      "  config = load_config('synthetic_tiny')\n"
-      "  config.dataset = DATASET_DEFAULTS['ucf101']()\n"
-      f"  config.dataset.data_dir = {layout.root!r}\n"
-      "  config.dataset.format = 'folder'\n"
-      "  config.dataset.num_frames = 4\n"
-      "  config.dataset.image_size = 24\n"
-      "  config.dataset.num_test_clips = 2\n"
-      "  return config\n")
+  write_folder_config(cfg, layout.root, {"dataset.num_test_clips": 2})
   work = tmp / "run"
   run_python(["-m", "vivit_knn.main", f"--config={cfg}", f"--workdir={work}",
               "--config.train.num_train_steps=4", "--config.train.global_batch_size=4",

@@ -46,3 +46,25 @@ def run_python(code_or_args, env_extra=None, timeout=600, check=True):
   if check and proc.returncode != 0:
     raise AssertionError(f"subprocess failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
   return proc
+
+
+def write_folder_config(path, data_dir, fields=None):
+  """Writes a config file: `synthetic_tiny`'s model on a UCF101-layout video folder.
+
+  4 frames of 24x24; `fields` maps extra dotted keys to values written into the
+  file, e.g. `{"train.num_train_steps": 3}`.
+  """
+  lines = ["from vivit_knn.data.registry import DATASET_DEFAULTS",
+           "from tests.tiny import load_config",
+           "def get_config():",
+           "  config = load_config('synthetic_tiny')",
+           "  config.dataset = DATASET_DEFAULTS['ucf101']()",
+           f"  config.dataset.data_dir = {str(data_dir)!r}",
+           "  config.dataset.format = 'folder'",
+           "  config.dataset.num_frames = 4",
+           "  config.dataset.image_size = 24"]
+  lines += [f"  config.{key} = {value!r}" for key, value in (fields or {}).items()]
+  lines.append("  return config")
+  with open(path, "w") as f:
+    f.write("\n".join(lines) + "\n")
+  return path

@@ -16,6 +16,9 @@ name); `vivit`, `timesformer`, `xvit`, `student`, `cast` (one family each);
 `video_transformer` (shared fields, stochastic-depth ramp, remat); `encoder`,
 `spacetime_attention`, `mhca`, `experts`, `adapters`, `aligner` (blocks);
 `attention` (`AttentionSpec`, the kinds, `MultiHeadAttention`),
-`attention_backends` (dense / k-NN evaluation paths), `kth_largest` (exact k-th
-largest search), `cpu_paths`; `resnet` (the CNN teacher); `partitioning`.
+`attention_backends` (dense / k-NN evaluation paths and the `impl` choice),
+`blocked_attention` (query blocks with a recomputing VJP), `knn_kernel` (the
+Pallas kernel), `kth_largest` (exact k-th largest search), `cpu_paths`,
+`attention_record` (recording attention weights and k-NN kept masks);
+`resnet` (the CNN teacher); `partitioning`.
 """

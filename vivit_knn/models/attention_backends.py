@@ -107,9 +107,13 @@ def resolve_knn_k(k: KnnK, num_keys: int) -> int:
 # Evaluation paths.
 
 
-def _global_attention(query, key, value, *, knn, bias, mask, dropout_rng, dropout_rate,
-                      deterministic, out_dtype, precision):
-  """All logits `[..., H, Nq, Nk]` at once; supports bias, mask and dropout."""
+def attention_logits(query: Array, key: Array, *, bias: Optional[Array] = None,
+                     mask: Optional[Array] = None, precision: PrecisionLike = None) -> Array:
+  """Scaled float32 logits `[..., H, Nq, Nk]`, plus `bias`, with `mask=False` entries masked.
+
+  Masked entries get a finite minimum (as in flax), so a fully masked row has a
+  uniform softmax.
+  """
   scale = query.shape[-1] ** -0.5
   logits = jnp.einsum("...qhd,...khd->...hqk", query, key, precision=precision,
                       preferred_element_type=jnp.float32) * scale
@@ -117,6 +121,13 @@ def _global_attention(query, key, value, *, knn, bias, mask, dropout_rng, dropou
     logits = logits + jnp.asarray(bias).astype(jnp.float32)
   if mask is not None:
     logits = jnp.where(jnp.asarray(mask, dtype=bool), logits, _MASK_VALUE)
+  return logits
+
+
+def _global_attention(query, key, value, *, knn, bias, mask, dropout_rng, dropout_rate,
+                      deterministic, out_dtype, precision):
+  """All logits `[..., H, Nq, Nk]` at once; supports bias, mask and dropout."""
+  logits = attention_logits(query, key, bias=bias, mask=mask, precision=precision)
   if knn is not None:
     logits = kth.knn_mask_logits(logits, knn)
   weights = jax.nn.softmax(logits, axis=-1)

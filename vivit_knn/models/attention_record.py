@@ -28,18 +28,14 @@ from typing import Any, Dict, Iterable, List, Mapping, Optional
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-import numpy as np
 
-from vivit_knn.models.attention_backends import resolve_knn_k
+from vivit_knn.models.attention_backends import attention_logits, resolve_knn_k
 from vivit_knn.models.kth_largest import kth_largest
 
 Array = jax.Array
 
 COLLECTION = "intermediates"
 RECORD_NAMES = ("attention", "attention_time", "attention_space")
-
-# The forward's value for masked-out logits (`mask=False`), see `attention_backends`.
-_MASK_VALUE = float(np.finfo(np.float32).min)
 
 
 def attention_maps(query: Array, key: Array, spec: Any, *, bias: Optional[Array] = None,
@@ -58,13 +54,7 @@ def attention_maps(query: Array, key: Array, spec: Any, *, bias: Optional[Array]
   Returns:
     `{'logits', 'kept', 'weights'}`, each `[..., H, Nq, Nk]`.
   """
-  scale = query.shape[-1] ** -0.5
-  logits = jnp.einsum("...qhd,...khd->...hqk", query, key, precision=precision,
-                      preferred_element_type=jnp.float32) * scale
-  if bias is not None:
-    logits = logits + jnp.asarray(bias).astype(jnp.float32)
-  if mask is not None:
-    logits = jnp.where(jnp.asarray(mask, dtype=bool), logits, _MASK_VALUE)
+  logits = attention_logits(query, key, bias=bias, mask=mask, precision=precision)
   knn_k = getattr(spec, "knn_k", None)
   if knn_k is None:
     kept = jnp.ones(logits.shape, bool)

@@ -26,13 +26,13 @@ from __future__ import annotations
 
 import json
 import os
-import sys
 from typing import Any, Dict, List, Sequence
 
 from absl import flags
 from ml_collections import ConfigDict, config_flags
 
 from vivit_knn import cli
+from vivit_knn.tools import run_flags
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "The run's config file.",
                                           lock_config=True)
@@ -152,14 +152,7 @@ def _write_json(path: str, panels, label: str, query: str, heads, step: int, gri
 
 def main(argv: Sequence[str]) -> int:
   """Explains one clip and lists the files written."""
-  if len(argv) > 1:
-    raise ValueError(f"unexpected arguments: {' '.join(argv[1:])}")
-  if _CONFIG.value is None:
-    raise ValueError("--config is required, e.g. --config=configs/synthetic_dk.py")
-  if not _WORKDIR.value:
-    raise ValueError("--workdir is required: a training run's directory")
-  from vivit_knn.train.run_config import resolve_run_config  # pylint: disable=g-import-not-at-top
-  config = resolve_run_config(_CONFIG.value, _WORKDIR.value, sys.argv)
+  config = run_flags.trained_run_config(argv, _CONFIG.value, _WORKDIR.value)
   clip, label = load_clip(config, _VIDEO.value, _INDEX.value)
   paths = explain(config, _WORKDIR.value, clip, label, _LAYERS.value, _ints(_HEADS.value, "heads"),
                   _QUERY.value, _OUTPUT_DIR.value or os.path.join(_WORKDIR.value, "explain"))

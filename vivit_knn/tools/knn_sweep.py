@@ -23,13 +23,13 @@ from __future__ import annotations
 import csv
 import json
 import os
-import sys
 from typing import Any, Dict, List, Sequence, Tuple, Union
 
 from absl import flags
 from ml_collections import ConfigDict, config_flags
 
 from vivit_knn import cli
+from vivit_knn.tools import run_flags
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "The run's config file.",
                                           lock_config=True)
@@ -155,13 +155,13 @@ def sweep(config: ConfigDict, workdir: str, ks: Sequence[KValue], fields: Sequen
   variants.append(("dense", None, dense_config))
   rows = []
   for name, k, cfg in variants:
-    exp = build_experiment(cfg)
+    exp = build_experiment(cfg, training=False)
     result = run_eval(exp, params)
     rows.append({"name": name, "k": k, "top1": float(result["top1"]),
                  "top5": float(result["top5"]), "loss": float(result["loss"])})
     print(f"{name:>14}  top1={rows[-1]['top1']:.4f}  top5={rows[-1]['top5']:.4f}", flush=True)
   mass = {}
-  for layer, curve in _mass_curves(build_experiment(dense_config), params,
+  for layer, curve in _mass_curves(build_experiment(dense_config, training=False), params,
                                    mass_examples).items():
     n = len(curve)
     share = {}
@@ -199,17 +199,10 @@ def write_outputs(result: Dict[str, Any], out_dir: str) -> Dict[str, str]:
 
 def main(argv: Sequence[str]) -> int:
   """Runs the sweep and lists the files written."""
-  if len(argv) > 1:
-    raise ValueError(f"unexpected arguments: {' '.join(argv[1:])}")
-  if _CONFIG.value is None:
-    raise ValueError("--config is required, e.g. --config=configs/synthetic_dk.py")
-  if not _WORKDIR.value:
-    raise ValueError("--workdir is required: a training run's directory")
+  config = run_flags.trained_run_config(argv, _CONFIG.value, _WORKDIR.value)
   ks = [parse_k(k) for k in _K.value]
   if not ks:
     raise ValueError("--k needs at least one value")
-  from vivit_knn.train.run_config import resolve_run_config  # pylint: disable=g-import-not-at-top
-  config = resolve_run_config(_CONFIG.value, _WORKDIR.value, sys.argv)
   result = sweep(config, _WORKDIR.value, ks, _FIELDS.value, _MASS_EXAMPLES.value)
   print("top-k attention-mass share under dense attention (per layer):")
   for layer, m in result["mass"].items():

@@ -115,12 +115,17 @@ def _shape_mismatches(stored: Any, target: Any) -> List[str]:
 
 
 def has_checkpoints(workdir: str) -> bool:
-  """Whether `<workdir>/checkpoints` holds a finished checkpoint (creates nothing)."""
+  """Whether `<workdir>/checkpoints` holds a finished checkpoint (creates nothing).
+
+  Only looks at names: Orbax writes a step under a temporary name and renames it
+  to the bare step number when it is complete. No CheckpointManager is opened,
+  because opening one synchronises all processes, and in a multi-process run the
+  others may already be creating theirs.
+  """
   directory = resolve(workdir) / "checkpoints"
-  if not directory.exists():
+  if not directory.is_dir():
     return False
-  with ocp.CheckpointManager(directory, options=ocp.CheckpointManagerOptions(create=False)) as m:
-    return m.latest_step() is not None
+  return any(p.name.isdigit() and p.is_dir() for p in directory.iterdir())
 
 
 class Checkpointer:
