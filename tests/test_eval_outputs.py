@@ -222,6 +222,8 @@ def test_many_classes_skip_the_picture_and_say_so(tmp_path, capsys):
   table = open(paths["per_class"]).read().splitlines()
   assert len(table) == num_classes + 5  # Header, rule, one row per class, rule, two totals.
   assert table[-1].endswith("over 2 classes")  # Only classes 5 and 1000 have examples.
+  printed = evaluation.format_result(result, exp.dataset.info.class_names).splitlines()
+  assert len(printed) < 10 and "per-class accuracy of 1001 classes" in printed[-1], printed
 
 
 def test_generated_clips_are_all_listed_and_readable():

@@ -22,6 +22,8 @@ from vivit_knn.train.summary import MetricWriter
 
 # A confusion-matrix picture of more classes than this is unreadable; it is skipped.
 PNG_MAX_CLASSES = metrics.DENSE_CONFUSION_MAX_CLASSES
+# Above this many classes the console gets a pointer to the per-class file, not the table.
+PRINTED_MAX_CLASSES = 200
 
 
 def eval_views(exp: Experiment) -> Tuple[int, int]:
@@ -186,7 +188,11 @@ def videos_line(result: Dict[str, Any]) -> Optional[str]:
 
 
 def format_result(result: Dict[str, Any], class_names) -> str:
-  """Human-readable summary: top-1/top-5/loss, views, video counts and the per-class table."""
+  """Human-readable summary: top-1/top-5/loss, views, video counts and the per-class table.
+
+  The table is left out above `PRINTED_MAX_CLASSES` classes (it is always in the
+  per-class file `write_eval_report` writes).
+  """
   head = (f"eval: top1={result['top1']:.4f} top5={result['top5']:.4f} "
           f"loss={result['loss']:.4f} examples={int(result['num_examples'])}")
   views = result.get("views")
@@ -196,5 +202,10 @@ def format_result(result: Dict[str, Any], class_names) -> str:
   counted = videos_line(result)
   if counted:
     lines.append(counted)
-  lines.append(metrics.format_class_table(result["support"], result["correct"], class_names))
+  if len(class_names) <= PRINTED_MAX_CLASSES:
+    lines.append(metrics.format_class_table(result["support"], result["correct"], class_names))
+  else:
+    lines.append(f"per-class accuracy of {len(class_names)} classes: see the per_class file "
+                 "of this eval (not printed above "
+                 f"{PRINTED_MAX_CLASSES} classes)")
   return "\n".join(lines)
