@@ -100,6 +100,21 @@ def _bar(stream, **kwargs):
   return ProgressBar(10, desc="job", file=stream, clips_per_step=4, log_every_s=1e9, **kwargs)
 
 
+def test_progress_bar_times_only_synchronised_steps():
+  """Unsynchronised updates (dispatch returned at once) are not measurements."""
+  bar = _bar(io.StringIO())
+  bar.update(1)  # the compiled first step starts the measurement
+  start = time.perf_counter()
+  for _ in range(4):
+    bar.update(1, synced=False)  # returns at once, the work is queued
+  assert bar.rates() == {}
+  time.sleep(0.2)  # the queued work finishes while the loop waits for results
+  bar.update(1, synced=True)
+  expected = (time.perf_counter() - start) / 5
+  assert bar.rates()["step_time_s"] == pytest.approx(expected, rel=0.1)
+  assert bar.rates()["step_time_s"] >= 0.2 / 5
+
+
 def test_progress_bar_rates_and_plain_lines():
   stream = io.StringIO()  # not a terminal
   bar = _bar(stream)

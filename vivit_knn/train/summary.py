@@ -173,11 +173,11 @@ class ProgressBar:
                          else bool(interactive))
     self._clips_per_step = clips_per_step
     self._log_every_s = float(log_every_s)
-    self._n = int(initial)
+    self._n = self._initial = int(initial)
     self._postfix: dict[str, str] = {}
-    # (seconds, counts) of the latest updates; the first update's interval also
-    # holds compilation, so it is never one of them.
-    self._intervals: collections.deque = collections.deque(maxlen=max(1, int(window)))
+    # (time, count) of the latest synchronised updates after the first one (whose
+    # interval holds compilation); rates are measured between these marks only.
+    self._marks: collections.deque = collections.deque(maxlen=max(1, int(window)) + 1)
     self._last_update: Optional[float] = None
     self._first_step_s: Optional[float] = None
     self._last_line_time = self._created = time.perf_counter()
@@ -200,15 +200,21 @@ class ProgressBar:
     """Whether the progress is a live bar (True) or plain lines (False)."""
     return self._interactive
 
-  def update(self, n: int = 1, **postfix: Any) -> None:
-    """Advances by ``n`` and shows ``postfix`` (e.g. ``loss=..., lr=...``)."""
+  def update(self, n: int = 1, *, synced: bool = True, **postfix: Any) -> None:
+    """Advances by ``n`` and shows ``postfix`` (e.g. ``loss=..., lr=...``).
+
+    ``synced=False`` says the loop has not waited for this count's work to finish
+    (asynchronous dispatch returns at once), so its time is not a measurement:
+    rates are taken between synchronised updates only.
+    """
     now = time.perf_counter()
-    if self._last_update is not None and n > 0:
-      self._intervals.append((now - self._last_update, n))
-    elif self._last_update is None:
+    first = self._last_update is None
+    if first:
       self._first_step_s = now - self._created
     self._last_update = now
     self._n += n
+    if first or synced:  # the first count's end (after compilation) starts the measurement
+      self._marks.append((now, self._n))
     if postfix:
       self._postfix = {k: _format_postfix(v) for k, v in postfix.items()}
     if not self.enabled:
@@ -225,27 +231,28 @@ class ProgressBar:
       self._print_line(now)
 
   def rates(self) -> dict[str, float]:
-    """``{"step_time_s", "clips_per_s"}`` over the recent window; ``{}`` before two updates.
+    """``{"step_time_s", "clips_per_s"}`` over the recent window; ``{}`` until measured.
 
-    The time of a count is the wall time between updates divided by the counts
-    they advanced, averaged over the last ``window`` counts (not a median: with
-    asynchronous dispatch most updates return at once and a few wait, and only
-    their total is the true throughput). The first update's interval, which
-    includes compilation, is left out. ``clips_per_s`` is present only when
-    ``clips_per_step`` was given.
+    The time of a count is the wall time between the oldest and the newest of the
+    last ``window`` synchronised updates, divided by the counts between them (not a
+    median: with asynchronous dispatch only a synchronised total is the true
+    throughput). The first update, which includes compilation, only starts the
+    measurement. ``clips_per_s`` is present only when ``clips_per_step`` was given.
     """
-    if not self._intervals:
+    if len(self._marks) < 2:
       return {}
-    seconds = sum(s for s, _ in self._intervals)
-    counts = sum(c for _, c in self._intervals)
-    step_time = seconds / counts
+    (t0, n0), (t1, n1) = self._marks[0], self._marks[-1]
+    if n1 <= n0:
+      return {}
+    step_time = (t1 - t0) / (n1 - n0)
     out = {"step_time_s": step_time}
     if self._clips_per_step:
       out["clips_per_s"] = self._clips_per_step / step_time if step_time > 0 else math.inf
     return out
 
   def _line_due(self, now: float) -> bool:
-    if not self._intervals or (self.total and self._n >= self.total):  # first step, or done
+    if self._last_line_n == self._initial or (self.total and self._n >= self.total):
+      # The first count (its time includes compilation), or done.
       return True
     if self.total and self.total > 0:
       tenth = self.total / 10

@@ -128,13 +128,16 @@ def train(config: ml_collections.ConfigDict, workdir: str,
         last = _mean_metrics(history)
         history = []
         writer.write_scalars(done, {f"train/{k}": v for k, v in last.items()})
-        rates = bar.rates()  # step time and clips/s; empty before two steps
-        if rates:
-          writer.write_scalars(done, {f"train/{k}": v for k, v in rates.items()})
         skipped = exp.dataset.skipped_examples()
         if skipped:
           writer.write_scalars(done, {f"data/skipped_{k}": v for k, v in skipped.items()})
-      bar.update(1, **{k: last[k] for k in ("loss", "top1") if k in last})
+      # Steps are dispatched asynchronously: only a step whose results were fetched
+      # (log and save steps) has finished, so only those time the run.
+      bar.update(1, synced=due_log or due_save,
+                 **{k: last[k] for k in ("loss", "top1") if k in last})
+      rates = bar.rates() if due_log else {}  # step time and clips/s, once measured
+      if rates:
+        writer.write_scalars(done, {f"train/{k}": v for k, v in rates.items()})
       ckpt.save(done, state)
       if cfg.debug_kill_after_step and done == cfg.debug_kill_after_step:
         ckpt.wait()
