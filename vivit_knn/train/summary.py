@@ -269,7 +269,7 @@ class ProgressBar:
       parts.append(f"{self.unit} {self._n}")
     parts.extend(f"{k}={v}" for k, v in self._postfix.items())
     rates = self.rates()
-    if not rates and self._first_step_s is not None:
+    if not rates and self._first_step_s is not None and self._n - self._initial <= 1:
       parts.append(f"{self._first_step_s:.3g} s/{self.unit} (the first, with compilation)")
     if rates:
       parts.append(f"{rates['step_time_s']:.3g} s/{self.unit}")
