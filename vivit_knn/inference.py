@@ -11,7 +11,7 @@ from __future__ import annotations
 import csv
 import os
 import sys
-from typing import List, Tuple
+from typing import List, Sequence, Tuple
 
 import jax
 import jax.numpy as jnp
@@ -119,17 +119,16 @@ def csv_header(k: int = TOP_K) -> List[str]:
   return header
 
 
-def predict_folder(predictor: Predictor, folder: str, out_csv: str,
-                   progress: bool) -> Tuple[int, List[str], List[str]]:
-  """Writes the top-5 of every video under `folder` to `out_csv`.
+def predict_folder(predictor: Predictor, folder: str, videos: Sequence[str], out_csv: str,
+                   progress: bool) -> Tuple[int, List[str]]:
+  """Writes the top-5 of each of `videos` (paths relative to `folder`) to `out_csv`.
 
   Probabilities are written with `repr` (full float precision). A file that
   cannot be decoded is left out of the CSV and listed instead.
 
   Returns:
-    `(number of rows written, skipped lines 'file: why', files ignored for their extension)`.
+    `(number of rows written, skipped lines 'file: why')`.
   """
-  videos, others = list_videos(folder)
   k = min(TOP_K, len(predictor.class_names))
   skipped, rows = [], 0
   epath.Path(out_csv).parent.mkdir(parents=True, exist_ok=True)
@@ -149,7 +148,7 @@ def predict_folder(predictor: Predictor, folder: str, out_csv: str,
         writer.writerow(row)
         rows += 1
       bar.update()
-  return rows, skipped, others
+  return rows, skipped
 
 
 def _folder_csv_path(workdir: str, folder: str, step: int) -> str:
@@ -191,8 +190,8 @@ def run_infer(config: ml_collections.ConfigDict, workdir: str, video: str) -> No
                      f"{', '.join(VIDEO_EXTENSIONS)})")
   predictor = Predictor(config, workdir)
   out_csv = _folder_csv_path(workdir, video, predictor.step)
-  rows, skipped, others = predict_folder(predictor, video, out_csv,
-                                         progress=sys.stderr.isatty())
+  rows, skipped = predict_folder(predictor, video, videos, out_csv,
+                                 progress=sys.stderr.isatty())
   line = f"predicted {rows} of {rows + len(skipped)} videos in {video}"
   if skipped:
     skipped_path = os.path.splitext(out_csv)[0] + "_skipped.txt"

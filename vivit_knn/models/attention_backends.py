@@ -174,12 +174,7 @@ def _blockwise_attention(query, key, value, *, knn, out_dtype, precision, block_
   num_q, heads, depth = query.shape[-3:]
   num_k = key.shape[-3]
   num_bh = math.prod(batch) * heads
-
-  def heads_major(x):  # [..., N, H, d] -> [B*H, N, d]
-    x = jnp.moveaxis(x, -2, -3)
-    return x.reshape((num_bh,) + x.shape[-2:])
-
-  q, k, v = heads_major(query), heads_major(key), heads_major(value)
+  q, k, v = (blocked.heads_major(x) for x in (query, key, value))
   width = num_k
   if knn is not None:
     layout = kth.row_layout(num_k)
@@ -224,8 +219,7 @@ def _blockwise_attention(query, key, value, *, knn, out_dtype, precision, block_
   else:
     out = lax.map(block, (qb, kb, vb))
   out = out.reshape(num_bh_pad, num_q_pad, v.shape[-1])[:num_bh, :num_q]
-  out = out.reshape(batch + (heads, num_q, v.shape[-1]))
-  return jnp.moveaxis(out, -3, -2).astype(out_dtype)
+  return blocked.heads_minor(out, batch, heads).astype(out_dtype)
 
 
 def check_impl(impl: str, field: str = "attention.impl") -> None:
@@ -252,10 +246,8 @@ def choose_impl(impl: str, query: Array, key: Array, knn: Optional[int], *,
     if not plain:
       raise ValueError(f"attention impl={impl!r} supports no bias, mask or attention dropout "
                        "(and needs matching query/key/value heads); use impl='auto' or 'xla'")
-    if impl == "pallas" and jax.default_backend() not in knn_kernel.Q_BLOCK:
-      raise ValueError(f"attention impl='pallas' needs a TPU or GPU backend (this one is "
-                       f"{jax.default_backend()!r}); use 'pallas_interpret' to run the kernel "
-                       "in the Pallas interpreter, or 'blocked'")
+    if impl == "pallas":
+      knn_kernel.check_backend(jax.default_backend())
     return impl
   if not plain or cpu_paths.one_piece_requested():
     return "xla"

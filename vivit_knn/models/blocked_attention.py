@@ -155,8 +155,7 @@ def blocked_forward(q: Array, k: Array, v: Array, plan: Plan) -> Tuple[Array, Ar
   """All query blocks in a loop: `(out [BH, Nq, dv], lse [BH, Nq], thresh [BH, Nq])`."""
   blocks = _split(q, plan.q_block)
   if blocks.shape[0] == 1:
-    out, lse, thresh = forward_block(blocks[0], k, v, plan)
-    return out, lse, thresh
+    return forward_block(blocks[0], k, v, plan)
   out, lse, thresh = lax.map(lambda qb: forward_block(qb, k, v, plan), blocks)
   return _merge(out), _merge(lse), _merge(thresh)
 

@@ -193,6 +193,14 @@ def supports(backend: str, num_keys: int, head_dim: int) -> bool:
           and head_dim == pl.next_power_of_2(head_dim))
 
 
+def check_backend(backend: str) -> None:
+  """Raises ValueError naming `impl` unless `backend` compiles the kernel ('tpu', 'gpu')."""
+  if backend not in Q_BLOCK:
+    raise ValueError(f"impl='pallas' needs a TPU or GPU backend (this one is {backend!r}); "
+                     "use impl='pallas_interpret' to run the kernel in the Pallas "
+                     "interpreter, or impl='blocked'")
+
+
 def kernel_attention(query: Array, key: Array, value: Array, knn: Optional[int], *,
                      dtype=None, precision=None, interpret: bool = False) -> Array:
   """Dense (`knn` None) or k-NN attention through the fused kernel, with a recomputing VJP.
@@ -210,13 +218,12 @@ def kernel_attention(query: Array, key: Array, value: Array, knn: Optional[int],
     `[..., Nq, H, dv]`, equal to `blocked_attention.blocked_attention`.
 
   Raises:
-    ValueError: naming `impl` when not interpreting on a backend without the kernel.
+    ValueError: naming `impl` when not interpreting on a backend without the kernel
+      (`check_backend`).
   """
   backend = jax.default_backend()
-  if not interpret and backend not in Q_BLOCK:
-    raise ValueError(f"impl='pallas' needs a TPU or GPU backend (this one is {backend!r}); "
-                     "use impl='pallas_interpret' to run the kernel in the Pallas "
-                     "interpreter, or impl='blocked'")
+  if not interpret:
+    check_backend(backend)
   q_block = INTERPRET_Q_BLOCK if interpret else Q_BLOCK[backend]
   batch = query.shape[:-3]
   num_q, heads = query.shape[-3:-1]

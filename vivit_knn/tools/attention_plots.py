@@ -77,6 +77,12 @@ def _draw_cell(ax, frame: np.ndarray, panel: Panel, column: int, norm, patch_hw:
   return image
 
 
+def _norm(panel: Panel) -> colors.Normalize:
+  """Colour scale of one layer's weights: 0 to its largest weight (1 when it has none)."""
+  vmax = float(np.nanmax(panel.weights)) if np.isfinite(np.nanmax(panel.weights)) else 1.0
+  return colors.Normalize(vmin=0.0, vmax=max(vmax, 1e-6))
+
+
 def _row_label(panel: Panel) -> str:
   if panel.layout.endswith("rollout"):
     return f"{_short(panel.name)}\n(rollout)"
@@ -94,8 +100,7 @@ def plot_grid(panels: Sequence[Panel], frames: np.ndarray, patch_size: Sequence[
   fig, axes = plt.subplots(len(panels), t, figsize=(1.5 * t + 1.6, 1.55 * len(panels) + 0.6),
                            squeeze=False, dpi=90)
   for r, panel in enumerate(panels):
-    vmax = float(np.nanmax(panel.weights)) if np.isfinite(np.nanmax(panel.weights)) else 1.0
-    norm = colors.Normalize(vmin=0.0, vmax=max(vmax, 1e-6))
+    norm = _norm(panel)
     image = None
     for c in range(t):
       cell = (query[1], query[2]) if query is not None and query[0] == c else None
@@ -118,14 +123,13 @@ def write_gif(panels: Sequence[Panel], frames: np.ndarray, patch_size: Sequence[
               title: str, path: str, query=None, duration_ms: int = 400) -> str:
   """GIF: one image per input frame, the layers stacked down, each over its tubelet's overlay."""
   ph, pw, pt = patch_size
+  norms = [_norm(panel) for panel in panels]
   images = []
   for i in range(frames.shape[0]):
     c = min(i // pt, panels[0].weights.shape[0] - 1)
     fig, axes = plt.subplots(1, len(panels), figsize=(1.45 * len(panels), 1.9), squeeze=False,
                              dpi=72)
-    for r, panel in enumerate(panels):
-      vmax = float(np.nanmax(panel.weights)) if np.isfinite(np.nanmax(panel.weights)) else 1.0
-      norm = colors.Normalize(vmin=0.0, vmax=max(vmax, 1e-6))
+    for r, (panel, norm) in enumerate(zip(panels, norms)):
       cell = (query[1], query[2]) if query is not None and query[0] == c else None
       _draw_cell(axes[0, r], frames[i], panel, c, norm, (ph, pw), cell)
       axes[0, r].set_title(_short(panel.name), fontsize=4)

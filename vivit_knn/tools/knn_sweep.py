@@ -151,8 +151,7 @@ def sweep(config: ConfigDict, workdir: str, ks: Sequence[KValue], fields: Sequen
   params, step = restore_params(workdir)
   variants: List[Tuple[str, KValue, ConfigDict]] = [("trained", None, config)]
   variants += [(f"knn k={k}", k, with_attention(config, counts, "knn", k)) for k in ks]
-  dense_config = with_attention(config, counts, "dense")
-  variants.append(("dense", None, dense_config))
+  variants.append(("dense", None, with_attention(config, counts, "dense")))
   rows = []
   for name, k, cfg in variants:
     exp = build_experiment(cfg, training=False)
@@ -161,8 +160,8 @@ def sweep(config: ConfigDict, workdir: str, ks: Sequence[KValue], fields: Sequen
                  "top5": float(result["top5"]), "loss": float(result["loss"])})
     print(f"{name:>14}  top1={rows[-1]['top1']:.4f}  top5={rows[-1]['top5']:.4f}", flush=True)
   mass = {}
-  for layer, curve in _mass_curves(build_experiment(dense_config, training=False), params,
-                                   mass_examples).items():
+  # `exp` is the dense row's experiment, the last variant.
+  for layer, curve in _mass_curves(exp, params, mass_examples).items():
     n = len(curve)
     share = {}
     for k in ks:

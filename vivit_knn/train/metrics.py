@@ -89,13 +89,17 @@ def confusion_matrix(
   return flat.astype(np.int64, copy=False).reshape(num_classes, num_classes)
 
 
+def _recall(correct: np.ndarray, support: np.ndarray) -> np.ndarray:
+  """``correct / support`` per class as float64; ``nan`` where a class has no examples."""
+  with np.errstate(invalid="ignore", divide="ignore"):
+    acc = np.asarray(correct, np.float64) / support
+  return np.where(support > 0, acc, np.nan)
+
+
 def per_class_accuracy(cm: Any) -> np.ndarray:
   """Recall per true class: ``cm[c, c] / cm[c].sum()``; ``nan`` where a class has no examples."""
   cm = np.asarray(cm, np.float64)
-  support = cm.sum(axis=1)
-  with np.errstate(invalid="ignore", divide="ignore"):
-    acc = np.diag(cm) / support
-  return np.where(support > 0, acc, np.nan)
+  return _recall(np.diag(cm), cm.sum(axis=1))
 
 
 def _class_names(class_names: Optional[Sequence[str]], num_classes: int) -> list[str]:
@@ -219,8 +223,7 @@ def format_class_table(support: Any, correct: Any,
     raise ValueError(f"support {support.shape} and correct {correct.shape} differ")
   num_classes = support.shape[0]
   names = _class_names(class_names, num_classes)
-  with np.errstate(invalid="ignore", divide="ignore"):
-    acc = np.where(support > 0, correct / np.maximum(support, 1), np.nan)
+  acc = _recall(correct, support)
   name_width = max([len("class")] + [len(n) for n in names])
   index_width = max(len("idx"), len(str(num_classes - 1)))
   count_width = max(len("n"), len(str(int(support.max()) if num_classes else 0)))
@@ -378,8 +381,6 @@ class EvalAccumulator:
     """
     n = self._count
     scale = (1.0 / n) if n else float("nan")
-    with np.errstate(invalid="ignore", divide="ignore"):
-      per_class = np.where(self._support > 0, self._hits / self._support, np.nan)
     return {
         "top1": self._top1 * scale,
         "top5": self._top5 * scale,
@@ -387,7 +388,7 @@ class EvalAccumulator:
         "num_examples": n,
         "support": self._support.copy(),
         "correct": self._hits.copy(),
-        "per_class_accuracy": per_class,
+        "per_class_accuracy": _recall(self._hits, self._support),
         "confusion_pairs": self.confusion_pairs(),
         "confusion_matrix": self.dense_confusion_matrix() if self.dense_confusion else None,
     }
