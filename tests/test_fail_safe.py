@@ -137,9 +137,10 @@ def test_resuming_with_another_shape_lists_the_parameters(trained, tmp_path):
   assert proc.returncode == BAD_INPUT
   errors = _error_lines(proc)
   assert len(errors) == 1 and "model.mlp_dim: 32 -> 48 (parameter shapes)" in errors[0], errors
-  # A run written without a stored config is caught by the checkpoint's own shapes.
+  # A run written without a stored config is caught by the checkpoint's own shapes,
+  # once the --config file is accepted for it.
   (work / "config.json").unlink()
-  proc = run_python(args, check=False)
+  proc = run_python(args + ["--use_config_file"], check=False)
   assert proc.returncode == BAD_INPUT
   errors = _error_lines(proc)
   assert errors[0].startswith("error: the model this config builds does not fit checkpoint")

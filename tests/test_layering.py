@@ -2,8 +2,9 @@
 
 Layers, lowest first:
 
-  0  models, data, weights, keys (and the package itself); models import
-     neither weights nor data, and keys imports nothing of ours
+  0  models, data, weights, keys, errors, stop_signals (and the package itself);
+     models import neither weights nor data, and keys, errors and stop_signals
+     import nothing of ours
   1  config, presets
   2  train
   3  main, inference, cli, tools, and every `__main__` module (the command line of
@@ -21,15 +22,15 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PACKAGE = "vivit_knn"
 
 LAYERS = {
-    "vivit_knn": 0, "vivit_knn.keys": 0, "vivit_knn.models": 0, "vivit_knn.data": 0,
-    "vivit_knn.weights": 0,
+    "vivit_knn": 0, "vivit_knn.keys": 0, "vivit_knn.errors": 0, "vivit_knn.stop_signals": 0,
+    "vivit_knn.models": 0, "vivit_knn.data": 0, "vivit_knn.weights": 0,
     "vivit_knn.config": 1, "vivit_knn.presets": 1,
     "vivit_knn.train": 2,
     "vivit_knn.main": 3, "vivit_knn.inference": 3, "vivit_knn.cli": 3, "vivit_knn.tools": 3,
 }
 # (importer prefix, imported prefix) pairs that are refused within a layer.
 FORBIDDEN = [("vivit_knn.models", "vivit_knn.weights"), ("vivit_knn.models", "vivit_knn.data")]
-LEAVES = {"vivit_knn.keys"}  # import nothing of ours
+LEAVES = {"vivit_knn.keys", "vivit_knn.errors", "vivit_knn.stop_signals"}  # import nothing of ours
 
 
 def _modules():

@@ -6,7 +6,8 @@ Exit codes (the same for every CLI of the project):
   1  an unexpected error (a bug: rerun with --verbose and report the traceback)
   2  bad input: config file, config key or value, flags, files, folders, checkpoints
   3  training stopped on a non-finite loss or state (the last good checkpoint is kept)
-  4  preempted (SIGTERM, SIGUSR1 or Ctrl-C): a checkpoint was saved; rerun to resume
+  4  stopped by SIGTERM, SIGUSR1 or Ctrl-C: a checkpoint was saved (rerun to resume), or
+     the signal came during start-up, with nothing to save yet
   130  interrupted by a second Ctrl-C, without saving
 
 `--verbose` (or the environment variable VIVIT_KNN_VERBOSE=1) prints the traceback
@@ -19,6 +20,7 @@ from __future__ import annotations
 import errno
 import importlib.abc
 import importlib.machinery
+import logging
 import os
 import re
 import sys
@@ -28,6 +30,9 @@ from typing import Any, Callable, List, Optional, Sequence
 
 from absl import app, flags
 from absl import logging as absl_logging
+from ml_collections import config_flags
+
+from vivit_knn import errors, stop_signals
 
 EXIT_OK, EXIT_UNEXPECTED, EXIT_BAD_INPUT, EXIT_NON_FINITE, EXIT_PREEMPTED = 0, 1, 2, 3, 4
 EXIT_INTERRUPTED = 130
@@ -108,7 +113,52 @@ def describe_flags_error(err: BaseException, argv: Sequence[str]) -> str:
 _HELP_FLAGS = ("--help", "-h", "-?", "--helpshort", "--helpfull", "--helpxml")
 
 
+class _NoneConfigs(logging.Filter):
+  """Notes the config files whose `get_config()` returned None, hiding ml_collections' warning.
+
+  The error that follows says it in one line; the warning would be a second one.
+  """
+
+  def __init__(self):
+    super().__init__()
+    self.files: List[str] = []
+
+  def filter(self, record: logging.LogRecord) -> bool:
+    """False (hidden) for the 'get_config() returned None' warning, else True."""
+    if "get_config() returned None" in str(record.msg):
+      self.files.append(str(record.args[0]) if record.args else "")
+      return False
+    return True
+
+
+def _none_config_error(argv: Sequence[str], files: Sequence[str]) -> Optional[str]:
+  """The error for a config flag whose file's `get_config()` returned None, if any.
+
+  Args:
+    argv: the command line.
+    files: the config files `_NoneConfigs` saw return None.
+  """
+  found = [(a[2:].split("=", 1)[0], files[0]) for a in argv
+           if files and a.startswith("--") and a.endswith("=" + files[0])]
+  if files and not found:
+    found = [("config", files[0])]
+  for name in flags.FLAGS if not found else ():
+    flag = flags.FLAGS[name]
+    try:
+      path = config_flags.get_config_filename(flag)
+    except Exception:  # pylint: disable=broad-except  # not a parsed config file flag
+      continue
+    if flag.present and flag.value is None:
+      found.append((name, path))
+  for name, path in found[:1]:
+    return (f"--{name}: {path.split(':')[0]}'s get_config() returned None; it must return a "
+            "ml_collections.ConfigDict")
+  return None
+
+
 def _parse_flags(argv: List[str]) -> List[str]:
+  none_configs = _NoneConfigs()
+  absl_logging.get_absl_logger().addFilter(none_configs)
   try:
     try:
       rest = flags.FLAGS(argv)
@@ -120,12 +170,22 @@ def _parse_flags(argv: List[str]) -> List[str]:
     config = _config_file(argv)
     if config != "--config" and not any(os.path.isfile(p) for p in (config, config.split(":")[0])):
       raise FileNotFoundError(f"No such file: {config}")
+    message = _none_config_error(argv, none_configs.files)
+    if message:
+      raise flags.Error(message)
+    if len(rest) > 1:
+      strays = " ".join(repr(a) for a in rest[1:])
+      raise flags.Error(f"unexpected argument{'s' if len(rest) > 2 else ''} {strays}: every "
+                        "option is a --name=value flag (see --help)")
     return rest
   except Exception as err:  # pylint: disable=broad-except  # config files can raise anything
     if verbose(argv):
       traceback.print_exc()
-    print(f"error: {describe_flags_error(err, argv)}", file=sys.stderr)
+    message = _none_config_error(argv, none_configs.files) or describe_flags_error(err, argv)
+    print(f"error: {message}", file=sys.stderr)
     sys.exit(EXIT_BAD_INPUT)
+  finally:
+    absl_logging.get_absl_logger().removeFilter(none_configs)
 
 
 def _silenced_fd2(function: Callable[[], Any]) -> Any:
@@ -170,6 +230,20 @@ class _QuietTensorFlowFinder(importlib.abc.MetaPathFinder):
     return spec
 
 
+def _drop_checkpoint_thread_tracebacks(record) -> bool:
+  """False for the tracebacks logged when Orbax's background save or read work fails.
+
+  Orbax's threads, and asyncio for their tasks, log them; the same error reaches
+  the command in its main thread, which reports it in one line (a full disk
+  printed up to 400 lines of them).
+  """
+  if not record.exc_info:
+    return True
+  orbax = f"{os.sep}orbax{os.sep}"
+  files = [frame.filename for frame in traceback.extract_tb(record.exc_info[2])]
+  return not any(orbax in path for path in files + [record.pathname or ""])
+
+
 def quiet_startup(argv: Optional[Sequence[str]] = None) -> None:
   """Hides the libraries' start-up lines unless `--verbose` (or VIVIT_KNN_VERBOSE=1).
 
@@ -190,6 +264,10 @@ def quiet_startup(argv: Optional[Sequence[str]] = None) -> None:
     return
   os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
   absl_logging.set_verbosity(absl_logging.WARNING)
+  absl_logging.get_absl_handler().addFilter(_drop_checkpoint_thread_tracebacks)
+  # Orbax runs its reads and writes as asyncio tasks; a failed one is also logged by
+  # asyncio itself ("Task exception was never retrieved"), at exit, past any handler.
+  logging.getLogger("asyncio").setLevel(logging.CRITICAL)
   if "tensorflow" not in sys.modules and not any(
       isinstance(f, _QuietTensorFlowFinder) for f in sys.meta_path):
     sys.meta_path.insert(0, _QuietTensorFlowFinder())
@@ -204,9 +282,8 @@ def describe_error(err: BaseException) -> tuple:
   Returns:
     `(exit code, one-line message)`, with the codes of the module doc.
   """
-  # Imported here, not at the top: it loads jax and orbax (seconds), which the flag
-  # parsing and `--help` of every tool would otherwise wait for.
-  from vivit_knn.train.checkpoint import CheckpointError
+  if isinstance(err, errors.UserError):
+    return EXIT_BAD_INPUT, str(err)
   if isinstance(err, FloatingPointError):
     return EXIT_NON_FINITE, str(err)
   if isinstance(err, OSError) and err.errno == errno.ENOSPC:
@@ -218,7 +295,7 @@ def describe_error(err: BaseException) -> tuple:
   if isinstance(err, (NotADirectoryError, FileExistsError)):
     return EXIT_BAD_INPUT, f"{err.strerror or err}: {err.filename} (a file stands where a " \
                            "folder is needed)"
-  if isinstance(err, (ValueError, FileNotFoundError, CheckpointError, app.UsageError,
+  if isinstance(err, (ValueError, FileNotFoundError, app.UsageError,
                       ImportError, OSError)):
     return EXIT_BAD_INPUT, str(err)
   first = str(err).splitlines()[0] if str(err) else ""
@@ -262,4 +339,8 @@ def run(main: Callable[[List[str]], int]) -> None:
     sys.unraisablehook = lambda unraisable: None  # their pending reads, at exit
   quiet_startup()
   _list_flags_in_help(main)
-  app.run(guarded, flags_parser=_parse_flags)
+  try:
+    app.run(guarded, flags_parser=_parse_flags)
+  except stop_signals.StopRequested as stop:  # raised by a handler `vivit_knn.main` arms
+    print(stop, file=sys.stderr, flush=True)
+    sys.exit(EXIT_PREEMPTED)

@@ -10,7 +10,8 @@ Training stores its resolved config in `<workdir>/config.json`; eval, infer and 
 resumed training start from it, with their own command-line overrides on top (an
 override that changes the trained parameter shapes or data layout is refused).
 Errors are one line on stderr; exit codes are listed in `vivit_knn.cli` (0 done,
-2 bad input, 3 non-finite, 4 preempted with a checkpoint saved).
+2 bad input, 3 non-finite, 4 stopped by a signal: a checkpoint saved, or nothing to
+save yet). Training holds a lock on its workdir: a second trainer stops in one line.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ import sys
 from absl import app, flags
 from ml_collections import config_flags
 
-from vivit_knn import cli
+from vivit_knn import cli, stop_signals
 
 MODES = ("train", "eval", "infer")
 
@@ -38,6 +39,15 @@ _VIDEO = flags.DEFINE_string("video", None, "Video file, or a folder of videos (
 _OUTPUT_DIR = flags.DEFINE_string(
     "output_dir", None, "--mode=eval: where reports go (default: --workdir). Lets a finished "
     "run in a read-only folder be evaluated.")
+_STRICT = flags.DEFINE_bool(
+    "strict", False, "Refuse checkpoints that carry no checksums (written by older versions) "
+    "instead of restoring them unverified with a warning.")
+_RESTART = flags.DEFINE_integer(
+    "restart_from_step", None, "--mode=train: go on from this kept checkpoint step; newer "
+    "steps are moved to <workdir>/checkpoints_superseded/ (e.g. after a non-finite stop).")
+_USE_CONFIG_FILE = flags.DEFINE_bool(
+    "use_config_file", False, "Use the --config file for a workdir that has checkpoints but no "
+    "stored config.json (training stores it then).")
 _COORDINATOR = flags.DEFINE_string(
     "coordinator_address", None,
     "host:port of process 0 for multi-process runs. Not needed on TPU pods or under SLURM, "
@@ -67,9 +77,13 @@ def main(argv) -> int:
   if _MODE.value != "train" or checkpoint.has_checkpoints(workdir):
     # The run's stored config, with this command line's overrides on top; a fresh
     # training run stores its own config when it starts.
-    config = run_config.resolve_run_config(config, workdir, sys.argv)
+    config = run_config.resolve_run_config(config, workdir, sys.argv,
+                                           use_config_file=_USE_CONFIG_FILE.value)
+  if _RESTART.value is not None and _MODE.value != "train":
+    raise app.UsageError("--restart_from_step is for --mode=train")
   if _MODE.value == "train":
-    result = trainer.train(config, workdir)
+    result = trainer.train(config, workdir, restart_from_step=_RESTART.value,
+                           strict=_STRICT.value)
     if result.get("preempted"):
       print(f"preempted at step {result['step']}: checkpoint saved, rerun to resume")
       return cli.EXIT_PREEMPTED
@@ -81,7 +95,8 @@ def main(argv) -> int:
     from vivit_knn import inference
     inference.run_infer(config, workdir, _VIDEO.value)
   else:
-    result = trainer.evaluate_checkpoint(config, workdir, output_dir=_OUTPUT_DIR.value)
+    result = trainer.evaluate_checkpoint(config, workdir, output_dir=_OUTPUT_DIR.value,
+                                         strict=_STRICT.value)
     if result["init"] is None:
       print(f"checkpoint step {result['step']}")
     print(evaluation.format_result(result["eval"], result["class_names"]))
@@ -91,7 +106,12 @@ def main(argv) -> int:
 
 
 def run() -> None:
-  """Console entry: errors are one-line messages with the exit codes of `vivit_knn.cli`."""
+  """Console entry: errors are one-line messages with the exit codes of `vivit_knn.cli`.
+
+  Stop signals are armed first, so that one arriving while the libraries load
+  ends the command in one line (see `vivit_knn.stop_signals`).
+  """
+  stop_signals.install()
   cli.run(main)
 
 

@@ -30,7 +30,14 @@ def main(argv: Sequence[str]) -> None:
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
   config = _CONFIG.value
+  if config is None:
+    raise app.UsageError("--config is required, e.g. --config=configs/synthetic_dk.py")
+  if _NUM_CLASSES.value is not None and _NUM_CLASSES.value < 1:
+    raise ValueError(f"--num_classes must be at least 1, got {_NUM_CLASSES.value}")
   num_classes = _NUM_CLASSES.value or config.dataset.num_classes
+  if num_classes < 1:
+    raise ValueError(f"config.dataset.num_classes must be at least 1, got {num_classes} "
+                     "(or pass --num_classes)")
   shape = clip_shape(config)
   stats = model_stats(config.model, shape, num_classes)
   print(f"model: {config.model.name}  clip: {shape[0]}x{shape[1]}x{shape[2]}  "

@@ -2,23 +2,31 @@
 
 Integrity: Orbax stores arrays through TensorStore but records no checksum of
 their values, so a flipped bit in a data file can restore silently. Each save
-therefore also writes `<step>/checksums.json`: two 32-bit fingerprints per
-array (the wrapping sums of its raw bits, plain and weighted by position),
-computed on device, so sharded arrays need no gathering. A restore recomputes
-them and compares. A step that Orbax cannot read or that fails verification is
-skipped with a one-line warning and the next older step is tried; only when no
-step is readable does the restore stop, naming the folder. A config whose
-parameter shapes differ from the checkpoint's is not a damaged checkpoint: it
-is refused with the differing parameters listed.
+therefore also stores two 32-bit fingerprints per array (the wrapping sums of
+its raw bits, plain and weighted by position), computed on device so sharded
+arrays need no gathering, as the item `checksums` of the same Orbax save: a
+step is complete (renamed from its temporary name) only with its checksums,
+so a `kill -9` at any moment leaves no finished step without them. A restore
+recomputes them and compares. A step that Orbax cannot read or that fails
+verification is skipped with a one-line warning and the next older step is
+tried; only when no step is readable does the restore stop, naming the folder.
+A step without checksums (written by an older version) restores with a visible
+warning, or is refused with `strict`. A config whose parameter shapes differ
+from the checkpoint's is not a damaged checkpoint: it is refused with the
+differing parameters listed. A step that disappears while it is read (rotated
+away by a trainer saving in the same folder) is not damage either: the steps
+are listed again and the newest one still there is used.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
 import sys
-from typing import Any, Dict, List, Optional
+import time
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import jax
 import jax.numpy as jnp
@@ -27,14 +35,17 @@ import orbax.checkpoint as ocp
 from absl import logging
 from etils import epath
 
+from vivit_knn.errors import CheckpointError, DiskFullError
 from vivit_knn.weights.tree import key_name
 
-CHECKSUMS = "checksums.json"
+DEFAULT_ITEM, CHECKSUMS_ITEM = "default", "checksums"
+LEGACY_CHECKSUMS = "checksums.json"  # beside the step, written by earlier versions
+STEP_METADATA = "_CHECKPOINT_METADATA"  # Orbax's step metadata: it lists the step's items
+# How often the steps are listed again when the one being read disappears, and how long
+# a removal under way is given to end before a step that went missing parts is judged.
+MAX_RELISTS = 20
+_ROTATION_GRACE_S = 0.5
 MAX_MISMATCH_LINES = 10
-
-
-class CheckpointError(RuntimeError):
-  """No checkpoint in the folder could be read and verified."""
 
 
 class CheckpointMismatchError(ValueError):
@@ -56,7 +67,7 @@ def abstract_like(tree: Any) -> Any:
 
 def item_path(workdir: str, step: int) -> epath.Path:
   """Directory of the train state saved at `step` under `workdir`."""
-  return resolve(workdir) / "checkpoints" / str(step) / "default"
+  return resolve(workdir) / "checkpoints" / str(step) / DEFAULT_ITEM
 
 
 def restore_on_host(path: epath.Path) -> Any:
@@ -132,15 +143,27 @@ class Checkpointer:
   """Saves the train state under `<workdir>/checkpoints/<step>` and restores the latest one.
 
   Saves are asynchronous; `close()` (or `wait()`) blocks until they are on disk.
+  `read_only` (eval, inference, tools) never creates, cleans or deletes
+  anything; `strict` refuses steps that carry no checksums.
   """
 
-  def __init__(self, workdir: str, *, keep: int = 3, save_every: int = 1):
+  def __init__(self, workdir: str, *, keep: int = 3, save_every: int = 1,
+               read_only: bool = False, strict: bool = False):
     self.directory = str(resolve(workdir) / "checkpoints")
     self.save_every = save_every
+    self.strict = strict
     # The interval is applied here: Orbax's own policy would also save the first step.
-    options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=True)
-    self._manager = ocp.CheckpointManager(self.directory, options=options)
-    self._pending: Dict[int, Dict[str, List[int]]] = {}
+    # The writer (the trainer, holding the workdir lock) clears the temporary folders
+    # that an interrupted save left behind.
+    # A reader passes no keep-N (Orbax deletes only when it saves, but a reader must not
+    # even be able to) and creates nothing; Orbax's own read_only mode warns twice per use.
+    options = ocp.CheckpointManagerOptions(
+        max_to_keep=None if read_only else keep, create=not read_only,
+        cleanup_tmp_directories=not read_only)
+    handlers = {DEFAULT_ITEM: ocp.StandardCheckpointHandler(),
+                CHECKSUMS_ITEM: ocp.JsonCheckpointHandler()}
+    self._manager = _listing(lambda: ocp.CheckpointManager(self.directory, options=options,
+                                                           item_handlers=handlers))
     self.restored_step: Optional[int] = None
     self.damaged_steps: List[int] = []
 
@@ -153,49 +176,73 @@ class Checkpointer:
     return sorted(self._manager.all_steps())
 
   def save(self, step: int, state: Any, *, force: bool = False) -> bool:
-    """Saves `state` at `step` when it is a multiple of `save_every` (or `force`).
+    """Saves `state` and its checksums at `step` when it is a multiple of `save_every` (or `force`).
 
-    The save runs asynchronously; its checksums are written once it is on disk
-    (at the next save, `wait()` or `close()`). Returns whether a save was started.
+    The save runs asynchronously; the step counts as complete only once both the
+    state and its checksums are on disk. Returns whether a save was started.
     """
     if not force and step % self.save_every:
       return False
     if step == self.latest_step():
       return False
-    self._write_pending_checksums()
-    prints = fingerprints(state)
-    started = self._manager.save(step, args=ocp.args.StandardSave(state), force=True)
-    if started:
-      self._pending[step] = prints
-    return started
+    args = ocp.args.Composite(**{DEFAULT_ITEM: ocp.args.StandardSave(state),
+                                 CHECKSUMS_ITEM: ocp.args.JsonSave(fingerprints(state))})
+    with self._disk_full_named():
+      return self._manager.save(step, args=args, force=True)
 
-  def _write_pending_checksums(self) -> None:
-    if not self._pending:
-      return
-    self._manager.wait_until_finished()
-    if jax.process_index() == 0:
-      for step, prints in self._pending.items():
-        path = epath.Path(self.directory) / str(step)
-        if path.exists():  # not already rotated out by keep-N
-          (path / CHECKSUMS).write_text(json.dumps(prints))
-    self._pending = {}
+  @contextlib.contextmanager
+  def _disk_full_named(self):
+    """Turns a full disk, met by an asynchronous save, into one error saying what is kept."""
+    try:
+      yield
+    except (OSError, ValueError) as err:
+      if not _is_disk_full(err):
+        raise
+      complete = [s for s in self._manager.all_steps() if self._exists(s)]
+      kept = (f"the newest complete checkpoint, step {max(complete)}, is intact" if complete
+              else "no checkpoint was completed")
+      raise DiskFullError(f"no space left on the device for the checkpoints in {self.directory} "
+                          f"({kept}): free space and rerun to resume") from None
 
   def _stored_params(self, step: int) -> Any:
     tree = ocp.PyTreeCheckpointHandler().metadata(
-        epath.Path(self.directory) / str(step) / "default").tree
+        epath.Path(self.directory) / str(step) / DEFAULT_ITEM).tree
     return tree["params"] if isinstance(tree, dict) and "params" in tree else tree
 
-  def _verify(self, step: int, restored: Any) -> Optional[str]:
-    """None when the restored arrays match the step's checksums, else the reason."""
-    path = epath.Path(self.directory) / str(step) / CHECKSUMS
-    if not path.exists():
-      logging.warning("checkpoint step %d has no %s (written by an older version, or "
-                      "interrupted): restoring it unverified", step, CHECKSUMS)
+  def _stored_checksums(self, step: int) -> Optional[Dict[str, Any]]:
+    """The step's checksums, read before its arrays; None for a step of an older version.
+
+    Raises:
+      FileNotFoundError: the step, or checksums its metadata lists, are not there.
+      ValueError: its metadata or checksums do not parse.
+    """
+    step_dir = epath.Path(self.directory) / str(step)
+    items = json.loads((step_dir / STEP_METADATA).read_text()).get("item_handlers") or {}
+    if CHECKSUMS_ITEM in items:
+      path = step_dir / CHECKSUMS_ITEM / "metadata"
+    elif (step_dir / LEGACY_CHECKSUMS).exists():
+      path = step_dir / LEGACY_CHECKSUMS
+    else:
       return None
-    try:
-      stored = json.loads(path.read_text())
-    except ValueError:
-      return f"{CHECKSUMS} is damaged"
+    stored = json.loads(path.read_text())
+    if not isinstance(stored, dict):
+      raise ValueError("not a JSON object")
+    return stored
+
+  def _verify(self, step: int, stored: Optional[Dict[str, Any]], restored: Any
+              ) -> Optional[str]:
+    """None when the restored arrays match the checksums `stored`, else the reason."""
+    if stored is None:
+      if self.strict:
+        raise CheckpointError(
+            f"checkpoint step {step} in {self.directory} has no checksums (written by an "
+            "older version), and strict checking refuses unverified checkpoints; rerun "
+            "without --strict to restore it unverified")
+      if jax.process_index() == 0:
+        print(f"warning: checkpoint step {step} in {self.directory} has no checksums "
+              "(written by an older version): restoring it unverified (--strict refuses it)",
+              file=sys.stderr, flush=True)
+      return None
     actual = fingerprints(restored)
     bad = [k for k in stored if actual.get(k) != stored[k]]
     if bad or set(actual) != set(stored):
@@ -203,51 +250,93 @@ class Checkpointer:
       return f"checksum mismatch in {len(bad) or 1} arrays (first: {first})"
     return None
 
+  def _exists(self, step: int) -> bool:
+    """Whether the step is still there, once a removal under way has had time to end."""
+    path = epath.Path(self.directory) / str(step)
+    if not path.exists():
+      return False
+    time.sleep(_ROTATION_GRACE_S)
+    return path.exists()
+
   def restore(self, target: Any, step: Optional[int] = None) -> Any:
     """Restores into the structure, dtypes and shardings of `target`, verified.
 
+    `target` None restores the saved tree as host numpy arrays, whatever mesh
+    wrote it (inference, tools, distillation teachers), verified the same way.
+
     With `step` None the newest readable step is used: a step Orbax cannot read
     or whose checksums fail is skipped with a warning, falling back to the next
-    older one. Raises `CheckpointMismatchError` when the parameter shapes differ
-    from the checkpoint's and `CheckpointError` when no step can be used.
+    older one; a step removed while it is read (by a trainer's keep-N rotation)
+    makes the steps be listed again. Raises `CheckpointMismatchError` when the
+    parameter shapes differ from the checkpoint's and `CheckpointError` when no
+    step can be used.
     """
-    steps = sorted(self._manager.all_steps(), reverse=True) if step is None else [step]
-    if not steps:
-      raise FileNotFoundError(f"No checkpoint found in {self.directory}")
-    failures = []
+    failures: List[Tuple[int, str]] = []
+    tried: set = set()
     with _orbax_quiet():
-      return self._restore_first_good(target, steps, failures)
-
-  def _restore_first_good(self, target: Any, steps: List[int], failures: list) -> Any:
-    for candidate in steps:
-      try:
-        stored = self._stored_params(candidate)
-      except Exception as err:  # pylint: disable=broad-except
-        failures.append((candidate, f"its metadata is unreadable: {_short(err)}"))
-        self._warn_fallback(candidate, failures[-1][1], steps)
-        continue
-      mismatch = _shape_mismatches(stored, getattr(target, "params", target))
-      if mismatch:
-        shown = mismatch[:MAX_MISMATCH_LINES]
-        more = len(mismatch) - len(shown)
-        raise CheckpointMismatchError(
-            f"the model this config builds does not fit checkpoint step {candidate} in "
-            f"{self.directory}:\n  " + "\n  ".join(shown)
-            + (f"\n  ... and {more} more" if more else ""))
-      try:
-        restored = self._manager.restore(
-            candidate, args=ocp.args.StandardRestore(abstract_like(target)))
-        reason = self._verify(candidate, restored)
-      except Exception as err:  # pylint: disable=broad-except
-        reason = f"its array data is unreadable: {_short(err)}"
-      if reason is None:
-        self.restored_step = candidate
-        return restored
-      failures.append((candidate, reason))
-      self._warn_fallback(candidate, reason, steps)
+      for _ in range(MAX_RELISTS):
+        listed = sorted(self._manager.all_steps(), reverse=True) if step is None else [step]
+        if not listed and not tried:
+          raise FileNotFoundError(f"No checkpoint found in {self.directory}")
+        candidates = [s for s in listed if s not in tried]
+        if not candidates:
+          break
+        for candidate in candidates:
+          tried.add(candidate)
+          restored, reason = self._try_restore(candidate, target)
+          if reason is None:
+            self.restored_step = candidate
+            return restored
+          if not self._exists(candidate):  # rotated away meanwhile: not damage
+            _listing(self._manager.reload)
+            break
+          failures.append((candidate, reason))
+          self._warn_fallback(candidate, reason, listed)
+        else:
+          break
+    if not failures and step is not None:
+      raise FileNotFoundError(f"checkpoint step {step} is not in {self.directory}")
     raise CheckpointError(
         f"no readable checkpoint in {self.directory}: "
         + "; ".join(f"step {s}: {r}" for s, r in failures))
+
+  def _try_restore(self, candidate: int, target: Any) -> Tuple[Any, Optional[str]]:
+    """`(state, None)`, or `(None, why the step cannot be used)`; `target` None: host arrays."""
+    try:
+      stored = self._stored_params(candidate)
+    except Exception as err:  # pylint: disable=broad-except
+      return None, f"its metadata is unreadable: {_short(err)}"
+    if target is None:
+      return self._try_restore_on_host(candidate)
+    mismatch = _shape_mismatches(stored, getattr(target, "params", target))
+    if mismatch:
+      shown = mismatch[:MAX_MISMATCH_LINES]
+      more = len(mismatch) - len(shown)
+      raise CheckpointMismatchError(
+          f"the model this config builds does not fit checkpoint step {candidate} in "
+          f"{self.directory}:\n  " + "\n  ".join(shown)
+          + (f"\n  ... and {more} more" if more else ""))
+    try:
+      checksums = self._stored_checksums(candidate)
+    except (OSError, ValueError) as err:
+      return None, f"its checksums are missing or damaged: {_short(err)}"
+    try:
+      restored = self._manager.restore(candidate, args=ocp.args.Composite(
+          **{DEFAULT_ITEM: ocp.args.StandardRestore(abstract_like(target))}))[DEFAULT_ITEM]
+    except Exception as err:  # pylint: disable=broad-except
+      return None, f"its array data is unreadable: {_short(err)}"
+    return restored, self._verify(candidate, checksums, restored)
+
+  def _try_restore_on_host(self, candidate: int) -> Tuple[Any, Optional[str]]:
+    try:
+      checksums = self._stored_checksums(candidate)
+    except (OSError, ValueError) as err:
+      return None, f"its checksums are missing or damaged: {_short(err)}"
+    try:
+      restored = restore_on_host(epath.Path(self.directory) / str(candidate) / DEFAULT_ITEM)
+    except Exception as err:  # pylint: disable=broad-except
+      return None, f"its array data is unreadable: {_short(err)}"
+    return restored, self._verify(candidate, checksums, restored)
 
   def _warn_fallback(self, step: int, reason: str, steps: List[int]) -> None:
     older = [s for s in steps if s < step]
@@ -257,6 +346,26 @@ class Checkpointer:
       print(f"warning: checkpoint step {step} in {self.directory} cannot be used ({reason}); "
             f"{then}", file=sys.stderr, flush=True)
 
+  def set_aside(self, steps: List[int], folder: str) -> List[str]:
+    """Moves whole steps of this run to `<workdir>/<folder>/<step>` (kept, never deleted).
+
+    Returns:
+      The new paths.
+    """
+    self.wait()
+    moved = []
+    if jax.process_index() == 0:
+      aside = epath.Path(self.directory).parent / folder
+      aside.mkdir(parents=True, exist_ok=True)
+      for step in steps:
+        target = aside / str(step)
+        if target.exists():
+          target = aside / f"{step}.{len(list(aside.iterdir()))}"
+        (epath.Path(self.directory) / str(step)).rename(target)
+        moved.append(str(target))
+    self._manager.reload()
+    return moved
+
   def set_aside_damaged(self) -> None:
     """Moves the steps a restore skipped to `<workdir>/checkpoints_damaged/`, kept for study.
 
@@ -264,28 +373,43 @@ class Checkpointer:
     """
     if not self.damaged_steps:
       return
-    self.wait()
-    if jax.process_index() == 0:
-      aside = epath.Path(self.directory).parent / "checkpoints_damaged"
-      aside.mkdir(parents=True, exist_ok=True)
-      for step in self.damaged_steps:
-        target = aside / str(step)
-        if target.exists():
-          target = aside / f"{step}.{len(list(aside.iterdir()))}"
-        (epath.Path(self.directory) / str(step)).rename(target)
-        logging.warning("moved damaged checkpoint step %d to %s", step, target)
+    for step, path in zip(self.damaged_steps, self.set_aside(self.damaged_steps,
+                                                             "checkpoints_damaged")):
+      logging.warning("moved damaged checkpoint step %d to %s", step, path)
     self.damaged_steps = []
-    self._manager.reload()
 
   def wait(self) -> None:
-    """Blocks until pending asynchronous saves (and their checksums) are on disk."""
-    self._manager.wait_until_finished()
-    self._write_pending_checksums()
+    """Blocks until pending asynchronous saves are on disk."""
+    with self._disk_full_named():
+      self._manager.wait_until_finished()
 
   def close(self) -> None:
     """Waits for pending saves and releases the manager."""
     self.wait()
     self._manager.close()
+
+
+def _listing(function: Callable[[], Any]) -> Any:
+  """Runs an Orbax call that lists the steps, again when a step vanishes under it.
+
+  Orbax stats every step while it lists them; a trainer's keep-N rotation may
+  remove one in between, which is not an error of the reader.
+  """
+  for _ in range(MAX_RELISTS - 1):
+    try:
+      return function()
+    except FileNotFoundError:
+      time.sleep(_ROTATION_GRACE_S)
+  return function()
+
+
+def _is_disk_full(err: BaseException) -> bool:
+  """An OSError ENOSPC, or TensorStore's ValueError for it (RESOURCE_EXHAUSTED, os error 28)."""
+  if isinstance(err, OSError):
+    return err.errno == errno.ENOSPC
+  text = str(err)
+  return "RESOURCE_EXHAUSTED" in text and ("os_error_code='28'" in text
+                                           or "No space left on device" in text)
 
 
 @contextlib.contextmanager

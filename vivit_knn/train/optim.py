@@ -371,12 +371,12 @@ def build_optimizer(config: Any, total_steps: int, warmup_steps: int | None = No
   schedule = _make_schedule(cfg, total_steps)
   weight_decay = _check_number(cfg, "weight_decay", minimum=0.0)
 
-  parts: list[optax.GradientTransformation] = []
   clip = cfg["grad_clip_norm"]
-  if clip is not None:
-    clip = _check_number(cfg, "grad_clip_norm")
-    if clip > 0:
-      parts.append(optax.clip_by_global_norm(clip))
+  clip = 0.0 if clip is None else _check_number(cfg, "grad_clip_norm")
+  # Off is an identity step rather than no step: both keep an empty state, so the
+  # optimizer state has one layout and a resume may turn clipping on or off.
+  parts: list[optax.GradientTransformation] = [
+      optax.clip_by_global_norm(clip) if clip > 0 else optax.identity()]
 
   if name == "sgd":
     momentum = _check_number(cfg, "momentum", minimum=0.0)

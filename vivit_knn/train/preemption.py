@@ -1,55 +1,44 @@
-"""SIGTERM and Ctrl-C handling: finish the current step, save a checkpoint, exit cleanly.
+"""The trainer's view of stop signals: act on them at a step boundary, on every process.
 
-Cloud TPU and SLURM send SIGTERM before taking a machine away. On several
-processes every host must stop at the same step, so the flag is agreed on with
-an all-gather (cheap next to a train step).
+The handlers and their phases live in `vivit_knn.stop_signals` (armed by the
+command line before anything loads). On several processes every host must stop
+at the same step, so the flag is agreed on with an all-gather.
 """
 
 from __future__ import annotations
-
-import signal
-import sys
 
 import jax
 import numpy as np
 from jax.experimental import multihost_utils
 
+from vivit_knn import stop_signals
+
 
 class PreemptionWatcher:
-  """Records SIGTERM, SIGUSR1 (SLURM's early warning) and SIGINT instead of dying at once.
+  """Defers SIGTERM, SIGUSR1 and SIGINT to step boundaries while training runs.
 
-  A second Ctrl-C (SIGINT) raises KeyboardInterrupt at once, without saving.
+  Arms the handlers itself when the command line has not (library use), and
+  then puts them back in `release`. A second Ctrl-C raises KeyboardInterrupt.
   """
 
-  SIGNALS = (signal.SIGTERM, signal.SIGUSR1, signal.SIGINT)
-
   def __init__(self):
-    self._flag = False
-    self._previous = {}
-    for sig in self.SIGNALS:
-      try:
-        self._previous[sig] = signal.signal(sig, self._handle)
-      except ValueError:  # not the main thread: leave default handling
-        pass
-
-  def _handle(self, signum, frame):
-    del frame
-    if signum == signal.SIGINT:
-      if self._flag:
-        raise KeyboardInterrupt
-      print("stopping: saving a checkpoint at the end of this step (Ctrl-C again to quit "
-            "without saving)", file=sys.stderr, flush=True)
-    self._flag = True
+    self._owns = stop_signals.install()
+    stop_signals.defer()
 
   def requested(self) -> bool:
     """Whether any process received a stop signal (agreed across processes)."""
+    flag = stop_signals.received() is not None
     if jax.process_count() == 1:
-      return self._flag
-    flags = multihost_utils.process_allgather(np.asarray(self._flag, np.int32))
+      return flag
+    flags = multihost_utils.process_allgather(np.asarray(flag, np.int32))
     return bool(np.any(flags))
 
-  def restore(self) -> None:
-    """Puts back the signal handlers that were there before."""
-    for sig, handler in self._previous.items():
-      signal.signal(sig, handler)
-    self._previous = {}
+  def saved(self, step: int, directory: str) -> None:
+    """From now on a signal stops the command at once: step `step` is on disk."""
+    stop_signals.saved(f"checkpoint step {step} is saved in {directory}: rerun to go on")
+
+  def release(self) -> None:
+    """Puts back the handlers that were there before, if this watcher armed them."""
+    if self._owns:
+      stop_signals.uninstall()
+      self._owns = False

@@ -28,7 +28,7 @@ import ml_collections
 from vivit_knn import config as config_lib
 from vivit_knn.models.registry import build_model
 from vivit_knn.train import optim
-from vivit_knn.train.checkpoint import resolve
+from vivit_knn.train.checkpoint import has_checkpoints, resolve
 from vivit_knn.train.model_cost import clip_shape
 
 ConfigDict = ml_collections.ConfigDict
@@ -40,6 +40,11 @@ LAYOUT_FIELDS = ("dataset.name", "dataset.num_frames", "dataset.image_size",
                  "dataset.num_classes", "dataset.class_names_file")
 # Fault injections for tests act on one command only: always taken from the command line.
 PER_COMMAND_FIELDS = ("train.debug_kill_after_step", "train.debug_nan_loss_at_step")
+# Optimizer settings a resume may change: they shape neither the parameters nor the
+# optimizer state (clipping off is an identity step with the same empty state).
+RESUMABLE_OPTIMIZER_FIELDS = ("optimizer.base_learning_rate", "optimizer.end_learning_rate",
+                              "optimizer.warmup_steps", "optimizer.warmup_epochs",
+                              "optimizer.grad_clip_norm")
 # At most this many differing --config file fields are named in the note.
 _MAX_LISTED = 12
 
@@ -285,7 +290,8 @@ def _refused(stored: ConfigDict, merged: ConfigDict, changed: Dict[str, Tuple[An
     bad += [f"{f}: {_show(changed[f][0])} -> {_show(changed[f][1])} (data layout)"
             for f in layout_changes]
   model_changes = [f for f in changed if f.startswith("model.")]
-  opt_changes = [f for f in changed if f.startswith("optimizer.")]
+  opt_changes = [f for f in changed if f.startswith("optimizer.")
+                 and f not in RESUMABLE_OPTIMIZER_FIELDS]
   if not (model_changes or opt_changes):
     return bad
   # Shapes are compared on the trained clip shape, so that only the model's own fields count.
@@ -297,9 +303,11 @@ def _refused(stored: ConfigDict, merged: ConfigDict, changed: Dict[str, Tuple[An
              if _signature(_abstract_params(_with(stored, f, changed[f][1]), n, shape)) != trained]
     bad += [f"{f}: {_show(changed[f][0])} -> {_show(changed[f][1])} (parameter shapes)"
             for f in alone or model_changes]
-  elif opt_changes and _opt_state_signature(stored, params) != _opt_state_signature(merged, params):
+  elif opt_changes:
+    state = _opt_state_signature(stored, params)
     bad += [f"{f}: {_show(changed[f][0])} -> {_show(changed[f][1])} (optimizer state)"
-            for f in opt_changes]
+            for f in opt_changes
+            if _opt_state_signature(_with(stored, f, changed[f][1]), params) != state]
   return bad
 
 
@@ -319,8 +327,20 @@ def _note_file_differences(flag_config: ConfigDict, stored: ConfigDict, overridd
         flush=True)
 
 
+def _refuse_missing(workdir: str, use_config_file: Optional[bool]) -> None:
+  """Refuses a workdir with checkpoints but no stored config, unless told to use the file."""
+  if use_config_file or not has_checkpoints(workdir):
+    return
+  how = ("add --use_config_file to use it" if use_config_file is not None else
+         "run `python -m vivit_knn.main` on it once with --use_config_file to store it")
+  raise ValueError(f"--workdir={workdir} has checkpoints but no {RUN_CONFIG}, so the config "
+                   f"they were trained with is unknown; if the --config file is that config, "
+                   f"{how}")
+
+
 def resolve_run_config(flag_config: ConfigDict, workdir: str, argv: Sequence[str],
-                       flag_name: str = "config") -> ConfigDict:
+                       flag_name: str = "config",
+                       use_config_file: Optional[bool] = None) -> ConfigDict:
   """The config for a command on `workdir`: its stored config plus this command's overrides.
 
   Args:
@@ -329,18 +349,24 @@ def resolve_run_config(flag_config: ConfigDict, workdir: str, argv: Sequence[str
     argv: the command line; its `--<flag_name>.<field>` entries are the overrides,
       whose parsed values are read from `flag_config`.
     flag_name: the config flag's name.
+    use_config_file: whether the command line accepted the `--config` file for a
+      workdir with checkpoints but no stored config (None: the command has no
+      such flag).
 
   Returns:
-    `flag_config` when the workdir stores no config; else the stored config with
+    `flag_config` when the workdir stores no config (and has no checkpoints, or
+    `use_config_file`); else the stored config with
     the overrides applied (locked).
 
   Raises:
     ValueError: one line, when an override changes the trained run's parameter
       shapes, optimiser state or data layout (each field with its stored and
-      given value), or names a field the stored config lacks.
+      given value), or names a field the stored config lacks; or when the
+      workdir has checkpoints but no stored config.
   """
   stored = load_run_config(workdir)
   if stored is None:
+    _refuse_missing(workdir, use_config_file)
     return flag_config
   path = str(resolve(workdir) / RUN_CONFIG)
   overridden = override_paths(argv, flag_name)

@@ -10,11 +10,13 @@ import jax
 import ml_collections
 import numpy as np
 from absl import logging
+from jax.experimental import multihost_utils
 
-from vivit_knn.train import (checkpoint, evaluation, initialisation, preemption, run_summary,
-                             sharding, steps)
+from vivit_knn.errors import WorkdirBusyError
+from vivit_knn.train import (checkpoint, evaluation, initialisation, preemption, recovery,
+                             run_summary, sharding, steps, workdir_lock)
 from vivit_knn.train.experiment import Experiment, TrainState, build_experiment
-from vivit_knn.train.run_config import save_run_config
+from vivit_knn.train.run_config import load_run_config, save_run_config
 from vivit_knn.train.run_info import write_run_info
 from vivit_knn.train.summary import MetricWriter, ProgressBar
 
@@ -50,11 +52,13 @@ def _report_run_summary(exp: Experiment, workdir: str) -> None:
   logging.info("%s", text)
 
 
-def _check_finite(history, step: int, ckpt: checkpoint.Checkpointer, state) -> None:
+def _check_finite(history, step: int, ckpt: checkpoint.Checkpointer, state, workdir: str,
+                  optimizer: ml_collections.ConfigDict) -> None:
   """Stops the run, keeping the last good checkpoint, if a recent loss or state is not finite.
 
   The state check covers the parameters and optimiser moments after each update,
-  so a step whose update overflowed is never saved.
+  so a step whose update overflowed is never saved. The message says which kept
+  checkpoint to go on from and with which flags (`recovery.nonfinite_advice`).
   """
   host = jax.device_get(history)
   losses = np.asarray([h["loss"] for h in host])
@@ -65,12 +69,8 @@ def _check_finite(history, step: int, ckpt: checkpoint.Checkpointer, state) -> N
   leaf = steps.first_nonfinite_leaf(state)
   what = (f"the updated state has a non-finite value (first: {leaf})" if leaf
           else "the training loss is not finite")
-  kept = ckpt.latest_step()
-  keep = (f"The last good checkpoint (step {kept}) is kept in {ckpt.directory}: rerun to "
-          "resume from it" if kept is not None else "No checkpoint was saved: rerun")
-  raise FloatingPointError(
-      f"step {step}: {what}; stopped without saving. {keep} with a lower "
-      "optimizer.base_learning_rate or gradient clipping (optimizer.grad_clip_norm)")
+  advice = recovery.nonfinite_advice(workdir, ckpt, optimizer)
+  raise FloatingPointError(f"step {step}: {what}; stopped without saving. {advice}")
 
 
 def _mean_metrics(history) -> Dict[str, float]:
@@ -78,20 +78,82 @@ def _mean_metrics(history) -> Dict[str, float]:
   return {k: float(np.mean([h[k] for h in host])) for k in host[0] if k != steps.FINITE}
 
 
+def _lock(workdir: str) -> Optional[workdir_lock.WorkdirLock]:
+  """The workdir's training lock, taken by process 0 for every process of the run."""
+  lock, busy = None, None
+  if jax.process_index() == 0:
+    try:
+      lock = workdir_lock.lock_workdir(workdir)
+    except WorkdirBusyError as err:
+      busy = err
+  if jax.process_count() > 1:
+    locked = multihost_utils.broadcast_one_to_all(np.int32(busy is None))
+    if not locked and busy is None:
+      busy = WorkdirBusyError(f"--workdir={workdir} is being trained by another run (process 0 "
+                              "could not take its lock)")
+  if busy is not None:
+    raise busy
+  return lock
+
+
+def _check_resume_step(ckpt: checkpoint.Checkpointer, exp: Experiment, workdir: str) -> None:
+  """Refuses a run whose end lies before its newest checkpoint: a resume never goes back."""
+  latest = ckpt.latest_step()
+  if latest is not None and latest > exp.total_steps:
+    raise ValueError(
+        f"--workdir={workdir} already holds checkpoint step {latest}, beyond the end of this "
+        f"run at step {exp.total_steps} ({exp.plan.total_source if exp.plan else 'train.num_train_steps'}): set "
+        f"train.num_train_steps to at least {latest}, go back with --restart_from_step=<step>, "
+        "or train in another --workdir")
+
+
+def _restart(ckpt: checkpoint.Checkpointer, step: int) -> None:
+  """Sets the steps newer than `step` aside, so that the run goes on from `step`."""
+  kept = ckpt.all_steps()
+  if step not in kept:
+    raise ValueError(f"--restart_from_step={step}: no such checkpoint in {ckpt.directory} "
+                     f"(kept steps: {', '.join(map(str, kept)) or 'none'})")
+  newer = [s for s in kept if s > step]
+  if newer:
+    moved = ckpt.set_aside(newer, "checkpoints_superseded")
+    if jax.process_index() == 0:
+      print(f"restarting from step {step}: moved the newer steps {newer} to "
+            f"{os.path.dirname(moved[0]) if moved else 'checkpoints_superseded'}", flush=True)
+
+
 def train(config: ml_collections.ConfigDict, workdir: str,
-          exp: Optional[Experiment] = None) -> Dict[str, Any]:
+          exp: Optional[Experiment] = None, *, restart_from_step: Optional[int] = None,
+          strict: bool = False) -> Dict[str, Any]:
   """Trains to `exp.total_steps`, checkpointing into `workdir`; resumes if it holds one.
 
-  Returns the last logged train metrics and, when `train.eval_at_end`, the eval result.
+  Holds the workdir's training lock throughout. `restart_from_step` goes on from
+  that kept step, setting newer ones aside; `strict` refuses checkpoints without
+  checksums. Returns the last logged train metrics and, when
+  `train.eval_at_end`, the eval result.
   """
+  lock = _lock(workdir)
+  try:
+    return _train_locked(config, workdir, exp, restart_from_step, strict)
+  finally:
+    if lock is not None:
+      lock.release()
+
+
+def _train_locked(config: ml_collections.ConfigDict, workdir: str, exp: Optional[Experiment],
+                  restart_from_step: Optional[int], strict: bool) -> Dict[str, Any]:
   exp = exp or build_experiment(config)
   cfg = config.train
   is_chief = jax.process_index() == 0
-  fresh = not checkpoint.has_checkpoints(workdir)
   ckpt = checkpoint.Checkpointer(workdir, keep=cfg.keep_checkpoints,
-                                 save_every=cfg.checkpoint_every_steps)
-  if fresh:
-    save_run_config(workdir, config)  # process 0 writes it
+                                 save_every=cfg.checkpoint_every_steps, strict=strict)
+  if restart_from_step is not None:
+    _restart(ckpt, restart_from_step)
+  _check_resume_step(ckpt, exp, workdir)
+  # The config this run trains with (a resume's allowed overrides included), so that the
+  # next resume, eval or tool uses the same settings. A config.json that is not a run
+  # config (another program's file) is refused by the load, never overwritten.
+  load_run_config(workdir)
+  save_run_config(workdir, config)  # process 0 writes it
   if is_chief:
     write_run_info(workdir, exp.dataset.info.class_names, exp.dataset.info.input_shape)
     _report_run_summary(exp, workdir)
@@ -108,6 +170,8 @@ def train(config: ml_collections.ConfigDict, workdir: str,
                     clips_per_step=cfg.global_batch_size)
   history, last = [], {}
   stop = preemption.PreemptionWatcher()
+  result: Dict[str, Any] = {"train": last, "step": exp.total_steps, "state": state,
+                            "class_names": exp.dataset.info.class_names}
   try:
     for step in range(start, exp.total_steps):
       if exp.objective.phase(step) != phase:
@@ -123,7 +187,7 @@ def train(config: ml_collections.ConfigDict, workdir: str,
       due_save = done % cfg.checkpoint_every_steps == 0
       if due_log or due_save:
         # Never save (or go on from) a state whose loss went non-finite.
-        _check_finite(history, done, ckpt, state)
+        _check_finite(history, done, ckpt, state, workdir, config.optimizer)
       if due_log:
         last = _mean_metrics(history)
         history = []
@@ -142,35 +206,44 @@ def train(config: ml_collections.ConfigDict, workdir: str,
       if cfg.debug_kill_after_step and done == cfg.debug_kill_after_step:
         ckpt.wait()
         os.kill(os.getpid(), signal.SIGKILL)  # simulated hard preemption
-      if stop.requested():
-        _check_finite(history, done, ckpt, state)
-        ckpt.save(done, state, force=True)
-        ckpt.close()
-        bar.close()
-        writer.close()
-        stop.restore()
-        logging.warning("Preempted: saved step %d in %s; rerun the same command to resume.",
-                        done, ckpt.directory)
-        return {"train": last, "step": done, "state": state, "preempted": True,
-                "class_names": exp.dataset.info.class_names}
-  except BaseException:
+      # On several processes the stop flag is agreed on by a collective: only on log and
+      # save steps, so that ordinary steps never wait for other hosts.
+      if (due_log or due_save or jax.process_count() == 1) and stop.requested():
+        return _preempted(history, done, ckpt, state, workdir, config, result, last)
+    # The final save runs with stop signals still deferred: a signal now is served
+    # once the checkpoint is complete.
+    _check_finite(history, exp.total_steps, ckpt, state, workdir, config.optimizer)
+    ckpt.save(exp.total_steps, state, force=True)
+    ckpt.close()
+    result.update(train=last, state=state)
+    if stop.requested():
+      result["preempted"] = True
+      return result
+    stop.saved(exp.total_steps, ckpt.directory)
+    bar.close()
+    if cfg.eval_at_end:
+      result["eval"] = evaluation.run_eval(exp, state.params)
+      paths = evaluation.write_eval_report(exp, result["eval"], workdir, exp.total_steps, writer)
+      result["eval_paths"] = paths
+    return result
+  finally:
     # Errors and Ctrl-C end the bar's line first, so the message stands on its own line.
     bar.close()
     writer.close()
-    stop.restore()
-    raise
-  stop.restore()
-  ckpt.save(exp.total_steps, state, force=True)
-  ckpt.close()
-  bar.close()
+    stop.release()
 
-  result: Dict[str, Any] = {"train": last, "step": exp.total_steps, "state": state,
-                            "class_names": exp.dataset.info.class_names}
-  if cfg.eval_at_end:
-    result["eval"] = evaluation.run_eval(exp, state.params)
-    paths = evaluation.write_eval_report(exp, result["eval"], workdir, exp.total_steps, writer)
-    result["eval_paths"] = paths
-  writer.close()
+
+def _preempted(history, done: int, ckpt: checkpoint.Checkpointer, state, workdir: str,
+               config: ml_collections.ConfigDict, result: Dict[str, Any],
+               last: Dict[str, float]) -> Dict[str, Any]:
+  """Saves step `done` (unless saved already) after a stop signal; the result says so."""
+  if history:
+    _check_finite(history, done, ckpt, state, workdir, config.optimizer)
+  ckpt.save(done, state, force=True)
+  ckpt.close()
+  logging.warning("Preempted: saved step %d in %s; rerun the same command to resume.",
+                  done, ckpt.directory)
+  result.update(train=last, step=done, state=state, preempted=True)
   return result
 
 
@@ -187,20 +260,22 @@ def _report_dir(workdir: str, output_dir: Optional[str]) -> str:
 
 def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str,
                         step: Optional[int] = None,
-                        output_dir: Optional[str] = None) -> Dict[str, Any]:
+                        output_dir: Optional[str] = None, strict: bool = False
+                        ) -> Dict[str, Any]:
   """Restores a checkpoint from `workdir` (latest by default) and evaluates it.
 
   A workdir without checkpoints evaluates the weights `config.init_from` configures
   (e.g. a released classifier with `init_from.restore_head`), reported as step 0,
   without training; with nothing configured that is an error, and nothing is
   created. Reports go to `output_dir` (default: the workdir), so a finished run in
-  a read-only folder can be evaluated.
+  a read-only folder can be evaluated. Needs no lock: a trainer may save and
+  rotate steps in the same workdir meanwhile (the newest step still there is used).
   """
   reports = _report_dir(workdir, output_dir)
   exp = build_experiment(config, training=False)
   summary = None
   if checkpoint.has_checkpoints(workdir):
-    ckpt = checkpoint.Checkpointer(workdir, keep=config.train.keep_checkpoints)
+    ckpt = checkpoint.Checkpointer(workdir, read_only=True, strict=strict)
     params = ckpt.restore(exp.abstract_state(), step=step).params  # newest readable by default
     step = ckpt.restored_step
     ckpt.close()

@@ -21,7 +21,8 @@ The conversion is resumable: re-running the same command skips finished
 shards. ``<out>/conversion.json``, written before the first shard, records
 every option and a hash of the source videos (see :mod:`.manifest`): a rerun
 with other options or sources stops with one line naming each difference,
-unless ``overwrite`` (``--overwrite``) removes the earlier conversion first.
+unless ``overwrite`` (``--overwrite``) removes the earlier conversion first;
+it removes only the converter's own outputs, never other files in ``<out>``.
 Shards are written under a temporary name and renamed when complete, so a
 half-written shard is never read or resumed. Videos that cannot be decoded are skipped, counted and listed at the
 end and in ``metadata.json``. Point training at the output with
@@ -134,6 +135,20 @@ def _records(items, class_names, root, short_side, quality, pool):
         output[1], label, class_names[label], os.path.relpath(path, root)))
 
 
+def check_out_folder(out: str) -> None:
+  """Raises ValueError when ``out`` is a file or lies under one (local paths only)."""
+  if "://" in out:
+    return  # remote storage reports this itself
+  path = os.path.abspath(out)
+  if os.path.lexists(path) and not os.path.isdir(path):
+    raise ValueError(f"--out={out} is a file, not a folder")
+  parent = os.path.dirname(path)
+  while not os.path.lexists(parent):
+    parent = os.path.dirname(parent)
+  if not os.path.isdir(parent):
+    raise ValueError(f"--out={out} lies under {parent}, which is a file, not a folder")
+
+
 def convert(fmt: str, root: str, out: str, *, split: int = 1,
             splits_dir: str = "", eval_fraction: float = 0.1,
             num_shards: int = 0, short_side: int = DEFAULT_SHORT_SIDE,
@@ -147,8 +162,11 @@ def convert(fmt: str, root: str, out: str, *, split: int = 1,
   Raises:
     FileNotFoundError: for a missing root or split file.
     ValueError: for an unknown class or a malformed line in a split file
-      (naming the file); for an ``out`` that holds a conversion with other
-      options or sources, or unrecorded shards, unless ``overwrite``.
+      (naming the file); for an ``out`` that is a file or lies under one; for
+      an ``out`` that holds a conversion with other options or sources, or
+      unrecorded shards, unless ``overwrite``; for an ``out`` holding files
+      named like the converter's outputs that it did not write (see
+      :mod:`.manifest`).
   """
   if fmt not in FORMATS:
     raise ValueError(f"--format must be one of {', '.join(FORMATS)}, got {fmt!r}")
@@ -160,6 +178,7 @@ def convert(fmt: str, root: str, out: str, *, split: int = 1,
       raise ValueError(f"--{name} must be at least {low}, got {value}")
   if jpeg_quality > 100:
     raise ValueError(f"--jpeg_quality must be at most 100, got {jpeg_quality}")
+  check_out_folder(out)
   videos = list_videos(fmt, root, split, splits_dir, eval_fraction)
   # pylint: disable=g-import-not-at-top
   from vivit_knn.data import tfrecord

@@ -37,7 +37,7 @@ _SEED = flags.DEFINE_integer("seed", 0, "Seed of the train order shuffle.")
 _OVERWRITE = flags.DEFINE_bool(
     "overwrite", False, "Replace an earlier conversion in --out made with other options or "
     "sources (without it such a rerun stops, naming the differences; a rerun with the same "
-    "options resumes).")
+    "options resumes). Only the converter's own files are removed; others in --out are kept.")
 
 
 def main(argv) -> int:

@@ -6,7 +6,15 @@ modification times, the split assignment and the class names). A rerun into
 the same folder resumes only when both match; otherwise it stops with one line
 naming each differing option with both values, unless ``--overwrite`` is given,
 which removes the folder's previous conversion first. A folder holding shards
-but no record (an older converter, or another tool) is refused the same way.
+and the ``metadata.json`` of an older converter but no record is refused the
+same way.
+
+``--overwrite`` deletes only this converter's own outputs: shards named
+``train|test.tfrecord-NNNNN-of-NNNNN``, the ``.shards`` stats, ``classes.txt``,
+``metadata.json`` and ``conversion.json``, and only in a folder whose
+``conversion.json`` or ``metadata.json`` the converter wrote. Any other file in
+``--out`` is left alone, and a folder holding files named like those outputs
+without such a record is refused, with or without ``--overwrite``.
 """
 
 from __future__ import annotations
@@ -14,6 +22,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 from collections.abc import Mapping
 
 import tensorflow as tf
@@ -103,37 +112,72 @@ def _show(value: object) -> str:
   return "<unset>" if value is None else ("''" if value == "" else str(value))
 
 
-def read(out_dir: str) -> dict | None:
-  """The manifest in ``out_dir``, or None when there is none."""
-  path = os.path.join(out_dir, MANIFEST_FILE)
+def _json_object(path: str) -> dict | None:
+  """The JSON object in ``path``; None when it is absent, unreadable or not an object."""
   if not tf.io.gfile.exists(path):
     return None
-  with tf.io.gfile.GFile(path) as f:
-    try:
-      return json.load(f)
-    except json.JSONDecodeError as err:
-      raise ValueError(f"{path} is not valid JSON ({err}); pass --overwrite to start the "
-                       "conversion again") from None
+  try:
+    with tf.io.gfile.GFile(path) as f:
+      content = json.load(f)
+  except (ValueError, tf.errors.OpError):
+    return None
+  return content if isinstance(content, dict) else None
+
+
+def read(out_dir: str) -> dict | None:
+  """The manifest in ``out_dir``; None when there is none of this converter's."""
+  recorded = _json_object(os.path.join(out_dir, MANIFEST_FILE))
+  if recorded is None or recorded.get("record_format") != tfrecord.FORMAT:
+    return None
+  return recorded if isinstance(recorded.get("options"), dict) else None
+
+
+def is_own(out_dir: str) -> bool:
+  """Whether ``out_dir`` holds a conversion of this converter.
+
+  That is, its ``conversion.json``, or the ``metadata.json`` of a converter that
+  wrote no record yet; files merely named like the converter's are not enough.
+  """
+  if read(out_dir) is not None:
+    return True
+  meta = _json_object(os.path.join(out_dir, tfrecord.METADATA_FILE))
+  return (meta is not None and meta.get("format") == tfrecord.FORMAT
+          and isinstance(meta.get("source"), str) and isinstance(meta.get("splits"), dict))
+
+
+# The files of a conversion besides its shards, and what `shards.write_json` leaves of
+# them when interrupted.
+_SIDECARS = (tfrecord.METADATA_FILE, tfrecord.CLASSES_FILE, MANIFEST_FILE)
+_SIDECAR_TMP = tuple(name + ".tmp" for name in (tfrecord.METADATA_FILE, MANIFEST_FILE))
+# What `shards.write_shard` puts in the stats folder.
+_STATS_NAME = re.compile(shards.SHARD_NAME.pattern + r"\.(json|tmp|json\.tmp)")
 
 
 def previous_outputs(out_dir: str) -> list[str]:
-  """The files and folders of an earlier conversion found in ``out_dir``."""
+  """The files and folders in ``out_dir`` named as this converter names its outputs."""
   if not tf.io.gfile.isdir(out_dir):
     return []
-  found = sorted(tf.io.gfile.glob(os.path.join(out_dir, "*.tfrecord-*")))
-  for name in (tfrecord.METADATA_FILE, tfrecord.CLASSES_FILE, MANIFEST_FILE, shards.STATS_DIR):
-    if tf.io.gfile.exists(os.path.join(out_dir, name)):
-      found.append(os.path.join(out_dir, name))
-  return found
+  names = [name.rstrip("/") for name in tf.io.gfile.listdir(out_dir)]
+  found = sorted(n for n in names if shards.SHARD_NAME.fullmatch(n))
+  found += [n for n in _SIDECARS + _SIDECAR_TMP + (shards.STATS_DIR,) if n in names]
+  return [os.path.join(out_dir, n) for n in found]
 
 
 def remove_previous(out_dir: str) -> None:
-  """Deletes an earlier conversion's shards, stats and sidecars (nothing else)."""
+  """Deletes an earlier conversion's shards, stats and sidecars (nothing else).
+
+  Only files named as this converter names them go; the stats folder is removed
+  when nothing else is left in it.
+  """
   for path in previous_outputs(out_dir):
-    if tf.io.gfile.isdir(path):
-      tf.io.gfile.rmtree(path)
-    else:
+    if not tf.io.gfile.isdir(path):
       tf.io.gfile.remove(path)
+      continue
+    for name in tf.io.gfile.listdir(path):
+      if _STATS_NAME.fullmatch(name):
+        tf.io.gfile.remove(os.path.join(path, name))
+    if not tf.io.gfile.listdir(path):
+      tf.io.gfile.rmtree(path)
 
 
 def prepare(out_dir: str, current: Mapping, overwrite: bool) -> bool:
@@ -149,10 +193,17 @@ def prepare(out_dir: str, current: Mapping, overwrite: bool) -> bool:
 
   Raises:
     ValueError: ``out_dir`` holds a conversion with other options or sources
-      (each difference named), or shards without a record, and not ``overwrite``.
+      (each difference named), or shards without a record, and not ``overwrite``;
+      or it holds files named like the converter's outputs that it did not write.
   """
-  recorded = read(out_dir) if not overwrite else None
   previous = previous_outputs(out_dir)
+  if previous and not is_own(out_dir):
+    raise ValueError(
+        f"--out={out_dir} holds files this converter did not write (e.g. "
+        f"{os.path.basename(previous[0])}) and no {MANIFEST_FILE} or {tfrecord.METADATA_FILE} "
+        "of its own; refusing to replace them: choose another --out, or move those files "
+        "away first")
+  recorded = read(out_dir) if not overwrite else None
   resume = False
   if not overwrite and recorded is not None:
     changed = differences(recorded, current)
@@ -163,9 +214,9 @@ def prepare(out_dir: str, current: Mapping, overwrite: bool) -> bool:
     resume = True
   elif not overwrite and previous:
     raise ValueError(
-        f"--out={out_dir} holds shards but no {MANIFEST_FILE} (written by an older converter "
-        "or another tool), so they cannot be checked against these options; pass --overwrite "
-        "to replace them, or choose another --out")
+        f"--out={out_dir} holds shards but no {MANIFEST_FILE} (written by an older converter), "
+        "so they cannot be checked against these options; pass --overwrite to replace them, "
+        "or choose another --out")
   if overwrite and previous:
     remove_previous(out_dir)
   tf.io.gfile.makedirs(out_dir)

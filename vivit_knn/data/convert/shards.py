@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from collections.abc import Callable, Iterable, Sequence
 
 import tensorflow as tf
@@ -19,6 +20,10 @@ import tensorflow as tf
 from vivit_knn.data import records, tfrecord
 
 STATS_DIR = ".shards"
+
+
+# The name of every shard this converter writes (see `shard_names`).
+SHARD_NAME = re.compile(r"(train|test)\.tfrecord-\d{5}-of-\d{5}")
 
 
 def shard_names(split: str, num_shards: int) -> list[str]:
@@ -80,9 +85,12 @@ def write_shard(out_dir: str, name: str, results: Iterable[Result]) -> dict:
 
 
 def remove_stale_shards(out_dir: str, split: str, keep: Sequence[str]) -> list:
-  """Deletes ``split`` shards not in ``keep`` (left by another shard count)."""
+  """Deletes ``split`` shards not in ``keep`` (left by another shard count).
+
+  Only files named as this converter names shards count; others are left alone.
+  """
   stale = [p for p in tf.io.gfile.glob(os.path.join(out_dir, f"{split}.tfrecord-*"))
-           if os.path.basename(p) not in set(keep)]
+           if SHARD_NAME.fullmatch(os.path.basename(p)) and os.path.basename(p) not in set(keep)]
   for path in stale:
     tf.io.gfile.remove(path)
   return stale

@@ -18,7 +18,9 @@ _FROM = flags.DEFINE_string("from", None, "Checkpoint file (or scenic workdir) t
 _FORMAT = flags.DEFINE_string("format", None,
                               f"Format of --from: one of {', '.join(formats.LOADABLE_FORMATS)}.")
 _TO = flags.DEFINE_string("to", None, "Output Orbax checkpoint directory.")
-_OVERWRITE = flags.DEFINE_bool("overwrite", False, "Replace --to if it exists.")
+_OVERWRITE = flags.DEFINE_bool(
+    "overwrite", False, "Replace --to if it holds an earlier output of this converter (a "
+    "folder holding anything else is never replaced).")
 _NUM_HEADS = flags.DEFINE_integer("num_heads", None,
                                   "Heads (timm, clip, videomae; default from the width).")
 
