@@ -355,3 +355,23 @@ def test_a_full_disk_is_one_line_and_keeps_the_last_step(tmp_path):
                               f"--output_dir={tmp_path / 'reports'}"])
   finally:
     subprocess.run(["umount", str(disk)], check=False)
+
+
+def test_infer_skips_a_damaged_newest_checkpoint_and_says_so(trained, tmp_path):
+  from tests import video_fixtures  # pylint: disable=import-outside-toplevel
+  work = tmp_path / "run"
+  shutil.copytree(trained, work)
+  data = [p for p in (work / "checkpoints" / "4" / "default" / "ocdbt.process_0" / "d").iterdir()]
+  biggest = max(data, key=lambda p: p.stat().st_size)
+  raw = bytearray(biggest.read_bytes())
+  raw[len(raw) // 2] ^= 0x10
+  biggest.write_bytes(bytes(raw))
+  layout = video_fixtures.write_ucf101(str(tmp_path / "videos"), classes=("Biking",),
+                                       train_per_class=1, test_per_class=0, num_frames=8)
+  video = os.path.join(layout.root, layout.train[0])
+  proc = run_python(MAIN + TINY + [f"--workdir={work}", "--mode=infer", f"--video={video}"])
+  warnings = [l for l in _lines(proc.stderr) if l.startswith("warning:")]
+  assert len(warnings) == 1, warnings
+  assert "checkpoint step 4" in warnings[0] and "checksum mismatch" in warnings[0]
+  assert "falling back to step 2" in warnings[0]
+  assert "by checkpoint step 2 of" in proc.stdout

@@ -181,7 +181,9 @@ def run_infer(config: ml_collections.ConfigDict, workdir: str, video: str) -> No
     raise FileNotFoundError(f"--video={video} does not exist")
   if not os.path.isdir(video):
     predictor = Predictor(config, workdir)
-    for rank, (name, prob) in enumerate(predictor.top_k(predictor.probabilities(video)), 1):
+    probabilities = predictor.probabilities(video)
+    print(f"{video}: top-5 classes by checkpoint step {predictor.step} of {workdir}")
+    for rank, (name, prob) in enumerate(predictor.top_k(probabilities), 1):
       print(f"{rank}. {name}  {prob:.4f}")
     return
   videos, others = list_videos(video)

@@ -10,9 +10,7 @@ from __future__ import annotations
 import json
 from typing import Sequence, Tuple
 
-import orbax.checkpoint as ocp
-
-from vivit_knn.train.checkpoint import item_path, resolve, restore_on_host
+from vivit_knn.train.checkpoint import Checkpointer, has_checkpoints, resolve
 
 RUN_INFO = "run_info.json"
 
@@ -54,7 +52,11 @@ def read_run_info(workdir: str) -> dict:
 
 
 def restore_params(workdir: str) -> Tuple[dict, int]:
-  """The params of the newest checkpoint in `<workdir>/checkpoints`, as host arrays.
+  """The params of the newest readable checkpoint in `<workdir>/checkpoints`, as host arrays.
+
+  The one verified restore path of training and eval (`Checkpointer.restore`):
+  checksums are checked, and a damaged newest step falls back to an older one
+  with a one-line warning.
 
   Args:
     workdir: a training run's directory.
@@ -65,9 +67,9 @@ def restore_params(workdir: str) -> Tuple[dict, int]:
   Raises:
     FileNotFoundError: the workdir holds no checkpoint.
   """
-  directory = resolve(workdir) / "checkpoints"
-  with ocp.CheckpointManager(directory) as manager:
-    step = manager.latest_step()
-  if step is None:
-    raise FileNotFoundError(f"--workdir={workdir} holds no checkpoint (looked in {directory})")
-  return restore_on_host(item_path(workdir, step))["params"], step
+  if not has_checkpoints(workdir):
+    raise FileNotFoundError(f"--workdir={workdir} holds no checkpoint (looked in "
+                            f"{resolve(workdir) / 'checkpoints'})")
+  ckpt = Checkpointer(workdir, read_only=True)
+  state = ckpt.restore(None)
+  return state["params"], ckpt.restored_step
