@@ -375,3 +375,18 @@ def test_infer_skips_a_damaged_newest_checkpoint_and_says_so(trained, tmp_path):
   assert "checkpoint step 4" in warnings[0] and "checksum mismatch" in warnings[0]
   assert "falling back to step 2" in warnings[0]
   assert "by checkpoint step 2 of" in proc.stdout
+
+
+def test_another_optimizer_layout_is_refused_not_set_aside_as_damage(trained, tmp_path):
+  work = tmp_path / "run"
+  shutil.copytree(trained, work)
+  (work / "config.json").unlink()  # so that only the checkpoint itself can tell
+  proc = run_python(MAIN + TINY + [f"--workdir={work}", "--use_config_file",
+                                   "--config.optimizer.name=adamw",
+                                   "--config.train.num_train_steps=6"] + QUICK, check=False)
+  assert proc.returncode == BAD_INPUT, proc.stderr[-3000:]
+  errors = _lines(proc.stderr)
+  assert len(errors) == 1, errors
+  assert "the train state this config builds does not fit checkpoint step 4" in errors[0]
+  assert "other optimizer settings" in errors[0]
+  assert _steps(work) == [2, 4] and not (work / "checkpoints_damaged").exists()

@@ -125,6 +125,26 @@ def _shape_mismatches(stored: Any, target: Any) -> List[str]:
   return lines
 
 
+def _refuse_other_layout(stored: Any, target: Any, step: int, directory: str) -> None:
+  """Raises CheckpointMismatchError when the state's arrays sit under other paths.
+
+  E.g. an optimizer chain of another shape (written by another version or with
+  other optimizer settings): a restore would fail, which is not damage.
+  """
+  def paths(tree):
+    return {key_name(kp) for kp, _ in jax.tree_util.tree_leaves_with_path(tree)}
+  have, want = paths(stored), paths(target)
+  if not (isinstance(stored, dict) and "params" in stored) or have == want:
+    return
+  extra, missing = sorted(have - want), sorted(want - have)
+  raise CheckpointMismatchError(
+      f"the train state this config builds does not fit checkpoint step {step} in "
+      f"{directory}: {len(extra)} stored arrays are not in it (first: "
+      f"{extra[0] if extra else '-'}) and {len(missing)} of its arrays are not stored (first: "
+      f"{missing[0] if missing else '-'}); the checkpoint was written with other optimizer "
+      "settings or by an older version")
+
+
 def has_checkpoints(workdir: str) -> bool:
   """Whether `<workdir>/checkpoints` holds a finished checkpoint (creates nothing).
 
@@ -204,10 +224,9 @@ class Checkpointer:
       raise DiskFullError(f"no space left on the device for the checkpoints in {self.directory} "
                           f"({kept}): free space and rerun to resume") from None
 
-  def _stored_params(self, step: int) -> Any:
-    tree = ocp.PyTreeCheckpointHandler().metadata(
+  def _stored_tree(self, step: int) -> Any:
+    return ocp.PyTreeCheckpointHandler().metadata(
         epath.Path(self.directory) / str(step) / DEFAULT_ITEM).tree
-    return tree["params"] if isinstance(tree, dict) and "params" in tree else tree
 
   def _stored_checksums(self, step: int) -> Optional[Dict[str, Any]]:
     """The step's checksums, read before its arrays; None for a step of an older version.
@@ -303,11 +322,14 @@ class Checkpointer:
   def _try_restore(self, candidate: int, target: Any) -> Tuple[Any, Optional[str]]:
     """`(state, None)`, or `(None, why the step cannot be used)`; `target` None: host arrays."""
     try:
-      stored = self._stored_params(candidate)
+      stored = self._stored_tree(candidate)
     except Exception as err:  # pylint: disable=broad-except
       return None, f"its metadata is unreadable: {_short(err)}"
     if target is None:
       return self._try_restore_on_host(candidate)
+    full = stored
+    if isinstance(stored, dict) and "params" in stored:
+      stored = stored["params"]
     mismatch = _shape_mismatches(stored, getattr(target, "params", target))
     if mismatch:
       shown = mismatch[:MAX_MISMATCH_LINES]
@@ -316,6 +338,7 @@ class Checkpointer:
           f"the model this config builds does not fit checkpoint step {candidate} in "
           f"{self.directory}:\n  " + "\n  ".join(shown)
           + (f"\n  ... and {more} more" if more else ""))
+    _refuse_other_layout(full, target, candidate, self.directory)
     try:
       checksums = self._stored_checksums(candidate)
     except (OSError, ValueError) as err:
