@@ -81,6 +81,14 @@ def _lines(text):
           and not line.startswith("stopping (")]
 
 
+def _bad_input_line(proc):
+  """The one stderr line of a command that ended with exit 2 (asserts both)."""
+  assert proc.returncode == BAD_INPUT, proc.stderr[-3000:]
+  errors = _lines(proc.stderr)
+  assert len(errors) == 1, errors
+  return errors[0]
+
+
 class Started:
   """A command line started in the background, its output collected by threads."""
 
@@ -187,11 +195,9 @@ def test_a_second_trainer_on_a_locked_workdir_stops_in_one_line(tmp_path):
   stored = (work / "config.json").read_bytes()
   proc = run_python(MAIN + TINY + [f"--workdir={work}", "--config.seed=7",
                                    "--config.train.num_train_steps=9"] + QUICK, check=False)
-  assert proc.returncode == BAD_INPUT, proc.stderr
-  errors = _lines(proc.stderr)
-  assert len(errors) == 1, errors
-  assert "is being trained by another process" in errors[0]
-  assert f"pid {first.proc.pid}" in errors[0] and "started 20" in errors[0]
+  error = _bad_input_line(proc)
+  assert "is being trained by another process" in error
+  assert f"pid {first.proc.pid}" in error and "started 20" in error
   assert (work / "config.json").read_bytes() == stored
   assert not [p for p in os.listdir(work / "checkpoints") if "tmp" in p]
   first.proc.send_signal(signal.SIGTERM)  # the first goes on unharmed and saves
@@ -223,11 +229,9 @@ def test_a_resume_cannot_go_back_in_time(trained, tmp_path):
   before = sorted(str(p) for p in (work / "checkpoints").rglob("*"))
   proc = run_python(MAIN + TINY + [f"--workdir={work}", "--config.train.num_train_steps=3"]
                     + QUICK, check=False)
-  assert proc.returncode == BAD_INPUT, proc.stderr
-  errors = _lines(proc.stderr)
-  assert len(errors) == 1, errors
-  assert "already holds checkpoint step 4, beyond the end of this run at step 3" in errors[0]
-  assert "train.num_train_steps to at least 4" in errors[0]
+  error = _bad_input_line(proc)
+  assert "already holds checkpoint step 4, beyond the end of this run at step 3" in error
+  assert "train.num_train_steps to at least 4" in error
   assert sorted(str(p) for p in (work / "checkpoints").rglob("*")) == before
   assert not (work / "eval").exists()
 
@@ -238,10 +242,8 @@ def test_a_missing_config_json_is_refused_unless_the_file_is_accepted(trained, t
   (work / "config.json").unlink()
   for mode in ("eval", "train"):
     proc = run_python(MAIN + TINY + [f"--workdir={work}", f"--mode={mode}"] + QUICK, check=False)
-    assert proc.returncode == BAD_INPUT, proc.stderr
-    errors = _lines(proc.stderr)
-    assert len(errors) == 1 and "has checkpoints but no config.json" in errors[0], errors
-    assert "--use_config_file" in errors[0]
+    error = _bad_input_line(proc)
+    assert "has checkpoints but no config.json" in error and "--use_config_file" in error
   proc = run_python(MAIN + TINY + [f"--workdir={work}", "--config.train.num_train_steps=4",
                                    "--use_config_file"] + QUICK)
   assert "initialisation: resume (step 4 " in proc.stdout
@@ -263,9 +265,8 @@ def test_unverified_checkpoints_warn_in_one_line_and_strict_refuses(trained, tmp
   assert len(warnings) == 1 and "step 4" in warnings[0] and "unverified" in warnings[0]
   assert "checkpoint step 4" in proc.stdout
   proc = run_python(MAIN + TINY + [f"--workdir={work}", "--mode=eval", "--strict"], check=False)
-  assert proc.returncode == BAD_INPUT
-  errors = _lines(proc.stderr)
-  assert len(errors) == 1 and "step 4" in errors[0] and "has no checksums" in errors[0], errors
+  error = _bad_input_line(proc)
+  assert "step 4" in error and "has no checksums" in error, error
 
 
 # 20 rounds of the restore that `--mode=eval` runs (a read-only checkpointer on the newest
@@ -344,11 +345,9 @@ def test_a_full_disk_is_one_line_and_keeps_the_last_step(tmp_path):
     proc = run_python(MAIN + TINY + [f"--workdir={work}", "--config.train.num_train_steps=20",
                                      "--config.train.checkpoint_every_steps=2",
                                      "--config.train.keep_checkpoints=10"] + QUICK, check=False)
-    assert proc.returncode == BAD_INPUT, proc.stderr[-3000:]
-    errors = _lines(proc.stderr)
-    assert len(errors) == 1, errors
+    error = _bad_input_line(proc)
     last = _steps(work)[-1]
-    assert errors[0] == (f"error: no space left on the device for the checkpoints in "
+    assert error == (f"error: no space left on the device for the checkpoints in "
                          f"{work / 'checkpoints'} (the newest complete checkpoint, step {last}, "
                          "is intact): free space and rerun to resume")
     run_python(MAIN + TINY + [f"--workdir={work}", "--mode=eval", "--strict",
@@ -384,9 +383,7 @@ def test_another_optimizer_layout_is_refused_not_set_aside_as_damage(trained, tm
   proc = run_python(MAIN + TINY + [f"--workdir={work}", "--use_config_file",
                                    "--config.optimizer.name=adamw",
                                    "--config.train.num_train_steps=6"] + QUICK, check=False)
-  assert proc.returncode == BAD_INPUT, proc.stderr[-3000:]
-  errors = _lines(proc.stderr)
-  assert len(errors) == 1, errors
-  assert "the train state this config builds does not fit checkpoint step 4" in errors[0]
-  assert "other optimizer settings" in errors[0]
+  error = _bad_input_line(proc)
+  assert "the train state this config builds does not fit checkpoint step 4" in error
+  assert "other optimizer settings" in error
   assert _steps(work) == [2, 4] and not (work / "checkpoints_damaged").exists()

@@ -218,7 +218,9 @@ class Checkpointer:
     except (OSError, ValueError) as err:
       if not _is_disk_full(err):
         raise
-      complete = [s for s in self._manager.all_steps() if self._exists(s)]
+      # Orbax lists a step from the start of its save: the failed one has no folder yet.
+      step_dir = lambda s: epath.Path(self.directory) / str(s)
+      complete = [s for s in self._manager.all_steps() if step_dir(s).exists()]
       kept = (f"the newest complete checkpoint, step {max(complete)}, is intact" if complete
               else "no checkpoint was completed")
       raise DiskFullError(f"no space left on the device for the checkpoints in {self.directory} "
@@ -326,40 +328,33 @@ class Checkpointer:
     except Exception as err:  # pylint: disable=broad-except
       return None, f"its metadata is unreadable: {_short(err)}"
     if target is None:
-      return self._try_restore_on_host(candidate)
-    full = stored
-    if isinstance(stored, dict) and "params" in stored:
-      stored = stored["params"]
-    mismatch = _shape_mismatches(stored, getattr(target, "params", target))
-    if mismatch:
-      shown = mismatch[:MAX_MISMATCH_LINES]
-      more = len(mismatch) - len(shown)
-      raise CheckpointMismatchError(
-          f"the model this config builds does not fit checkpoint step {candidate} in "
-          f"{self.directory}:\n  " + "\n  ".join(shown)
-          + (f"\n  ... and {more} more" if more else ""))
-    _refuse_other_layout(full, target, candidate, self.directory)
+      load = lambda: restore_on_host(epath.Path(self.directory) / str(candidate) / DEFAULT_ITEM)
+    else:
+      self._refuse_mismatch(stored, target, candidate)
+      load = lambda: self._manager.restore(candidate, args=ocp.args.Composite(
+          **{DEFAULT_ITEM: ocp.args.StandardRestore(abstract_like(target))}))[DEFAULT_ITEM]
     try:
       checksums = self._stored_checksums(candidate)
     except (OSError, ValueError) as err:
       return None, f"its checksums are missing or damaged: {_short(err)}"
     try:
-      restored = self._manager.restore(candidate, args=ocp.args.Composite(
-          **{DEFAULT_ITEM: ocp.args.StandardRestore(abstract_like(target))}))[DEFAULT_ITEM]
+      restored = load()
     except Exception as err:  # pylint: disable=broad-except
       return None, f"its array data is unreadable: {_short(err)}"
     return restored, self._verify(candidate, checksums, restored)
 
-  def _try_restore_on_host(self, candidate: int) -> Tuple[Any, Optional[str]]:
-    try:
-      checksums = self._stored_checksums(candidate)
-    except (OSError, ValueError) as err:
-      return None, f"its checksums are missing or damaged: {_short(err)}"
-    try:
-      restored = restore_on_host(epath.Path(self.directory) / str(candidate) / DEFAULT_ITEM)
-    except Exception as err:  # pylint: disable=broad-except
-      return None, f"its array data is unreadable: {_short(err)}"
-    return restored, self._verify(candidate, checksums, restored)
+  def _refuse_mismatch(self, stored: Any, target: Any, step: int) -> None:
+    """Raises CheckpointMismatchError when `target` does not fit the stored tree of `step`."""
+    params = stored["params"] if isinstance(stored, dict) and "params" in stored else stored
+    mismatch = _shape_mismatches(params, getattr(target, "params", target))
+    if mismatch:
+      shown = mismatch[:MAX_MISMATCH_LINES]
+      more = len(mismatch) - len(shown)
+      raise CheckpointMismatchError(
+          f"the model this config builds does not fit checkpoint step {step} in "
+          f"{self.directory}:\n  " + "\n  ".join(shown)
+          + (f"\n  ... and {more} more" if more else ""))
+    _refuse_other_layout(stored, target, step, self.directory)
 
   def _warn_fallback(self, step: int, reason: str, steps: List[int]) -> None:
     older = [s for s in steps if s < step]

@@ -211,8 +211,7 @@ def _train_locked(config: ml_collections.ConfigDict, workdir: str, exp: Optional
       if (due_log or due_save or jax.process_count() == 1) and stop.requested():
         return _preempted(history, done, ckpt, state, workdir, config, result, last)
     # The final save runs with stop signals still deferred: a signal now is served
-    # once the checkpoint is complete.
-    _check_finite(history, exp.total_steps, ckpt, state, workdir, config.optimizer)
+    # once the checkpoint is complete. (The last step, a log step, was checked finite.)
     ckpt.save(exp.total_steps, state, force=True)
     ckpt.close()
     result.update(train=last, state=state)
