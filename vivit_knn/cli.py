@@ -30,7 +30,6 @@ from typing import Any, Callable, List, Optional, Sequence
 
 from absl import app, flags
 from absl import logging as absl_logging
-from ml_collections import config_flags
 
 from vivit_knn import errors, stop_signals
 
@@ -145,11 +144,11 @@ def _none_config_error(argv: Sequence[str], files: Sequence[str]) -> Optional[st
   for name in flags.FLAGS if not found else ():
     flag = flags.FLAGS[name]
     try:
-      path = config_flags.get_config_filename(flag)
-    except Exception:  # pylint: disable=broad-except  # not a parsed config file flag
+      path = getattr(flag, "config_filename", None)  # config file flags only
+      if path is not None and flag.present and flag.value is None:
+        found.append((name, path))
+    except flags.Error:  # a config file that failed to load: reported by the caller
       continue
-    if flag.present and flag.value is None:
-      found.append((name, path))
   for name, path in found[:1]:
     return (f"--{name}: {path.split(':')[0]}'s get_config() returned None; it must return a "
             "ml_collections.ConfigDict")
