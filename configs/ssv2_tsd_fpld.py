@@ -9,8 +9,10 @@ must be the config that teacher run was trained with (its `model` block builds
 the teacher; by default TimeSformer-B as in `configs/k400_timesformer.py`).
 
 Data: DMVR-format TFRecords of SSv2 (`--config.dataset.data_dir=<dir>`), 8 frames
-spread over the clip, no horizontal flips (they swap left/right classes),
-ImageNet normalisation. Required on the command line:
+sampled one per segment of the whole video (`frame_sampling='segments'`: a random
+frame of each of 8 equal segments in training, the segment middles at test time),
+no horizontal flips (they swap left/right classes), ImageNet normalisation. Required
+on the command line:
   --config.distill.stage1.checkpoint_path=<resnet101.pth or .npz, torchvision keys>
   --config.distill.stage2.workdir=<the teacher's training run>
 """
@@ -30,7 +32,8 @@ def get_config():
   config.experiment_name = "ssv2_tsd_fpld"
   config.dataset.num_classes = 174
   config.dataset.num_train = SSV2_TRAIN_SIZE
-  config.dataset.frame_stride = 4
+  config.dataset.frame_stride = 1
+  config.dataset.frame_sampling = "segments"
   config.dataset.random_flip = False
   config.dataset.normalization = "imagenet"
 

@@ -237,3 +237,28 @@ def test_generated_clips_are_all_listed_and_readable():
   assert ds.skipped_sources("eval") == []
   with pytest.raises(ValueError, match="split"):
     ds.split_counts("validation")
+
+
+def test_two_head_eval_reports_verb_noun_and_action_accuracy(tmp_path):
+  work = tmp_path / "run"
+  out = _main("configs/synthetic_cast.py", work, "--config.train.num_train_steps=2",
+              "--config.train.global_batch_size=8", "--config.eval.global_batch_size=16",
+              "--config.dataset.num_eval=48", "--config.optimizer.warmup_steps=0",
+              "--config.dataset.num_classes=4", "--config.model.cast.num_verbs=2",
+              "--config.model.cast.num_nouns=2").stdout
+  summary = _results(work, "step_2_1x1")
+  keys = ("top1", "verb_top1", "noun_top1", "action_top1")
+  top1, verb, noun, action = (summary[k] for k in keys)
+  assert summary["num_examples"] == 48
+  assert action == top1 and action <= min(verb, noun)
+  # Whole examples out of 48, for each factor and for both.
+  for value in (verb, noun, action):
+    assert 0 <= value <= 1 and (value * 48) == pytest.approx(round(value * 48))
+  line = next(s for s in out.splitlines() if s.startswith("eval: "))
+  printed = dict(re.findall(r"(\w+)=([0-9.]+)", line))
+  for key, value in zip(keys, (top1, verb, noun, action)):
+    assert float(printed[key]) == pytest.approx(value, abs=1e-4)
+  from vivit_knn.train.summary import read_scalars
+  scalars = read_scalars(str(work / "train"))
+  for key, value in zip(keys, (top1, verb, noun, action)):
+    assert scalars[f"eval/{key}"] == [(2, pytest.approx(value, abs=1e-6))]

@@ -227,3 +227,46 @@ def test_progress_bar_postfix_and_disabled():
   off.update(1, loss=1.0)
   off.close()
   assert quiet.getvalue() == ""
+
+
+def test_eval_accumulator_scores_verbs_nouns_and_actions_of_joint_logits():
+  rng = np.random.default_rng(11)
+  v, n, views = 5, 7, 3
+  acc = metrics.EvalAccumulator(v * n, factors=(v, n))
+  verb_hits, noun_hits, both, count = 0, 0, 0, 0
+  for b in (16, 9):
+    # Each view has its own verb and noun log-probabilities; the model's joint logits
+    # are their sums, averaged over views.
+    verb_logp = rng.normal(size=(b, views, v)) * 2
+    noun_logp = rng.normal(size=(b, views, n)) * 2
+    verb_logp -= np.log(np.exp(verb_logp).sum(-1, keepdims=True))
+    noun_logp -= np.log(np.exp(noun_logp).sum(-1, keepdims=True))
+    joint = (verb_logp[:, :, :, None] + noun_logp[:, :, None, :]).reshape(b, views, v * n)
+    # Labels whose verb or noun is often the predicted one, so every rate is informative.
+    pred_verb = verb_logp.mean(1).argmax(-1)
+    pred_noun = noun_logp.mean(1).argmax(-1)
+    verb = np.where(rng.random(b) < 0.6, pred_verb, rng.integers(0, v, b))
+    noun = np.where(rng.random(b) < 0.5, pred_noun, rng.integers(0, n, b))
+    labels = verb * n + noun
+    mask = np.ones(b)
+    mask[0] = 0
+    keep = mask == 1
+    acc.update(joint.mean(1).astype(np.float32), labels, mask)
+    verb_hits += int((pred_verb == verb)[keep].sum())
+    noun_hits += int((pred_noun == noun)[keep].sum())
+    both += int(((pred_verb == verb) & (pred_noun == noun))[keep].sum())
+    count += int(keep.sum())
+  res = acc.result()
+  assert res["num_examples"] == count == 23
+  assert res["verb_top1"] == pytest.approx(verb_hits / count)
+  assert res["noun_top1"] == pytest.approx(noun_hits / count)
+  assert res["action_top1"] == pytest.approx(both / count)
+  assert res["action_top1"] == res["top1"]
+  assert 0 < res["action_top1"] < min(res["verb_top1"], res["noun_top1"]) < 1
+
+
+def test_eval_accumulator_without_factors_has_no_verb_noun_metrics():
+  res = metrics.EvalAccumulator(6).result()
+  assert not {"verb_top1", "noun_top1", "action_top1"} & set(res)
+  with pytest.raises(ValueError, match="factors"):
+    metrics.EvalAccumulator(6, factors=(2, 4))

@@ -182,9 +182,9 @@ def export_synthetic(out_dir: str,
   sizes = {"train": dataset.info.num_train_examples,
            "eval": dataset.info.num_eval_examples}
   for split, name in (("train", "train"), ("eval", "test")):
-    meta["splits"][name] = shards.write_split(
-        out_dir, name, sizes[split], num_shards,
-        lambda ids, split=split: _split_records(dataset, split, ids,
-                                                jpeg_quality))
+    names = shards.shard_names(name, num_shards)
+    for shard, ids in zip(names, shards.partition(sizes[split], num_shards)):
+      shards.write_shard(out_dir, shard, _split_records(dataset, split, ids, jpeg_quality))
+    meta["splits"][name] = shards.split_stats(out_dir, names)
   shards.write_sidecars(out_dir, meta)
   return meta

@@ -18,6 +18,7 @@ default (see `quiet_startup`).
 from __future__ import annotations
 
 import errno
+import functools
 import importlib.abc
 import importlib.machinery
 import logging
@@ -155,12 +156,12 @@ def _none_config_error(argv: Sequence[str], files: Sequence[str]) -> Optional[st
   return None
 
 
-def _parse_flags(argv: List[str]) -> List[str]:
+def _parse_flags(argv: List[str], pass_unknown_flags: bool = False) -> List[str]:
   none_configs = _NoneConfigs()
   absl_logging.get_absl_logger().addFilter(none_configs)
   try:
     try:
-      rest = flags.FLAGS(argv)
+      rest = flags.FLAGS(argv, known_only=pass_unknown_flags)
     except SystemExit as err:
       # absl prints the help and exits with 1; asking for help is not a failure.
       if err.code == 1 and any(a in _HELP_FLAGS for a in argv[1:]):
@@ -172,7 +173,7 @@ def _parse_flags(argv: List[str]) -> List[str]:
     message = _none_config_error(argv, none_configs.files)
     if message:
       raise flags.Error(message)
-    if len(rest) > 1:
+    if len(rest) > 1 and not pass_unknown_flags:
       strays = " ".join(repr(a) for a in rest[1:])
       raise flags.Error(f"unexpected argument{'s' if len(rest) > 2 else ''} {strays}: every "
                         "option is a --name=value flag (see --help)")
@@ -315,8 +316,12 @@ def _list_flags_in_help(main: Callable) -> None:
     flags.FLAGS.register_key_flag_for_module(sys.argv[0], flag)
 
 
-def run(main: Callable[[List[str]], int]) -> None:
-  """`absl.app.run(main)` with one-line errors and the exit codes of the module doc."""
+def run(main: Callable[[List[str]], int], pass_unknown_flags: bool = False) -> None:
+  """`absl.app.run(main)` with one-line errors and the exit codes of the module doc.
+
+  With `pass_unknown_flags`, arguments the tool does not define reach `main` in its
+  `argv` (after the program name) instead of being refused; `main` checks them.
+  """
 
   def guarded(argv):
     try:
@@ -339,7 +344,8 @@ def run(main: Callable[[List[str]], int]) -> None:
   quiet_startup()
   _list_flags_in_help(main)
   try:
-    app.run(guarded, flags_parser=_parse_flags)
+    app.run(guarded, flags_parser=functools.partial(
+        _parse_flags, pass_unknown_flags=pass_unknown_flags))
   except stop_signals.StopRequested as stop:  # raised by a handler `vivit_knn.main` arms
     print(stop, file=sys.stderr, flush=True)
     sys.exit(EXIT_PREEMPTED)

@@ -258,8 +258,7 @@ class ClipDataset(base.TfDataVideoDataset):
     rng = np.random.default_rng([seed & _SEED_MASK, position])
 
     def select(n):
-      return processors.train_indices(n, spec.num_frames,
-                                      spec.frame_stride, rng)
+      return processors.clip_indices(spec, n, rng)
 
     for attempt in range(len(table)):
       loaded = self._load("train", table, (index + attempt) % len(table),
@@ -279,8 +278,7 @@ class ClipDataset(base.TfDataVideoDataset):
     spec = self._spec
 
     def select(n):
-      return processors.test_indices(n, spec.num_frames, spec.frame_stride,
-                                     spec.num_test_clips)
+      return processors.view_indices(spec, n)
 
     loaded = self._load("eval", self._eval, index, select)
     if loaded is None:

@@ -16,6 +16,7 @@ import ml_collections
 from vivit_knn import keys
 
 NORMALIZATIONS = ("zero_centered", "imagenet")
+FRAME_SAMPLINGS = ("strided", "segments")
 TEST_CROPS = (1, 3)
 # Default resize-smallest target relative to the crop (256 for a 224 crop).
 AUTO_RESIZE_RATIO = 8 / 7
@@ -24,9 +25,15 @@ AUTO_RESIZE_RATIO = 8 / 7
 def processing_fields() -> dict:
   """Processing fields every real-source config has, with their defaults."""
   return {
-      # One model clip: num_frames frames taken every frame_stride frames.
+      # One model clip. frame_sampling='strided': num_frames frames taken
+      # every frame_stride frames (a random window in training, windows spread
+      # evenly at test time). 'segments' (TSN-style, as VideoMAE samples
+      # SSv2): the video is cut into num_frames equal segments and each gives
+      # one frame, a random one in training, its middle at test time; needs
+      # frame_stride=1.
       "num_frames": 8,
       "frame_stride": 2,
+      "frame_sampling": "strided",
       # Square crop fed to the model, after resizing the short side to
       # min_resize (0 = round(image_size * 8 / 7)).
       "image_size": 224,
@@ -80,6 +87,7 @@ class ProcessSpec:
   normalization: str
   num_test_clips: int
   num_test_crops: int
+  frame_sampling: str = "strided"
 
   @classmethod
   def from_config(cls, cfg: ml_collections.ConfigDict) -> "ProcessSpec":
@@ -100,7 +108,8 @@ class ProcessSpec:
         randaugment_magnitude=float(cfg.randaugment_magnitude),
         normalization=str(cfg.normalization),
         num_test_clips=int(cfg.num_test_clips),
-        num_test_crops=int(cfg.num_test_crops))
+        num_test_crops=int(cfg.num_test_crops),
+        frame_sampling=str(cfg.frame_sampling))
     spec.check()
     return spec
 
@@ -109,6 +118,8 @@ class ProcessSpec:
     rules = [
         (self.num_frames >= 1, "num_frames", "must be >= 1"),
         (self.frame_stride >= 1, "frame_stride", "must be >= 1"),
+        (self.frame_sampling in FRAME_SAMPLINGS, "frame_sampling",
+         f"must be one of {FRAME_SAMPLINGS}"),
         (self.image_size >= 1, "image_size", "must be >= 1"),
         (self.min_resize >= self.image_size, "min_resize",
          f"must be 0 (auto) or >= image_size={self.image_size}"),
@@ -131,6 +142,11 @@ class ProcessSpec:
       if not ok:
         value = getattr(self, field)
         raise ValueError(f"dataset.{field}: {message}, got {value!r}")
+    if self.frame_sampling == "segments" and self.frame_stride != 1:
+      raise ValueError(
+          f"dataset.frame_stride={self.frame_stride} cannot take effect with "
+          "dataset.frame_sampling='segments' (one frame per segment): set it "
+          "to 1")
 
   @property
   def num_views(self) -> int:

@@ -1,10 +1,15 @@
 """DMVR-style processing: the frames that make a clip, and the model inputs.
 
-Frame indices are chosen before any frame is decoded (random train windows,
-evenly spread test clips), so readers decode only the frames they return. A
-clip of ``num_frames`` frames taken every ``stride`` frames spans
+Frame indices are chosen before any frame is decoded, so readers decode only
+the frames they return; :func:`clip_indices` and :func:`view_indices` pick
+them as ``dataset.frame_sampling`` says, for every source and for inference.
+``'strided'`` (random train windows, evenly spread test clips): a clip of
+``num_frames`` frames taken every ``stride`` frames spans
 ``(num_frames - 1) * stride + 1`` frames; videos shorter than that are looped
-(indices wrap around), as in DMVR.
+(indices wrap around), as in DMVR. ``'segments'`` (TSN-style, as VideoMAE and
+CAST sample Something-Something v2): the video is split into ``num_frames``
+equal segments and each gives one frame (:func:`segment_train_indices`,
+:func:`segment_test_indices`).
 
 The spatial processing runs as tf.data graph ops on the uint8 frames a reader
 picked (``[T, H, W, 3]`` for a train clip, ``[clips * T, H, W, 3]`` for the
@@ -75,6 +80,79 @@ def test_indices(num_available: int, num_frames: int, stride: int,
     starts = np.floor(np.linspace(0, last_start, num_clips)).astype(np.int64)
   offsets = np.arange(num_frames) * stride
   return ((starts[:, None] + offsets[None, :]) % num_available).reshape(-1)
+
+
+def segment_train_indices(num_available: int, num_frames: int,
+                          rng: np.random.Generator) -> np.ndarray:
+  """One random frame from each of ``num_frames`` equal segments: ``int64 [T]``.
+
+  With ``avg = num_available // num_frames`` segments of ``avg`` frames,
+  frame ``x`` is ``x * avg + U{0..avg-1}`` (the frames after the last whole
+  segment are never drawn). A video shorter than ``num_frames`` gives
+  ``floor(x * num_available / num_frames)``: frames repeat, nothing is drawn.
+  """
+  _check_available(num_available)
+  positions = np.arange(num_frames, dtype=np.int64)
+  average = num_available // num_frames
+  if average > 0:
+    return positions * average + rng.integers(0, average, size=num_frames)
+  return positions * num_available // num_frames
+
+
+def segment_test_indices(num_available: int, num_frames: int,
+                         num_clips: int) -> np.ndarray:
+  """One frame per segment for each of ``num_clips`` clips, concatenated.
+
+  Returns ``int64 [num_clips * num_frames]``. With ``tick = num_available /
+  num_frames``, frame ``x`` of clip ``c`` is ``int(tick * x + tick * ((0.5 +
+  c / num_clips) % 1))`` (at most the last frame): clip 0 takes the middle of
+  every segment and each further clip moves ``tick / num_clips`` later,
+  wrapping to the segment's start (two clips: middles and starts, VideoMAE's
+  SSv2 test set).
+  """
+  _check_available(num_available)
+  tick = num_available / num_frames
+  positions = np.arange(num_frames)
+  clips = [np.floor(tick * positions + tick * ((0.5 + c / num_clips) % 1.0))
+           for c in range(num_clips)]
+  return np.minimum(np.concatenate(clips).astype(np.int64), num_available - 1)
+
+
+def clip_indices(spec: ProcessSpec, num_available: int,
+                 rng: np.random.Generator) -> np.ndarray:
+  """Frame indices of one train clip as ``spec.frame_sampling`` says.
+
+  Args:
+    spec: Processing settings (``num_frames``, ``frame_stride``,
+      ``frame_sampling``).
+    num_available: Frames the video has.
+    rng: Source of the random window start or segment offsets.
+
+  Returns:
+    int64 ``[num_frames]``.
+  """
+  if spec.frame_sampling == "segments":
+    return segment_train_indices(num_available, spec.num_frames, rng)
+  return train_indices(num_available, spec.num_frames, spec.frame_stride, rng)
+
+
+def view_indices(spec: ProcessSpec, num_available: int) -> np.ndarray:
+  """Frame indices of the ``num_test_clips`` test clips, concatenated.
+
+  Args:
+    spec: Processing settings (``num_frames``, ``frame_stride``,
+      ``frame_sampling``, ``num_test_clips``).
+    num_available: Frames the video has.
+
+  Returns:
+    int64 ``[num_test_clips * num_frames]``, clip-major (the layout
+    :func:`test_views` expects).
+  """
+  if spec.frame_sampling == "segments":
+    return segment_test_indices(num_available, spec.num_frames,
+                                spec.num_test_clips)
+  return test_indices(num_available, spec.num_frames, spec.frame_stride,
+                      spec.num_test_clips)
 
 
 # Spatial processing of the sampled frames.
@@ -181,7 +259,7 @@ def test_views(frames: tf.Tensor, spec: ProcessSpec) -> tf.Tensor:
 
   Args:
     frames: uint8 ``[num_test_clips * T, H, W, 3]``, clip-major (the frames
-      of :func:`test_indices`).
+      of :func:`view_indices`).
     spec: Processing settings.
 
   Returns:

@@ -19,32 +19,11 @@ import numpy as np
 import tensorflow as tf
 
 from vivit_knn.data import skips
+from vivit_knn.data.record_format import masked_crc32c
 
 _HEADER = 12
 _FOOTER = 4
 _SHARD_SPEC = re.compile(r"^(?P<base>.+)@(?P<count>\d+)$")
-
-
-def _crc32c_table() -> list[int]:
-  table = []
-  for byte in range(256):
-    crc = byte
-    for _ in range(8):
-      crc = (crc >> 1) ^ (0x82F63B78 if crc & 1 else 0)
-    table.append(crc)
-  return table
-
-
-_CRC_TABLE = _crc32c_table()
-
-
-def masked_crc32c(data: bytes) -> int:
-  """TFRecord's masked CRC-32C (only used on 8-byte headers: pure Python)."""
-  crc = 0xFFFFFFFF
-  for byte in data:
-    crc = _CRC_TABLE[(crc ^ byte) & 0xFF] ^ (crc >> 8)
-  crc ^= 0xFFFFFFFF
-  return (((crc >> 15) | (crc << 17)) + 0xA282EAD8) & 0xFFFFFFFF
 
 
 def record_size(data_length: int) -> int:

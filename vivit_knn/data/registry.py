@@ -116,11 +116,12 @@ def load_video_views(path: str,
                      dataset_config: ml_collections.ConfigDict) -> np.ndarray:
   """The eval views of the video at ``path``.
 
-  Uses the dataset config's test sampling (``num_test_clips`` clips spread
-  over the video, ``num_test_crops`` crops, ``frame_stride``) and the same
-  processors as the dataset's :meth:`~base.VideoDataset.eval_batches`. For
-  a ``synthetic`` config, the video gives one centre clip of consecutive
-  frames resized to the synthetic clips' size and value range.
+  Uses the dataset config's test sampling (``num_test_clips`` clips over the
+  video as ``frame_sampling`` and ``frame_stride`` say, ``num_test_crops``
+  crops) and the same processors as the dataset's
+  :meth:`~base.VideoDataset.eval_batches`. For a ``synthetic`` config, the
+  video gives one centre clip of consecutive frames resized to the synthetic
+  clips' size and value range.
 
   Args:
     path: Video file readable by FFmpeg.
@@ -140,8 +141,7 @@ def load_video_views(path: str,
     raise FileNotFoundError(f"video file {path} does not exist")
 
   def select(n):
-    return processors.test_indices(n, spec.num_frames, spec.frame_stride,
-                                   spec.num_test_clips)
+    return processors.view_indices(spec, n)
 
   try:
     frames = video_io.read_video(path, select)

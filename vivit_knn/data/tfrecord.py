@@ -1,9 +1,7 @@
 """DMVR-format TFRecords: the record, its sidecars, the ``tfrecord`` dataset.
 
-A record is a ``tf.train.SequenceExample`` (the DMVR/scenic video record):
-feature list ``image/encoded`` holds one JPEG per frame; the context holds
-``clip/label/index`` (int64) and optionally ``clip/label/text`` and
-``video/filename``.
+A record is a ``tf.train.SequenceExample`` (the DMVR/scenic video record; see
+:mod:`vivit_knn.data.record_format`).
 
 Shards written by the converter (``python -m vivit_knn.data.convert``) have two
 sidecar files. ``classes.txt`` lists the class names, one per line, in label
@@ -28,6 +26,7 @@ when the dataset is built.
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 from collections.abc import Sequence
@@ -37,37 +36,19 @@ import tensorflow as tf
 from absl import logging
 from google.protobuf import message
 
-from vivit_knn.data import clips, options, records, skips
+from vivit_knn.data import clips, options, record_format, records, skips
 
-FRAMES_KEY = "image/encoded"
-LABEL_KEY = "clip/label/index"
-TEXT_KEY = "clip/label/text"
-FILENAME_KEY = "video/filename"
+# The record is built by `record_format` (without TensorFlow, for the converter).
+make_sequence_example = record_format.make_sequence_example
+FRAMES_KEY, LABEL_KEY = record_format.FRAMES_KEY, record_format.LABEL_KEY
+FILENAME_KEY = record_format.FILENAME_KEY
 
-METADATA_FILE = "metadata.json"
-CLASSES_FILE = "classes.txt"
+METADATA_FILE, CLASSES_FILE = record_format.METADATA_FILE, record_format.CLASSES_FILE
 FORMAT = "dmvr"
 VERSION = 1
 
 
 # The record.
-
-
-def make_sequence_example(jpegs: Sequence[bytes], label: int,
-                          label_text: str = "",
-                          filename: str = "") -> bytes:
-  """Serialized DMVR record of ``jpegs`` with class ``label``."""
-  example = tf.train.SequenceExample()
-  context = example.context.feature
-  context[LABEL_KEY].int64_list.value.append(int(label))
-  if label_text:
-    context[TEXT_KEY].bytes_list.value.append(label_text.encode())
-  if filename:
-    context[FILENAME_KEY].bytes_list.value.append(filename.encode())
-  frames = example.feature_lists.feature_list[FRAMES_KEY].feature
-  for jpeg in jpegs:
-    frames.add().bytes_list.value.append(jpeg)
-  return example.SerializeToString()
 
 
 class _LazyFrames(Sequence):
@@ -84,30 +65,61 @@ class _LazyFrames(Sequence):
     return values[0] if values else b""
 
 
-def parse_sequence_example(raw: bytes,
-                           source: str) -> tuple[Sequence[bytes], int]:
+LABEL_SOURCES = ("index", "verb_noun")
+
+
+def _int_feature(example, key: str, source: str) -> int:
+  values = example.context.feature[key].int64_list.value
+  if not values:
+    raise skips.BadVideoError(skips.CORRUPT, source, f"no {key}")
+  return int(values[0])
+
+
+def parse_sequence_example(raw: bytes, source: str,
+                           num_nouns: int = 0) -> tuple[Sequence[bytes], int]:
   """``(JPEG frames, label)`` of a serialized DMVR record.
 
   The frames are a lazy sequence, so picking a few of a long video copies
-  only those.
+  only those. The label is ``clip/label/index``; with ``num_nouns`` it is the
+  action ``verb * num_nouns + noun`` of the record's ``clip/label/verb/index``
+  and ``clip/label/noun/index`` (EPIC-KITCHENS records).
 
   Raises:
-    BadVideoError: ``corrupt`` for an unparsable record or one without a
-      label, ``zero_frames`` for one without frames.
+    BadVideoError: ``corrupt`` for an unparsable record or one without its
+      label(s), ``zero_frames`` for one without frames.
   """
   try:
     example = tf.train.SequenceExample.FromString(raw)
   except message.DecodeError as err:
     raise skips.BadVideoError(skips.CORRUPT, source,
                               f"not a SequenceExample: {err}") from err
-  labels = example.context.feature[LABEL_KEY].int64_list.value
-  if not labels:
-    raise skips.BadVideoError(skips.CORRUPT, source, f"no {LABEL_KEY}")
+  if num_nouns:
+    verb = _int_feature(example, record_format.label_set_keys("verb")[0], source)
+    label = verb * num_nouns + _int_feature(
+        example, record_format.label_set_keys("noun")[0], source)
+  else:
+    label = _int_feature(example, LABEL_KEY, source)
   frames = _LazyFrames(
       example.feature_lists.feature_list[FRAMES_KEY].feature)
   if not frames:
     raise skips.BadVideoError(skips.ZERO_FRAMES, source)
-  return frames, int(labels[0])
+  return frames, label
+
+
+def verb_noun_names(meta: dict | None, directory: str) -> list[str]:
+  """The action names ``"<verb> <noun>"`` of records carrying verbs and nouns.
+
+  Raises:
+    ValueError: naming ``dataset.label_source`` when the converter's metadata
+      beside the records lists no verb and noun classes.
+  """
+  sets = (meta or {}).get("label_sets", {})
+  if not sets.get("verb") or not sets.get("noun"):
+    raise ValueError(
+        f"dataset.label_source='verb_noun' needs records with verb and noun labels, but "
+        f"{os.path.join(directory, METADATA_FILE)} lists no verb and noun classes (convert "
+        "EPIC-KITCHENS-100 with python -m vivit_knn.data.convert --format=ek100)")
+  return [f"{verb} {noun}" for verb in sets["verb"] for noun in sets["noun"]]
 
 
 # The sidecar files.
@@ -182,6 +194,9 @@ def default_config() -> ml_collections.ConfigDict:
       # is logged; the records found are used.
       "num_train": 0,
       "num_eval": 0,
+      # 'index': clip/label/index; 'verb_noun': the action verb * num_nouns + noun
+      # of the records' verb and noun labels (EPIC-KITCHENS-100, --format=ek100).
+      "label_source": "index",
       **options.processing_fields(),
   })
 
@@ -259,12 +274,17 @@ def build_record_dataset(*, data_dir: str, train_pattern: str,
                          spec: options.ProcessSpec,
                          fallback_num_classes: int = 0,
                          expected_split: int | None = None,
+                         label_source: str = "index",
                          ) -> clips.ClipDataset:
   """A :class:`ClipDataset` over DMVR TFRecords (shared by named datasets).
 
   ``expected_split``, if given, must match the split recorded in the
-  converter's metadata (when there is one).
+  converter's metadata (when there is one). ``label_source='verb_noun'``
+  labels each record with its action (see :func:`parse_sequence_example`).
   """
+  if label_source not in LABEL_SOURCES:
+    raise ValueError(f"dataset.label_source must be one of {LABEL_SOURCES}, got "
+                     f"{label_source!r}")
   check_data_dir(data_dir)
   counter = skips.SkipCounter()
   train_index, meta = index_records(
@@ -278,12 +298,26 @@ def build_record_dataset(*, data_dir: str, train_pattern: str,
         f"{os.path.dirname(train_index.files[0])} hold split {meta['split']}")
   _check_count("num_train", num_train, len(train_index))
   _check_count("num_eval", num_eval, len(eval_index))
-  names = class_names_for(num_classes, class_names_file, meta,
-                          os.path.dirname(train_index.files[0]),
-                          fallback_num_classes)
+  directory = os.path.dirname(train_index.files[0])
+  parse = parse_sequence_example
+  if label_source == "verb_noun":
+    if class_names_file:
+      raise ValueError("dataset.class_names_file cannot take effect with "
+                       "dataset.label_source='verb_noun' (the actions are the records' verb "
+                       "and noun classes); leave it empty")
+    names = verb_noun_names(meta, directory)
+    if num_classes and num_classes != len(names):
+      raise ValueError(f"dataset.num_classes={num_classes} but the records hold "
+                       f"{len(meta['label_sets']['verb'])} verbs x "
+                       f"{len(meta['label_sets']['noun'])} nouns = {len(names)} actions")
+    parse = functools.partial(parse_sequence_example,
+                              num_nouns=len(meta["label_sets"]["noun"]))
+  else:
+    names = class_names_for(num_classes, class_names_file, meta, directory,
+                            fallback_num_classes)
   return clips.ClipDataset(
-      clips.RecordTable(train_index, parse_sequence_example),
-      clips.RecordTable(eval_index, parse_sequence_example), names, spec,
+      clips.RecordTable(train_index, parse),
+      clips.RecordTable(eval_index, parse), names, spec,
       counter)
 
 
@@ -301,4 +335,4 @@ def build(config: ml_collections.ConfigDict | None) -> clips.ClipDataset:
       class_names_file=options.resolve_path(cfg.class_names_file,
                                             cfg.data_dir),
       num_train=cfg.num_train, num_eval=cfg.num_eval,
-      spec=options.ProcessSpec.from_config(cfg))
+      spec=options.ProcessSpec.from_config(cfg), label_source=cfg.label_source)

@@ -22,8 +22,11 @@ FrameSelector = Callable[[int], np.ndarray]
 # declares by more than this fraction (or 2 frames): small mismatches are
 # common in healthy AVI files.
 _TRUNCATION_TOLERANCE = 0.05
+# Presentation times are rationals; a segment bound given in decimal seconds
+# (e.g. 00:00:03.37) is compared with this slack.
+_TIME_EPS_S = 1e-6
 _CODECS = {".avi": "mpeg4", ".mp4": "libx264", ".mkv": "libx264",
-           ".webm": "libvpx"}
+           ".webm": "libvpx-vp9"}
 
 
 def _select_all(n: int) -> np.ndarray:
@@ -115,6 +118,59 @@ def read_video(path: str, select: FrameSelector | None = None) -> np.ndarray:
   except (av.FFmpegError, OSError, ValueError, MemoryError) as err:
     raise skips.BadVideoError(skips.CORRUPT, path,
                               f"{type(err).__name__}: {err}") from err
+
+
+def iter_segment(path: str, start_s: float, end_s: float,
+                 opener: Callable[[str], object] | None = None):
+  """Yields the RGB frames of ``path`` shown from ``start_s`` to ``end_s`` seconds.
+
+  Seeks to the key frame before ``start_s`` and decodes up to ``end_s`` only,
+  one frame at a time, so a short segment of an hour-long video costs what
+  the segment costs. A frame belongs to the segment when its presentation
+  time, counted from the stream's first frame, lies in ``[start_s, end_s]``.
+
+  Args:
+    path: The video file, local or anything ``opener`` opens.
+    start_s: Segment start in seconds.
+    end_s: Segment end in seconds (``>= start_s``).
+    opener: Returns a binary file object for ``path`` (for remote storage);
+      default: FFmpeg opens the path itself.
+
+  Yields:
+    uint8 ``[H, W, 3]`` frames in display order.
+
+  Raises:
+    BadVideoError: ``missing`` file, ``corrupt`` data, or ``zero_frames`` when
+      no frame lies in the segment (the detail names the video's length).
+  """
+  if opener is None and not os.path.exists(path):
+    raise skips.BadVideoError(skips.MISSING, path, "no such file")
+  count, last_time = 0, None
+  try:
+    with av.open(opener(path) if opener else path) as container:
+      if not container.streams.video:
+        raise skips.BadVideoError(skips.ZERO_FRAMES, path, "no video stream")
+      stream = container.streams.video[0]
+      stream.codec_context.thread_count = 1
+      base = stream.time_base
+      first_pts = stream.start_time or 0
+      container.seek(first_pts + int(start_s / base), stream=stream, backward=True)
+      for frame in container.decode(stream):
+        if frame.pts is None:
+          continue
+        time = float((frame.pts - first_pts) * base)
+        last_time = time
+        if time > end_s + _TIME_EPS_S:
+          break
+        if time >= start_s - _TIME_EPS_S:
+          count += 1
+          yield frame.to_ndarray(format="rgb24")
+  except (av.FFmpegError, OSError, ValueError, MemoryError) as err:
+    raise skips.BadVideoError(skips.CORRUPT, path, f"{type(err).__name__}: {err}") from err
+  if not count:
+    ends = f"its last frame is at {last_time:.2f} s" if last_time is not None else "no frame decodes"
+    raise skips.BadVideoError(skips.ZERO_FRAMES, path,
+                              f"no frame between {start_s:.2f} s and {end_s:.2f} s ({ends})")
 
 
 def write_video(path: str, frames: np.ndarray, fps: int = 25,

@@ -35,6 +35,20 @@ def eval_views(exp: Experiment) -> Tuple[int, int]:
   return int(cfg.get("num_test_clips", 1)), int(cfg.get("num_test_crops", 1))
 
 
+def action_factors(config) -> Optional[Tuple[int, int]]:
+  """`(num_verbs, num_nouns)` of a two-head (verb, noun) model's classes, else None.
+
+  A CAST model with `model.cast.num_verbs > 0` scores the `num_verbs * num_nouns`
+  actions `verb * num_nouns + noun` (see `vivit_knn.train.multihead`).
+  """
+  model = config.model
+  cast = model.get("cast")
+  if model.get("name") != "cast" or cast is None:
+    return None
+  factors = int(cast.get("num_verbs", 0)), int(cast.get("num_nouns", 0))
+  return factors if min(factors) > 0 else None
+
+
 def report_suffix(step: int, views: Tuple[int, int]) -> str:
   """`step_<N>_<clips>x<crops>`: the part every report file name of one eval shares."""
   return f"step_{int(step)}_{int(views[0])}x{int(views[1])}"
@@ -52,14 +66,15 @@ def run_eval(exp: Experiment, params: Any, eval_step=None) -> Dict[str, Any]:
   """Scores `params` on the eval split.
 
   Returns:
-    The :class:`metrics.EvalAccumulator` result, plus `views` (`{'clips',
-    'crops'}`), `videos` (`{'listed', 'evaluated', 'skipped'}` test videos),
+    The :class:`metrics.EvalAccumulator` result (with `verb_top1`, `noun_top1` and
+    `action_top1` for a two-head model, see :func:`action_factors`), plus `views`
+    (`{'clips', 'crops'}`), `videos` (`{'listed', 'evaluated', 'skipped'}` test videos),
     `skipped_videos` (one line per video skipped on this host: where and why)
     and, with `eval.save_logits`, `logits` (`{'logits' [N, C], 'labels' [N],
     'index' [N], 'videos' [N]}` for the evaluated videos, in eval order).
   """
   eval_step = eval_step or steps.make_eval_step(exp)
-  acc = metrics.EvalAccumulator(exp.num_classes)
+  acc = metrics.EvalAccumulator(exp.num_classes, factors=action_factors(exp.config))
   save_logits = bool(exp.config.eval.get("save_logits", False))
   kept = {"logits": [], "labels": [], "index": []}
   batches = exp.dataset.eval_batches(
@@ -109,7 +124,9 @@ def write_eval_report(exp: Experiment, result: Dict[str, Any], workdir: str, ste
   """Writes scalars, a per-class table, JSON results, the confusion-matrix PNG and lists.
 
   Files go to `<workdir>/eval/<kind>_step_<step>_<clips>x<crops>.<ext>`: `results` (JSON:
-  metrics, checkpoint step, views, listed/evaluated/skipped videos, per-class accuracy),
+  metrics (with `verb_top1`, `noun_top1` and `action_top1` when the result has them,
+  also written as `eval/<name>` scalars), checkpoint step, views, listed/evaluated/skipped
+  videos, per-class accuracy),
   `per_class` (text table), `confusion_matrix` (PNG, with `eval.confusion_matrix` and at most
   `PNG_MAX_CLASSES` classes; otherwise a printed note, and the JSON says why), `skipped`
   (the skipped test videos, when there are any) and, with `eval.save_logits`, `logits`
@@ -155,7 +172,8 @@ def write_eval_report(exp: Experiment, result: Dict[str, Any], workdir: str, ste
       local = os.path.join(tmp, "logits.npz")
       np.savez(local, **result["logits"])
       epath.Path(paths["logits"]).write_bytes(epath.Path(local).read_bytes())
-  summary = {k: float(result[k]) for k in ("top1", "top5", "loss")}
+  scalars = _scalar_keys(result)
+  summary = {k: float(result[k]) for k in scalars}
   summary["num_examples"] = int(result["num_examples"])
   summary["step"] = int(step)
   summary["views"] = {"clips": int(views["clips"]), "crops": int(views["crops"])}
@@ -170,9 +188,14 @@ def write_eval_report(exp: Experiment, result: Dict[str, Any], workdir: str, ste
   paths["results"] = str(out_dir / f"results_{suffix}.json")
   epath.Path(paths["results"]).write_text(json.dumps(summary, indent=2))
   if writer is not None:
-    writer.write_scalars(step, {f"eval/{k}": summary[k] for k in ("top1", "top5", "loss")})
+    writer.write_scalars(step, {f"eval/{k}": summary[k] for k in scalars})
     writer.flush()
   return paths
+
+
+def _scalar_keys(result: Dict[str, Any]) -> Tuple[str, ...]:
+  """The scalar metrics of `result`: top-1, top-5, loss, then any verb/noun/action top-1."""
+  return ("top1", "top5", "loss") + tuple(k for k in metrics.FACTOR_METRICS if k in result)
 
 
 def videos_line(result: Dict[str, Any]) -> Optional[str]:
@@ -190,11 +213,18 @@ def videos_line(result: Dict[str, Any]) -> Optional[str]:
 def format_result(result: Dict[str, Any], class_names) -> str:
   """Human-readable summary: top-1/top-5/loss, views, video counts and the per-class table.
 
+  A two-head model's result also has `verb_top1`, `noun_top1` and `action_top1` on the
+  `eval:` line.
+
   The table is left out above `PRINTED_MAX_CLASSES` classes (it is always in the
   per-class file `write_eval_report` writes).
   """
   head = (f"eval: top1={result['top1']:.4f} top5={result['top5']:.4f} "
-          f"loss={result['loss']:.4f} examples={int(result['num_examples'])}")
+          f"loss={result['loss']:.4f}")
+  for key in metrics.FACTOR_METRICS:
+    if key in result:
+      head += f" {key}={result[key]:.4f}"
+  head += f" examples={int(result['num_examples'])}"
   views = result.get("views")
   if views:
     head += f" views={views['clips']}x{views['crops']} (clips x crops)"

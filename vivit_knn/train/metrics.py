@@ -7,7 +7,7 @@ rest runs on the host with numpy on gathered predictions.
 from __future__ import annotations
 
 import os
-from typing import Any, Optional, Sequence
+from typing import Any, Optional, Sequence, Tuple
 
 import jax
 import jax.numpy as jnp
@@ -22,6 +22,7 @@ __all__ = [
     "format_class_table",
     "EvalAccumulator",
     "DENSE_CONFUSION_MAX_CLASSES",
+    "FACTOR_METRICS",
 ]
 
 # Above this many classes the per-class tick labels overlap, so they are hidden.
@@ -257,6 +258,8 @@ def _log_softmax(logits: np.ndarray) -> np.ndarray:
 DENSE_CONFUSION_MAX_CLASSES = 1000
 # Pending (true, predicted) codes are merged into counts past this many.
 _COMPACT_EVERY = 1 << 20
+# What EvalAccumulator.result adds when the classes are (verb, noun) pairs.
+FACTOR_METRICS = ("verb_top1", "noun_top1", "action_top1")
 
 
 class EvalAccumulator:
@@ -270,13 +273,23 @@ class EvalAccumulator:
   of the codes ``true * C + predicted``. The dense ``[C, C]`` matrix is built
   once, in :meth:`result`, and only when ``dense_confusion`` allows it.
 
+  With ``factors = (V, N)`` the classes are (verb, noun) actions, class
+  ``verb * N + noun``, and the logits are joint scores ``a[verb] + b[noun]``
+  (a two-head model's ``log p(verb) + log p(noun)``, also after averaging
+  views). Such scores are maximised by the verb and the noun that maximise
+  their own terms, so the predicted verb is the argmax over verbs of the best
+  score over nouns (likewise for nouns), and :meth:`result` also gives
+  ``verb_top1``, ``noun_top1`` and ``action_top1`` (the plain top-1).
+
   Args:
     num_classes: ``C``.
     dense_confusion: whether :meth:`result` returns the dense confusion
       matrix; ``None`` = when ``C <= DENSE_CONFUSION_MAX_CLASSES``.
+    factors: optional ``(num_verbs, num_nouns)`` whose product is ``C``.
   """
 
-  def __init__(self, num_classes: int, dense_confusion: Optional[bool] = None):
+  def __init__(self, num_classes: int, dense_confusion: Optional[bool] = None,
+               factors: Optional[Tuple[int, int]] = None):
     """Creates an empty accumulator for ``num_classes`` classes."""
     if num_classes <= 0:
       raise ValueError(f"num_classes must be positive, got {num_classes}")
@@ -284,6 +297,12 @@ class EvalAccumulator:
     if dense_confusion is None:
       dense_confusion = self.num_classes <= DENSE_CONFUSION_MAX_CLASSES
     self.dense_confusion = bool(dense_confusion)
+    if factors is not None:
+      factors = (int(factors[0]), int(factors[1]))
+      if min(factors) <= 0 or factors[0] * factors[1] != self.num_classes:
+        raise ValueError(f"factors {factors} must be positive with product "
+                         f"num_classes={self.num_classes}")
+    self.factors = factors
     self.reset()
 
   def reset(self) -> None:
@@ -292,6 +311,8 @@ class EvalAccumulator:
     self._top1 = 0.0
     self._top5 = 0.0
     self._loss = 0.0
+    self._verb_top1 = 0.0
+    self._noun_top1 = 0.0
     self._support = np.zeros(self.num_classes, np.int64)
     self._hits = np.zeros(self.num_classes, np.int64)
     self._codes = np.zeros(0, np.int64)  # Distinct true * C + predicted.
@@ -332,6 +353,12 @@ class EvalAccumulator:
     self._top1 += float(hit.sum())
     self._top5 += float((rank < k).sum())
     self._loss += float(-_log_softmax(logits)[rows, labels].sum())
+    if self.factors is not None:
+      num_verbs, num_nouns = self.factors
+      joint = logits.reshape(-1, num_verbs, num_nouns)
+      verbs, nouns = np.divmod(labels, num_nouns)
+      self._verb_top1 += float((joint.max(axis=2).argmax(axis=1) == verbs).sum())
+      self._noun_top1 += float((joint.max(axis=1).argmax(axis=1) == nouns).sum())
     self._count += int(labels.size)
     self._support += np.bincount(labels, minlength=self.num_classes)
     self._hits += np.bincount(labels[hit], minlength=self.num_classes)
@@ -376,11 +403,17 @@ class EvalAccumulator:
       and top-1 hits per true class), ``per_class_accuracy``,
       ``confusion_pairs`` (see :meth:`confusion_pairs`) and
       ``confusion_matrix``: the dense ``[C, C]`` counts when
-      ``dense_confusion``, else ``None``. Scalar metrics are ``nan`` when no
-      examples were seen.
+      ``dense_confusion``, else ``None``. With ``factors``, also
+      ``verb_top1``, ``noun_top1`` and ``action_top1`` (equal to ``top1``).
+      Scalar metrics are ``nan`` when no examples were seen.
     """
     n = self._count
     scale = (1.0 / n) if n else float("nan")
+    factored = {}
+    if self.factors is not None:
+      factored = {"verb_top1": self._verb_top1 * scale,
+                  "noun_top1": self._noun_top1 * scale,
+                  "action_top1": self._top1 * scale}
     return {
         "top1": self._top1 * scale,
         "top5": self._top5 * scale,
@@ -391,4 +424,5 @@ class EvalAccumulator:
         "per_class_accuracy": _recall(self._hits, self._support),
         "confusion_pairs": self.confusion_pairs(),
         "confusion_matrix": self.dense_confusion_matrix() if self.dense_confusion else None,
+        **factored,
     }

@@ -1,16 +1,30 @@
-"""Converting a video folder into DMVR TFRecord shards.
+"""Converting videos as published into DMVR TFRecord shards, on Apache Beam.
 
-  python -m vivit_knn.data.convert --format=ucf101 --root=<UCF101 dir> \
-      --split=1 --out=<dir>
-  python -m vivit_knn.data.convert --format=hmdb51 --root=<HMDB51 dir> \
-      --split=1 --out=<dir>
+  python -m vivit_knn.data.convert --format=ucf101 --root=<UCF101 dir> --split=1 --out=<dir>
+  python -m vivit_knn.data.convert --format=hmdb51 --root=<HMDB51 dir> --split=1 --out=<dir>
   python -m vivit_knn.data.convert --format=folder --root=<dir> --out=<dir>
+  python -m vivit_knn.data.convert --format=kinetics --annotations=<CSV or folder> \
+      --root=<videos> --out=<dir>
+  python -m vivit_knn.data.convert --format=ssv2 --annotations=<labels folder> \
+      --root=<videos> --out=<dir>
+  python -m vivit_knn.data.convert --format=ek100 --annotations=<folder of EPIC_100_*.csv> \
+      --root=<EPIC-KITCHENS folder> --out=<dir>
 
-Writes ``train.tfrecord-*`` and ``test.tfrecord-*`` (one ``SequenceExample``
-per video, all frames as JPEG, downscaled to ``--short_side``), plus
-``classes.txt`` and ``metadata.json``. Train videos are shuffled once (fixed
-seed) before sharding so every shard mixes classes; test videos keep the
-split list's order.
+A format reader lists the examples of each split (see :mod:`.listing` and the
+readers :mod:`vivit_knn.data.splits`, :mod:`.kinetics`, :mod:`.ssv2`,
+:mod:`.ek100`); one Beam pipeline (:mod:`.pipeline`) decodes them, downscales
+every frame to ``--short_side``, and writes ``train.tfrecord-*`` and
+``test.tfrecord-*`` (one ``SequenceExample`` per video or segment, all its
+frames as JPEG), plus ``classes.txt`` and ``metadata.json``. ``test`` holds
+the split a dataset is evaluated on: the official test list of UCF101 and
+HMDB51, the validation set of the others. Train examples are shuffled once
+(``--seed``) before sharding so every shard mixes classes; test examples keep
+the annotations' order.
+
+``--runner=direct`` (the default) runs locally on ``--num_workers`` processes;
+any other Beam runner takes its own pipeline options on the same command line
+(``--runner=DataflowRunner --project=... --region=... --temp_location=gs://...``).
+The records do not depend on the runner or the number of workers.
 
 ``--format=folder`` reads ``<root>/<class>/<video>``. If ``<root>`` has
 ``train/`` and ``test/`` (or ``val/``) folders of classes, those are the
@@ -19,120 +33,75 @@ hash of the file path, so stable) form the test split.
 
 The conversion is resumable: re-running the same command skips finished
 shards. ``<out>/conversion.json``, written before the first shard, records
-every option and a hash of the source videos (see :mod:`.manifest`): a rerun
+every option and a hash of the listed examples (see :mod:`.manifest`): a rerun
 with other options or sources stops with one line naming each difference,
 unless ``overwrite`` (``--overwrite``) removes the earlier conversion first;
 it removes only the converter's own outputs, never other files in ``<out>``.
 Shards are written under a temporary name and renamed when complete, so a
-half-written shard is never read or resumed. Videos that cannot be decoded are skipped, counted and listed at the
-end and in ``metadata.json``. Point training at the output with
-``--config.dataset.data_dir=<out>`` (datasets ``ucf101``/``hmdb51`` with
-``format='tfrecord'``, or ``tfrecord``).
-
-This package's top level (listing, per-video transcoding, the conversion
-loop) imports no TensorFlow, so the worker processes that decode videos start
-quickly; the TensorFlow-backed shard writer (:mod:`.shards`) and record format
-are imported by :func:`convert` itself. The command line lives in
-``__main__.py``.
+half-written shard is never read or resumed. Videos that are missing or
+cannot be decoded are skipped, counted and listed at the end and in
+``metadata.json``. Point training at the output with
+``--config.dataset.data_dir=<out>``.
 """
 
 from __future__ import annotations
 
-import io
+import contextlib
 import math
-import multiprocessing
 import os
 import random
+import sys
+import threading
 
-import numpy as np
-from PIL import Image
+from vivit_knn.data import splits
+from vivit_knn.data.convert.listing import SPLITS, Example, Listing
+from vivit_knn.data.convert.pipeline import (DEFAULT_QUALITY, DEFAULT_SHORT_SIDE, DIRECT,
+                                             Encoding, ShardJob, encode_jpeg,
+                                             resize_short_side)
 
-from vivit_knn.data import skips, splits, video_io
+__all__ = ["FORMATS", "convert", "summary", "list_examples", "encode_jpeg",
+           "resize_short_side", "DEFAULT_QUALITY", "DEFAULT_SHORT_SIDE", "VIDEOS_PER_SHARD"]
 
-FORMATS = ("ucf101", "hmdb51", "folder")
-DEFAULT_SHORT_SIDE = 256
-DEFAULT_QUALITY = 90
+FORMATS = ("ucf101", "hmdb51", "folder", "kinetics", "ssv2", "ek100")
+# Formats whose annotations are not in --root: --annotations is required.
+ANNOTATED = ("kinetics", "ssv2", "ek100")
 # Shards of ~256 videos keep UCF101/HMDB51 shards at a few hundred MB.
 VIDEOS_PER_SHARD = 256
+# Skipped videos printed per reason and split (metadata.json lists them all).
+_LISTED_SKIPS = 20
+# How often the driver looks for finished shards to report progress.
+_PROGRESS_POLL_S = 0.5
 
 
-# Per-video work, run in the worker processes. Results are plain tuples
-# because exceptions with extra fields do not survive pickling between
-# processes.
+def _from_video_splits(videos: splits.VideoSplits, root: str) -> Listing:
+  """A :class:`Listing` of the UCF101 / HMDB51 / class-folder lists."""
+  def examples(listed):
+    return [Example(path, label, videos.class_names[label], os.path.relpath(path, root))
+            for path, label in zip(listed.paths, listed.labels)]
+  return Listing(list(videos.class_names),
+                 {"train": examples(videos.train), "test": examples(videos.test)},
+                 {"train": list(videos.train.missing), "test": list(videos.test.missing)})
 
 
-def encode_jpeg(frame: np.ndarray, quality: int = DEFAULT_QUALITY) -> bytes:
-  """JPEG bytes of one uint8 ``[H, W, 3]`` RGB frame."""
-  buffer = io.BytesIO()
-  Image.fromarray(np.asarray(frame, np.uint8)).save(buffer, format="JPEG",
-                                                    quality=quality)
-  return buffer.getvalue()
+def list_examples(fmt: str, root: str, *, annotations: str = "", split: int = 1,
+                  eval_fraction: float = 0.1) -> Listing:
+  """The examples of each split of the input layout (nothing is decoded).
 
-
-def resize_short_side(frame: np.ndarray, short_side: int) -> np.ndarray:
-  """Downscales ``frame`` so its short side is ``short_side``; never enlarges.
-
-  Uses Pillow's antialiased bilinear filter; ``short_side <= 0`` keeps the
-  frame as is.
+  Raises:
+    FileNotFoundError: naming a missing folder or annotation file.
+    ValueError: naming the file and line of malformed annotations.
   """
-  height, width = frame.shape[:2]
-  short = min(height, width)
-  if short_side <= 0 or short <= short_side:
-    return frame
-  scale = short_side / short
-  size = (max(1, round(width * scale)), max(1, round(height * scale)))
-  if min(size) != short_side:  # Pin the short side against rounding.
-    size = ((short_side, size[1]) if width <= height else
-            (size[0], short_side))
-  return np.asarray(Image.fromarray(frame).resize(size, Image.BILINEAR))
-
-
-def video_to_jpegs(path: str, short_side: int,
-                   quality: int) -> tuple[str, object, str]:
-  """``('ok', [jpeg bytes per frame], '')`` or ``('skip', reason, detail)``.
-
-  Frames are downscaled to ``short_side`` (never enlarged; 0 keeps them).
-  """
-  try:
-    frames = video_io.read_video(path)
-    return ("ok", [encode_jpeg(resize_short_side(f, short_side), quality)
-                   for f in frames], "")
-  except skips.BadVideoError as err:
-    return ("skip", err.reason, str(err))
-  except Exception as err:  # Never let one odd file stop a conversion.
-    return ("skip", skips.CORRUPT, f"{path}: {type(err).__name__}: {err}")
-
-
-def transcode_job(job: tuple[str, int, int]) -> tuple[str, object, str]:
-  """:func:`video_to_jpegs` on a ``(path, short_side, quality)`` tuple."""
-  return video_to_jpegs(*job)
-
-
-# The conversion.
-
-
-def list_videos(fmt: str, root: str, split: int, splits_dir: str,
-                eval_fraction: float) -> splits.VideoSplits:
-  """The train/test videos of the input layout."""
   if fmt == "ucf101":
-    return splits.ucf101(root, split, splits_dir)
+    return _from_video_splits(splits.ucf101(root, split, annotations), root)
   if fmt == "hmdb51":
-    return splits.hmdb51(root, split, splits_dir)
-  return splits.class_folders(root, eval_fraction)
-
-
-def _records(items, class_names, root, short_side, quality, pool):
-  """Yields a shard's results: ``('ok', record)`` or ``('skip', ...)``."""
-  from vivit_knn.data import tfrecord  # pylint: disable=g-import-not-at-top
-  jobs = [(path, short_side, quality) for path, _ in items]
-  outputs = (pool.imap(transcode_job, jobs) if pool else
-             map(transcode_job, jobs))
-  for (path, label), output in zip(items, outputs):
-    if output[0] == "skip":
-      yield output
-      continue
-    yield ("ok", tfrecord.make_sequence_example(
-        output[1], label, class_names[label], os.path.relpath(path, root)))
+    return _from_video_splits(splits.hmdb51(root, split, annotations), root)
+  if fmt == "folder":
+    return _from_video_splits(splits.class_folders(root, eval_fraction), root)
+  # pylint: disable=g-import-not-at-top
+  from vivit_knn.data.convert import ek100, kinetics, ssv2
+  # pylint: enable=g-import-not-at-top
+  reader = {"kinetics": kinetics.read, "ssv2": ssv2.read, "ek100": ek100.read}[fmt]
+  return reader(annotations, root)
 
 
 def check_out_folder(out: str) -> None:
@@ -149,75 +118,119 @@ def check_out_folder(out: str) -> None:
     raise ValueError(f"--out={out} lies under {parent}, which is a file, not a folder")
 
 
-def convert(fmt: str, root: str, out: str, *, split: int = 1,
-            splits_dir: str = "", eval_fraction: float = 0.1,
-            num_shards: int = 0, short_side: int = DEFAULT_SHORT_SIDE,
-            jpeg_quality: int = DEFAULT_QUALITY, num_workers: int = 1,
-            seed: int = 0, progress: bool = True, overwrite: bool = False) -> dict:
-  """Converts ``root`` into shards in ``out``; returns the metadata written.
-
-  Args are the command line's flags (see ``python -m vivit_knn.data.convert
-  --help``); ``progress`` shows a bar on a terminal and plain lines otherwise.
-
-  Raises:
-    FileNotFoundError: for a missing root or split file.
-    ValueError: for an unknown class or a malformed line in a split file
-      (naming the file); for an ``out`` that is a file or lies under one; for
-      an ``out`` that holds a conversion with other options or sources, or
-      unrecorded shards, unless ``overwrite``; for an ``out`` holding files
-      named like the converter's outputs that it did not write (see
-      :mod:`.manifest`).
-  """
+def _check_options(fmt: str, root: str, annotations: str, numbers: dict) -> None:
   if fmt not in FORMATS:
     raise ValueError(f"--format must be one of {', '.join(FORMATS)}, got {fmt!r}")
-  if not os.path.isdir(root):
+  if "://" not in root and not os.path.isdir(root):
     raise FileNotFoundError(f"--root={root} is not a directory")
-  for name, value, low in (("num_shards", num_shards, 0), ("short_side", short_side, 0),
-                           ("num_workers", num_workers, 0), ("jpeg_quality", jpeg_quality, 1)):
-    if value < low:
-      raise ValueError(f"--{name} must be at least {low}, got {value}")
-  if jpeg_quality > 100:
-    raise ValueError(f"--jpeg_quality must be at most 100, got {jpeg_quality}")
+  if fmt in ANNOTATED and not annotations:
+    raise ValueError(f"--format={fmt} needs --annotations=<its annotation files>")
+  if fmt == "folder" and annotations:
+    raise ValueError("--annotations cannot take effect with --format=folder (the class "
+                     "folders are the labels); leave it out")
+  for name, (value, low, high) in numbers.items():
+    if value < low or (high is not None and value > high):
+      bound = f"at least {low}" if value < low else f"at most {high}"
+      raise ValueError(f"--{name} must be {bound}, got {value}")
+
+
+def _shard_jobs(out: str, listing: Listing, num_shards: int, seed: int) -> dict:
+  """``{split: [ShardJob...]}``: train shuffled once with ``seed``, contiguous shards."""
+  from vivit_knn.data.convert import shards  # pylint: disable=g-import-not-at-top
+  jobs = {}
+  for name in SPLITS:
+    items = list(listing.splits.get(name, []))
+    if name == "train":
+      random.Random(seed).shuffle(items)
+    count = max(1, min(num_shards or math.ceil(len(items) / VIDEOS_PER_SHARD), len(items)))
+    jobs[name] = [ShardJob(out, shard, tuple(items[i] for i in ids))
+                  for shard, ids in zip(shards.shard_names(name, count),
+                                        shards.partition(len(items), count))]
+  return jobs
+
+
+def _report_progress(bar, pending, reported: set, stop: threading.Event) -> None:
+  """Adds each pending shard's examples to ``bar`` once it is finished, until ``stop``."""
+  from vivit_knn.data.convert import shards  # pylint: disable=g-import-not-at-top
+  while not stop.wait(_PROGRESS_POLL_S):
+    for job in pending:
+      if job.name not in reported and shards.finished_stats(job.out_dir, job.name):
+        reported.add(job.name)
+        bar(len(job.examples))
+
+
+def convert(fmt: str, root: str, out: str, *, annotations: str = "", split: int = 1,
+            eval_fraction: float = 0.1, num_shards: int = 0,
+            short_side: int = DEFAULT_SHORT_SIDE, jpeg_quality: int = DEFAULT_QUALITY,
+            num_workers: int = 1, seed: int = 0, progress: bool = True,
+            overwrite: bool = False, runner: str = DIRECT,
+            pipeline_args: tuple[str, ...] = (), quiet: bool = True) -> dict:
+  """Converts the dataset at ``root`` into shards in ``out``; returns the metadata written.
+
+  Args are the command line's flags (see ``python -m vivit_knn.data.convert
+  --help``); ``progress`` shows a bar on a terminal and plain lines otherwise;
+  ``pipeline_args`` are further Beam pipeline options; ``quiet`` keeps Beam's log
+  lines off the terminal unless the pipeline fails.
+
+  Raises:
+    FileNotFoundError: for a missing root or annotation file.
+    ValueError: for malformed annotations (naming the file); for an ``out``
+      that is a file or lies under one; for an ``out`` that holds a conversion
+      with other options or sources, or unrecorded shards, unless
+      ``overwrite``; for an ``out`` holding files named like the converter's
+      outputs that it did not write (see :mod:`.manifest`); for a pipeline
+      option Beam does not know.
+  """
+  _check_options(fmt, root, annotations, {
+      "num_shards": (num_shards, 0, None), "short_side": (short_side, 0, None),
+      "num_workers": (num_workers, 0, None), "jpeg_quality": (jpeg_quality, 1, 100)})
   check_out_folder(out)
-  videos = list_videos(fmt, root, split, splits_dir, eval_fraction)
   # pylint: disable=g-import-not-at-top
   from vivit_knn.data import tfrecord
-  from vivit_knn.data.convert import manifest, shards
+  from vivit_knn.data.convert import manifest, pipeline, shards
   from vivit_knn.data.convert.progress import Progress
   # pylint: enable=g-import-not-at-top
+  options = pipeline.pipeline_options(runner, num_workers, pipeline_args)
+  listing = list_examples(fmt, root, annotations=annotations, split=split,
+                          eval_fraction=eval_fraction)
   manifest.prepare(out, manifest.manifest(
-      manifest.options(fmt, root, split=split, splits_dir=splits_dir,
+      manifest.options(fmt, root, annotations=annotations, split=split,
                        eval_fraction=eval_fraction, num_shards=num_shards,
                        short_side=short_side, jpeg_quality=jpeg_quality, seed=seed),
-      manifest.source_record(videos, root)), overwrite)
-  train = list(zip(videos.train.paths, videos.train.labels))
-  random.Random(seed).shuffle(train)
-  test = list(zip(videos.test.paths, videos.test.labels))
-  workers = num_workers or os.cpu_count() or 1
-  pool = (multiprocessing.get_context("spawn").Pool(workers)
-          if workers > 1 else None)
-  meta = {"format": tfrecord.FORMAT, "version": tfrecord.VERSION,
-          "source": fmt, "split": split if fmt != "folder" else None,
+      manifest.source_record(listing, root)), overwrite)
+  jobs = _shard_jobs(out, listing, num_shards, seed)
+  for name, split_jobs in jobs.items():
+    shards.remove_stale_shards(out, name, [job.name for job in split_jobs])
+  every = [job for split_jobs in jobs.values() for job in split_jobs]
+  pending = [job for job in every if shards.finished_stats(out, job.name) is None]
+  # The progress lines go to a copy of stderr: the pipeline sends stderr itself to its log.
+  stream = os.fdopen(os.dup(sys.stderr.fileno()), "w") if quiet else sys.stderr
+  with stream if quiet else contextlib.nullcontext(), Progress(
+      sum(len(job.examples) for job in every), enabled=progress, file=stream) as bar:
+    bar.resume(sum(len(job.examples) for job in every if job not in pending))
+    stop, reported = threading.Event(), set()
+    watcher = threading.Thread(target=_report_progress, args=(bar, pending, reported, stop),
+                               daemon=True)
+    watcher.start()
+    try:
+      pipeline.run(pending, Encoding(short_side, jpeg_quality), options, quiet=quiet)
+    finally:
+      stop.set()
+      watcher.join()
+    unreported = sum(len(job.examples) for job in pending if job.name not in reported)
+    if unreported:
+      bar(unreported)
+  meta = {"format": tfrecord.FORMAT, "version": tfrecord.VERSION, "source": fmt,
+          "split": split if fmt in ("ucf101", "hmdb51") else None,
           "short_side": short_side, "jpeg_quality": jpeg_quality,
-          "class_names": videos.class_names, "splits": {}}
-  try:
-    with Progress(len(train) + len(test), enabled=progress) as bar:
-      for name, items in (("train", train), ("test", test)):
-        count = num_shards or math.ceil(len(items) / VIDEOS_PER_SHARD)
-        meta["splits"][name] = shards.write_split(
-            out, name, len(items), count,
-            lambda ids, items=items: _records(
-                [items[i] for i in ids], videos.class_names, root,
-                short_side, jpeg_quality, pool),
-            bar, bar.resume)
-  finally:
-    if pool:
-      pool.close()
-      pool.join()
-  for name, listed in (("train", videos.train), ("test", videos.test)):
-    if listed.missing:
-      meta["splits"][name]["skipped"].setdefault("missing", []).extend(
-          listed.missing)
+          "class_names": listing.class_names, "splits": {}}
+  if listing.label_sets:
+    meta["label_sets"] = listing.label_sets
+  for name, split_jobs in jobs.items():
+    meta["splits"][name] = shards.split_stats(out, [job.name for job in split_jobs])
+    if listing.missing.get(name):
+      meta["splits"][name]["skipped"].setdefault("missing", []).extend(listing.missing[name])
+  meta["notes"] = list(listing.notes)
   shards.write_sidecars(out, meta)
   return meta
 
@@ -225,11 +238,17 @@ def convert(fmt: str, root: str, out: str, *, split: int = 1,
 def summary(meta: dict) -> str:
   """One-paragraph report of a conversion."""
   lines = [f"classes: {len(meta['class_names'])}"]
+  for name, sizes in meta.get("label_sets", {}).items():
+    lines.append(f"{name} classes: {len(sizes)}")
   for name, split in meta["splits"].items():
     skipped = {r: len(v) for r, v in split["skipped"].items()}
     lines.append(f"{name}: {split['num_examples']} videos in "
                  f"{len(split['shards'])} shards; skipped "
                  f"{sum(skipped.values())} {skipped or ''}".rstrip())
     for reason, details in sorted(split["skipped"].items()):
-      lines.extend(f"  skipped ({reason}): {d}" for d in details)
+      lines.extend(f"  skipped ({reason}): {d}" for d in details[:_LISTED_SKIPS])
+      if len(details) > _LISTED_SKIPS:
+        lines.append(f"  ... and {len(details) - _LISTED_SKIPS} more skipped ({reason}), "
+                     f"all listed in metadata.json")
+  lines.extend(f"note: {note}" for note in meta.get("notes", []))
   return "\n".join(lines)

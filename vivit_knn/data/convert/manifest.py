@@ -2,7 +2,7 @@
 
 Written before the first shard, it holds every option that shapes the shards
 and a hash of the source videos (paths relative to ``--root``, labels, sizes,
-modification times, the split assignment and the class names). A rerun into
+modification times, segments, labels and the class names). A rerun into
 the same folder resumes only when both match; otherwise it stops with one line
 naming each differing option with both values, unless ``--overwrite`` is given,
 which removes the folder's previous conversion first. A folder holding shards
@@ -27,31 +27,33 @@ from collections.abc import Mapping
 
 import tensorflow as tf
 
-from vivit_knn.data import splits, tfrecord
+from vivit_knn.data import tfrecord
 from vivit_knn.data.convert import shards
+from vivit_knn.data.convert.listing import SPLITS, Listing
 
 MANIFEST_FILE = "conversion.json"
 # The options of the record, in the order differences are reported.
-OPTIONS = ("format", "root", "split", "splits_dir", "eval_fraction", "num_shards",
+OPTIONS = ("format", "root", "annotations", "split", "eval_fraction", "num_shards",
            "short_side", "jpeg_quality", "seed")
 
 
-def options(fmt: str, root: str, *, split: int, splits_dir: str,
-            eval_fraction: float, num_shards: int, short_side: int,
-            jpeg_quality: int, seed: int) -> dict:
+def options(fmt: str, root: str, *, annotations: str, split: int, eval_fraction: float,
+            num_shards: int, short_side: int, jpeg_quality: int, seed: int) -> dict:
   """The conversion's options as recorded (flag name -> value).
 
   Options a format does not use are recorded as None, so they never count as a
-  difference (``--split`` for ``folder``, ``--eval_fraction`` for the official
-  splits). Folders are recorded as absolute paths.
+  difference (``--split`` beyond UCF101/HMDB51, ``--eval_fraction`` beyond
+  class folders). Local folders are recorded as absolute paths. The runner and
+  the number of workers are not recorded: they do not change the records.
   """
-  official = fmt != "folder"
+  def folder(path):
+    return path if not path or "://" in path else os.path.abspath(path)
   return {
       "format": fmt,
-      "root": os.path.abspath(root),
-      "split": split if official else None,
-      "splits_dir": (os.path.abspath(splits_dir) if splits_dir else "") if official else None,
-      "eval_fraction": None if official else eval_fraction,
+      "root": folder(root),
+      "annotations": folder(annotations),
+      "split": split if fmt in ("ucf101", "hmdb51") else None,
+      "eval_fraction": eval_fraction if fmt == "folder" else None,
       "num_shards": num_shards,
       "short_side": short_side,
       "jpeg_quality": jpeg_quality,
@@ -59,26 +61,37 @@ def options(fmt: str, root: str, *, split: int, splits_dir: str,
   }
 
 
-def _entries(listed: splits.VideoList, root: str) -> list[list]:
-  entries = []
-  for path, label in zip(listed.paths, listed.labels):
-    stat = os.stat(path)
-    entries.append([os.path.relpath(path, root), label, stat.st_size, stat.st_mtime_ns])
-  return sorted(entries)
+def _file_state(path: str) -> list:
+  """``[size, modification time]`` of a local file (remote files: ``[]``)."""
+  if "://" in path:
+    return []
+  stat = os.stat(path)
+  return [stat.st_size, stat.st_mtime_ns]
 
 
-def source_record(videos: splits.VideoSplits, root: str) -> dict:
-  """``{'sha256', 'videos': {split: count}}`` of the listed videos and their files."""
-  listing = {
-      "class_names": list(videos.class_names),
-      "train": _entries(videos.train, root),
-      "test": _entries(videos.test, root),
-      "missing": sorted(os.path.relpath(p, root)
-                        for p in videos.train.missing + videos.test.missing),
-  }
-  digest = hashlib.sha256(json.dumps(listing, sort_keys=True).encode()).hexdigest()
+def _relative(path: str, root: str) -> str:
+  return path if "://" in path else os.path.relpath(path, root)
+
+
+def source_record(listing: Listing, root: str) -> dict:
+  """``{'sha256', 'videos': {split: count}}`` of the listed examples and their files.
+
+  The hash covers each example's file (path relative to ``root``, size and
+  modification time), segment, labels and name, the class names, and the
+  files listed but missing.
+  """
+  record = {"class_names": list(listing.class_names), "label_sets": listing.label_sets}
+  for split in SPLITS:
+    record[split] = list(
+        [_relative(e.path, root), *_file_state(e.path), e.start_s, e.end_s, e.label,
+         e.label_text, e.name, [list(s) for s in e.label_sets]]
+        for e in listing.splits.get(split, []))
+    record[split].sort(key=json.dumps)
+  record["missing"] = sorted(_relative(p, root) for split in SPLITS
+                             for p in listing.missing.get(split, []))
+  digest = hashlib.sha256(json.dumps(record, sort_keys=True).encode()).hexdigest()
   return {"sha256": digest,
-          "videos": {"train": len(listing["train"]), "test": len(listing["test"])}}
+          "videos": {split: len(listing.splits.get(split, [])) for split in SPLITS}}
 
 
 def manifest(option_values: Mapping[str, object], sources: Mapping[str, object]) -> dict:

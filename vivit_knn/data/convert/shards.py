@@ -13,11 +13,41 @@ from __future__ import annotations
 import json
 import os
 import re
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 
-import tensorflow as tf
+from apache_beam.io.filesystems import FileSystems
 
-from vivit_knn.data import records, tfrecord
+from vivit_knn.data import record_format
+
+# Files go through Beam's file systems (local disk, gs:// and the others Beam
+# knows), so a worker on any runner writes the same way and imports no TensorFlow.
+
+
+def _exists(path: str) -> bool:
+  return FileSystems.exists(path)
+
+
+def _size(path: str) -> int:
+  return FileSystems.match([path])[0].metadata_list[0].size_in_bytes
+
+
+def _makedirs(path: str) -> None:
+  if not FileSystems.exists(path):
+    FileSystems.mkdirs(path)
+
+
+def _write(path: str, data: bytes) -> None:
+  """Writes ``data`` under a temporary name, then renames it to ``path``."""
+  tmp = path + ".tmp"
+  with FileSystems.create(tmp, mime_type="application/octet-stream") as f:
+    f.write(data)
+  FileSystems.rename([tmp], [path])
+
+
+def read_json(path: str) -> dict:
+  """The JSON object in file ``path``."""
+  with FileSystems.open(path, mime_type="application/json") as f:
+    return json.loads(f.read().decode())
 
 STATS_DIR = ".shards"
 
@@ -45,11 +75,10 @@ def _stats_path(out_dir: str, name: str) -> str:
 def finished_stats(out_dir: str, name: str) -> dict | None:
   """Stats of shard ``name`` if it was completely written, else None."""
   path, stats_path = os.path.join(out_dir, name), _stats_path(out_dir, name)
-  if not (tf.io.gfile.exists(path) and tf.io.gfile.exists(stats_path)):
+  if not (_exists(path) and _exists(stats_path)):
     return None
-  with tf.io.gfile.GFile(stats_path) as f:
-    stats = json.load(f)
-  if tf.io.gfile.stat(path).length != stats["bytes"]:
+  stats = read_json(stats_path)
+  if _size(path) != stats["bytes"]:
     return None
   return stats
 
@@ -62,25 +91,26 @@ def write_shard(out_dir: str, name: str, results: Iterable[Result]) -> dict:
   """Writes the records among ``results`` as shard ``name``; returns stats.
 
   Stats: ``file``, ``num_examples``, ``bytes``, ``offsets`` and ``skipped``
-  (``{reason: [detail, ...]}``).
+  (``{reason: [detail, ...]}``). The shard is written to the stats folder,
+  outside the shard namespace so a glob never picks up a partial shard, and
+  renamed when complete, after its stats.
   """
-  tf.io.gfile.makedirs(os.path.join(out_dir, STATS_DIR))
-  path = os.path.join(out_dir, name)
-  # Outside the shard namespace, so a glob never picks up a partial shard.
+  _makedirs(os.path.join(out_dir, STATS_DIR))
   tmp = os.path.join(out_dir, STATS_DIR, name + ".tmp")
   offsets, skipped, offset = [], {}, 0
-  with tf.io.TFRecordWriter(tmp) as writer:
+  with FileSystems.create(tmp, mime_type="application/octet-stream") as writer:
     for result in results:
       if result[0] == "skip":
         skipped.setdefault(result[1], []).append(result[2])
         continue
-      writer.write(result[1])
+      framed = record_format.frame_record(result[1])
+      writer.write(framed)
       offsets.append(offset)
-      offset += records.record_size(len(result[1]))
+      offset += len(framed)
   stats = {"file": name, "num_examples": len(offsets), "bytes": offset,
            "offsets": offsets, "skipped": skipped}
   write_json(_stats_path(out_dir, name), stats)
-  tf.io.gfile.rename(tmp, path, overwrite=True)
+  FileSystems.rename([tmp], [os.path.join(out_dir, name)])
   return stats
 
 
@@ -89,73 +119,46 @@ def remove_stale_shards(out_dir: str, split: str, keep: Sequence[str]) -> list:
 
   Only files named as this converter names shards count; others are left alone.
   """
-  stale = [p for p in tf.io.gfile.glob(os.path.join(out_dir, f"{split}.tfrecord-*"))
-           if SHARD_NAME.fullmatch(os.path.basename(p)) and os.path.basename(p) not in set(keep)]
-  for path in stale:
-    tf.io.gfile.remove(path)
+  matched = FileSystems.match([os.path.join(out_dir, f"{split}.tfrecord-*")])[0]
+  stale = [m.path for m in matched.metadata_list
+           if SHARD_NAME.fullmatch(os.path.basename(m.path))
+           and os.path.basename(m.path) not in set(keep)]
+  if stale:
+    FileSystems.delete(stale)
   return stale
 
 
-def write_split(out_dir: str, split: str, num_items: int, num_shards: int,
-                convert: Callable[[Sequence[int]], Iterable[Result]],
-                on_item: Callable[[int], None] = lambda n: None,
-                on_resumed: Callable[[int], None] | None = None) -> dict:
-  """Writes ``num_items`` items as ``num_shards`` shards of ``split``.
+def split_stats(out_dir: str, names: Sequence[str]) -> dict:
+  """``{'num_examples', 'shards': [stats...], 'skipped': {reason: [...]}}`` of finished shards.
 
-  Args:
-    out_dir: Output folder.
-    split: Split name, the shard name prefix.
-    num_items: Number of items; shard ``k`` gets a contiguous range.
-    num_shards: Number of shards (at most ``num_items``, at least 1).
-    convert: Maps the item numbers of one shard to their results, in order.
-    on_item: Called with the number of items done (progress).
-    on_resumed: Called with the item count of each shard kept from an earlier
-      run (default: ``on_item``).
-
-  Returns:
-    ``{'num_examples', 'shards': [stats...], 'skipped': {reason: [...]}}``.
+  Raises:
+    FileNotFoundError: naming a shard of ``names`` that is not finished.
   """
-  num_shards = max(1, min(num_shards, num_items))
-  names = shard_names(split, num_shards)
-  remove_stale_shards(out_dir, split, names)
   shards, skipped = [], {}
-  for name, items in zip(names, partition(num_items, num_shards)):
+  for name in names:
     stats = finished_stats(out_dir, name)
     if stats is None:
-      stats = write_shard(out_dir, name, _counting(convert(items), on_item))
-    else:
-      (on_resumed or on_item)(len(items))
-    shards.append({k: stats[k] for k in ("file", "num_examples", "bytes",
-                                         "offsets")})
+      raise FileNotFoundError(f"shard {os.path.join(out_dir, name)} was not written")
+    shards.append({k: stats[k] for k in ("file", "num_examples", "bytes", "offsets")})
     for reason, details in stats["skipped"].items():
       skipped.setdefault(reason, []).extend(details)
   return {"num_examples": sum(s["num_examples"] for s in shards),
           "shards": shards, "skipped": skipped}
 
 
-def _counting(results: Iterable[Result], on_item) -> Iterable[Result]:
-  for result in results:
-    on_item(1)
-    yield result
-
-
 def write_json(path: str, content: dict) -> None:
   """Writes ``content`` to ``path`` atomically (temporary file + rename)."""
-  tmp = path + ".tmp"
-  with tf.io.gfile.GFile(tmp, "w") as f:
-    json.dump(content, f, indent=1)
-  tf.io.gfile.rename(tmp, path, overwrite=True)
+  _write(path, json.dumps(content, indent=1).encode())
 
 
 def write_class_names(directory: str, class_names) -> str:
   """Writes ``classes.txt``; returns its path."""
-  path = os.path.join(directory, tfrecord.CLASSES_FILE)
-  with tf.io.gfile.GFile(path, "w") as f:
-    f.write("".join(f"{name}\n" for name in class_names))
+  path = os.path.join(directory, record_format.CLASSES_FILE)
+  _write(path, "".join(f"{name}\n" for name in class_names).encode())
   return path
 
 
 def write_sidecars(out_dir: str, meta: dict) -> None:
   """Writes ``classes.txt`` and ``metadata.json`` beside the shards."""
   write_class_names(out_dir, meta["class_names"])
-  write_json(os.path.join(out_dir, tfrecord.METADATA_FILE), meta)
+  write_json(os.path.join(out_dir, record_format.METADATA_FILE), meta)

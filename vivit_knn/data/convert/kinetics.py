@@ -1,0 +1,256 @@
+"""Kinetics-400/600/700 as published: the DeepMind CSV files and the videos.
+
+``annotations`` is one CSV file or a folder of them. In a folder the train
+file is ``train.csv``, the validation file ``validate.csv`` (DeepMind's name),
+``val.csv`` or ``validation.csv``; a prefix such as ``kinetics_400_train.csv``
+or ``kinetics700_2020_validate.csv`` is allowed. A test CSV is not converted
+(it has no labels). A single CSV file is split by its ``split`` column
+(``train``; ``val``/``validate``/``validation`` -> the test split; ``test``
+rows are left out).
+
+Columns are found by header name, so K400's trailing ``is_cc`` column, its
+label-less ``test.csv`` and K700-2020's files without ``is_cc`` all read the
+same way. Needed: ``label``, ``youtube_id``, ``time_start``, ``time_end``
+(and ``split`` in a single file).
+
+Class ``i`` is the ``i``-th of the train rows' labels in sorted order (the
+order published Kinetics checkpoints use).
+
+Videos are found anywhere under ``root`` (one walk):
+
+* a trimmed clip ``<youtube_id>_<start:06d>_<end:06d>.<ext>`` is used whole;
+* otherwise an untrimmed ``<youtube_id>.<ext>`` is cut to
+  ``[time_start, time_end]`` seconds by the pipeline (``Example.start_s`` and
+  ``end_s``);
+* otherwise the row is missing, listed as ``<root>/<clip id>.mp4`` (the
+  trimmed name at the top of ``root``, although any subfolder and any of the
+  accepted extensions would have been found).
+
+Missing videos are normal for Kinetics (YouTube takedowns): they are counted
+and listed, never an error. When two files under ``root`` share a name, the
+first in sorted walk order is used.
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+import os
+import re
+
+from vivit_knn.data.convert import files as fs
+from vivit_knn.data.convert.listing import SPLITS, Example, Listing
+
+VIDEO_EXTENSIONS = (".mp4", ".mkv", ".webm", ".avi", ".mov")
+# Role of each CSV in a folder, by the end of its name (after an optional
+# prefix such as ``kinetics_400_``).
+_TRAIN_NAMES = ("train",)
+_VALIDATION_NAMES = ("validate", "val", "validation")
+_TEST_NAMES = ("test",)
+# ``split`` column values of a single CSV file -> converted split (None: left
+# out).
+_SPLIT_VALUES = {"train": "train", "val": "test", "validate": "test",
+                 "validation": "test", "test": None}
+_REQUIRED = ("label", "youtube_id", "time_start", "time_end")
+
+
+def clip_id(youtube_id: str, start: float, end: float) -> str:
+  """``<youtube_id>_<start:06d>_<end:06d>``, the published clip name.
+
+  Fractional seconds are truncated, as the official download script's
+  ``'%06d'`` formatting does.
+  """
+  return f"{youtube_id}_{int(start):06d}_{int(end):06d}"
+
+
+def _role(filename: str) -> str | None:
+  """``'train'``, ``'validation'``, ``'test'`` or None for a CSV file name."""
+  stem, ext = os.path.splitext(filename)
+  if ext.lower() != ".csv":
+    return None
+  stem = stem.lower()
+  for role, names in (("train", _TRAIN_NAMES),
+                      ("validation", _VALIDATION_NAMES),
+                      ("test", _TEST_NAMES)):
+    for name in names:
+      if stem == name or re.search(rf"[_\-. ]{name}$", stem):
+        return role
+  return None
+
+
+def _seconds(value: str, column: str, where: str) -> float:
+  try:
+    seconds = float(value)
+  except ValueError:
+    raise ValueError(f"{where}: {column} must be a number of seconds, got "
+                     f"{value!r}") from None
+  if not math.isfinite(seconds) or seconds < 0:
+    raise ValueError(f"{where}: {column} must be a finite number >= 0, got "
+                     f"{value!r}")
+  return seconds
+
+
+def _read_csv(path: str,
+              need_split: bool = False) -> list[tuple[int, dict[str, str]]]:
+  """``(line number, row)`` of every data row, columns checked by name."""
+  with fs.open_text(path) as f:
+    reader = csv.DictReader(f)
+    header = [name.strip() for name in reader.fieldnames or []]
+    reader.fieldnames = header
+    required = _REQUIRED + (("split",) if need_split else ())
+    absent = [name for name in required if name not in header]
+    if absent:
+      raise ValueError(f"{path}:1: missing column(s) {', '.join(absent)} "
+                       f"in header {','.join(header)!r}")
+    rows = []
+    for row in reader:
+      if not any((value or "").strip() for value in row.values()
+                 if isinstance(value, str)):
+        continue  # Blank line.
+      where = f"{path}:{reader.line_num}"
+      if None in row or any(row[name] is None for name in header):
+        raise ValueError(f"{where}: expected {len(header)} fields as in the "
+                         "header")
+      rows.append((reader.line_num,
+                   {name: row[name].strip() for name in header}))
+  return rows
+
+
+def _index_videos(root: str) -> dict[str, str]:
+  """``{file name without extension: path}`` of the videos under ``root``."""
+  index: dict[str, str] = {}
+  for folder, dirs, files in fs.walk(root):
+    dirs.sort()
+    for name in sorted(files):
+      stem, ext = os.path.splitext(name)
+      if ext.lower() in VIDEO_EXTENSIONS and stem not in index:
+        index[stem] = os.path.join(folder, name)
+  return index
+
+
+def _csv_files(annotations: str) -> tuple[dict[str, str], list[str]]:
+  """``{role: csv path}`` of a folder, and notes on the files left out."""
+  found: dict[str, list[str]] = {}
+  for name in sorted(fs.listdir(annotations)):
+    path = os.path.join(annotations, name)
+    role = _role(name)
+    if role and fs.isfile(path):
+      found.setdefault(role, []).append(path)
+  for role, paths in found.items():
+    if len(paths) > 1:
+      raise ValueError(f"{annotations}: more than one {role} CSV: "
+                       f"{', '.join(os.path.basename(p) for p in paths)}")
+  if "train" not in found:
+    raise FileNotFoundError(
+        f"Kinetics train CSV (train.csv or <prefix>_train.csv) not found in "
+        f"{annotations}")
+  if "validation" not in found:
+    raise FileNotFoundError(
+        f"Kinetics validation CSV (validate.csv, val.csv or validation.csv, "
+        f"optionally with a prefix) not found in {annotations}")
+  notes = []
+  if "test" in found:
+    notes.append(f"{found['test'][0]}: test rows have no labels; not "
+                 "converted")
+  return {role: paths[0] for role, paths in found.items()}, notes
+
+
+def _rows_by_split(annotations: str):
+  """``{split: [(file, line, row)]}`` and notes, from a file or a folder."""
+  rows: dict[str, list[tuple[str, int, dict[str, str]]]] = {
+      split: [] for split in SPLITS}
+  if fs.isdir(annotations):
+    files, notes = _csv_files(annotations)
+    for role, split in (("train", "train"), ("validation", "test")):
+      path = files[role]
+      rows[split] = [(path, number, row)
+                     for number, row in _read_csv(path)]
+    return rows, notes
+  if not fs.isfile(annotations):
+    raise FileNotFoundError(f"Kinetics annotations {annotations} do not exist")
+  left_out = 0
+  for number, row in _read_csv(annotations, need_split=True):
+    value = row["split"].lower()
+    if value not in _SPLIT_VALUES:
+      raise ValueError(
+          f"{annotations}:{number}: split must be one of "
+          f"{', '.join(_SPLIT_VALUES)}, got {row['split']!r}")
+    split = _SPLIT_VALUES[value]
+    if split is None:
+      left_out += 1
+    else:
+      rows[split].append((annotations, number, row))
+  notes = []
+  if left_out:
+    notes.append(f"{annotations}: {left_out} test rows have no labels; not "
+                 "converted")
+  return rows, notes
+
+
+def read(annotations: str, root: str) -> Listing:
+  """Lists a Kinetics dataset (see the module docstring for the layout).
+
+  Args:
+    annotations: A Kinetics CSV file, or a folder holding the train and
+      validation CSV files.
+    root: Folder holding the videos, trimmed or untrimmed, in any subfolder.
+
+  Returns:
+    The train split and the validation split (as ``test``); rows whose video
+    is absent are in ``missing``, as ``<root>/<clip id>.mp4``.
+
+  Raises:
+    FileNotFoundError: naming a missing annotations file, CSV or ``root``.
+    ValueError: naming the file and line of a malformed row, a row without a
+      needed column, or a validation label that no train row has.
+  """
+  if not fs.isdir(root):
+    raise FileNotFoundError(f"Kinetics video folder {root} does not exist")
+  if not fs.exists(annotations):
+    raise FileNotFoundError(f"Kinetics annotations {annotations} do not exist")
+  rows, notes = _rows_by_split(annotations)
+  for path, number, row in rows["train"] + rows["test"]:
+    if not row["label"]:
+      raise ValueError(f"{path}:{number}: empty label")
+  class_names = sorted({row["label"] for _, _, row in rows["train"]})
+  if not class_names:
+    raise ValueError(f"{annotations}: no train rows")
+  labels = {name: i for i, name in enumerate(class_names)}
+  videos = _index_videos(root)
+  listing = Listing(class_names=class_names,
+                    splits={split: [] for split in SPLITS}, notes=notes)
+  for split in SPLITS:
+    seen: set[str] = set()
+    duplicates = 0
+    for path, number, row in rows[split]:
+      where = f"{path}:{number}"
+      youtube_id = row["youtube_id"]
+      if not youtube_id:
+        raise ValueError(f"{where}: empty youtube_id")
+      start = _seconds(row["time_start"], "time_start", where)
+      end = _seconds(row["time_end"], "time_end", where)
+      if end <= start:
+        raise ValueError(f"{where}: time_end {row['time_end']} is not after "
+                         f"time_start {row['time_start']}")
+      label = labels.get(row["label"])
+      if label is None:
+        raise ValueError(f"{where}: label {row['label']!r} is not the label "
+                         "of any train row")
+      name = clip_id(youtube_id, start, end)
+      if name in seen:
+        duplicates += 1
+        continue
+      seen.add(name)
+      if name in videos:
+        example = Example(videos[name], label, row["label"], name)
+      elif youtube_id in videos:
+        example = Example(videos[youtube_id], label, row["label"], name,
+                          start_s=start, end_s=end)
+      else:
+        listing.missing[split].append(os.path.join(root, name + ".mp4"))
+        continue
+      listing.splits[split].append(example)
+    if duplicates:
+      listing.notes.append(f"{split}: {duplicates} rows repeat an earlier "
+                           "clip; left out")
+  return listing
