@@ -49,34 +49,29 @@ def _seconds(stamp):
   return 3600 * int(hours) + 60 * int(minutes) + float(seconds)
 
 
-@pytest.fixture(scope="module")
-def kinetics(tmp_path_factory):
-  base = tmp_path_factory.mktemp("kinetics")
-  data = published.write_kinetics(str(base / "k400"))
+def _converted(tmp_path_factory, fmt, write):
+  """Writes a dataset in its published layout and converts it: ``(data, out, process)``."""
+  base = tmp_path_factory.mktemp(fmt)
+  data = write(str(base / "published"))
   out = str(base / "records")
-  proc = _convert(data, "kinetics", out)
+  proc = _convert(data, fmt, out)
   assert proc.returncode == 0, proc.stderr
   return data, out, proc
+
+
+@pytest.fixture(scope="module")
+def kinetics(tmp_path_factory):
+  return _converted(tmp_path_factory, "kinetics", published.write_kinetics)
 
 
 @pytest.fixture(scope="module")
 def ek100(tmp_path_factory):
-  base = tmp_path_factory.mktemp("ek100")
-  data = published.write_ek100(str(base / "epic"))
-  out = str(base / "records")
-  proc = _convert(data, "ek100", out)
-  assert proc.returncode == 0, proc.stderr
-  return data, out, proc
+  return _converted(tmp_path_factory, "ek100", published.write_ek100)
 
 
 @pytest.fixture(scope="module")
 def ssv2(tmp_path_factory):
-  base = tmp_path_factory.mktemp("ssv2")
-  data = published.write_ssv2(str(base / "ssv2"))
-  out = str(base / "records")
-  proc = _convert(data, "ssv2", out)
-  assert proc.returncode == 0, proc.stderr
-  return data, out, proc
+  return _converted(tmp_path_factory, "ssv2", published.write_ssv2)
 
 
 def test_kinetics_records_match_the_csv_files(kinetics):

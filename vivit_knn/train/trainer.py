@@ -74,8 +74,14 @@ def _check_finite(history, step: int, ckpt: checkpoint.Checkpointer, state, work
 
 
 def _mean_metrics(history) -> Dict[str, float]:
+  """Each metric's mean over the steps that logged it.
+
+  A window can span a change of objective (distillation's stage 1 to stage 2),
+  after which some terms are no longer logged.
+  """
   host = jax.device_get(history)
-  return {k: float(np.mean([h[k] for h in host])) for k in host[0] if k != steps.FINITE}
+  names = dict.fromkeys(k for h in host for k in h if k != steps.FINITE)
+  return {k: float(np.mean([h[k] for h in host if k in h])) for k in names}
 
 
 def _lock(workdir: str) -> Optional[workdir_lock.WorkdirLock]:

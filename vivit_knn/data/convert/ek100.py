@@ -24,7 +24,6 @@ absent is listed in ``missing`` once per segment, as
 
 from __future__ import annotations
 
-import csv
 import os
 import re
 
@@ -50,26 +49,6 @@ def parse_timestamp(value: str) -> float:
   return int(hours) * 3600 + int(minutes) * 60 + float(seconds)
 
 
-def _rows(path: str, required) -> list[tuple[int, dict[str, str]]]:
-  """``(line number, row)`` of every data row; the columns checked by name."""
-  with fs.open_text(path) as f:
-    reader = csv.DictReader(f)
-    header = [name.strip() for name in reader.fieldnames or []]
-    reader.fieldnames = header
-    absent = [name for name in required if name not in header]
-    if absent:
-      raise ValueError(f"{path}:1: missing column(s) {', '.join(absent)} "
-                       f"in header {','.join(header)!r}")
-    rows = []
-    for row in reader:
-      if None in row or any(row[name] is None for name in header):
-        raise ValueError(f"{path}:{reader.line_num}: expected {len(header)} "
-                         "fields as in the header")
-      rows.append((reader.line_num,
-                   {name: row[name].strip() for name in header}))
-  return rows
-
-
 def _class_id(row: dict[str, str], column: str, where: str) -> int:
   value = row[column]
   if not value.isdigit():
@@ -81,7 +60,7 @@ def _class_id(row: dict[str, str], column: str, where: str) -> int:
 def _class_file(path: str) -> list[str]:
   """Names (``key``) of a class file, by ``id``."""
   names: dict[int, str] = {}
-  for number, row in _rows(path, ("id", "key")):
+  for number, row in fs.csv_rows(path, ("id", "key")):
     index = _class_id(row, "id", f"{path}:{number}")
     if index in names:
       raise ValueError(f"{path}:{number}: id {index} listed twice")
@@ -120,14 +99,8 @@ def read(annotations: str, root: str) -> Listing:
       timestamp, a missing column, a repeated narration id, or a class id
       beyond the class file.
   """
-  if fs.isfile(annotations):
-    annotations = os.path.dirname(annotations) or "."
-  if not fs.isdir(annotations):
-    raise FileNotFoundError(
-        f"EPIC-KITCHENS-100 annotations folder {annotations} does not exist")
-  if not fs.isdir(root):
-    raise FileNotFoundError(
-        f"EPIC-KITCHENS-100 video folder {root} does not exist")
+  annotations = fs.annotation_folder(annotations, root, "EPIC-KITCHENS-100",
+                                     "annotations folder")
   rows = {}
   for split, name in FILES.items():
     path = os.path.join(annotations, name)
@@ -135,7 +108,7 @@ def read(annotations: str, root: str) -> Listing:
       raise FileNotFoundError(
           f"EPIC-KITCHENS-100 annotation file {path} does not exist")
     rows[split] = [(path, number, row)
-                   for number, row in _rows(path, _REQUIRED)]
+                   for number, row in fs.csv_rows(path, _REQUIRED)]
   names: dict[str, list[str] | None] = {}
   for label_set in _SETS:
     path = os.path.join(annotations, CLASS_FILES[label_set])

@@ -33,7 +33,6 @@ first in sorted walk order is used.
 
 from __future__ import annotations
 
-import csv
 import math
 import os
 import re
@@ -93,27 +92,7 @@ def _seconds(value: str, column: str, where: str) -> float:
 def _read_csv(path: str,
               need_split: bool = False) -> list[tuple[int, dict[str, str]]]:
   """``(line number, row)`` of every data row, columns checked by name."""
-  with fs.open_text(path) as f:
-    reader = csv.DictReader(f)
-    header = [name.strip() for name in reader.fieldnames or []]
-    reader.fieldnames = header
-    required = _REQUIRED + (("split",) if need_split else ())
-    absent = [name for name in required if name not in header]
-    if absent:
-      raise ValueError(f"{path}:1: missing column(s) {', '.join(absent)} "
-                       f"in header {','.join(header)!r}")
-    rows = []
-    for row in reader:
-      if not any((value or "").strip() for value in row.values()
-                 if isinstance(value, str)):
-        continue  # Blank line.
-      where = f"{path}:{reader.line_num}"
-      if None in row or any(row[name] is None for name in header):
-        raise ValueError(f"{where}: expected {len(header)} fields as in the "
-                         "header")
-      rows.append((reader.line_num,
-                   {name: row[name].strip() for name in header}))
-  return rows
+  return fs.csv_rows(path, _REQUIRED + (("split",) if need_split else ()))
 
 
 def _index_videos(root: str) -> dict[str, str]:

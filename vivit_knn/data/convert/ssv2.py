@@ -99,14 +99,8 @@ def read(annotations: str, root: str) -> Listing:
       an entry without an id or template, a repeated id, or a template that
       ``labels.json`` does not define.
   """
-  if fs.isfile(annotations):
-    annotations = os.path.dirname(annotations) or "."
-  if not fs.isdir(annotations):
-    raise FileNotFoundError(
-        f"Something-Something v2 labels folder {annotations} does not exist")
-  if not fs.isdir(root):
-    raise FileNotFoundError(
-        f"Something-Something v2 video folder {root} does not exist")
+  annotations = fs.annotation_folder(annotations, root, "Something-Something v2",
+                                     "labels folder")
   nested = os.path.join(root, ARCHIVE_DIR)
   video_dir = nested if fs.isdir(nested) else root
   present = set(fs.listdir(video_dir))  # One listing, not 220k stat calls.
