@@ -15,10 +15,8 @@ def get_config():
   m.model_type = "factorized_encoder"
   m.hidden_size, m.num_heads, m.mlp_dim = 16, 2, 32
   m.patch_size = (8, 8, 2)
-  m.num_layers = 2
   m.spatial_transformer.num_layers = 1
   m.temporal_transformer.num_layers = 1
-  m.attention = attention_config("knn", 2 / 3)
   m.spatial_transformer.attention = attention_config("knn", 2 / 3)
   m.temporal_transformer.attention = attention_config("knn", 2 / 3)
   m.classifier = "token"

@@ -1,8 +1,11 @@
 """Tiny checkpoints written in published layouts (original ViT `.npz`, CLIP and VideoMAE
 state dicts as `.safetensors`, scenic's flax msgpack), with the expected mapping written
-out here by hand, independently of the converters under test."""
+out here by hand, independently of the converters under test; and exporters from our trees
+back to the published layouts, the converters' inverses, written out the same way."""
 
 import numpy as np
+
+from vivit_knn.weights.tree import flatten
 
 
 def _normal(rng, *shape):
@@ -133,3 +136,100 @@ def write_scenic_checkpoint(directory, params, step=1000):
   with open(path, "wb") as f:
     f.write(serialization.msgpack_serialize(state))
   return path
+
+
+_QKV = ("query", "key", "value")
+
+
+def fuse_qkv(flat, prefix=""):
+  """Our `<prefix>/{query,key,value}/{kernel,bias}` -> torch's fused `(weight [3 D', D],
+  bias [3 D'])`, rows ordered `[query | key | value]`."""
+  base = f"{prefix}/" if prefix else ""
+  kernels = [flat[f"{base}{part}/kernel"] for part in _QKV]
+  weight = np.concatenate([np.reshape(k, (k.shape[0], -1)).T for k in kernels])
+  bias = np.concatenate([np.reshape(flat[f"{base}{part}/bias"], -1) for part in _QKV])
+  return weight, bias
+
+
+def fuse_out(kernel):
+  """Our `out/kernel` `[heads, head_dim, D]` -> the torch output projection weight `[D, D']`."""
+  return np.reshape(kernel, (-1, kernel.shape[-1])).T
+
+
+def _block_indices(flat):
+  return sorted({int(k.split("/")[0].split("_")[1]) for k in flat
+                 if k.startswith("encoderblock_")})
+
+
+def export_clip(tree):
+  """A `CLIPVisionExpert` tree -> OpenAI CLIP `visual.*` state-dict arrays (no `visual.proj`)."""
+  flat = flatten(tree)
+  out = {"conv1.weight": flat["conv1/kernel"].transpose(3, 2, 0, 1),
+         "class_embedding": flat["class_embedding"],
+         "positional_embedding": flat["positional_embedding"]}
+  for ln in ("ln_pre", "ln_post"):
+    out[f"{ln}.weight"], out[f"{ln}.bias"] = flat[f"{ln}/scale"], flat[f"{ln}/bias"]
+  for i in _block_indices(flat):
+    src, name = f"encoderblock_{i}", f"transformer.resblocks.{i}"
+    for theirs, ours in (("ln_1", "LayerNorm_0"), ("ln_2", "LayerNorm_1")):
+      out[f"{name}.{theirs}.weight"] = flat[f"{src}/{ours}/scale"]
+      out[f"{name}.{theirs}.bias"] = flat[f"{src}/{ours}/bias"]
+    for theirs, ours in (("mlp.c_fc", "Dense_0"), ("mlp.c_proj", "Dense_1")):
+      out[f"{name}.{theirs}.weight"] = flat[f"{src}/MlpBlock_0/{ours}/kernel"].T
+      out[f"{name}.{theirs}.bias"] = flat[f"{src}/MlpBlock_0/{ours}/bias"]
+    attn = f"{src}/MultiHeadDotProductAttention_0"
+    out[f"{name}.attn.in_proj_weight"], out[f"{name}.attn.in_proj_bias"] = fuse_qkv(flat, attn)
+    out[f"{name}.attn.out_proj.weight"] = fuse_out(flat[f"{attn}/out/kernel"])
+    out[f"{name}.attn.out_proj.bias"] = flat[f"{attn}/out/bias"]
+  return {"visual." + k: np.asarray(v) for k, v in out.items()}
+
+
+def export_videomae(tree):
+  """A `VideoMAEExpert` tree -> VideoMAE state-dict arrays (q/v-bias form; the key bias must be
+  zero, as VideoMAE's attention has none)."""
+  flat = flatten(tree)
+  out = {"patch_embed.proj.weight": flat["patch_embed/kernel"].transpose(4, 3, 0, 1, 2),
+         "patch_embed.proj.bias": flat["patch_embed/bias"]}
+  if "fc_norm/scale" in flat:
+    out["fc_norm.weight"], out["fc_norm.bias"] = flat["fc_norm/scale"], flat["fc_norm/bias"]
+  for i in _block_indices(flat):
+    src, name = f"encoderblock_{i}", f"blocks.{i}"
+    for theirs, ours in (("norm1", "LayerNorm_0"), ("norm2", "LayerNorm_1")):
+      out[f"{name}.{theirs}.weight"] = flat[f"{src}/{ours}/scale"]
+      out[f"{name}.{theirs}.bias"] = flat[f"{src}/{ours}/bias"]
+    for theirs, ours in (("mlp.fc1", "Dense_0"), ("mlp.fc2", "Dense_1")):
+      out[f"{name}.{theirs}.weight"] = flat[f"{src}/MlpBlock_0/{ours}/kernel"].T
+      out[f"{name}.{theirs}.bias"] = flat[f"{src}/MlpBlock_0/{ours}/bias"]
+    attn = f"{src}/MultiHeadDotProductAttention_0"
+    assert not np.any(flat[f"{attn}/key/bias"]), f"{attn}/key/bias is not zero"
+    weight, bias = fuse_qkv(flat, attn)
+    q_bias, _, v_bias = np.split(bias, 3)
+    out[f"{name}.attn.qkv.weight"] = weight
+    out[f"{name}.attn.q_bias"], out[f"{name}.attn.v_bias"] = q_bias, v_bias
+    out[f"{name}.attn.proj.weight"] = fuse_out(flat[f"{attn}/out/kernel"])
+    out[f"{name}.attn.proj.bias"] = flat[f"{attn}/out/bias"]
+  return {k: np.asarray(v) for k, v in out.items()}
+
+
+def to_torchvision(variables):
+  """`ResNet` variables (`params`, `batch_stats`) -> a torchvision state dict (float32, without
+  `num_batches_tracked`)."""
+  norm_leaves = {("params", "scale"): "weight", ("params", "bias"): "bias",
+                 ("batch_stats", "mean"): "running_mean", ("batch_stats", "var"): "running_var"}
+  modules = {"downsample_conv": "downsample.0", "downsample_bn": "downsample.1"}
+  state = {}
+  for collection in ("params", "batch_stats"):
+    for path, value in flatten(variables.get(collection, {})).items():
+      *names, leaf = path.split("/")
+      prefix = ""
+      if names[0].startswith("layer"):  # layer<stage>_<block>
+        stage, index = names[0][len("layer"):].split("_")
+        prefix, names = f"layer{stage}.{index}.", names[1:]
+      module = modules.get(names[0], names[0])
+      if leaf == "kernel":
+        value = value.T if module == "fc" else value.transpose(3, 2, 0, 1)
+        leaf = "weight"
+      elif module != "fc":
+        leaf = norm_leaves[(collection, leaf)]
+      state[f"{prefix}{module}.{leaf}"] = np.asarray(value, np.float32)
+  return state

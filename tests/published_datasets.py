@@ -27,7 +27,7 @@ import os
 
 import numpy as np
 
-from vivit_knn.data import video_io
+from tests.video_fixtures import write_video
 
 FPS = 10
 SIZE = (32, 48)  # (height, width): even, as 4:2:0 video needs.
@@ -112,7 +112,7 @@ def colour_index(image: np.ndarray) -> int:
 
 def _write(path: str, num_frames: int, colour: int, codec: str) -> str:
   os.makedirs(os.path.dirname(path), exist_ok=True)
-  video_io.write_video(path, marked_frames(num_frames, colour), FPS, codec)
+  write_video(path, marked_frames(num_frames, colour), FPS, codec)
   return path
 
 

@@ -8,13 +8,13 @@ import numpy as np
 import pytest
 from ml_collections import ConfigDict
 
+from tests.events import read_scalars
 from tests.tiny import run_python
 from vivit_knn.models import attention as att
 from vivit_knn.models import attention_backends as backends
 from vivit_knn.models import blocked_attention as blocked
 from vivit_knn.models.attention import AttentionSpec
 from vivit_knn.models.cpu_paths import disabled as one_piece_paths
-from vivit_knn.train.summary import read_scalars
 
 N = 37  # CLS + 6 x 6 patches: odd
 SHAPE = (2, N, 2, 16)  # [B, N, H, d]; d = 16 makes the 1/sqrt(d) scale exact
@@ -160,12 +160,13 @@ def test_forced_paths_name_the_impl_field():
     att.dot_product_attention(q, q, q, AttentionSpec("knn", 2, impl="fast"))
   block = ConfigDict({"kind": "knn", "knn_k": 0.5, "impl": "fused"})
   with pytest.raises(ValueError, match=r"model\.attention\.impl must be one of"):
-    att.attention_spec(block, "model.attention")
+    att.check_attention_spec(att.attention_spec(block), 8, "model.attention")
   block.impl = "blocked"
-  assert att.attention_spec(block, "model.attention") == AttentionSpec("knn", 0.5, "blocked")
+  assert att.attention_spec(block) == AttentionSpec("knn", 0.5, "blocked")
+  att.check_attention_spec(att.attention_spec(block), 8, "model.attention")
   assert att.attention_config("knn", 0.5).impl == "auto"
   # A block written without `impl` (older configs) is 'auto'.
-  assert att.attention_spec(ConfigDict({"kind": "dense", "knn_k": 0.5}), "f").impl == "auto"
+  assert att.attention_spec(ConfigDict({"kind": "dense", "knn_k": 0.5})).impl == "auto"
 
 
 def _temp_bytes(fn, n, heads=2):

@@ -6,6 +6,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from tests.published import export_clip, export_videomae
 from tests.torch_util import require_torch
 from vivit_knn.models.experts import CLIPVisionExpert, VideoMAEExpert
 from vivit_knn.weights import clip, videomae
@@ -97,7 +98,7 @@ def test_clip_state_dict_round_trip_and_features(tmp_path):
   torch.save({k: torch.from_numpy(v) for k, v in sd.items()}, path)
   tree = clip.convert_clip(clip.load_clip_state_dict(path))
 
-  back = clip.export_clip(tree)
+  back = export_clip(tree)
   visual = {k for k in sd if k.startswith("visual.") and k != "visual.proj"}
   assert set(back) == visual
   for key in visual:
@@ -216,7 +217,7 @@ def test_videomae_state_dict_round_trip_and_features(tmp_path):
   assert attn["query"]["kernel"].shape == (VMAE_WIDTH, 3, 64)
   np.testing.assert_array_equal(attn["key"]["bias"], 0.0)
 
-  back = videomae.export_videomae(tree)
+  back = export_videomae(tree)
   kept = {k[len("encoder."):]: v for k, v in sd.items()
           if k.startswith("encoder.") and not k.startswith(("encoder.head", "encoder.pos_embed"))}
   assert set(back) == set(kept)

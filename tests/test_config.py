@@ -106,3 +106,90 @@ def test_paper_config_values():
   s, t = _load("ucf101_dk_s"), _load("ucf101_dk_t")
   assert (s.model.spatial_transformer.attention.kind, s.model.temporal_transformer.attention.kind) == ("knn", "dense")
   assert (t.model.spatial_transformer.attention.kind, t.model.temporal_transformer.attention.kind) == ("dense", "knn")
+
+
+@pytest.mark.parametrize("mutate, key, instead", [
+    (lambda m: m.attention.update(knn_k=0.5), "model.attention.knn_k=0.5",
+     "model.spatial_transformer.attention.knn_k or model.temporal_transformer.attention.knn_k"),
+    (lambda m: m.attention.update(kind="knn"), "model.attention.kind='knn'",
+     "model.spatial_transformer.attention.kind or model.temporal_transformer.attention.kind"),
+    (lambda m: m.update(num_layers=2), "model.num_layers=2",
+     "model.spatial_transformer.num_layers or model.temporal_transformer.num_layers"),
+    (lambda m: m.temporal_attention.update(impl="blocked"),
+     "model.temporal_attention.impl='blocked'", "model.temporal_transformer.attention.impl"),
+])
+def test_factorised_encoder_refuses_the_keys_it_never_reads(mutate, key, instead):
+  config = tiny_config()
+  mutate(config.model)
+  with pytest.raises(ValueError) as err:
+    config_lib.validate(config, INPUT)
+  message = str(err.value)
+  assert message.startswith(f"{key} cannot take effect (model.model_type='factorized_encoder'")
+  assert message.endswith(f": set {instead} instead"), message
+  assert "\n" not in message
+
+
+def test_every_refused_key_is_named_in_one_message():
+  config = tiny_config()
+  config.model.num_layers = 3
+  config.model.attention.knn_k = 0.5
+  with pytest.raises(ValueError) as err:
+    config_lib.check_model(config.model, INPUT)
+  assert "model.attention.knn_k=0.5 cannot" in str(err.value)
+  assert "model.num_layers=3 cannot" in str(err.value)
+
+
+def test_keys_at_their_defaults_are_not_refused():
+  config = tiny_config()
+  config.model.attention = config_lib.attention_config()  # set, but to the schema's default
+  config.model.num_layers = config_lib.base_config().model.num_layers
+  config_lib.validate(config, INPUT)
+
+
+def test_one_encoder_layouts_read_attention_but_never_temporal_attention():
+  config = tiny_config("spacetime")
+  config.model.attention.knn_k = 0.5
+  config.model.num_layers = 3
+  config_lib.validate(config, INPUT)
+  config.model.temporal_attention.kind = "knn"
+  with pytest.raises(ValueError, match=r"^model\.temporal_attention\.kind='knn' cannot take "
+                     r"effect \(ViViT has no separate time attention.*: set "
+                     r"model\.attention\.kind instead$"):
+    config_lib.validate(config, INPUT)
+
+
+def test_a_key_only_the_experts_fix_must_stay_at_its_default():
+  config = _load("synthetic_cast")
+  config.model.mlp_activation = "quick_gelu"
+  with pytest.raises(ValueError, match=r"^model\.mlp_activation='quick_gelu' cannot take effect "
+                     r"\(the experts of model\.name='cast' fix their own activations\): leave "
+                     r"it at its default ''$"):
+    config_lib.validate(config)
+
+
+def test_recipes_set_only_the_keys_their_layout_reads():
+  schema = config_lib.base_config().model
+  dk, uk = _load("ucf101_dk"), _load("ucf101_uk")
+  assert dk.model.attention.to_dict() == schema.attention.to_dict()
+  assert dk.model.num_layers == schema.num_layers
+  assert uk.model.spatial_transformer.to_dict() == schema.spatial_transformer.to_dict()
+  assert uk.model.temporal_transformer.to_dict() == schema.temporal_transformer.to_dict()
+  assert (uk.model.num_layers, uk.model.attention.kind) == (12, "knn")
+
+
+def test_a_video_dataset_key_on_the_synthetic_dataset_says_why():
+  config = tiny_config()
+  config.dataset.frame_stride = 2
+  with pytest.raises(ValueError, match=r"dataset\.frame_stride \(cannot take effect: only "
+                     r"dataset\.name 'tfrecord', 'tfds', 'ucf101', 'hmdb51' read it, this is "
+                     r"'synthetic'\)"):
+    config_lib.check_keys(config)
+
+
+def test_validate_checks_the_model_against_the_dataset_s_clip_by_default():
+  config = tiny_config()
+  config.dataset.num_frames = 6  # 3 tubelets of 2 frames
+  config_lib.validate(config)
+  config.dataset.num_frames = 5
+  with pytest.raises(ValueError, match=r"model\.patch_size.*num_frames=5"):
+    config_lib.validate(config)

@@ -25,7 +25,7 @@ def corrupt_video(path):
 
 
 def truncated_video(path):
-  video_io.write_video(path, video_fixtures.synthetic_frames(90, 48, 64, 0))
+  video_fixtures.write_video(path, video_fixtures.synthetic_frames(90, 48, 64, 0))
   with open(path, "rb") as f:
     data = f.read()
   with open(path, "wb") as f:
@@ -33,7 +33,7 @@ def truncated_video(path):
 
 
 def empty_video(path):
-  video_io.write_video(path, np.zeros((0, 48, 64, 3), np.uint8))
+  video_fixtures.write_video(path, np.zeros((0, 48, 64, 3), np.uint8))
 
 
 @pytest.fixture(scope="module")

@@ -242,8 +242,8 @@ def test_generic_folder_conversion_is_resumable(tmp_path):
   for label, name in enumerate(("jump", "wave")):
     os.makedirs(root / name)
     for k in range(5):
-      video_io.write_video(str(root / name / f"{k}.mp4"),
-                           video_fixtures.synthetic_frames(10, 32, 32, label, k))
+      video_fixtures.write_video(str(root / name / f"{k}.mp4"),
+                                 video_fixtures.synthetic_frames(10, 32, 32, label, k))
   out = str(tmp_path / "records")
   meta = convert.convert("folder", str(root), out, eval_fraction=0.2,
                          num_shards=2, num_workers=1, progress=False)
@@ -271,8 +271,6 @@ def test_tfrecord_sharded_spec_and_missing_pattern(ucf):
   with pytest.raises(FileNotFoundError, match="val.tfrecord"):
     registry.build_dataset(config("tfrecord", data_dir=out,
                                   eval_pattern="val.tfrecord*"))
-  with pytest.raises(ValueError, match="dataset.frame_sride"):
-    registry.build_dataset(config("tfrecord", data_dir=out, frame_sride=2))
 
 
 def test_real_dataset_defaults_have_the_fields_configs_set():

@@ -8,6 +8,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 
+from tests.events import read_scalars
 from tests.test_resnet import torchvision_state
 from tests.tiny import load_config, run_python
 from vivit_knn import config as config_lib
@@ -16,7 +17,6 @@ from vivit_knn.models.student import VideoStudent, export_params
 from vivit_knn.train import sharding, steps, trainer
 from vivit_knn.train.distill import STAGE1, STAGE2, DistillObjective
 from vivit_knn.train.experiment import build_experiment
-from vivit_knn.train.summary import read_scalars
 
 
 @pytest.fixture(scope="module")
@@ -269,7 +269,7 @@ def _params(workdir, step):
 
 
 def test_kill_in_stage2_resumes_in_stage2_bitwise(tmp_path, teacher_workdir):
-  args = ["-m", "vivit_knn.main", "--config=configs/synthetic_tsd.py",
+  args = ["--config=configs/synthetic_tsd.py",
           "--config.distill.method=fpld", "--config.distill.stage1_steps=3",
           f"--config.distill.stage2.workdir={teacher_workdir}",
           "--config.train.num_train_steps=8", "--config.train.checkpoint_every_steps=4",
@@ -282,15 +282,15 @@ def test_kill_in_stage2_resumes_in_stage2_bitwise(tmp_path, teacher_workdir):
          "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0"}
   stage1_teacher = "random ResNet-18"  # logged when the stage-1 teacher is built
   straight, killed = tmp_path / "straight", tmp_path / "killed"
-  proc = run_python(args + [f"--workdir={straight}"], env)
+  main, killed_after_6 = ["-m", "vivit_knn.main"], ["-m", "tests.faults", "kill_after_step=6"]
+  proc = run_python(main + args + [f"--workdir={straight}"], env)
   assert stage1_teacher in proc.stderr
 
   # Killed after step 6 (stage 2 since step 4): the step-4 checkpoint survives.
-  proc = run_python(args + [f"--workdir={killed}", "--config.train.debug_kill_after_step=6"],
-                    env, check=False)
+  proc = run_python(killed_after_6 + args + [f"--workdir={killed}"], env, check=False)
   assert proc.returncode == -signal.SIGKILL, proc.stderr
   assert sorted(p.name for p in (killed / "checkpoints").iterdir() if p.name.isdigit()) == ["4"]
-  resumed = run_python(args + [f"--workdir={killed}"], env)
+  resumed = run_python(main + args + [f"--workdir={killed}"], env)
   assert stage1_teacher not in resumed.stderr  # resumed straight into stage 2
 
   logged = read_scalars(straight / "train")

@@ -258,7 +258,7 @@ def test_two_head_eval_reports_verb_noun_and_action_accuracy(tmp_path):
   printed = dict(re.findall(r"(\w+)=([0-9.]+)", line))
   for key, value in zip(keys, (top1, verb, noun, action)):
     assert float(printed[key]) == pytest.approx(value, abs=1e-4)
-  from vivit_knn.train.summary import read_scalars
+  from tests.events import read_scalars
   scalars = read_scalars(str(work / "train"))
   for key, value in zip(keys, (top1, verb, noun, action)):
     assert scalars[f"eval/{key}"] == [(2, pytest.approx(value, abs=1e-6))]

@@ -8,6 +8,7 @@ import optax
 import pytest
 
 from tests.tiny import load_config
+from vivit_knn import config as config_lib
 from vivit_knn.models.cast import TRAINABLE_PATTERNS
 from vivit_knn.train import optim, sharding, steps
 from vivit_knn.train.experiment import build_experiment
@@ -51,7 +52,7 @@ def test_cast_train_step_leaves_frozen_params_bitwise_unchanged():
 
 def test_frozen_params_get_no_optimizer_state_and_no_decay():
   params = {"expert": {"kernel": jnp.ones((3, 3))}, "head": {"kernel": jnp.ones((3, 2))}}
-  cfg = optim.default_config()
+  cfg = config_lib.optimizer_config()
   cfg.name, cfg.weight_decay, cfg.trainable_patterns = "adamw", 0.5, (r"^head/",)
   tx, _ = optim.build_optimizer(cfg, 10)
   state = tx.init(params)
@@ -83,14 +84,14 @@ def test_layer_ids_and_layer_decay_scales():
       "cross_block_1": {"spatial_time_pos": jnp.ones(2)},
       "head": {"kernel": jnp.ones(2)},
   }
-  ids = _flat(optim.layer_ids(params))
+  ids = _flat(optim._layers(params)[0])
   assert ids["spatial/conv1/kernel"] == 0 and ids["temporal/patch_embed/kernel"] == 0
   assert ids["spatial/ln_pre/scale"] == 0
   assert ids["spatial/encoderblock_0/k"] == 1 and ids["spatial/encoderblock_1/k"] == 2
   assert ids["temporal/encoderblock_1/k"] == 2 and ids["cross_block_1/spatial_time_pos"] == 2
   assert ids["head/kernel"] == 3 and ids["spatial/ln_post/scale"] == 3
 
-  cfg = optim.default_config()
+  cfg = config_lib.optimizer_config()
   cfg.name, cfg.momentum, cfg.grad_clip_norm, cfg.layer_decay = "sgd", 0.0, 0.0, 0.5
   tx, sched = optim.build_optimizer(cfg, 10)
   grads = jax.tree.map(jnp.ones_like, params)

@@ -9,7 +9,6 @@ import pytest
 
 from tests import video_fixtures
 from tests.tiny import run_python
-from vivit_knn.data import video_io
 
 SYNTHETIC_CLASSES = {"left_up", "left_down", "right_up", "right_down"}
 
@@ -24,9 +23,10 @@ def synthetic_run(tmp_path_factory):
               "--config.train.eval_at_end=False"])
   videos = tmp / "my clips"
   (videos / "nested").mkdir(parents=True)
-  video_io.write_video(str(videos / "wide.avi"), video_fixtures.synthetic_frames(10, 48, 64, 0))
-  video_io.write_video(str(videos / "nested" / "tall.mp4"),
-                       video_fixtures.synthetic_frames(7, 50, 36, 1, seed=3))
+  video_fixtures.write_video(str(videos / "wide.avi"),
+                             video_fixtures.synthetic_frames(10, 48, 64, 0))
+  video_fixtures.write_video(str(videos / "nested" / "tall.mp4"),
+                             video_fixtures.synthetic_frames(7, 50, 36, 1, seed=3))
   (videos / "broken.avi").write_bytes(b"\x00junk" * 500)
   (videos / "notes.txt").write_text("not a video\n")
   return work, videos

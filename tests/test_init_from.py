@@ -9,13 +9,29 @@ from tests.tiny import tiny_config
 from vivit_knn.models.registry import build_model
 from vivit_knn.weights import inflate
 from vivit_knn.weights.image_vit import ImageViT, ImageViTArch
-from vivit_knn.weights.init_from import initialise_from, initialise_from_tree, initialise_with_report
-from vivit_knn.weights.load import save_orbax
+from vivit_knn.weights.init_from import initialise_with_report
+from vivit_knn.weights.load import load_checkpoint, save_orbax
 from vivit_knn.weights.tree import UnmatchedKeysError, flatten
 
 INPUT = (4, 24, 24, 3)  # tiny_config: 4 frames of 24x24, 8x8 patches -> a 3x3 grid
 ARCH = ImageViTArch(patch_size=(8, 8), hidden_size=16, num_heads=2, mlp_dim=32, num_layers=2,
                     num_classes=7)
+
+
+def initialise_from_tree(params, source, config):
+  """`params` with the parts of `source` (a tree in our naming) placed into it."""
+  return initialise_with_report(params, source, config)[0]
+
+
+def initialise_from(params, config):
+  """`params` with the parts the file `config.init_from.checkpoint_path` provides (as a run's
+  first state gets them); unchanged when no file is set."""
+  init = config.init_from
+  if not init.checkpoint_path:
+    return params
+  source = load_checkpoint(init.checkpoint_path, init.checkpoint_format,
+                           num_heads=config.model.num_heads)
+  return initialise_from_tree(params, source, config)
 
 
 def image_tree(image_size=24, arch=ARCH, seed=0):

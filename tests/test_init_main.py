@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 
 from tests import published
+from tests.events import read_scalars
 from tests.tiny import load_config, run_python
 from vivit_knn.train.checkpoint import item_path, restore_on_host
-from vivit_knn.train.summary import read_scalars
 from vivit_knn.weights.tree import flatten
 
 MAIN = ["-m", "vivit_knn.main"]

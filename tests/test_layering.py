@@ -2,13 +2,16 @@
 
 Layers, lowest first:
 
-  0  models, data, weights, keys, errors, stop_signals (and the package itself);
+  0  models, data, weights, keys, errors, stop_signals, cli (and the package itself);
      models import neither weights nor data, and keys, errors and stop_signals
      import nothing of ours
   1  config, presets
   2  train
-  3  main, inference, cli, tools, and every `__main__` module (the command line of
-     a lower package, e.g. `python -m vivit_knn.weights.convert`): nothing imports those
+  3  main, inference, tools
+
+A `__main__` module (the command line of a package, e.g. `python -m
+vivit_knn.weights.convert`) is in its package's layer, like any other module,
+and nothing imports it.
 
 Every import counts, at module level or inside a function. The failure
 messages list each offending import with its file and line.
@@ -23,10 +26,10 @@ PACKAGE = "vivit_knn"
 
 LAYERS = {
     "vivit_knn": 0, "vivit_knn.keys": 0, "vivit_knn.errors": 0, "vivit_knn.stop_signals": 0,
-    "vivit_knn.models": 0, "vivit_knn.data": 0, "vivit_knn.weights": 0,
+    "vivit_knn.models": 0, "vivit_knn.data": 0, "vivit_knn.weights": 0, "vivit_knn.cli": 0,
     "vivit_knn.config": 1, "vivit_knn.presets": 1,
     "vivit_knn.train": 2,
-    "vivit_knn.main": 3, "vivit_knn.inference": 3, "vivit_knn.cli": 3, "vivit_knn.tools": 3,
+    "vivit_knn.main": 3, "vivit_knn.inference": 3, "vivit_knn.tools": 3,
 }
 # (importer prefix, imported prefix) pairs that are refused within a layer.
 FORBIDDEN = [("vivit_knn.models", "vivit_knn.weights"), ("vivit_knn.models", "vivit_knn.data")]
@@ -94,8 +97,6 @@ def _is_entry_point(module):
 
 
 def _layer(module):
-  if _is_entry_point(module):
-    return 3
   best = None
   for prefix, layer in LAYERS.items():
     if module == prefix or module.startswith(prefix + "."):
@@ -125,11 +126,20 @@ def test_the_scanner_sees_function_level_and_relative_imports():
   assert ("vivit_knn.main", "vivit_knn.train.trainer") in {(s, d) for s, d, _, _ in _imports()}
 
 
+def test_entry_points_are_in_their_package_s_layer():
+  entry_points = sorted(m for m in MODULES if _is_entry_point(m))
+  assert entry_points, "no `__main__` module found"
+  for module in entry_points:
+    package = module.rsplit(".", 1)[0]
+    assert _layer(module) == _layer(package), (module, _layer(module), _layer(package))
+  assert _layer("vivit_knn.data.convert.__main__") == 0
+
+
 def test_no_import_goes_up_a_layer():
   bad = [e for e in _imports()
          if None not in (_layer(e[0]), _layer(e[1])) and _layer(e[0]) < _layer(e[1])]
   assert not bad, ("imports from a lower layer to a higher one (layers: 0 models/data/weights/"
-                   "keys, 1 config/presets, 2 train, 3 main/inference/cli/tools):\n"
+                   "keys/cli, 1 config/presets, 2 train, 3 main/inference/tools):\n"
                    + _format(bad))
 
 

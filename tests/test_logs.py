@@ -9,6 +9,7 @@ Orbax's checkpoint INFO lines).
 """
 
 import io
+import json
 import math
 import re
 import time
@@ -16,8 +17,9 @@ import time
 import numpy as np
 import pytest
 
+from tests.events import read_scalars
 from tests.tiny import run_python
-from vivit_knn.train.summary import ProgressBar, read_scalars
+from vivit_knn.train.summary import ProgressBar
 
 NOISE = [
     re.compile(r"oneDNN custom operations"),
@@ -69,6 +71,21 @@ def test_main_job_writes_step_time_and_clips_per_second(main_run):
                                                 scalars["train/clips_per_s"]):
     assert step_a == step_b and 0 < seconds < 60 and math.isfinite(clips)
     assert clips == pytest.approx(BATCH / seconds, rel=1e-4)
+
+
+def test_event_files_hold_the_logged_and_evaluated_values(main_run):
+  """clu's event files, read back with TensorBoard's reader: what the console and JSON say."""
+  proc, workdir = main_run
+  loss = read_scalars(workdir / "train")["train/loss"]
+  assert [step for step, _ in loss] == [2, 4]
+  printed = re.findall(r"^synthetic_tiny: step 4/4 .* loss=([\d.]+)", proc.stderr, re.MULTILINE)
+  assert float(printed[-1]) == pytest.approx(loss[-1][1], rel=1e-3)
+  run_python(["-m", "vivit_knn.main", "--config=configs/synthetic_tiny.py",
+              f"--workdir={workdir}", "--mode=eval"], timeout=600)
+  results = json.loads((workdir / "eval" / "results_step_4_1x1.json").read_text())
+  evaluated = read_scalars(workdir / "eval")
+  for key in ("top1", "top5", "loss"):
+    assert evaluated[f"eval/{key}"] == [(4, pytest.approx(results[key], abs=1e-6))], key
 
 
 def test_startup_lines_are_hidden_unless_verbose():

@@ -55,8 +55,8 @@ def test_cross_entropy_matches_numpy(smoothing):
   targets = _np_one_hot(labels, 7, smoothing).astype(np.float32)
   got = float(losses.softmax_cross_entropy(jnp.asarray(logits), jnp.asarray(targets)))
   np.testing.assert_allclose(got, _np_ce(logits, targets), rtol=1e-5)
-  got2 = float(losses.classification_loss(
-      jnp.asarray(logits), jnp.asarray(labels), 7, label_smoothing=smoothing))
+  got2 = float(losses.softmax_cross_entropy(
+      jnp.asarray(logits), losses.one_hot(jnp.asarray(labels), 7, label_smoothing=smoothing)))
   np.testing.assert_allclose(got2, _np_ce(logits, targets), rtol=1e-5)
 
 

@@ -3,8 +3,8 @@
 import glob
 import os
 
+from tests.events import read_scalars
 from tests.tiny import run_python
-from vivit_knn.train.summary import read_scalars
 
 TINY = ["-m", "vivit_knn.main", "--config=configs/synthetic_tiny.py"]
 

@@ -1,6 +1,5 @@
 """Tests for vivit_knn.train.metrics and vivit_knn.train.summary."""
 
-import glob
 import io
 import os
 
@@ -9,6 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from tests.events import read_scalars, read_text
 from vivit_knn.train import metrics, summary
 
 
@@ -160,57 +160,30 @@ def test_eval_accumulator_empty_is_nan():
   assert np.isnan(res["top1"]) and np.isnan(res["loss"])
 
 
-def _tf_events(logdir):
-  """`{tag: [(step, value)]}` read with TensorFlow's own event records (not our reader)."""
-  import tensorflow as tf
-
-  out = {}
-  for path in sorted(glob.glob(os.path.join(logdir, "**", "events.out.tfevents.*"),
-                               recursive=True)):
-    for record in tf.data.TFRecordDataset(path):
-      event = tf.compat.v1.Event.FromString(record.numpy())
-      for value in event.summary.value:
-        if value.HasField("tensor"):
-          array = tf.make_ndarray(value.tensor).reshape(-1)
-          item = array[0].decode() if array.dtype.kind in "SO" else float(array[0])
-        else:
-          item = float(value.simple_value)
-        out.setdefault(value.tag, []).append((event.step, item))
-  return out
-
-
-def test_metric_writer_roundtrip(tmp_path):
+def test_writer_roundtrip(tmp_path):
   logdir = tmp_path / "logs"
-  with summary.MetricWriter(str(logdir)) as writer:
-    writer.write_scalars(1, {"train/loss": 2.5, "train/lr": np.float32(0.1)})
-    writer.write_scalars(7, {"train/loss": jnp.float32(1.25)})
-    writer.write_text(7, "report", "hello table")
-    writer.flush()
-  events = _tf_events(str(logdir))
-  assert [s for s, _ in events["train/loss"]] == [1, 7]
-  np.testing.assert_allclose([v for _, v in events["train/loss"]], [2.5, 1.25], rtol=1e-6)
-  np.testing.assert_allclose(events["train/lr"][0][1], 0.1, rtol=1e-6)
-  assert events["report"] == [(7, "hello table")]
-  scalars = summary.read_scalars(str(logdir))
+  writer = summary.open_writer(logdir)
+  writer.write_scalars(1, {"train/loss": 2.5, "train/lr": np.float32(0.1)})
+  writer.write_scalars(7, {"train/loss": jnp.float32(1.25)})
+  writer.write_texts(7, {"report": "hello table"})
+  writer.close()
+  scalars = read_scalars(logdir)
   assert set(scalars) == {"train/loss", "train/lr"}
   assert [s for s, _ in scalars["train/loss"]] == [1, 7]
   np.testing.assert_allclose([v for _, v in scalars["train/loss"]], [2.5, 1.25], rtol=1e-6)
   assert scalars["train/lr"][0][0] == 1
   np.testing.assert_allclose(scalars["train/lr"][0][1], 0.1, rtol=1e-6)
-  assert summary.read_text(str(logdir)) == {"report": [(7, "hello table")]}
+  assert read_text(logdir) == {"report": [(7, "hello table")]}
 
 
 def test_disabled_writer_creates_no_files(tmp_path):
   logdir = tmp_path / "off"
-  writer = summary.MetricWriter(str(logdir), enabled=False)
+  writer = summary.open_writer(logdir, enabled=False)
   writer.write_scalars(1, {"a": 1.0})
-  writer.write_text(1, "t", "x")
+  writer.write_texts(1, {"t": "x"})
   writer.flush()
   writer.close()
   assert not logdir.exists()
-  none_writer = summary.MetricWriter(None)
-  none_writer.write_scalars(1, {"a": 1.0})
-  none_writer.close()
 
 
 def test_progress_bar_postfix_and_disabled():

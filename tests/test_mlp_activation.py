@@ -147,11 +147,11 @@ def perturb(params, seed=0, scale=0.3):
 
 def family_config(name, **model):
   """The tiny synthetic config as `name` with dense attention and `(8, 8, 1)` patches."""
-  config = tiny_config(knn=False)
+  config = tiny_config(model.pop("model_type", "factorized_encoder"), knn=False)
   m = config.model
   m.name = name
   if name != "vivit":
-    m.patch_size = (8, 8, 1)
+    m.patch_size, m.num_layers = (8, 8, 1), 2
   for k, v in model.items():
     m[k] = v
   config_lib.check_model(m, INPUT)
@@ -206,17 +206,17 @@ def test_unknown_activation_names_the_field():
   m = family_config("timesformer").model
   m.mlp_activation = "gelu"
   with pytest.raises(ValueError, match=r"model\.mlp_activation"):
-    build_model(m, 5)
-  with pytest.raises(ValueError, match=r"model\.mlp_activation"):
     config_lib.check_model(m, INPUT)
 
 
 def test_cast_keeps_its_experts_activations():
   config = load_config("synthetic_cast")
+  shape = (8, 32, 32, 3)
+  config_lib.check_model(config.model, shape)
   build_model(config.model, 4)  # empty: each expert keeps its checkpoint's activation
   config.model.mlp_activation = "gelu_exact"
-  with pytest.raises(ValueError, match=r"model\.mlp_activation"):
-    build_model(config.model, 4)
+  with pytest.raises(ValueError, match=r"model\.mlp_activation='gelu_exact' cannot take effect"):
+    config_lib.check_model(config.model, shape)
 
 
 def test_timesformer_block_equals_the_original_with_exact_gelu():

@@ -42,8 +42,7 @@ TOY = ModelFamily(
     build=lambda cfg, num_classes: ToyModel(num_classes, cfg.toy_width),
     defaults=lambda: {"toy_width": 8},
     check=_toy_check,
-    key_counts=lambda cfg, t, s: {"model.attention": (t * s, attention_spec(cfg.attention,
-                                                                             "model.attention"))},
+    key_counts=lambda cfg, t, s: {"model.attention": (t * s, attention_spec(cfg.attention))},
     stem_names=frozenset({"toy_stem"}),
     param_axes=((r"toy_body/kernel$", (None, "mlp")),),
 )
@@ -90,10 +89,9 @@ def test_a_registered_family_adds_its_stem_and_sharding_rules(toy_family):
 def test_keys_of_another_family_are_rejected():
   config = tiny_config()
   config.model.xvit_segment_frames = 2
-  with pytest.raises(ValueError, match=r"model\.xvit_segment_frames.*'xvit' only"):
+  with pytest.raises(ValueError,
+                     match=r"model\.xvit_segment_frames=2 cannot take effect.*'xvit' only"):
     config_lib.validate(config, INPUT)
-  with pytest.raises(ValueError, match=r"model\.xvit_segment_frames"):
-    registry.build_model(config.model, 4)
 
 
 def test_unknown_family_names_the_field():
@@ -101,8 +99,6 @@ def test_unknown_family_names_the_field():
   config.model.name = "resnet3d"
   with pytest.raises(ValueError, match=r"model\.name.*vivit"):
     config_lib.validate(config, INPUT)
-  with pytest.raises(ValueError, match=r"model\.name"):
-    registry.build_model(config.model, 4)
 
 
 def test_schema_is_the_common_block_plus_every_family_s_own_keys():
@@ -125,7 +121,7 @@ def test_every_family_builds_and_its_stem_is_layer_zero(name):
   model = registry.build_model(config.model, 4)
   params = jax.eval_shape(lambda: model.init(jax.random.key(0), jnp.zeros((1,) + shape)))
   params = params["params"]
-  ids = optim.layer_ids(params)
+  ids = optim._layers(params)[0]
   flat = {jax.tree_util.keystr(p): l for p, l in jax.tree_util.tree_leaves_with_path(ids)}
   stems = {k: l for k, l in flat.items() if any(f"'{n}'" in k for n in registry.family(
       name).stem_names)}

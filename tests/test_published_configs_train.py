@@ -22,10 +22,10 @@ import pytest
 import tensorflow as tf
 
 from tests import published_datasets as published
+from tests.events import read_scalars
 from tests.tiny import load_config, run_python
 from vivit_knn.models.resnet import stage_channels
 from vivit_knn.train.checkpoint import item_path
-from vivit_knn.train.summary import read_scalars
 
 MAIN = ["-m", "vivit_knn.main"]
 STEPS = 2

@@ -5,6 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from tests.published import to_torchvision
 from vivit_knn.models import resnet
 from vivit_knn.weights import torchvision_resnet as tvr
 from vivit_knn.weights.tree import UnmatchedKeysError
@@ -131,7 +132,7 @@ def test_converter_round_trips_a_torchvision_npz(tmp_path, depth):
   np.savez(path, **{f"module.{k}": v for k, v in state.items()})  # a DataParallel dump
   variables, found_depth = tvr.load_torchvision_resnet(str(path))
   assert found_depth == depth
-  back = tvr.to_torchvision(variables)
+  back = to_torchvision(variables)
   want = {k: v for k, v in state.items() if not k.endswith("num_batches_tracked")}
   assert sorted(back) == sorted(want)
   for key, value in want.items():

@@ -8,9 +8,9 @@ import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 
+from tests.events import read_scalars
 from tests.tiny import load_config, run_python
 from vivit_knn.train.experiment import build_experiment
-from vivit_knn.train.summary import read_scalars
 
 TINY = ["-m", "vivit_knn.main", "--config=configs/synthetic_tiny.py"]
 NUM_TRAIN, BATCH, STEPS, WARMUP_EPOCHS = 24, 8, 10, 2.5

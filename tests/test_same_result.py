@@ -27,9 +27,9 @@ from concurrent.futures import ThreadPoolExecutor
 import jax
 import numpy as np
 
+from tests.events import read_scalars
 from tests.tiny import run_python
 from vivit_knn.train.checkpoint import item_path, restore_on_host
-from vivit_knn.train.summary import read_scalars
 
 STEPS = 4
 SAVE_EVERY = 2  # a save at step 2 is written while steps 3 and 4 run

@@ -174,10 +174,10 @@ def test_sigterm_saves_a_checkpoint_that_resumes(tmp_path):
 
 def test_nan_loss_stops_and_keeps_previous_checkpoint(tmp_path):
   work = tmp_path / "run"
-  proc = run_python(TINY + [f"--workdir={work}", "--config.train.num_train_steps=12",
-                            "--config.train.checkpoint_every_steps=4",
-                            "--config.train.log_every_steps=100",
-                            "--config.train.debug_nan_loss_at_step=6"], check=False)
+  nan_at_6 = ["-m", "tests.faults", "nan_loss_at_step=6"] + TINY[2:]  # the same command
+  proc = run_python(nan_at_6 + [f"--workdir={work}", "--config.train.num_train_steps=12",
+                                "--config.train.checkpoint_every_steps=4",
+                                "--config.train.log_every_steps=100"], check=False)
   assert proc.returncode == 3, proc.stderr[-2000:]
   assert "stopped without saving" in proc.stderr and "step 4" in proc.stderr
   assert sorted(p.name for p in (work / "checkpoints").iterdir() if p.name.isdigit()) == ["4"]

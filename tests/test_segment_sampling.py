@@ -12,8 +12,9 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from tests import video_fixtures
 from tests.tiny import load_config
-from vivit_knn.data import processors, registry, tfrecord, video_io
+from vivit_knn.data import processors, registry, tfrecord
 from vivit_knn.data.options import ProcessSpec, processing_fields
 
 CLASSES = ("ApplyLipstick", "Biking")
@@ -164,7 +165,7 @@ def videos(tmp_path_factory):
       for g, n in enumerate(lengths, start=1):
         rel = f"{name}/v_{name}_g{g:02d}_c01.mp4"
         frames = index_frames(n)
-        video_io.write_video(str(root / rel), frames)
+        video_fixtures.write_video(str(root / rel), frames)
         jpegs = [tf.io.encode_jpeg(f, quality=95).numpy() for f in frames]
         record = tfrecord.make_sequence_example(jpegs, label, name, rel)
         if g < 3:

@@ -105,6 +105,7 @@ def timesformer_config(attention_type="divided_space_time", **model):
   config = tiny_config(knn=False)
   m = config.model
   m.name, m.attention_type, m.patch_size, m.classifier = "timesformer", attention_type, (8, 8, 1), "token"
+  m.num_layers = 2
   for k, v in model.items():
     m[k] = v
   config_lib.check_model(m, INPUT)

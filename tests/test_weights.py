@@ -7,11 +7,12 @@ import jax
 import numpy as np
 import pytest
 
+from tests.published import fuse_out, fuse_qkv
 from tests.tiny import run_python
 from vivit_knn.weights import big_vision, vit_npz
 from vivit_knn.weights.image_vit import ImageViT, ImageViTArch, infer_arch
 from vivit_knn.weights.load import load_checkpoint, load_orbax
-from vivit_knn.weights.qkv import fuse_out, fuse_qkv, split_out, split_qkv
+from vivit_knn.weights.qkv import split_out, split_qkv
 from vivit_knn.weights.tree import UnmatchedKeysError, flatten
 
 ARCH = ImageViTArch(patch_size=(8, 8), hidden_size=16, num_heads=2, mlp_dim=32, num_layers=2,

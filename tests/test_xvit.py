@@ -87,6 +87,7 @@ def xvit_config(attention_type="space_time_mixing", **model):
   config = tiny_config(knn=False)
   m = config.model
   m.name, m.attention_type, m.patch_size, m.classifier = "xvit", attention_type, (8, 8, 1), "token"
+  m.num_layers = 2
   m.xvit_div = 4
   for k, v in model.items():
     m[k] = v

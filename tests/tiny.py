@@ -12,14 +12,18 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 def tiny_config(model_type="factorized_encoder", knn=True, **train):
   """`configs/synthetic_tiny.py` with another model type / dense attention / train overrides.
 
-  Evaluation at the end is off unless asked for.
+  The layouts with one encoder get 2 layers (k-NN attention with k = 2n/3 unless
+  `knn=False`). Evaluation at the end is off unless asked for.
   """
   config = load_config("synthetic_tiny")
   m = config.model
   m.model_type = model_type
   if not knn:
-    for block in (m.attention, m.spatial_transformer.attention, m.temporal_transformer.attention):
+    for block in (m.spatial_transformer.attention, m.temporal_transformer.attention):
       block.kind = "dense"
+  if model_type != "factorized_encoder":
+    m.num_layers = 2
+    m.attention.kind = "knn" if knn else "dense"
   m.classifier = "token" if model_type in ("spacetime", "factorized_encoder") else "gap"
   config.train.eval_at_end = False
   for k, v in train.items():

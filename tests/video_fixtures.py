@@ -1,6 +1,8 @@
 """Small datasets on disk for tests and benchmarks.
 
-Video folders: genuine video files (PyAV) in the UCF101 and HMDB51 layouts
+Video files: :func:`write_video` writes frames with PyAV.
+
+Video folders: genuine video files in the UCF101 and HMDB51 layouts
 with their split files. Each class has its own colour and the bar in every
 clip moves, so labels are recoverable and temporal sampling is visible.
 
@@ -14,12 +16,13 @@ from __future__ import annotations
 import dataclasses
 import os
 
+import av
 import ml_collections
 import numpy as np
 import tensorflow as tf
 from PIL import Image
 
-from vivit_knn.data import splits, synthetic, tfrecord, video_io
+from vivit_knn.data import splits, synthetic, tfrecord
 from vivit_knn.data.convert import encode_jpeg, shards
 
 UCF_CLASSES = ("ApplyLipstick", "Biking", "Diving")
@@ -29,6 +32,31 @@ _COLOURS = ((220, 40, 40), (40, 220, 40), (40, 40, 220), (220, 220, 40),
 # Examples per synthetic generate() call: enough to amortise it, few enough
 # to stay small.
 _CHUNK = 64
+_CODECS = {".avi": "mpeg4", ".mp4": "libx264", ".mkv": "libx264",
+           ".webm": "libvpx-vp9"}
+
+
+def write_video(path: str, frames: np.ndarray, fps: int = 25,
+                codec: str | None = None) -> None:
+  """Writes uint8 ``[N, H, W, 3]`` RGB frames to a video file.
+
+  The codec defaults by extension (``.avi`` -> MPEG-4 part 2, the UCF101 and
+  HMDB51 codec family; ``.mp4`` -> H.264). ``N = 0`` writes a valid file
+  with an empty video stream. Even ``H`` and ``W`` are required by the
+  4:2:0 pixel format.
+  """
+  frames = np.asarray(frames, np.uint8)
+  _, height, width, _ = frames.shape
+  codec = codec or _CODECS.get(os.path.splitext(path)[1].lower(), "mpeg4")
+  with av.open(path, "w") as container:
+    stream = container.add_stream(codec, rate=fps)
+    stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
+    container.start_encoding()
+    for frame in frames:
+      for packet in stream.encode(av.VideoFrame.from_ndarray(frame, "rgb24")):
+        container.mux(packet)
+    for packet in stream.encode():
+      container.mux(packet)
 
 
 def synthetic_frames(num_frames: int, height: int, width: int, label: int,
@@ -102,7 +130,7 @@ def write_ucf101(root: str, classes=UCF_CLASSES, train_per_class: int = 3,
     os.makedirs(os.path.join(root, name), exist_ok=True)
     for g in range(1, train_per_class + test_per_class + 1):
       rel = f"{name}/v_{name}_g{g:02d}_c01{ext}"
-      video_io.write_video(os.path.join(root, rel), make_frames(
+      write_video(os.path.join(root, rel), make_frames(
           num_frames + 3 * g, *size, label, seed=g))
       (train if g <= train_per_class else test).append(rel)
   with open(os.path.join(lists, "classInd.txt"), "w") as f:
@@ -132,7 +160,7 @@ def write_hmdb51(root: str, classes=HMDB_CLASSES, train_per_class: int = 3,
     total = train_per_class + test_per_class + unused_per_class
     for k in range(total):
       video = f"{name}_clip_{k}.avi"
-      video_io.write_video(os.path.join(root, name, video), synthetic_frames(
+      write_video(os.path.join(root, name, video), synthetic_frames(
           num_frames + 2 * k, *size, label, seed=k))
       mark = 1 if k < train_per_class else (
           2 if k < train_per_class + test_per_class else 0)

@@ -19,15 +19,13 @@ from __future__ import annotations
 
 import errno
 import functools
-import importlib.abc
-import importlib.machinery
 import logging
 import os
 import re
 import sys
 import threading
 import traceback
-from typing import Any, Callable, List, Optional, Sequence
+from typing import Callable, List, Optional, Sequence
 
 from absl import app, flags
 from absl import logging as absl_logging
@@ -188,48 +186,6 @@ def _parse_flags(argv: List[str], pass_unknown_flags: bool = False) -> List[str]
     absl_logging.get_absl_logger().removeFilter(none_configs)
 
 
-def _silenced_fd2(function: Callable[[], Any]) -> Any:
-  """Calls `function` with file descriptor 2 pointed at the null device."""
-  sys.stderr.flush()
-  saved = os.dup(2)
-  try:
-    with open(os.devnull, "w") as null:
-      os.dup2(null.fileno(), 2)
-      return function()
-  finally:
-    os.dup2(saved, 2)
-    os.close(saved)
-
-
-class _QuietTensorFlowLoader(importlib.abc.Loader):
-  """Runs TensorFlow's package import with its C++ start-up lines hidden."""
-
-  def __init__(self, loader: importlib.abc.Loader):
-    self._loader = loader
-
-  def create_module(self, spec):
-    """Delegates to TensorFlow's own loader."""
-    return self._loader.create_module(spec)
-
-  def exec_module(self, module) -> None:
-    """Imports TensorFlow (and everything its `__init__` loads) with fd 2 silenced."""
-    _silenced_fd2(lambda: self._loader.exec_module(module))
-
-
-class _QuietTensorFlowFinder(importlib.abc.MetaPathFinder):
-  """Finds `tensorflow` as usual but loads it through `_QuietTensorFlowLoader`."""
-
-  def find_spec(self, name, path=None, target=None):
-    """The normal spec of `tensorflow` with a quiet loader; None for anything else."""
-    if name != "tensorflow":
-      return None
-    sys.meta_path.remove(self)  # one import only: later ones hit sys.modules
-    spec = importlib.machinery.PathFinder.find_spec(name, path)
-    if spec is not None and spec.loader is not None:
-      spec.loader = _QuietTensorFlowLoader(spec.loader)
-    return spec
-
-
 def _drop_checkpoint_thread_tracebacks(record) -> bool:
   """False for the tracebacks logged when Orbax's background save or read work fails.
 
@@ -248,29 +204,27 @@ def quiet_startup(argv: Optional[Sequence[str]] = None) -> None:
   """Hides the libraries' start-up lines unless `--verbose` (or VIVIT_KNN_VERBOSE=1).
 
   TensorFlow's C++ runtime prints its oneDNN and CPU-feature notes (and absl's
-  "All log messages before absl::InitializeLog()" line) straight to file
-  descriptor 2 while it loads, once per native library and before any Python
-  logging setting applies, and `TF_CPP_MIN_LOG_LEVEL` does not hide all of
-  them. So the first `import tensorflow`, whenever and by whoever it happens,
-  runs with fd 2 pointed at the null device. Python-side INFO lines (JAX's
-  backend probing, Orbax's checkpoint progress) are hidden by setting absl's
-  verbosity to WARNING. Importing nothing itself, this costs nothing for tools
-  that never load TensorFlow.
+  "All log messages before absl::InitializeLog()" line) while it loads, before
+  any Python logging setting applies; `TF_CPP_MIN_LOG_LEVEL=2`, set here when
+  the environment leaves it unset or empty, keeps those INFO lines back, and
+  must be set before TensorFlow is imported. Its warnings and errors still
+  reach stderr. Python-side INFO lines (JAX's backend probing, Orbax's
+  checkpoint progress) are hidden by setting absl's verbosity to WARNING.
+  Importing nothing itself, this costs nothing for tools that never load
+  TensorFlow.
 
   Args:
     argv: the command line (default `sys.argv`); `--verbose` in it keeps everything.
   """
   if verbose(sys.argv if argv is None else argv):
     return
-  os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+  if not os.environ.get("TF_CPP_MIN_LOG_LEVEL"):
+    os.environ["TF_CPP_MIN_LOG_LEVEL"] = "2"
   absl_logging.set_verbosity(absl_logging.WARNING)
   absl_logging.get_absl_handler().addFilter(_drop_checkpoint_thread_tracebacks)
   # Orbax runs its reads and writes as asyncio tasks; a failed one is also logged by
   # asyncio itself ("Task exception was never retrieved"), at exit, past any handler.
   logging.getLogger("asyncio").setLevel(logging.CRITICAL)
-  if "tensorflow" not in sys.modules and not any(
-      isinstance(f, _QuietTensorFlowFinder) for f in sys.meta_path):
-    sys.meta_path.insert(0, _QuietTensorFlowFinder())
 
 
 def describe_error(err: BaseException) -> tuple:

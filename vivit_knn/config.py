@@ -1,18 +1,23 @@
-"""The experiment config schema: defaults for every key, and checks run before compiling.
+"""The experiment config schema: defaults for every key, and the checks run before building.
 
 Every `configs/*.py` starts from `base_config()` and overrides what it needs.
-`validate()` rejects keys the schema does not know (with a suggestion for
-misspellings) and shape combinations that cannot work, naming the field.
+`validate()` is the one place a run's config is checked, before any data or
+model is built: it rejects keys the schema does not know (with a suggestion for
+misspellings), keys set away from their defaults that the configured model
+never reads, and values or shape combinations that cannot work, naming the
+field. The builders trust a checked config. Loading or checking a config does
+not import TensorFlow.
 """
 
 from __future__ import annotations
 
-from typing import Iterable, Optional, Sequence
+from typing import Any, Iterable, Iterator, Optional, Sequence, Tuple
 
 import ml_collections
 
 from vivit_knn import keys
-from vivit_knn.data.registry import DATASET_DEFAULTS
+from vivit_knn.data.registry import DATASET_DEFAULTS, clip_shape
+from vivit_knn.keys import require
 from vivit_knn.models import registry as model_registry
 from vivit_knn.models import resnet
 from vivit_knn.models.attention import attention_config
@@ -173,10 +178,6 @@ def base_config() -> ConfigDict:
           "checkpoint_every_steps": 500,
           "keep_checkpoints": 3,
           "eval_at_end": True,
-          # Fault injection for resume tests: hard-kill the process after this step (0 = off).
-          "debug_kill_after_step": 0,
-          # Fault injection for the non-finite guard: the loss of this step becomes NaN (0 = off).
-          "debug_nan_loss_at_step": 0,
       },
       "eval": {"global_batch_size": 32, "confusion_matrix": True, "save_logits": False},
       # Mesh axes (data, fsdp, tensor); data=-1 takes the remaining devices. `rules` maps
@@ -199,6 +200,18 @@ def _unknown_keys(cfg: ConfigDict, schema: ConfigDict, prefix: str) -> Iterable[
         yield from _unknown_keys(cfg[key], schema[key], path + ".")
 
 
+def _unknown_dataset_keys(cfg: ConfigDict, name: str) -> Iterator[str]:
+  """`_unknown_keys` of `config.dataset`, saying so when only other datasets have a key."""
+  schema = DATASET_DEFAULTS[name]()
+  for key in cfg.keys():
+    if key in schema:
+      continue
+    owners = [other for other, defaults in DATASET_DEFAULTS.items() if key in defaults()]
+    yield (f"dataset.{key} (cannot take effect: only dataset.name "
+           f"{', '.join(map(repr, owners))} read it, this is {name!r})" if owners else
+           f"dataset.{key}{keys.did_you_mean(key, schema.keys(), 'dataset.')}")
+
+
 def check_keys(config: ConfigDict) -> None:
   """Raises ValueError listing every key that the schema (or its dataset's schema) lacks."""
   schema = base_config()
@@ -206,22 +219,56 @@ def check_keys(config: ConfigDict) -> None:
   name = config.get("dataset", {}).get("name") if isinstance(config.get("dataset"), ConfigDict) else None
   if name not in DATASET_DEFAULTS:
     raise ValueError(f"dataset.name={name!r} is unknown; known: {sorted(DATASET_DEFAULTS)}")
-  bad += list(_unknown_keys(config.dataset, DATASET_DEFAULTS[name](), "dataset."))
+  bad += list(_unknown_dataset_keys(config.dataset, name))
   if bad:
     raise ValueError("Unknown config keys: " + "; ".join(bad))
 
 
-def _require(cond: bool, field: str, message: str) -> None:
-  if not cond:
-    raise ValueError(f"{field}: {message}")
+def _set_leaves(value: Any, default: Any, path: str) -> Iterator[Tuple[str, Any]]:
+  """`(path, value)` of every leaf of `value` that differs from the schema's `default`."""
+  if isinstance(value, ConfigDict):
+    for key in value.keys():
+      sub = default.get(key) if isinstance(default, ConfigDict) else None
+      yield from _set_leaves(value[key], sub, f"{path}.{key}")
+  elif value != default:
+    yield path, value
+
+
+def _get_leaf(value: Any, leaf: str) -> Any:
+  """The value at `leaf` (`.a.b`, as `_set_leaves` names it) under `value`."""
+  for key in leaf.split(".")[1:]:
+    value = value.get(key) if isinstance(value, ConfigDict) else None
+  return value
+
+
+def check_inactive_keys(cfg: ConfigDict, field: str = "model") -> None:
+  """Raises ValueError for keys of `config.model` set away from their defaults but never read.
+
+  E.g. the factorised-encoder ViViT builds its encoders from
+  `model.spatial_transformer` and `model.temporal_transformer`, so a changed
+  `model.attention` or `model.num_layers` could not take effect. The message
+  names each such key, why, and the keys to set instead
+  (`vivit_knn.models.registry.inactive_keys`).
+  """
+  schema = model_config()
+  bad = []
+  for key, (why, instead) in model_registry.inactive_keys(cfg, field).items():
+    for leaf, value in _set_leaves(cfg[key], schema[key], ""):
+      fix = (f"set {' or '.join(f'{field}.{k}{leaf}' for k in instead)} instead" if instead
+             else f"leave it at its default {_get_leaf(schema[key], leaf)!r}")
+      bad.append(f"{field}.{key}{leaf}={value!r} cannot take effect ({why}): {fix}")
+  if bad:
+    raise ValueError("; ".join(bad))
 
 
 def check_model(cfg: ConfigDict, input_shape: Sequence[int], field: str = "model") -> None:
   """Checks model hyper-parameters against one clip's `(T, H, W, C)`; errors name the field.
 
-  The common keys, then the family's own checks (`vivit_knn.models.registry.check`).
+  The common keys, the family's own checks (`vivit_knn.models.registry.check`),
+  then the keys that cannot take effect (`check_inactive_keys`).
   """
   model_registry.check(cfg, input_shape, field)
+  check_inactive_keys(cfg, field)
 
 
 def check_init_from(config: ConfigDict) -> None:
@@ -232,75 +279,81 @@ def check_init_from(config: ConfigDict) -> None:
   that is not given.
   """
   cfg, model = config.init_from, config.model
-  _require(cfg.checkpoint_format in formats.MODEL_FORMATS, "init_from.checkpoint_format",
-           f"must be one of {formats.MODEL_FORMATS}, got {cfg.checkpoint_format!r}")
-  _require(cfg.positional_embed_size_change in formats.POSEMB_SIZE_CHANGES,
-           "init_from.positional_embed_size_change",
-           f"must be one of {formats.POSEMB_SIZE_CHANGES}, got "
-           f"{cfg.positional_embed_size_change!r}")
-  _require(cfg.kernel_init_method in formats.KERNEL_INIT_METHODS, "init_from.kernel_init_method",
-           f"must be one of {formats.KERNEL_INIT_METHODS}, got {cfg.kernel_init_method!r}")
-  _require(not cfg.restore_head or bool(cfg.checkpoint_path), "init_from.restore_head",
-           "needs init_from.checkpoint_path (the checkpoint whose classifier to restore)")
+  require(cfg.checkpoint_format in formats.MODEL_FORMATS, "init_from.checkpoint_format",
+          f"must be one of {formats.MODEL_FORMATS}, got {cfg.checkpoint_format!r}")
+  require(cfg.positional_embed_size_change in formats.POSEMB_SIZE_CHANGES,
+          "init_from.positional_embed_size_change",
+          f"must be one of {formats.POSEMB_SIZE_CHANGES}, got "
+          f"{cfg.positional_embed_size_change!r}")
+  require(cfg.kernel_init_method in formats.KERNEL_INIT_METHODS, "init_from.kernel_init_method",
+          f"must be one of {formats.KERNEL_INIT_METHODS}, got {cfg.kernel_init_method!r}")
+  require(not cfg.restore_head or bool(cfg.checkpoint_path), "init_from.restore_head",
+          "needs init_from.checkpoint_path (the checkpoint whose classifier to restore)")
   for expert, allowed in (("spatial_expert", formats.SPATIAL_EXPERT_FORMATS),
                           ("temporal_expert", formats.TEMPORAL_EXPERT_FORMATS)):
     field = f"init_from.{expert}"
-    _require(cfg[expert].checkpoint_format in allowed, f"{field}.checkpoint_format",
-             f"must be one of {allowed}, got {cfg[expert].checkpoint_format!r}")
-    _require(not cfg[expert].checkpoint_path or model.name == "cast", f"{field}.checkpoint_path",
-             f"applies to model.name='cast' only (this model is {model.name!r})")
+    require(cfg[expert].checkpoint_format in allowed, f"{field}.checkpoint_format",
+            f"must be one of {allowed}, got {cfg[expert].checkpoint_format!r}")
+    require(not cfg[expert].checkpoint_path or model.name == "cast", f"{field}.checkpoint_path",
+            f"applies to model.name='cast' only (this model is {model.name!r})")
   if not cfg.required:
     return
   scratch = "or set --config.init_from.required=False to start from random weights"
   if model.name == "cast":
     for expert, what in (("spatial_expert", "CLIP image tower"),
                          ("temporal_expert", "VideoMAE encoder")):
-      _require(bool(cfg[expert].checkpoint_path), f"init_from.{expert}.checkpoint_path",
-               f"is required by this config (init_from.required=True): the {what} "
-               f"checkpoint; pass --config.init_from.{expert}.checkpoint_path=<file>, {scratch}")
+      require(bool(cfg[expert].checkpoint_path), f"init_from.{expert}.checkpoint_path",
+              f"is required by this config (init_from.required=True): the {what} "
+              f"checkpoint; pass --config.init_from.{expert}.checkpoint_path=<file>, {scratch}")
   else:
-    _require(bool(cfg.checkpoint_path), "init_from.checkpoint_path",
-             f"is required by this config (init_from.required=True): pass "
-             f"--config.init_from.checkpoint_path=<file> (init_from.checkpoint_format="
-             f"{cfg.checkpoint_format!r}), {scratch}")
+    require(bool(cfg.checkpoint_path), "init_from.checkpoint_path",
+            f"is required by this config (init_from.required=True): pass "
+            f"--config.init_from.checkpoint_path=<file> (init_from.checkpoint_format="
+            f"{cfg.checkpoint_format!r}), {scratch}")
 
 
 def check_training(config: ConfigDict, num_devices: int, process_count: int = 1) -> None:
   """Checks batch sizes and loop settings against the number of batch shards."""
   tr = config.train
-  _require(tr.global_batch_size >= 1, "train.global_batch_size",
-           f"must be >= 1, got {tr.global_batch_size}")
-  _require(tr.global_batch_size % num_devices == 0, "train.global_batch_size",
-           f"{tr.global_batch_size} is not divisible by the {num_devices} batch shards "
-           "(mesh.data x mesh.fsdp)")
-  _require(config.eval.global_batch_size >= 1, "eval.global_batch_size",
-           f"must be >= 1, got {config.eval.global_batch_size}")
-  _require(config.eval.global_batch_size % num_devices == 0, "eval.global_batch_size",
-           f"{config.eval.global_batch_size} is not divisible by the {num_devices} batch shards")
-  _require(tr.global_batch_size % process_count == 0, "train.global_batch_size",
-           f"not divisible by {process_count} processes")
-  _require(tr.num_train_steps > 0 or tr.num_epochs > 0, "train.num_train_steps",
-           "set num_train_steps > 0 or num_epochs > 0")
-  _require(tr.num_train_steps >= 0, "train.num_train_steps",
-           f"must be >= 0 (0 = use num_epochs), got {tr.num_train_steps}")
-  _require(tr.checkpoint_every_steps >= 1, "train.checkpoint_every_steps", "must be >= 1")
-  _require(tr.keep_checkpoints >= 1, "train.keep_checkpoints", "must be >= 1")
-  _require(tr.log_every_steps >= 1, "train.log_every_steps", "must be >= 1")
-  _require(tr.grad_accum_steps >= 1, "train.grad_accum_steps", "must be >= 1")
-  _require(tr.global_batch_size % (tr.grad_accum_steps * num_devices) == 0,
-           "train.grad_accum_steps",
-           f"global_batch_size={tr.global_batch_size} must split into {tr.grad_accum_steps} "
-           f"micro-batches that each divide over the {num_devices} batch shards")
-  _require(0.0 <= config.loss.label_smoothing < 1.0, "loss.label_smoothing", "must be in [0, 1)")
-  _require(config.loss.mixup_alpha >= 0.0, "loss.mixup_alpha", "must be >= 0")
+  require(tr.global_batch_size >= 1, "train.global_batch_size",
+          f"must be >= 1, got {tr.global_batch_size}")
+  require(tr.global_batch_size % num_devices == 0, "train.global_batch_size",
+          f"{tr.global_batch_size} is not divisible by the {num_devices} batch shards "
+          "(mesh.data x mesh.fsdp)")
+  require(config.eval.global_batch_size >= 1, "eval.global_batch_size",
+          f"must be >= 1, got {config.eval.global_batch_size}")
+  require(config.eval.global_batch_size % num_devices == 0, "eval.global_batch_size",
+          f"{config.eval.global_batch_size} is not divisible by the {num_devices} batch shards")
+  require(tr.global_batch_size % process_count == 0, "train.global_batch_size",
+          f"not divisible by {process_count} processes")
+  require(tr.num_train_steps > 0 or tr.num_epochs > 0, "train.num_train_steps",
+          "set num_train_steps > 0 or num_epochs > 0")
+  require(tr.num_train_steps >= 0, "train.num_train_steps",
+          f"must be >= 0 (0 = use num_epochs), got {tr.num_train_steps}")
+  require(tr.checkpoint_every_steps >= 1, "train.checkpoint_every_steps", "must be >= 1")
+  require(tr.keep_checkpoints >= 1, "train.keep_checkpoints", "must be >= 1")
+  require(tr.log_every_steps >= 1, "train.log_every_steps", "must be >= 1")
+  require(tr.grad_accum_steps >= 1, "train.grad_accum_steps", "must be >= 1")
+  require(tr.global_batch_size % (tr.grad_accum_steps * num_devices) == 0,
+          "train.grad_accum_steps",
+          f"global_batch_size={tr.global_batch_size} must split into {tr.grad_accum_steps} "
+          f"micro-batches that each divide over the {num_devices} batch shards")
+  require(0.0 <= config.loss.label_smoothing < 1.0, "loss.label_smoothing", "must be in [0, 1)")
+  require(config.loss.mixup_alpha >= 0.0, "loss.mixup_alpha", "must be >= 0")
 
 
 def validate(config: ConfigDict, input_shape: Optional[Sequence[int]] = None,
              num_devices: int = 1, process_count: int = 1) -> None:
-  """Runs every check that can run without compiling; raises ValueError naming the field."""
+  """Checks a run's config once, before anything is built; raises ValueError naming the field.
+
+  Args:
+    config: the experiment config.
+    input_shape: one clip's `(T, H, W, C)`; default: the one `config.dataset` describes.
+    num_devices: the batch shards of the mesh (`mesh.data x mesh.fsdp`).
+    process_count: the processes of the run.
+  """
   check_keys(config)
-  if input_shape is not None:
-    check_model(config.model, input_shape)
+  check_model(config.model, input_shape or clip_shape(config.dataset))
   check_init_from(config)
   check_training(config, num_devices, process_count)
   check_distill(config)
@@ -309,43 +362,43 @@ def validate(config: ConfigDict, input_shape: Optional[Sequence[int]] = None,
 def check_distill(config: ConfigDict) -> None:
   """Checks `config.distill` and that the student model has the parts its method needs."""
   ds = config.distill
-  _require(ds.method in DISTILL_METHODS, "distill.method",
-           f"must be one of {DISTILL_METHODS} ('' = off), got {ds.method!r}")
+  require(ds.method in DISTILL_METHODS, "distill.method",
+          f"must be one of {DISTILL_METHODS} ('' = off), got {ds.method!r}")
   if not ds.method:
     return
-  _require(0.0 <= ds.alpha <= 1.0, "distill.alpha", f"must be in [0, 1], got {ds.alpha}")
-  _require(ds.beta >= 0.0, "distill.beta", f"must be >= 0, got {ds.beta}")
-  _require(ds.tau > 0.0, "distill.tau", f"must be > 0, got {ds.tau}")
-  _require(ds.eta > 0.0, "distill.eta", f"must be > 0, got {ds.eta}")
-  _require(ds.stage1_steps >= 0, "distill.stage1_steps", f"must be >= 0, got {ds.stage1_steps}")
-  _require(ds.stage1_epochs >= 0.0, "distill.stage1_epochs",
-           f"must be >= 0, got {ds.stage1_epochs}")
+  require(0.0 <= ds.alpha <= 1.0, "distill.alpha", f"must be in [0, 1], got {ds.alpha}")
+  require(ds.beta >= 0.0, "distill.beta", f"must be >= 0, got {ds.beta}")
+  require(ds.tau > 0.0, "distill.tau", f"must be > 0, got {ds.tau}")
+  require(ds.eta > 0.0, "distill.eta", f"must be > 0, got {ds.eta}")
+  require(ds.stage1_steps >= 0, "distill.stage1_steps", f"must be >= 0, got {ds.stage1_steps}")
+  require(ds.stage1_epochs >= 0.0, "distill.stage1_epochs",
+          f"must be >= 0, got {ds.stage1_epochs}")
   has_stage1 = ds.stage1_steps > 0 or ds.stage1_epochs > 0
   if has_stage1:
-    _require(ds.stage1.depth in resnet.DEPTHS, "distill.stage1.depth",
-             f"must be one of {sorted(resnet.DEPTHS)}, got {ds.stage1.depth}")
-    _require(ds.stage1.checkpoint_format in STAGE1_CHECKPOINT_FORMATS,
-             "distill.stage1.checkpoint_format",
-             f"must be one of {STAGE1_CHECKPOINT_FORMATS}, got {ds.stage1.checkpoint_format!r}")
-    _require(ds.stage1.checkpoint_format == "none" or bool(ds.stage1.checkpoint_path),
-             "distill.stage1.checkpoint_path",
-             "is required: a torchvision ResNet state dict (.pth/.pt/.npz) fine-tuned on the "
-             "dataset's classes")
+    require(ds.stage1.depth in resnet.DEPTHS, "distill.stage1.depth",
+            f"must be one of {sorted(resnet.DEPTHS)}, got {ds.stage1.depth}")
+    require(ds.stage1.checkpoint_format in STAGE1_CHECKPOINT_FORMATS,
+            "distill.stage1.checkpoint_format",
+            f"must be one of {STAGE1_CHECKPOINT_FORMATS}, got {ds.stage1.checkpoint_format!r}")
+    require(ds.stage1.checkpoint_format == "none" or bool(ds.stage1.checkpoint_path),
+            "distill.stage1.checkpoint_path",
+            "is required: a torchvision ResNet state dict (.pth/.pt/.npz) fine-tuned on the "
+            "dataset's classes")
     m = config.model
-    _require(m.name == "student", "model.name",
-             f"must be 'student' for distill.method={ds.method!r}, got {m.name!r}")
+    require(m.name == "student", "model.name",
+            f"must be 'student' for distill.method={ds.method!r}, got {m.name!r}")
     if ds.method == "fad":
       channels = resnet.stage_channels(ds.stage1.depth)[-1]
-      _require(m.student.aligner_features == channels, "model.student.aligner_features",
-               f"must be {channels} (layer4 channels of ResNet-{ds.stage1.depth}) for "
-               f"distill.method='fad', got {m.student.aligner_features}")
+      require(m.student.aligner_features == channels, "model.student.aligner_features",
+              f"must be {channels} (layer4 channels of ResNet-{ds.stage1.depth}) for "
+              f"distill.method='fad', got {m.student.aligner_features}")
     else:
-      _require(m.student.branch_heads >= 1, "model.student.branch_heads",
-               "must be >= 1 (4 in the paper) for distill.method='fpld'")
+      require(m.student.branch_heads >= 1, "model.student.branch_heads",
+              "must be >= 1 (4 in the paper) for distill.method='fpld'")
   steps = config.train.num_train_steps
   stage1_covers_run = steps > 0 and ds.stage1_steps >= steps
   if not stage1_covers_run:
-    _require(bool(ds.stage2.config_file), "distill.stage2.config_file",
-             "is required: the teacher transformer's config file (stage 2)")
-    _require(bool(ds.stage2.workdir), "distill.stage2.workdir",
-             "is required: the teacher's training run directory (its Orbax checkpoints)")
+    require(bool(ds.stage2.config_file), "distill.stage2.config_file",
+            "is required: the teacher transformer's config file (stage 2)")
+    require(bool(ds.stage2.workdir), "distill.stage2.workdir",
+            "is required: the teacher's training run directory (its Orbax checkpoints)")

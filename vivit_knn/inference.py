@@ -76,23 +76,6 @@ class Predictor:
     return [(self.class_names[i], float(probs[i])) for i in order]
 
 
-def predict_video(config: ml_collections.ConfigDict, workdir: str, video: str,
-                  top_k: int = TOP_K) -> List[Tuple[str, float]]:
-  """Top-k (class name, probability) for one video file, averaging logits over the test views.
-
-  Args:
-    config: the config the run in `workdir` was trained with.
-    workdir: a training run's directory (its `run_info.json` and newest checkpoint).
-    video: the video file.
-    top_k: how many classes to return (at most the number of classes).
-
-  Returns:
-    `(class name, probability)` pairs, most probable first.
-  """
-  predictor = Predictor(config, workdir)
-  return predictor.top_k(predictor.probabilities(video), top_k)
-
-
 def list_videos(folder: str) -> Tuple[List[str], List[str]]:
   """Files under `folder` (recursively, sorted by relative path), split by extension.
 

@@ -1,14 +1,27 @@
 """Config sections over their defaults: unknown keys are errors with a did-you-mean hint.
 
 One helper for every place that overlays a user's section (a mapping or an
-`ml_collections.ConfigDict`) on the defaults of that section. It imports nothing
-of this package, so any layer may use it.
+`ml_collections.ConfigDict`) on the defaults of that section, and `require`, the
+one way a check names the field it rejects. It imports nothing of this package,
+so any layer may use it.
 """
 
 from __future__ import annotations
 
 import difflib
 from typing import Any, Iterable, List, Mapping, Optional
+
+
+def require(cond: bool, field: str, message: str) -> None:
+  """Raises `ValueError('<field>: <message>')` unless `cond`.
+
+  Args:
+    cond: whether the value is acceptable.
+    field: the config field, e.g. `'model.num_heads'`.
+    message: what is wrong, with the value.
+  """
+  if not cond:
+    raise ValueError(f"{field}: {message}")
 
 
 def did_you_mean(name: str, choices: Iterable[str], prefix: str = "") -> str:

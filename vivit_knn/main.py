@@ -7,16 +7,14 @@
 
 `--config.<field>=<value>` overrides any config value; unknown fields are errors.
 Training stores its resolved config in `<workdir>/config.json`; eval, infer and a
-resumed training start from it, with their own command-line overrides on top (an
-override that changes the trained parameter shapes or data layout is refused).
+resumed training start from it, with their own command-line overrides on top where
+`vivit_knn.train.run_config.ALLOWED_OVERRIDES` lists the field (others are refused).
 Errors are one line on stderr; exit codes are listed in `vivit_knn.cli` (0 done,
 2 bad input, 3 non-finite, 4 stopped by a signal: a checkpoint saved, or nothing to
 save yet). Training holds a lock on its workdir: a second trainer stops in one line.
 """
 
 from __future__ import annotations
-
-import sys
 
 from absl import app, flags
 from ml_collections import config_flags
@@ -77,7 +75,7 @@ def main(argv) -> int:
   if _MODE.value != "train" or checkpoint.has_checkpoints(workdir):
     # The run's stored config, with this command line's overrides on top; a fresh
     # training run stores its own config when it starts.
-    config = run_config.resolve_run_config(config, workdir, sys.argv,
+    config = run_config.resolve_run_config(config, workdir,
                                            use_config_file=_USE_CONFIG_FILE.value)
   if _RESTART.value is not None and _MODE.value != "train":
     raise app.UsageError("--restart_from_step is for --mode=train")

@@ -53,8 +53,9 @@ def vivit_b16x2(model_type: str, knn_spatial: bool, knn_temporal: bool):
   train from random weights); 8 frames, random crop with scale jitter, flip,
   colour jitter and RandAugment (`set_dataset`), mixup 0.3, label smoothing 0.1,
   stochastic depth 0.1, synchronous SGD with momentum 0.9, cosine schedule after
-  2.5 epochs of linear warmup; k-NN attention keeps k = 2n/3 of the keys. For
-  `spacetime` (model 1) `knn_spatial` sets the single encoder's attention.
+  2.5 epochs of linear warmup; k-NN attention keeps k = 2n/3 of the keys. The
+  factorised encoder has Ls=8 spatial and Lt=4 temporal layers; the other
+  layouts have one encoder of L=12, whose attention `knn_spatial` sets.
 
   Where these configs may deviate from the paper, and why:
 
@@ -74,13 +75,16 @@ def vivit_b16x2(model_type: str, knn_spatial: bool, knn_temporal: bool):
   m.model_type = model_type
   m.hidden_size, m.num_heads, m.mlp_dim = 768, 12, 3072
   m.patch_size = (16, 16, 2)
-  m.num_layers = 12
-  m.spatial_transformer.num_layers = 8
-  m.temporal_transformer.num_layers = 4
   kind = lambda on: attention_config("knn" if on else "dense", KNN_FRACTION)
-  m.attention = kind(knn_spatial)
-  m.spatial_transformer.attention = kind(knn_spatial)
-  m.temporal_transformer.attention = kind(knn_temporal)
+  # Only the keys the layout reads: setting the others is an error (they could not take effect).
+  if model_type == "factorized_encoder":
+    m.spatial_transformer.num_layers = 8
+    m.temporal_transformer.num_layers = 4
+    m.spatial_transformer.attention = kind(knn_spatial)
+    m.temporal_transformer.attention = kind(knn_temporal)
+  else:
+    m.num_layers = 12
+    m.attention = kind(knn_spatial)
   m.classifier = "token"
   m.dropout_rate = 0.0
   m.stochastic_depth = 0.1

@@ -2,7 +2,8 @@
 
 Modules, from the interface down to the files:
 
-  registry     ``config.dataset`` -> dataset (and one video file's test views)
+  registry     ``config.dataset`` -> dataset (and one video file's test views);
+               its schemas load without TensorFlow, the sources on first use
   base         the dataset interface and the resumable, host-sliced tf.data
                train / padded eval pipelines every source uses
   synthetic    moving-square clips whose label lies in the frame order
@@ -10,7 +11,7 @@ Modules, from the interface down to the files:
   tfrecord     DMVR-format TFRecords: record, sidecar files, ``tfrecord``
   tfds_source  ``tfds``: any TFDS video builder
   clips        example tables and the pipeline shared by real sources
-  options      config fields of real sources and their checks
+  options      the ``config.dataset`` schema of every source; processing checks
   processors   frame sampling, crops and normalisation, test views
   augment      colour jitter and RandAugment for clips
   splits       train/test lists of the raw-folder layouts

@@ -41,35 +41,6 @@ HMDB51 = NamedVideoSet("hmdb51", "HMDB51", 51, (3570, 1530),
                        splits.HMDB51_SPLITS_DIR, splits.hmdb51, "")
 
 
-def _default_config(dataset: NamedVideoSet) -> ml_collections.ConfigDict:
-  fields = options.processing_fields()
-  fields["scale_jitter"] = (0.9, 1.33)
-  return ml_collections.ConfigDict({
-      "name": dataset.name,
-      "format": "tfrecord",
-      "data_dir": "",
-      "split": 1,
-      # '' = <data_dir>/<standard folder> (format='folder' only).
-      "splits_dir": "",
-      # format='tfrecord': shard names relative to data_dir; class names
-      # come from the converter's metadata unless a file is given.
-      "train_pattern": "train.tfrecord*",
-      "eval_pattern": "test.tfrecord*",
-      "class_names_file": "",
-      **fields,
-  })
-
-
-def ucf101_config() -> ml_collections.ConfigDict:
-  """Default config of the ``ucf101`` dataset."""
-  return _default_config(UCF101)
-
-
-def hmdb51_config() -> ml_collections.ConfigDict:
-  """Default config of the ``hmdb51`` dataset."""
-  return _default_config(HMDB51)
-
-
 def _check_sizes(dataset: NamedVideoSet, split: int, train: int,
                  test: int) -> None:
   """Logs when split 1 does not have its official size (partial data)."""
@@ -124,9 +95,7 @@ def _tfds_dataset(dataset: NamedVideoSet, cfg, spec) -> clips.ClipDataset:
       label_key="label", spec=spec)
 
 
-def _build(dataset: NamedVideoSet,
-           config: ml_collections.ConfigDict | None) -> clips.ClipDataset:
-  cfg = options.resolve_config(config, lambda: _default_config(dataset))
+def _build(dataset: NamedVideoSet, cfg: ml_collections.ConfigDict) -> clips.ClipDataset:
   if cfg.format not in FORMATS:
     raise ValueError(
         f"dataset.format must be one of {FORMATS}, got {cfg.format!r}")
@@ -149,11 +118,11 @@ def _build(dataset: NamedVideoSet,
   return build_fn(dataset, cfg, spec)
 
 
-def build_ucf101(config: ml_collections.ConfigDict | None) -> clips.ClipDataset:
+def build_ucf101(config: ml_collections.ConfigDict) -> clips.ClipDataset:
   """Builds the ``ucf101`` dataset (see the module docstring)."""
   return _build(UCF101, config)
 
 
-def build_hmdb51(config: ml_collections.ConfigDict | None) -> clips.ClipDataset:
+def build_hmdb51(config: ml_collections.ConfigDict) -> clips.ClipDataset:
   """Builds the ``hmdb51`` dataset (see the module docstring)."""
   return _build(HMDB51, config)

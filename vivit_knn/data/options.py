@@ -1,19 +1,17 @@
-"""Config fields shared by every real-video source, and their checks.
+"""The ``config.dataset`` schema: every source's fields and defaults, and their checks.
 
 Each real source's default config is its own fields plus
 :func:`processing_fields`; :class:`ProcessSpec` is the validated, immutable
-view of the processing part that the processors and readers use.
+view of the processing part that the processors and readers use. Nothing here
+imports TensorFlow, so a config can be loaded and checked without it.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import os
-from collections.abc import Callable
 
 import ml_collections
-
-from vivit_knn import keys
 
 NORMALIZATIONS = ("zero_centered", "imagenet")
 FRAME_SAMPLINGS = ("strided", "segments")
@@ -53,15 +51,89 @@ def processing_fields() -> dict:
   }
 
 
-def resolve_config(config: ml_collections.ConfigDict | None,
-                   default_fn: Callable[[], ml_collections.ConfigDict],
-                   ) -> ml_collections.ConfigDict:
-  """Overlays ``config`` on ``default_fn()``, rejecting unknown fields.
+def synthetic_config() -> ml_collections.ConfigDict:
+  """Default config of the ``synthetic`` dataset (no processing fields: clips are made)."""
+  return ml_collections.ConfigDict({
+      "name": "synthetic",
+      "num_frames": 8,
+      "image_size": 32,
+      "num_classes": 4,
+      "num_train": 2048,
+      "num_eval": 512,
+      "square_size": 6,
+      "noise": 0.1,
+      "shuffle_frames": False,
+      "seed": 0,
+  })
 
-  Raises:
-    ValueError: naming ``dataset.<field>`` for a field the defaults lack.
-  """
-  return keys.overlay_known(config, default_fn(), "dataset")
+
+def tfrecord_config() -> ml_collections.ConfigDict:
+  """Default config of the ``tfrecord`` dataset."""
+  return ml_collections.ConfigDict({
+      "name": "tfrecord",
+      # Patterns are relative to data_dir unless absolute.
+      "data_dir": "",
+      "train_pattern": "train.tfrecord*",
+      "eval_pattern": "test.tfrecord*",
+      # 0 = take classes from class_names_file, else from the converter's
+      # metadata.json / classes.txt next to the shards.
+      "num_classes": 0,
+      "class_names_file": "",
+      # Expected example counts (0 = whatever the files hold). A mismatch
+      # is logged; the records found are used.
+      "num_train": 0,
+      "num_eval": 0,
+      # 'index': clip/label/index; 'verb_noun': the action verb * num_nouns + noun
+      # of the records' verb and noun labels (EPIC-KITCHENS-100, --format=ek100).
+      "label_source": "index",
+      **processing_fields(),
+  })
+
+
+def tfds_config() -> ml_collections.ConfigDict:
+  """Default config of the ``tfds`` dataset."""
+  return ml_collections.ConfigDict({
+      "name": "tfds",
+      "builder": "ucf101",  # Name, optionally 'name/config:version'.
+      "data_dir": "",  # '' = TFDS's default data dir.
+      "manual_dir": "",  # Manually downloaded files (with download=True).
+      "download": False,  # Prepare the dataset if it is not there yet.
+      "train_split": "train",
+      "eval_split": "test",
+      "video_key": "video",
+      "label_key": "label",
+      **processing_fields(),
+  })
+
+
+def _named_config(name: str) -> ml_collections.ConfigDict:
+  """``ucf101`` / ``hmdb51``: the raw folder, TFRecords or TFDS (see ``data.named``)."""
+  fields = processing_fields()
+  fields["scale_jitter"] = (0.9, 1.33)
+  return ml_collections.ConfigDict({
+      "name": name,
+      "format": "tfrecord",
+      "data_dir": "",
+      "split": 1,
+      # '' = <data_dir>/<standard folder> (format='folder' only).
+      "splits_dir": "",
+      # format='tfrecord': shard names relative to data_dir; class names
+      # come from the converter's metadata unless a file is given.
+      "train_pattern": "train.tfrecord*",
+      "eval_pattern": "test.tfrecord*",
+      "class_names_file": "",
+      **fields,
+  })
+
+
+def ucf101_config() -> ml_collections.ConfigDict:
+  """Default config of the ``ucf101`` dataset."""
+  return _named_config("ucf101")
+
+
+def hmdb51_config() -> ml_collections.ConfigDict:
+  """Default config of the ``hmdb51`` dataset."""
+  return _named_config("hmdb51")
 
 
 def resolve_path(path: str, data_dir: str) -> str:

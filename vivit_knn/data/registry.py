@@ -1,98 +1,87 @@
 """Name-based construction from ``config.dataset``: datasets, one video's views.
 
-Adding a source means adding one entry to :data:`_SOURCES` (or calling
-:func:`register_dataset`) with its default-config factory and its constructor.
-:func:`load_video_views` makes the test views of a single video file exactly
-as the eval pipeline of a real-video dataset config makes them.
+:data:`DATASET_DEFAULTS` maps each ``dataset.name`` to its default config (its
+schema, from :mod:`~vivit_knn.data.options`); it loads without TensorFlow, so a
+config can be built and checked without it. The sources themselves, which
+need TensorFlow, are imported when a dataset is built. Adding a source means
+adding its defaults to ``options`` and one entry here and in :func:`_constructor`.
+:func:`load_video_views` makes the test views of a single video file exactly as
+the eval pipeline of a real-video dataset config makes them.
 """
 
 from __future__ import annotations
 
 import os
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 import ml_collections
 import numpy as np
-import tensorflow as tf
 
-from vivit_knn.data import base
-from vivit_knn.data import named
 from vivit_knn.data import options
-from vivit_knn.data import processors
-from vivit_knn.data import skips
-from vivit_knn.data import synthetic
-from vivit_knn.data import tfds_source
-from vivit_knn.data import tfrecord
-from vivit_knn.data import video_io
+
+if TYPE_CHECKING:  # the dataset interface is TensorFlow's; only its name is needed here
+  from vivit_knn.data import base
 
 DefaultConfigFn = Callable[[], ml_collections.ConfigDict]
-Constructor = Callable[[ml_collections.ConfigDict], base.VideoDataset]
+Constructor = Callable[[ml_collections.ConfigDict], "base.VideoDataset"]
 
-_SOURCES: dict[str, tuple[DefaultConfigFn, Constructor]] = {
-    "synthetic": (synthetic.default_config, synthetic.SyntheticMotionDataset),
-    "tfrecord": (tfrecord.default_config, tfrecord.build),
-    "tfds": (tfds_source.default_config, tfds_source.build),
-    "ucf101": (named.ucf101_config, named.build_ucf101),
-    "hmdb51": (named.hmdb51_config, named.build_hmdb51),
-}
-
-# Name -> default config factory; used to validate ``dataset.*`` keys.
+# Name -> default config factory: the schema of ``config.dataset`` for that name.
 DATASET_DEFAULTS: dict[str, DefaultConfigFn] = {
-    name: default_fn for name, (default_fn, _) in _SOURCES.items()
+    "synthetic": options.synthetic_config,
+    "tfrecord": options.tfrecord_config,
+    "tfds": options.tfds_config,
+    "ucf101": options.ucf101_config,
+    "hmdb51": options.hmdb51_config,
 }
-
-
-def register_dataset(name: str, default_config_fn: DefaultConfigFn,
-                     constructor: Constructor) -> None:
-  """Makes a dataset available to :func:`build_dataset` under ``name``.
-
-  Raises:
-    ValueError: if ``name`` is already registered.
-  """
-  if name in _SOURCES:
-    raise ValueError(f"dataset {name!r} is already registered")
-  _SOURCES[name] = (default_config_fn, constructor)
-  DATASET_DEFAULTS[name] = default_config_fn
 
 
 def known_datasets() -> tuple[str, ...]:
   """Names accepted by :func:`build_dataset`, sorted."""
-  return tuple(sorted(_SOURCES))
+  return tuple(sorted(DATASET_DEFAULTS))
+
+
+def clip_shape(config: ml_collections.ConfigDict) -> tuple[int, int, int, int]:
+  """``(T, H, W, C)`` of one clip of the dataset ``config`` describes, without building it."""
+  return (config.num_frames, config.image_size, config.image_size, 3)
+
+
+def _constructor(name: str) -> Constructor:
+  """The constructor of dataset ``name``, imported on first use (the sources load TF)."""
+  # pylint: disable=g-import-not-at-top
+  if name == "synthetic":
+    from vivit_knn.data import synthetic
+    return synthetic.SyntheticMotionDataset
+  from vivit_knn.data import named, tfds_source, tfrecord
+  return {"tfrecord": tfrecord.build, "tfds": tfds_source.build,
+          "ucf101": named.build_ucf101, "hmdb51": named.build_hmdb51}[name]
 
 
 def build_dataset(config: ml_collections.ConfigDict) -> base.VideoDataset:
   """Builds the dataset named by ``config.name`` from ``config``.
 
+  ``config`` is a checked ``config.dataset`` (see ``vivit_knn.config.validate``):
+  every key of its schema, and none other.
+
   Raises:
-    ValueError: if ``config.name`` is missing or not registered (the
-      message names ``dataset.name`` and lists the known names), or if the
-      dataset rejects the config.
+    ValueError: if ``config.name`` is missing or not known (the message names
+      ``dataset.name`` and lists the known names), or if the dataset rejects
+      the config.
   """
   name = config.get("name")
-  if name not in _SOURCES:
+  if name not in DATASET_DEFAULTS:
     raise ValueError(
         f"unknown dataset.name {name!r}; known names: "
         f"{', '.join(known_datasets())}")
-  _, constructor = _SOURCES[name]
-  return constructor(config)
+  return _constructor(name)(config)
 
 
 def _process_spec(
     dataset_config: ml_collections.ConfigDict) -> options.ProcessSpec:
-  """Processing settings of a real-video dataset config (defaults filled in)."""
-  name = dataset_config.get("name")
-  if name not in DATASET_DEFAULTS:
-    raise ValueError(f"unknown dataset.name {name!r}")
-  if name == "synthetic":
+  """Processing settings of a checked dataset config."""
+  if dataset_config.name == "synthetic":
     return _synthetic_spec(dataset_config)
-  defaults = DATASET_DEFAULTS[name]()
-  if "min_resize" not in defaults:
-    raise ValueError(
-        f"dataset {name!r} is not a video-file dataset; inference needs the "
-        "config of a real-video dataset (e.g. ucf101, hmdb51, tfrecord, "
-        "synthetic)")
-  return options.ProcessSpec.from_config(
-      options.resolve_config(dataset_config, lambda: defaults))
+  return options.ProcessSpec.from_config(dataset_config)
 
 
 def _synthetic_spec(
@@ -103,10 +92,10 @@ def _synthetic_spec(
   video, short side resized to ``image_size`` and centre-cropped, scaled to
   [-1, 1] like the synthetic clips.
   """
-  cfg = options.resolve_config(dataset_config, synthetic.default_config)
   fields = options.processing_fields()
-  fields.update(num_frames=cfg.num_frames, frame_stride=1,
-                image_size=cfg.image_size, min_resize=cfg.image_size,
+  fields.update(num_frames=dataset_config.num_frames, frame_stride=1,
+                image_size=dataset_config.image_size,
+                min_resize=dataset_config.image_size,
                 normalization="zero_centered", num_test_clips=1,
                 num_test_crops=1)
   return options.ProcessSpec.from_config(ml_collections.ConfigDict(fields))
@@ -125,7 +114,7 @@ def load_video_views(path: str,
 
   Args:
     path: Video file readable by FFmpeg.
-    dataset_config: ``config.dataset`` of the run.
+    dataset_config: ``config.dataset`` of the run (checked).
 
   Returns:
     float32 ``[V, T, H, W, C]`` with ``V = num_test_clips * num_test_crops``
@@ -134,8 +123,13 @@ def load_video_views(path: str,
   Raises:
     FileNotFoundError: naming ``path`` if it does not exist.
     ValueError: naming ``path`` if it is corrupt, truncated or has no
-      frames, or if the config is not a real-video dataset's.
+      frames.
   """
+  # pylint: disable=g-import-not-at-top
+  import tensorflow as tf
+
+  from vivit_knn.data import processors, skips, video_io
+
   spec = _process_spec(dataset_config)
   if not os.path.isfile(path):
     raise FileNotFoundError(f"video file {path} does not exist")

@@ -26,7 +26,7 @@ import numpy as np
 import tensorflow as tf
 
 from vivit_knn import keys
-from vivit_knn.data import base
+from vivit_knn.data import base, options
 
 NUM_CHANNELS = 3
 MIN_SPEED = 2
@@ -40,20 +40,8 @@ CLASS_NAMES = {
 _PERMUTATION_STREAM = 1
 
 
-def default_config() -> ml_collections.ConfigDict:
-  """Returns the default configuration of the synthetic dataset."""
-  return ml_collections.ConfigDict({
-      "name": "synthetic",
-      "num_frames": 8,
-      "image_size": 32,
-      "num_classes": 4,
-      "num_train": 2048,
-      "num_eval": 512,
-      "square_size": 6,
-      "noise": 0.1,
-      "shuffle_frames": False,
-      "seed": 0,
-  })
+# The defaults live with the rest of the schema, which loads without TensorFlow.
+default_config = options.synthetic_config
 
 
 def _resolve_config(

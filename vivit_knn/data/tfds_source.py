@@ -19,22 +19,6 @@ from google.protobuf import message
 from vivit_knn.data import clips, options, records, skips
 
 
-def default_config() -> ml_collections.ConfigDict:
-  """Default config of the ``tfds`` dataset."""
-  return ml_collections.ConfigDict({
-      "name": "tfds",
-      "builder": "ucf101",  # Name, optionally 'name/config:version'.
-      "data_dir": "",  # '' = TFDS's default data dir.
-      "manual_dir": "",  # Manually downloaded files (with download=True).
-      "download": False,  # Prepare the dataset if it is not there yet.
-      "train_split": "train",
-      "eval_split": "test",
-      "video_key": "video",
-      "label_key": "label",
-      **options.processing_fields(),
-  })
-
-
 class _DataSourceReader:
   """A TFDS ArrayRecord data source of serialized examples."""
 
@@ -180,15 +164,14 @@ def build_tfds_dataset(*, builder: str, data_dir: str, manual_dir: str,
       label.names, spec, counter)
 
 
-def build(config: ml_collections.ConfigDict | None) -> clips.ClipDataset:
-  """Builds the ``tfds`` dataset from a (possibly partial) config.
+def build(cfg: ml_collections.ConfigDict) -> clips.ClipDataset:
+  """Builds the ``tfds`` dataset from its config (every key of ``options.tfds_config()``).
 
   Raises:
-    ValueError: for unknown or invalid fields, naming ``dataset.<field>``.
+    ValueError: for an invalid processing field, naming ``dataset.<field>``.
     FileNotFoundError: if the dataset is not prepared (and not to be
       downloaded) or ``data_dir`` does not exist.
   """
-  cfg = options.resolve_config(config, default_config)
   return build_tfds_dataset(
       builder=cfg.builder, data_dir=cfg.data_dir, manual_dir=cfg.manual_dir,
       download=cfg.download, train_split=cfg.train_split,

@@ -178,29 +178,6 @@ def shard_offsets(meta: dict | None, files: list[str]) -> dict[str, list]:
 # The dataset.
 
 
-def default_config() -> ml_collections.ConfigDict:
-  """Default config of the ``tfrecord`` dataset."""
-  return ml_collections.ConfigDict({
-      "name": "tfrecord",
-      # Patterns are relative to data_dir unless absolute.
-      "data_dir": "",
-      "train_pattern": "train.tfrecord*",
-      "eval_pattern": "test.tfrecord*",
-      # 0 = take classes from class_names_file, else from the converter's
-      # metadata.json / classes.txt next to the shards.
-      "num_classes": 0,
-      "class_names_file": "",
-      # Expected example counts (0 = whatever the files hold). A mismatch
-      # is logged; the records found are used.
-      "num_train": 0,
-      "num_eval": 0,
-      # 'index': clip/label/index; 'verb_noun': the action verb * num_nouns + noun
-      # of the records' verb and noun labels (EPIC-KITCHENS-100, --format=ek100).
-      "label_source": "index",
-      **options.processing_fields(),
-  })
-
-
 def check_data_dir(data_dir: str) -> None:
   """Raises FileNotFoundError naming ``dataset.data_dir`` if it is absent."""
   if data_dir and not tf.io.gfile.isdir(data_dir):
@@ -321,14 +298,13 @@ def build_record_dataset(*, data_dir: str, train_pattern: str,
       counter)
 
 
-def build(config: ml_collections.ConfigDict | None) -> clips.ClipDataset:
-  """Builds the ``tfrecord`` dataset from a (possibly partial) config.
+def build(cfg: ml_collections.ConfigDict) -> clips.ClipDataset:
+  """Builds the ``tfrecord`` dataset from its config (every key of ``options.tfrecord_config()``).
 
   Raises:
-    ValueError: for unknown or invalid fields, naming ``dataset.<field>``.
+    ValueError: for an invalid processing field, naming ``dataset.<field>``.
     FileNotFoundError: naming a missing directory, pattern or shard.
   """
-  cfg = options.resolve_config(config, default_config)
   return build_record_dataset(
       data_dir=cfg.data_dir, train_pattern=cfg.train_pattern,
       eval_pattern=cfg.eval_pattern, num_classes=cfg.num_classes,

@@ -1,4 +1,4 @@
-"""Reading and writing video files with PyAV, decoding only the frames asked for.
+"""Reading video files with PyAV, decoding only the frames asked for.
 
 Readers raise :class:`~vivit_knn.data.skips.BadVideoError` for anything that
 cannot give frames (missing, unreadable, truncated, empty), so callers decide
@@ -25,8 +25,6 @@ _TRUNCATION_TOLERANCE = 0.05
 # Presentation times are rationals; a segment bound given in decimal seconds
 # (e.g. 00:00:03.37) is compared with this slack.
 _TIME_EPS_S = 1e-6
-_CODECS = {".avi": "mpeg4", ".mp4": "libx264", ".mkv": "libx264",
-           ".webm": "libvpx-vp9"}
 
 
 def _select_all(n: int) -> np.ndarray:
@@ -172,25 +170,3 @@ def iter_segment(path: str, start_s: float, end_s: float,
     raise skips.BadVideoError(skips.ZERO_FRAMES, path,
                               f"no frame between {start_s:.2f} s and {end_s:.2f} s ({ends})")
 
-
-def write_video(path: str, frames: np.ndarray, fps: int = 25,
-                codec: str | None = None) -> None:
-  """Writes uint8 ``[N, H, W, 3]`` RGB frames to a video file.
-
-  The codec defaults by extension (``.avi`` -> MPEG-4 part 2, the UCF101 and
-  HMDB51 codec family; ``.mp4`` -> H.264). ``N = 0`` writes a valid file
-  with an empty video stream. Even ``H`` and ``W`` are required by the
-  4:2:0 pixel format.
-  """
-  frames = np.asarray(frames, np.uint8)
-  _, height, width, _ = frames.shape
-  codec = codec or _CODECS.get(os.path.splitext(path)[1].lower(), "mpeg4")
-  with av.open(path, "w") as container:
-    stream = container.add_stream(codec, rate=fps)
-    stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
-    container.start_encoding()
-    for frame in frames:
-      for packet in stream.encode(av.VideoFrame.from_ndarray(frame, "rgb24")):
-        container.mux(packet)
-    for packet in stream.encode():
-      container.mux(packet)

@@ -37,8 +37,9 @@ Dtype = Any
 
 __all__ = ["ATTENTION_KINDS", "DENSE", "PARAM_AXES", "AttentionKind", "AttentionSpec",
            "MultiHeadAttention", "attention_config", "attention_kind", "attention_spec",
-           "dot_product_attention", "factorized_dot_product_attention", "flash_dense_attention",
-           "kth_largest", "knn_mask_logits", "one_piece_paths", "resolve_knn_k"]
+           "check_attention_spec", "dot_product_attention", "factorized_dot_product_attention",
+           "flash_dense_attention", "kth_largest", "knn_mask_logits", "one_piece_paths",
+           "resolve_knn_k"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -115,21 +116,35 @@ def attention_config(kind: str = "dense", knn_k: float = 2 / 3,
   return ml_collections.ConfigDict({"kind": kind, "knn_k": float(knn_k), "impl": impl})
 
 
-def attention_spec(cfg: ml_collections.ConfigDict, field: str) -> AttentionSpec:
-  """Turns an `{kind, knn_k, impl}` config block into an AttentionSpec; errors name `field`.
+def attention_spec(cfg: ml_collections.ConfigDict) -> AttentionSpec:
+  """Turns an `{kind, knn_k, impl}` config block into an AttentionSpec (checked later).
 
-  `knn_k` at most 1 is a fraction of the key count; a larger whole number is a count.
-  A block without `impl` gets 'auto'.
+  `knn_k` at most 1 is a fraction of the key count; a larger whole number is a count;
+  it is dropped for a kind that has no such option. A block without `impl` gets 'auto'.
+  `check_attention_spec` checks the result.
   """
-  if cfg.kind not in ATTENTION_KINDS:
-    raise ValueError(f"{field}.kind must be one of {tuple(ATTENTION_KINDS)}, got {cfg.kind!r}")
-  impl = cfg.get("impl", "auto")
-  backends.check_impl(impl, f"{field}.impl")
   k = cfg.knn_k
   if isinstance(k, float) and k > 1 and float(k).is_integer():
     k = int(k)
-  return AttentionSpec(kind=cfg.kind, knn_k=k if ATTENTION_KINDS[cfg.kind].takes_knn_k else None,
-                       impl=impl)
+  kind = ATTENTION_KINDS.get(cfg.kind)
+  return AttentionSpec(kind=cfg.kind, knn_k=k if kind is not None and kind.takes_knn_k else None,
+                       impl=cfg.get("impl", "auto"))
+
+
+def check_attention_spec(spec: AttentionSpec, num_keys: int, field: str) -> None:
+  """Raises ValueError naming `field` unless `spec` works for `num_keys` keys.
+
+  Checks the kind, the evaluation path and the kind's own options (e.g. `knn_k`).
+
+  Args:
+    spec: the attention of a config block (`attention_spec`).
+    num_keys: how many keys each query of that attention sees.
+    field: the block's config field, e.g. `'model.spatial_transformer.attention'`.
+  """
+  if spec.kind not in ATTENTION_KINDS:
+    raise ValueError(f"{field}.kind must be one of {tuple(ATTENTION_KINDS)}, got {spec.kind!r}")
+  backends.check_impl(spec.impl, f"{field}.impl")
+  ATTENTION_KINDS[spec.kind].check(spec, num_keys, field)
 
 
 def dot_product_attention(query: Array, key: Array, value: Array,
@@ -184,7 +199,6 @@ def factorized_dot_product_attention(query: Array, key: Array, value: Array,
   Raises:
     ValueError: if the inputs are not 5-D or the head count H (`num_heads`) is odd.
   """
-  attention_kind(attention.kind)
   for name, x in (("query", query), ("key", key), ("value", value)):
     if x.ndim != 5:
       raise ValueError(f"factorized attention expects {name} shaped [B, T, S, H, d], "
@@ -265,7 +279,6 @@ class MultiHeadAttention(nn.Module):
     With `factorized=True` the inputs are `[B, T, S, D]`. Returns `[..., Nq,
     out_features]` in `dtype`.
     """
-    attention_kind(self.attention.kind)
     if inputs_kv is None:
       inputs_kv = inputs_q
     features = self.qkv_features or inputs_q.shape[-1]

@@ -19,7 +19,7 @@ from vivit_knn.models.video_transformer import BlockFields, StackFields, maybe_r
 
 Dtype = Any
 
-__all__ = ["DENSE", "ENCODER_MODEL_TYPES", "MLP_ACTIVATIONS", "MLP_PARAM_AXES",
+__all__ = ["DENSE", "MLP_ACTIVATIONS", "MLP_PARAM_AXES",
            "AddPositionEmbedding", "AttentionSpec", "Encoder", "EncoderBlock",
            "FactorizedSelfAttentionBlock", "MlpBlock", "attention_module", "drop_path",
            "exact_gelu", "mlp_residual", "quick_gelu"]
@@ -166,14 +166,12 @@ class FactorizedSelfAttentionBlock(BlockFields):
 
   Input is `[B, T, S, D]`. Names follow scenic (`LayerNorm_time`,
   `MultiHeadDotProductAttention_time`, `_space`, `LayerNorm_mlp`, `MlpBlock`).
-  `temporal_attention` (default: `attention`) is the time half's.
+  Both halves use the block's `attention`.
   """
 
-  temporal_attention: Optional[AttentionSpec] = None
-
-  def _axis_attention(self, x, axis_name, spec, deterministic):
+  def _axis_attention(self, x, axis_name, deterministic):
     y = nn.LayerNorm(dtype=self.dtype, name=f"LayerNorm_{axis_name}")(x)
-    y = attention_module(self, f"MultiHeadDotProductAttention_{axis_name}", spec)(
+    y = attention_module(self, f"MultiHeadDotProductAttention_{axis_name}")(
         y, deterministic=deterministic)
     y = nn.Dropout(self.dropout_rate)(y, deterministic=deterministic)
     return x + drop_path(self, y, self.droppath_rate, deterministic)
@@ -183,17 +181,10 @@ class FactorizedSelfAttentionBlock(BlockFields):
     """Applies time attention (per patch), space attention (per frame), MLP."""
     # Attention runs over the second-to-last axis, so put time there first.
     x = jnp.swapaxes(x, 1, 2)  # [B, S, T, D]
-    x = self._axis_attention(x, "time", self.temporal_attention or self.attention,
-                             deterministic)
+    x = self._axis_attention(x, "time", deterministic)
     x = jnp.swapaxes(x, 1, 2)  # [B, T, S, D]
-    x = self._axis_attention(x, "space", self.attention, deterministic)
+    x = self._axis_attention(x, "space", deterministic)
     return mlp_residual(self, x, deterministic, norm_name="LayerNorm_mlp", mlp_name="MlpBlock")
-
-
-# ViViT's layouts that run on one `Encoder` (model 2, the factorised encoder, is two
-# encoders; see `vivit.MODEL_TYPES`).
-ENCODER_MODEL_TYPES = ("spacetime", "factorized_self_attention_block",
-                       "factorized_dot_product_attention")
 
 
 class Encoder(StackFields):
@@ -205,10 +196,9 @@ class Encoder(StackFields):
   two, `temporal_dims` says how to view the tokens as `[B, T, N/T, D]` and the
   output is flattened back. Stochastic depth grows linearly from 0 at the first
   block to `stochastic_depth` at the last. `mlp_activation` goes to every block's
-  MLP; `temporal_attention` is model 3's time attention (default: `attention`).
+  MLP.
   """
 
-  temporal_attention: Optional[AttentionSpec] = None
   model_type: str = "spacetime"
   temporal_dims: Optional[int] = None
 
@@ -216,7 +206,6 @@ class Encoder(StackFields):
     common = self.block_fields(layer)
     if self.model_type == "factorized_self_attention_block":
       cls = FactorizedSelfAttentionBlock
-      common["temporal_attention"] = self.temporal_attention
     else:
       cls = EncoderBlock
       common["factorized"] = self.model_type == "factorized_dot_product_attention"
@@ -225,9 +214,6 @@ class Encoder(StackFields):
   @nn.compact
   def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
     """Encodes `[B, N, D]` tokens; returns `[B, N, D]`."""
-    if self.model_type not in ENCODER_MODEL_TYPES:
-      raise ValueError(f"model_type must be one of {ENCODER_MODEL_TYPES}, "
-                       f"got {self.model_type!r}")
     b, n, d = x.shape
     x = AddPositionEmbedding(name="posembed_input")(x)
     x = nn.Dropout(self.dropout_rate)(x, deterministic=not train)

@@ -9,14 +9,18 @@ the project needs to know about it:
   `vivit_knn.config.model_config`);
 * `check(cfg, input_shape, field)`: its shape and option checks, run once before
   compiling; errors name the field;
-* `build(cfg, num_classes)`: the Flax module;
+* `inactive_keys(cfg, field)`: keys of `config.model` this configuration never
+  reads, each with why and the keys it reads instead (set away from their
+  defaults, they are errors: see `vivit_knn.config.check_model`);
+* `build(cfg, num_classes)`: the Flax module, from a checked config;
 * `key_counts(cfg, t, s)`: for each attention config field, the number of keys
   that attention sees (for `t` frame tokens of `s` patches) and its spec, so a
   kind's options (e.g. `knn_k`) are checked before compiling;
 * `mlp_activation`: the MLP activation an empty `model.mlp_activation` means
-  (None: the family's modules fix their own, and the key must stay empty);
-* `exclusive_keys`: keys that may only be set for this family;
+  (None: the family's modules fix their own, and the key cannot take effect);
+* `exclusive_keys`: keys that only this family reads;
 * `stem_names`: parameter names of the stem (layer 0 for layer-wise lr decay);
+* `init_rules`: how its parameters start from an image ViT (`models.init_rules`);
 * `param_axes`: its own (path regex, logical axes) sharding rules, beyond the
   attention and MLP rules every family shares.
 """
@@ -30,12 +34,16 @@ import flax.linen as nn
 import jax.numpy as jnp
 import ml_collections
 
+from vivit_knn.keys import require
 from vivit_knn.models.attention import AttentionSpec, attention_spec
 from vivit_knn.models.encoder import MLP_ACTIVATIONS
+from vivit_knn.models.init_rules import InitRules
 
 ConfigDict = ml_collections.ConfigDict
 KeyCounts = Dict[str, Tuple[int, AttentionSpec]]
-__all__ = ["DTYPES", "ModelFamily", "attention_spec", "check_spacetime_keys",
+# Key (relative to `config.model`) -> (why it cannot take effect, the keys read instead).
+InactiveKeys = Dict[str, Tuple[str, Tuple[str, ...]]]
+__all__ = ["DTYPES", "InactiveKeys", "ModelFamily", "attention_spec", "check_spacetime_keys",
            "mlp_activation_name", "require", "video_transformer_kwargs"]
 
 ParamAxes = Tuple[Tuple[str, Tuple[Optional[str], ...]], ...]
@@ -52,6 +60,11 @@ def _no_key_counts(cfg: ConfigDict, t: int, s: int) -> KeyCounts:
   return {}
 
 
+def _no_inactive_keys(cfg: ConfigDict, field: str) -> InactiveKeys:
+  del cfg, field
+  return {}
+
+
 @dataclasses.dataclass(frozen=True)
 class ModelFamily:
   """One model family (see the module doc for each attribute)."""
@@ -61,34 +74,20 @@ class ModelFamily:
   defaults: Callable[[], Dict[str, Any]] = dict
   check: Callable[[ConfigDict, Sequence[int], str], None] = _no_check
   key_counts: Callable[[ConfigDict, int, int], KeyCounts] = _no_key_counts
+  inactive_keys: Callable[[ConfigDict, str], InactiveKeys] = _no_inactive_keys
   mlp_activation: Optional[str] = "gelu_tanh"
   exclusive_keys: Tuple[str, ...] = ()
   stem_names: FrozenSet[str] = frozenset()
+  init_rules: InitRules = InitRules()
   param_axes: ParamAxes = ()
-
-
-def require(cond: bool, field: str, message: str) -> None:
-  """Raises `ValueError('<field>: <message>')` unless `cond`."""
-  if not cond:
-    raise ValueError(f"{field}: {message}")
 
 
 def mlp_activation_name(cfg: ConfigDict, default: Optional[str]) -> str:
   """`model.mlp_activation`, or the family's `default` when empty (a key of `MLP_ACTIVATIONS`).
 
-  With `default` None (the family fixes its own activations) returns '' and
-  raises ValueError naming `model.mlp_activation` if one is set.
+  With `default` None (the family fixes its own activations) returns ''.
   """
-  name = cfg.mlp_activation
-  if name and name not in MLP_ACTIVATIONS:
-    raise ValueError(f"model.mlp_activation must be one of {tuple(MLP_ACTIVATIONS)} or empty "
-                     f"(the family's default), got {name!r}")
-  if default is None:
-    if name:
-      raise ValueError(f"model.mlp_activation={name!r} cannot take effect for model.name="
-                       f"{cfg.name!r}: its experts fix their own activations; leave it empty")
-    return ""
-  return name or default
+  return (cfg.mlp_activation or default) if default is not None else ""
 
 
 def video_transformer_kwargs(cfg: ConfigDict, num_classes: int,
@@ -101,7 +100,7 @@ def video_transformer_kwargs(cfg: ConfigDict, num_classes: int,
       num_heads=cfg.num_heads,
       mlp_dim=cfg.mlp_dim,
       num_layers=cfg.num_layers,
-      attention=attention_spec(cfg.attention, "model.attention"),
+      attention=attention_spec(cfg.attention),
       dropout_rate=cfg.dropout_rate,
       attention_dropout_rate=cfg.attention_dropout_rate,
       stochastic_depth=cfg.stochastic_depth,

@@ -21,10 +21,10 @@ import ml_collections
 
 from vivit_knn.models import cast, student, timesformer, vivit, xvit
 from vivit_knn.models.attention import PARAM_AXES as ATTENTION_PARAM_AXES
-from vivit_knn.models.attention import attention_kind
+from vivit_knn.models.attention import check_attention_spec
 from vivit_knn.models.encoder import MLP_ACTIVATIONS, MLP_PARAM_AXES
-from vivit_knn.models.family import (DTYPES, KeyCounts, ModelFamily, ParamAxes,
-                                     mlp_activation_name, require)
+from vivit_knn.models.family import (DTYPES, InactiveKeys, KeyCounts, ModelFamily, ParamAxes,
+                                     require)
 
 FAMILIES: Dict[str, ModelFamily] = {
     spec.name: spec
@@ -58,34 +58,12 @@ def default_config_keys() -> Dict[str, Any]:
   return merged
 
 
-def mlp_activation(cfg: ConfigDict) -> str:
-  """`model.mlp_activation`, or the family's default when empty (a key of `MLP_ACTIVATIONS`).
-
-  For a family that fixes its own activations (CAST) returns '' and raises
-  ValueError naming `model.mlp_activation` if one is set.
-  """
-  return mlp_activation_name(cfg, family(cfg.name).mlp_activation)
-
-
-def _check_exclusive_keys(cfg: ConfigDict, field: str) -> None:
-  """Rejects keys that only another family reads, set away from their defaults."""
-  for spec in FAMILIES.values():
-    if spec.name == cfg.name or not spec.exclusive_keys:
-      continue
-    defaults = spec.defaults()
-    for key in spec.exclusive_keys:
-      require(cfg[key] == defaults[key], f"{field}.{key}",
-              f"applies to model.name={spec.name!r} only, got {cfg.name!r}")
-
-
 def build_model(cfg: ConfigDict, num_classes: int) -> nn.Module:
-  """Returns the Flax module described by `config.model` for `num_classes` outputs."""
-  spec = family(cfg.name)
-  if cfg.dtype not in DTYPES:
-    raise ValueError(f"model.dtype must be one of {sorted(DTYPES)}, got {cfg.dtype!r}")
-  mlp_activation(cfg)  # checks the name (and that CAST leaves it empty)
-  _check_exclusive_keys(cfg, "model")
-  return spec.build(cfg, num_classes)
+  """Returns the Flax module `config.model` describes for `num_classes` outputs.
+
+  `cfg` is a checked config (`vivit_knn.config.check_model`): nothing is checked here.
+  """
+  return FAMILIES[cfg.name].build(cfg, num_classes)
 
 
 def _check_common(cfg: ConfigDict, input_shape: Sequence[int], field: str) -> None:
@@ -94,6 +72,8 @@ def _check_common(cfg: ConfigDict, input_shape: Sequence[int], field: str) -> No
           f"{field}.kernel_init_method",
           f"must be one of {vivit.KERNEL_INIT_METHODS[1:]} or empty, got "
           f"{cfg.kernel_init_method!r}")
+  require(cfg.dtype in DTYPES, f"{field}.dtype",
+          f"must be one of {sorted(DTYPES)}, got {cfg.dtype!r}")
   require(len(cfg.patch_size) == 3, f"{field}.patch_size",
           f"must be (h, w, t), got {tuple(cfg.patch_size)}")
   require(cfg.hidden_size % cfg.num_heads == 0, f"{field}.num_heads",
@@ -117,16 +97,38 @@ def _check_common(cfg: ConfigDict, input_shape: Sequence[int], field: str) -> No
 def check(cfg: ConfigDict, input_shape: Sequence[int], field: str = "model") -> None:
   """Checks `config.model` against one clip's `(T, H, W, C)` before compiling.
 
-  Runs the common checks, the family's own, the exclusivity of other families'
-  keys, and every attention's options against the keys it will see. Errors
-  name the field.
+  Runs the common checks, the family's own, and every attention's options
+  against the keys it will see. Errors name the field. Which keys cannot take
+  effect is `inactive_keys`.
   """
   require(cfg.name in FAMILIES, f"{field}.name",
           f"must be one of {MODEL_NAMES}, got {cfg.name!r}")
   _check_common(cfg, input_shape, field)
   FAMILIES[cfg.name].check(cfg, input_shape, field)
-  _check_exclusive_keys(cfg, field)
   check_attention(cfg, input_shape)
+
+
+def inactive_keys(cfg: ConfigDict, field: str = "model") -> InactiveKeys:
+  """The keys of a checked `config.model` that its model never reads.
+
+  Other families' exclusive keys, `mlp_activation` for a family that fixes its
+  own, and what the family itself declares (e.g. ViViT's factorised encoder
+  ignores `num_layers` and `attention`).
+
+  Returns:
+    key (relative to `cfg`) -> (why it cannot take effect, the keys read instead).
+  """
+  spec = FAMILIES[cfg.name]
+  out: InactiveKeys = {}
+  for other in FAMILIES.values():
+    for key in other.exclusive_keys if other.name != cfg.name else ():
+      out[key] = (f"it applies to {field}.name={other.name!r} only, this model is "
+                  f"{cfg.name!r}", ())
+  if spec.mlp_activation is None:
+    out["mlp_activation"] = (f"the experts of {field}.name={cfg.name!r} fix their own "
+                             "activations", ())
+  out.update(spec.inactive_keys(cfg, field))
+  return out
 
 
 def attention_key_counts(cfg: ConfigDict, input_shape: Sequence[int]) -> KeyCounts:
@@ -143,7 +145,7 @@ def attention_key_counts(cfg: ConfigDict, input_shape: Sequence[int]) -> KeyCoun
 def check_attention(cfg: ConfigDict, input_shape: Sequence[int]) -> None:
   """Raises ValueError naming the field when an attention's options do not fit its key count."""
   for field, (num_keys, spec) in attention_key_counts(cfg, input_shape).items():
-    attention_kind(spec.kind).check(spec, num_keys, field)
+    check_attention_spec(spec, num_keys, field)
 
 
 def stem_names() -> FrozenSet[str]:
@@ -158,5 +160,5 @@ def param_axes() -> ParamAxes:
 
 
 __all__ = ["FAMILIES", "MODEL_NAMES", "attention_key_counts", "build_model", "check",
-           "check_attention", "default_config_keys", "family", "mlp_activation", "param_axes",
+           "check_attention", "default_config_keys", "family", "inactive_keys", "param_axes",
            "stem_names"]

@@ -70,9 +70,6 @@ def shift_frames(x: jax.Array, div: int, segment_frames: int = 0) -> jax.Array:
   """
   *lead, t, n, h, d = x.shape
   if segment_frames and segment_frames != t:
-    if t % segment_frames:
-      raise ValueError(f"model.xvit_segment_frames={segment_frames} does not divide the "
-                       f"{t} frame tokens")
     segments = x.reshape(tuple(lead) + (t // segment_frames, segment_frames, n, h, d))
     return shift_frames(segments, div).reshape(x.shape)
   c = h * d

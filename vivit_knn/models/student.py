@@ -33,6 +33,7 @@ from vivit_knn.models.aligner import FeatureAligner
 from vivit_knn.models.encoder import AddPositionEmbedding, EncoderBlock, drop_path, mlp_residual
 from vivit_knn.models.family import (KeyCounts, ModelFamily, attention_spec, require,
                                      video_transformer_kwargs)
+from vivit_knn.models.init_rules import InitRules
 from vivit_knn.models.mhca import mhca_attention
 from vivit_knn.models.video_transformer import (BlockFields, StackFields, VideoTransformer,
                                                 maybe_remat)
@@ -113,9 +114,6 @@ def branch_layers(num_layers: int, branch_heads: int) -> Tuple[int, ...]:
   """1-based layers after which the branches sit: the ends of `branch_heads` equal parts."""
   if branch_heads <= 0:
     return ()
-  if num_layers % branch_heads:
-    raise ValueError(f"model.student.branch_heads={branch_heads} must divide "
-                     f"model.num_layers={num_layers}")
   step = num_layers // branch_heads
   return tuple(step * (i + 1) for i in range(branch_heads))
 
@@ -141,9 +139,6 @@ class VideoStudent(VideoTransformer):
   @nn.compact
   def __call__(self, x: jax.Array, *, train: bool = False):
     """Classifies clips `[B, T, H, W, C]`; returns `(logits [B, classes], intermediates)`."""
-    if not 0 <= self.mhca_layers <= self.num_layers:
-      raise ValueError(f"model.student.mhca_layers={self.mhca_layers} must be in "
-                       f"[0, model.num_layers={self.num_layers}]")
     taps = branch_layers(self.num_layers, self.branch_heads)
     frame_hw = x.shape[2:4]
     x = tubelet_embedding(self.hidden_size, tuple(self.patch_size), self.kernel_init_method,
@@ -222,10 +217,16 @@ def _build(cfg: ml_collections.ConfigDict, num_classes: int) -> VideoStudent:
 
 def _key_counts(cfg: ml_collections.ConfigDict, t: int, s: int) -> KeyCounts:
   """One joint space-time encoder with a CLS."""
-  return {"model.attention": (1 + t * s, attention_spec(cfg.attention, "model.attention"))}
+  return {"model.attention": (1 + t * s, attention_spec(cfg.attention))}
+
+
+# The distillation heads, the aligner and MHCA's relative-position terms are new.
+INIT_RULES = InitRules(new_modules=("aligner", r"branch_\d+"),
+                       new_block_modules=("RelativePosition_0",))
 
 
 FAMILY = ModelFamily(
     name="student", build=_build, defaults=_defaults, check=_check, key_counts=_key_counts,
     mlp_activation="gelu_tanh",  # scenic's, as ViViT
-    stem_names=frozenset({"embedding", "cls", "posembed_input"}))
+    stem_names=frozenset({"embedding", "cls", "posembed_input"}),
+    init_rules=INIT_RULES)

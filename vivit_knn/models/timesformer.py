@@ -50,6 +50,7 @@ from vivit_knn.models.attention import DENSE, AttentionSpec
 from vivit_knn.models.encoder import EncoderBlock, exact_gelu
 from vivit_knn.models.family import (KeyCounts, ModelFamily, attention_spec,
                                      check_spacetime_keys, video_transformer_kwargs)
+from vivit_knn.models.init_rules import InitRules
 from vivit_knn.models.spacetime_attention import (DividedSpaceTimeBlock, frame_tokens,
                                                   time_embed_init)
 from vivit_knn.models.video_transformer import StackFields, VideoTransformer, maybe_remat
@@ -87,9 +88,6 @@ class TimeSformerEncoder(StackFields):
   @nn.compact
   def __call__(self, patches: jax.Array, cls: jax.Array, *, train: bool) -> jax.Array:
     """Encodes `[B, T, N, D]` patch tokens (see class doc)."""
-    if self.attention_type not in ATTENTION_TYPES:
-      raise ValueError(f"model.attention_type must be one of {ATTENTION_TYPES} for "
-                       f"TimeSformer, got {self.attention_type!r}")
     b, t, n, d = patches.shape
     x = frame_tokens(cls, patches)  # [B, T, 1 + N, D]
     if self.attention_type != "space_only":
@@ -165,7 +163,7 @@ def _build(cfg: ml_collections.ConfigDict, num_classes: int) -> TimeSformer:
   """The TimeSformer that `config.model` describes."""
   return TimeSformer(
       attention_type=attention_type(cfg),
-      temporal_attention=attention_spec(cfg.temporal_attention, "model.temporal_attention"),
+      temporal_attention=attention_spec(cfg.temporal_attention),
       time_embed_init_std=cfg.time_embed_init_std,
       temporal_fc_zero_init=cfg.temporal_fc_zero_init,
       **video_transformer_kwargs(cfg, num_classes, FAMILY.mlp_activation))
@@ -173,8 +171,8 @@ def _build(cfg: ml_collections.ConfigDict, num_classes: int) -> TimeSformer:
 
 def _key_counts(cfg: ml_collections.ConfigDict, t: int, s: int) -> KeyCounts:
   """Keys per attention for `t` frames of `s` patches plus the CLS."""
-  spec = attention_spec(cfg.attention, "model.attention")
-  temporal = attention_spec(cfg.temporal_attention, "model.temporal_attention")
+  spec = attention_spec(cfg.attention)
+  temporal = attention_spec(cfg.temporal_attention)
   layout = attention_type(cfg)
   if layout == "joint_space_time":
     return {"model.attention": (1 + t * s, spec)}
@@ -184,7 +182,16 @@ def _key_counts(cfg: ml_collections.ConfigDict, t: int, s: int) -> KeyCounts:
   return counts
 
 
+# The divided block's temporal attention starts as the spatial one, its output projection
+# (and the time embedding) at zero: the model starts as the image model on a static clip.
+INIT_RULES = InitRules(
+    from_spatial=(("temporal_norm1", "LayerNorm_0"),
+                  ("temporal_attn", "MultiHeadDotProductAttention_0")),
+    zeroed_block_modules=("temporal_fc",), time_embedding="time_embed")
+
+
 FAMILY = ModelFamily(
     name="timesformer", build=_build, defaults=_defaults, check=_check, key_counts=_key_counts,
     mlp_activation="gelu_exact",  # TimeSformer's PyTorch `nn.GELU()`
-    stem_names=frozenset({"embedding", "cls", "posembed_input", "time_embed"}))
+    stem_names=frozenset({"embedding", "cls", "posembed_input", "time_embed"}),
+    init_rules=INIT_RULES)

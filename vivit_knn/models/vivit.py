@@ -9,12 +9,15 @@ Model 4 `factorized_dot_product_attention`: half the heads along time, half alon
 Parameter names follow scenic's ViViT so its checkpoints load without renaming.
 
 `FAMILY` is the 'vivit' model family: its config keys (`model_type`,
-`spatial_transformer`, `temporal_transformer`), checks and builder.
+`spatial_transformer`, `temporal_transformer`), checks and builder. The
+factorised encoder builds its two encoders from `spatial_transformer` and
+`temporal_transformer` only; the other layouts read `num_layers` and `attention`.
+ViViT never reads `temporal_attention` (TimeSformer's and X-ViT's key).
 """
 
 from __future__ import annotations
 
-from typing import Any, Dict, Optional, Sequence
+from typing import Any, Dict, Optional, Sequence, Tuple
 
 import flax.linen as nn
 import jax
@@ -23,8 +26,9 @@ import ml_collections
 
 from vivit_knn.models.attention import DENSE, AttentionSpec, attention_config
 from vivit_knn.models.encoder import Encoder
-from vivit_knn.models.family import (KeyCounts, ModelFamily, attention_spec, require,
-                                     video_transformer_kwargs)
+from vivit_knn.models.family import (InactiveKeys, KeyCounts, ModelFamily, attention_spec,
+                                     require, video_transformer_kwargs)
+from vivit_knn.models.init_rules import InitRules, image_names
 from vivit_knn.models.video_transformer import VideoTransformer
 
 Dtype = Any
@@ -68,15 +72,10 @@ def average_frame_initializer(base_init=nn.initializers.lecun_normal()):
 
 
 def embedding_kernel_init(method: Optional[str]):
-  """Returns the tubelet kernel initializer for a `kernel_init_method` name."""
-  if method is None:
-    return nn.initializers.lecun_normal()
-  if method == "central_frame_initializer":
-    return central_frame_initializer()
-  if method == "average_frame_initializer":
-    return average_frame_initializer()
-  raise ValueError(
-      f"model.kernel_init_method must be one of {KERNEL_INIT_METHODS}, got {method!r}")
+  """Returns the tubelet kernel initializer for a `kernel_init_method` name (or None)."""
+  return {None: nn.initializers.lecun_normal,
+          "central_frame_initializer": central_frame_initializer,
+          "average_frame_initializer": average_frame_initializer}[method]()
 
 
 def tubelet_embedding(hidden_size: int, patch_size: Sequence[int],
@@ -125,13 +124,6 @@ class ViViT(VideoTransformer):
   @nn.compact
   def __call__(self, x: jax.Array, *, train: bool = False):
     """Classifies clips `[B, T, H, W, C]`; returns `(logits [B, classes], intermediates)`."""
-    if self.model_type not in MODEL_TYPES:
-      raise ValueError(f"model.model_type must be one of {MODEL_TYPES}, got {self.model_type!r}")
-    if self.classifier not in CLASSIFIERS:
-      raise ValueError(f"model.classifier must be one of {CLASSIFIERS}, got {self.classifier!r}")
-    if self.model_type in _NO_CLS_MODEL_TYPES and self.classifier != "gap":
-      raise ValueError(f"model.classifier must be 'gap' for model_type {self.model_type!r}")
-
     x = tubelet_embedding(self.hidden_size, tuple(self.patch_size),
                           self.kernel_init_method, self.dtype)(x)
     out = {"tubelets": x}
@@ -192,10 +184,8 @@ def _build(cfg: ml_collections.ConfigDict, num_classes: int) -> ViViT:
       model_type=cfg.model_type,
       spatial_layers=cfg.spatial_transformer.num_layers,
       temporal_layers=cfg.temporal_transformer.num_layers,
-      spatial_attention=attention_spec(cfg.spatial_transformer.attention,
-                                       "model.spatial_transformer.attention"),
-      temporal_attention=attention_spec(cfg.temporal_transformer.attention,
-                                        "model.temporal_transformer.attention"),
+      spatial_attention=attention_spec(cfg.spatial_transformer.attention),
+      temporal_attention=attention_spec(cfg.temporal_transformer.attention),
       classifier=cfg.classifier,
       **video_transformer_kwargs(cfg, num_classes, FAMILY.mlp_activation))
 
@@ -206,21 +196,55 @@ def _key_counts(cfg: ml_collections.ConfigDict, t: int, s: int) -> KeyCounts:
   if cfg.model_type == "factorized_encoder":
     return {
         "model.spatial_transformer.attention": (
-            s + cls, attention_spec(cfg.spatial_transformer.attention,
-                                    "model.spatial_transformer.attention")),
+            s + cls, attention_spec(cfg.spatial_transformer.attention)),
         "model.temporal_transformer.attention": (
-            t + cls, attention_spec(cfg.temporal_transformer.attention,
-                                    "model.temporal_transformer.attention")),
+            t + cls, attention_spec(cfg.temporal_transformer.attention)),
     }
-  spec = attention_spec(cfg.attention, "model.attention")
+  spec = attention_spec(cfg.attention)
   if cfg.model_type == "spacetime":
     return {"model.attention": (t * s + cls, spec)}
   # Models 3 and 4 attend along time and along space separately; k must fit both.
   return {"model.attention": (min(t, s), spec)}
 
 
+def _inactive_keys(cfg: ml_collections.ConfigDict, field: str) -> InactiveKeys:
+  """The common keys this layout never reads, and what it reads instead."""
+  if cfg.model_type != "factorized_encoder":
+    return {"temporal_attention": (
+        f"ViViT has no separate time attention, {field}.model_type={cfg.model_type!r} "
+        f"attends with {field}.attention", ("attention",))}
+  why = (f"{field}.model_type='factorized_encoder' builds its spatial and temporal encoders "
+         "from their own keys")
+  return {
+      "attention": (why, ("spatial_transformer.attention", "temporal_transformer.attention")),
+      "num_layers": (why, ("spatial_transformer.num_layers", "temporal_transformer.num_layers")),
+      "temporal_attention": (why, ("temporal_transformer.attention",)),
+  }
+
+
+def _image_encoder(cfg: ml_collections.ConfigDict) -> Tuple[str, str]:
+  """The factorised encoder's spatial encoder takes the image ViT; other models keep its names."""
+  if cfg.model_type == "factorized_encoder":
+    return "SpatialTransformer", "cls_SpatialTransformer"
+  return image_names(cfg)
+
+
+# The factorised encoder's temporal encoder is new (one position per time step); model 3's
+# time and space halves start as copies of the image block's attention, its MLP half as its MLP.
+INIT_RULES = InitRules(
+    image_encoder=_image_encoder,
+    new_modules=("TemporalTransformer", "cls_TemporalTransformer"),
+    from_spatial=(("LayerNorm_time", "LayerNorm_0"), ("LayerNorm_space", "LayerNorm_0"),
+                  ("MultiHeadDotProductAttention_time", "MultiHeadDotProductAttention_0"),
+                  ("MultiHeadDotProductAttention_space", "MultiHeadDotProductAttention_0"),
+                  ("LayerNorm_mlp", "LayerNorm_1"), ("MlpBlock", "MlpBlock_0")),
+    time_encoders=(("TemporalTransformer", "cls_TemporalTransformer"),))
+
+
 FAMILY = ModelFamily(
     name="vivit", build=_build, defaults=_defaults, check=_check, key_counts=_key_counts,
+    inactive_keys=_inactive_keys,
     mlp_activation="gelu_tanh",  # scenic's (flax's tanh GELU)
     stem_names=frozenset({"embedding", "cls", "posembed_input", "cls_SpatialTransformer",
-                          "cls_TemporalTransformer"}))
+                          "cls_TemporalTransformer"}),
+    init_rules=INIT_RULES)

@@ -43,6 +43,7 @@ from vivit_knn.models.attention import DENSE, AttentionSpec
 from vivit_knn.models.encoder import EncoderBlock, exact_gelu
 from vivit_knn.models.family import (KeyCounts, ModelFamily, attention_spec,
                                      check_spacetime_keys, require, video_transformer_kwargs)
+from vivit_knn.models.init_rules import InitRules
 from vivit_knn.models.spacetime_attention import (SpaceTimeMixingBlock, frame_tokens,
                                                   time_embed_init)
 from vivit_knn.models.video_transformer import StackFields, VideoTransformer, maybe_remat
@@ -120,16 +121,10 @@ class XViT(VideoTransformer):
   @nn.compact
   def __call__(self, x: jax.Array, *, train: bool = False):
     """Classifies clips `[B, T, H, W, C]`; returns `(logits [B, classes], intermediates)`."""
-    if self.attention_type not in ATTENTION_TYPES:
-      raise ValueError(f"model.attention_type must be one of {ATTENTION_TYPES} for X-ViT, "
-                       f"got {self.attention_type!r}")
     x = tubelet_embedding(self.hidden_size, tuple(self.patch_size),
                           self.kernel_init_method, self.dtype)(x)
     out = {"tubelets": x}
     b, t, h, w, d = x.shape
-    if self.segment_frames < 0 or (self.segment_frames and t % self.segment_frames):
-      raise ValueError(f"model.xvit_segment_frames={self.segment_frames} must be 0 or divide "
-                       f"the {t} frame tokens")
     cls = self.param("cls", nn.initializers.zeros, (1, 1, d), jnp.float32)
     tokens = XViTEncoder(
         shift_div=self.shift_div if self.attention_type == "space_time_mixing" else 0,
@@ -209,17 +204,23 @@ def _build(cfg: ml_collections.ConfigDict, num_classes: int) -> XViT:
       segment_frames=cfg.xvit_segment_frames,
       num_summary_tokens=cfg.num_summary_tokens,
       head_layers=cfg.head_layers,
-      temporal_attention=attention_spec(cfg.temporal_attention, "model.temporal_attention"),
+      temporal_attention=attention_spec(cfg.temporal_attention),
       time_embed_init_std=cfg.time_embed_init_std,
       **video_transformer_kwargs(cfg, num_classes, FAMILY.mlp_activation))
 
 
 def _key_counts(cfg: ml_collections.ConfigDict, t: int, s: int) -> KeyCounts:
   """Within-frame keys (+ every frame's summary tokens); the head sees CLS + `t` frames."""
-  spec = attention_spec(cfg.attention, "model.attention")
-  temporal = attention_spec(cfg.temporal_attention, "model.temporal_attention")
+  spec = attention_spec(cfg.attention)
+  temporal = attention_spec(cfg.temporal_attention)
   return {"model.attention": (1 + s + t * cfg.num_summary_tokens, spec),
           "model.temporal_attention": (1 + t, temporal)}
+
+
+# The temporal-attention head and the summary-token probes are new.
+INIT_RULES = InitRules(
+    new_modules=("TemporalTransformer", "cls_TemporalTransformer", "pre_logits"),
+    new_block_modules=("summary_tokens",), time_embedding="time_embed")
 
 
 FAMILY = ModelFamily(
@@ -227,4 +228,5 @@ FAMILY = ModelFamily(
     mlp_activation="gelu_exact",  # X-ViT's PyTorch `nn.GELU()`
     exclusive_keys=("xvit_segment_frames",),
     stem_names=frozenset({"embedding", "cls", "posembed_input", "time_embed",
-                          "cls_TemporalTransformer"}))
+                          "cls_TemporalTransformer"}),
+    init_rules=INIT_RULES)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import sys
 from typing import Optional, Sequence
 
 import ml_collections
@@ -22,4 +21,4 @@ def trained_run_config(argv: Sequence[str], config: Optional[ml_collections.Conf
   if not workdir:
     raise ValueError("--workdir is required: a training run's directory")
   from vivit_knn.train.run_config import resolve_run_config  # pylint: disable=g-import-not-at-top
-  return resolve_run_config(config, workdir, sys.argv)
+  return resolve_run_config(config, workdir)

@@ -13,12 +13,12 @@ from typing import Any, Dict, Optional, Tuple
 
 import jax
 import numpy as np
+from clu import metric_writers
 from etils import epath
 
 from vivit_knn.train import metrics, sharding, steps
 from vivit_knn.train.checkpoint import resolve
 from vivit_knn.train.experiment import Experiment
-from vivit_knn.train.summary import MetricWriter
 
 # A confusion-matrix picture of more classes than this is unreadable; it is skipped.
 PNG_MAX_CLASSES = metrics.DENSE_CONFUSION_MAX_CLASSES
@@ -120,7 +120,7 @@ def _write_png(exp: Experiment, result: Dict[str, Any], names, path: str, step: 
 
 
 def write_eval_report(exp: Experiment, result: Dict[str, Any], workdir: str, step: int,
-                      writer: Optional[MetricWriter] = None) -> Dict[str, str]:
+                      writer: Optional[metric_writers.MetricWriter] = None) -> Dict[str, str]:
   """Writes scalars, a per-class table, JSON results, the confusion-matrix PNG and lists.
 
   Files go to `<workdir>/eval/<kind>_step_<step>_<clips>x<crops>.<ext>`: `results` (JSON:

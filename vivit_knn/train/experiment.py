@@ -102,16 +102,13 @@ def build_experiment(config: ml_collections.ConfigDict,
     The experiment.
 
   Raises:
-    ValueError: naming the field, before anything compiles.
+    ValueError: naming the field, before any data or model is built.
   """
-  config_lib.check_keys(config)
-  check_objective(config)
-  config_lib.check_init_from(config)  # a missing required checkpoint fails before the data
-  dataset = build_dataset(config.dataset)
   mesh = sharding.make_mesh(config.mesh, devices)
-  config_lib.validate(config, dataset.info.input_shape,
-                      num_devices=sharding.data_parallel_size(mesh),
+  config_lib.validate(config, num_devices=sharding.data_parallel_size(mesh),
                       process_count=jax.process_count())
+  check_objective(config)
+  dataset = build_dataset(config.dataset)
   model = build_model(config.model, dataset.info.num_classes)
   plan = optim.plan_steps(config, dataset.info.num_train_examples, training=training)
   tx, schedule = optim.build_optimizer(config.optimizer, plan.total_steps, plan.warmup_steps)

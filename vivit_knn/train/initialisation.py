@@ -19,7 +19,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Dict, List, Tuple
 
 import jax
 import jax.numpy as jnp
@@ -177,8 +177,3 @@ def write_summary(workdir: str, summary: InitSummary) -> str:
   path.write_text(json.dumps(summary.to_json(), indent=2))
   return str(path)
 
-
-def read_summary(workdir: str) -> Optional[Dict[str, Any]]:
-  """The summary a run wrote into `workdir`, or None."""
-  path = checkpoint.resolve(workdir) / SUMMARY_FILE
-  return json.loads(path.read_text()) if path.exists() else None

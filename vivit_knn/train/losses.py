@@ -16,7 +16,6 @@ __all__ = [
     "softmax_cross_entropy",
     "mixup",
     "mixup_with_lambda",
-    "classification_loss",
     "distillation_kl",
     "feature_mse",
     "ofa_loss",
@@ -123,23 +122,6 @@ def mixup(
   """Batch mixup (see :func:`mixup_with_lambda`); returns ``(inputs, targets)``."""
   mixed_inputs, mixed_targets, _ = mixup_with_lambda(rng, inputs, targets, alpha)
   return mixed_inputs, mixed_targets
-
-
-def classification_loss(
-    logits: jax.Array,
-    labels: jax.Array,
-    num_classes: int,
-    *,
-    label_smoothing: float = 0.0,
-    weights: Optional[jax.Array] = None,
-) -> jax.Array:
-  """Cross-entropy of ``logits`` against integer ``labels`` with label smoothing.
-
-  Equivalent to ``softmax_cross_entropy(logits, one_hot(labels, num_classes,
-  label_smoothing=label_smoothing), weights)``.
-  """
-  targets = one_hot(labels, num_classes, label_smoothing=label_smoothing)
-  return softmax_cross_entropy(logits, targets, weights)
 
 
 def distillation_kl(student_logits: jax.Array, teacher_logits: jax.Array,

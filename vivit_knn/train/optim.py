@@ -40,56 +40,22 @@ import jax.numpy as jnp
 import ml_collections
 import optax
 
-from vivit_knn import config as config_lib
-from vivit_knn import keys
 from vivit_knn.models import registry as model_registry
 from vivit_knn.weights.tree import key_name
 
 __all__ = [
-    "default_config",
-    "build_schedule",
     "StepPlan",
     "plan_steps",
     "build_optimizer",
     "weight_decay_mask",
     "trainable_mask",
     "zero_frozen",
-    "layer_ids",
     "scale_by_layer_decay",
 ]
 
 Schedule = Callable[[Any], jax.Array]
 
 _KNOWN_OPTIMIZERS = ("sgd", "adamw")
-
-
-def default_config() -> ml_collections.ConfigDict:
-  """Returns the optimiser config with its default values (`vivit_knn.config.optimizer_config`)."""
-  return config_lib.optimizer_config()
-
-
-def _defaults() -> dict[str, Any]:
-  return default_config().to_dict()
-
-
-def _resolve(config: Any) -> dict[str, Any]:
-  """Merges ``config`` (the optimiser section, or a root with ``.optimizer``) with the defaults.
-
-  Raises:
-    ValueError: naming ``optimizer.<key>`` for a key the defaults lack.
-  """
-  if config is None:
-    return _defaults()
-  if isinstance(config, ml_collections.ConfigDict):
-    section = config.to_dict()
-  elif isinstance(config, Mapping):
-    section = dict(config)
-  else:
-    raise TypeError(
-        f"optimizer config must be a ConfigDict or mapping, got {type(config).__name__}")
-  if "name" not in section and isinstance(section.get("optimizer"), Mapping):
-    section = dict(section["optimizer"])
-  return keys.merge_known(section, _defaults(), "optimizer")
 
 
 def _check_number(cfg: Mapping[str, Any], field: str, *, minimum: float | None = None) -> float:
@@ -201,6 +167,12 @@ def _refuse_epochs(cfg: Mapping[str, Any]) -> None:
 
 
 def _make_schedule(cfg: Mapping[str, Any], total_steps: int) -> Schedule:
+  """Linear warmup from 0 to ``base_learning_rate``, then a half cosine to ``end_learning_rate``.
+
+  The learning rate is ``base * step / warmup_steps`` for ``step < warmup_steps``,
+  follows the cosine from ``base_learning_rate`` (at ``warmup_steps``) to
+  ``end_learning_rate`` (at ``total_steps``) and stays there beyond.
+  """
   total = _as_int(total_steps)
   if total is None or total <= 0:
     raise ValueError(f"total_steps must be a positive integer, got {total_steps!r}")
@@ -226,33 +198,6 @@ def _make_schedule(cfg: Mapping[str, Any], total_steps: int) -> Schedule:
     return jnp.where(step < warmup, warm_lr, cosine_lr).astype(jnp.float32)
 
   return schedule
-
-
-def build_schedule(config: Any, total_steps: int) -> Schedule:
-  """Linear warmup from 0 to ``base_learning_rate`` then cosine decay.
-
-  The learning rate is ``base * step / warmup_steps`` for
-  ``step < warmup_steps`` and afterwards follows a half cosine from
-  ``base_learning_rate`` (at ``warmup_steps``) to ``end_learning_rate`` (at
-  ``total_steps``); it stays at ``end_learning_rate`` beyond that.
-
-  Args:
-    config: optimiser ``ConfigDict`` (see :func:`default_config`); missing
-      fields take their defaults. A root config holding an ``optimizer``
-      section is also accepted.
-    total_steps: total number of optimisation steps.
-
-  Returns:
-    A function ``step -> float32 learning rate``; usable with optax and for
-    logging (``float(schedule(step))``).
-
-  Raises:
-    ValueError: for invalid values, naming the field (e.g.
-      ``optimizer.warmup_steps``).
-  """
-  cfg = _resolve(config)
-  _refuse_epochs(cfg)
-  return _make_schedule(cfg, total_steps)
 
 
 def weight_decay_mask(params: Any) -> Any:
@@ -317,11 +262,6 @@ def _layers(tree: Any) -> tuple[Any, int]:
   return jax.tree.map(lambda l: top if l is None else l, layers, is_leaf=is_leaf), top
 
 
-def layer_ids(params: Any) -> Any:
-  """Pytree of ints: each parameter's layer for ``layer_decay`` (see the module doc)."""
-  return _layers(params)[0]
-
-
 def scale_by_layer_decay(decay: float) -> optax.GradientTransformation:
   """Scales each update by ``decay ** (L + 1 - layer)`` (layers from the update tree's paths)."""
 
@@ -342,12 +282,13 @@ def build_optimizer(config: Any, total_steps: int, warmup_steps: int | None = No
   Chain: optional global-norm clipping (``grad_clip_norm``; ``None`` or
   ``<= 0`` disables it), weight decay on ``ndim > 1`` parameters (see the
   module docstring for how it differs between ``sgd`` and ``adamw``), then
-  the optimiser driven by :func:`build_schedule`; restricted to
+  the optimiser driven by the warmup-cosine schedule; restricted to
   ``trainable_patterns`` and followed by the ``layer_decay`` scaling when those
   are set.
 
   Args:
-    config: optimiser ``ConfigDict`` with the fields of :func:`default_config`.
+    config: the checked ``config.optimizer`` section (a ``ConfigDict`` or mapping with
+      every key of ``vivit_knn.config.optimizer_config``).
     total_steps: total number of optimisation steps.
     warmup_steps: the warmup in steps when the run computed it (see
       :func:`plan_steps`); it replaces ``warmup_steps`` and ``warmup_epochs``.
@@ -360,7 +301,7 @@ def build_optimizer(config: Any, total_steps: int, warmup_steps: int | None = No
   Raises:
     ValueError: for an unknown ``optimizer.name`` or invalid field values.
   """
-  cfg = _resolve(config)
+  cfg = dict(config.items())
   if warmup_steps is not None:
     cfg["warmup_steps"], cfg["warmup_epochs"] = warmup_steps, -1.0
   _refuse_epochs(cfg)

@@ -71,8 +71,6 @@ def make_train_step(exp: Experiment, frozen: Any = None, phase: str = "main") ->
           frozen, phase=phase, inputs=inputs, targets=targets, logits=logits,
           intermediates=intermediates, step=state.step,
           rng=jax.random.fold_in(objective_rng, index))
-      if cfg.train.debug_nan_loss_at_step:
-        loss = jnp.where(state.step + 1 == cfg.train.debug_nan_loss_at_step, jnp.nan, loss)
       return loss, (logits, terms)
 
     grad_fn = jax.value_and_grad(loss_fn, has_aux=True)

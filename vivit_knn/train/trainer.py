@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import signal
 from typing import Any, Dict, Optional
 
 import jax
@@ -18,7 +17,7 @@ from vivit_knn.train import (checkpoint, evaluation, initialisation, preemption,
 from vivit_knn.train.experiment import Experiment, TrainState, build_experiment
 from vivit_knn.train.run_config import load_run_config, save_run_config
 from vivit_knn.train.run_info import write_run_info
-from vivit_knn.train.summary import MetricWriter, ProgressBar
+from vivit_knn.train.summary import ProgressBar, open_writer
 
 
 def _rngs(seed: int):
@@ -106,9 +105,10 @@ def _check_resume_step(ckpt: checkpoint.Checkpointer, exp: Experiment, workdir: 
   """Refuses a run whose end lies before its newest checkpoint: a resume never goes back."""
   latest = ckpt.latest_step()
   if latest is not None and latest > exp.total_steps:
+    source = exp.plan.total_source if exp.plan else "train.num_train_steps"
     raise ValueError(
         f"--workdir={workdir} already holds checkpoint step {latest}, beyond the end of this "
-        f"run at step {exp.total_steps} ({exp.plan.total_source if exp.plan else 'train.num_train_steps'}): set "
+        f"run at step {exp.total_steps} ({source}): set "
         f"train.num_train_steps to at least {latest}, go back with --restart_from_step=<step>, "
         "or train in another --workdir")
 
@@ -171,7 +171,8 @@ def _train_locked(config: ml_collections.ConfigDict, workdir: str, exp: Optional
       cfg.global_batch_size, start_step=start, seed=config.seed,
       process_index=jax.process_index(), process_count=jax.process_count())
 
-  writer = MetricWriter(os.path.join(workdir, "train"), enabled=is_chief)
+  logdir = os.path.join(workdir, "train")
+  writer = None  # opened at the first write: a run stopped before it leaves no event file
   bar = ProgressBar(exp.total_steps, initial=start, desc=config.experiment_name, enabled=is_chief,
                     clips_per_step=cfg.global_batch_size)
   history, last = [], {}
@@ -197,6 +198,7 @@ def _train_locked(config: ml_collections.ConfigDict, workdir: str, exp: Optional
       if due_log:
         last = _mean_metrics(history)
         history = []
+        writer = writer or open_writer(logdir, enabled=is_chief)
         writer.write_scalars(done, {f"train/{k}": v for k, v in last.items()})
         skipped = exp.dataset.skipped_examples()
         if skipped:
@@ -209,9 +211,6 @@ def _train_locked(config: ml_collections.ConfigDict, workdir: str, exp: Optional
       if rates:
         writer.write_scalars(done, {f"train/{k}": v for k, v in rates.items()})
       ckpt.save(done, state)
-      if cfg.debug_kill_after_step and done == cfg.debug_kill_after_step:
-        ckpt.wait()
-        os.kill(os.getpid(), signal.SIGKILL)  # simulated hard preemption
       # On several processes the stop flag is agreed on by a collective: only on log and
       # save steps, so that ordinary steps never wait for other hosts.
       if (due_log or due_save or jax.process_count() == 1) and stop.requested():
@@ -228,13 +227,15 @@ def _train_locked(config: ml_collections.ConfigDict, workdir: str, exp: Optional
     bar.close()
     if cfg.eval_at_end:
       result["eval"] = evaluation.run_eval(exp, state.params)
+      writer = writer or open_writer(logdir, enabled=is_chief)
       paths = evaluation.write_eval_report(exp, result["eval"], workdir, exp.total_steps, writer)
       result["eval_paths"] = paths
     return result
   finally:
     # Errors and Ctrl-C end the bar's line first, so the message stands on its own line.
     bar.close()
-    writer.close()
+    if writer is not None:
+      writer.close()
     stop.release()
 
 
@@ -296,7 +297,10 @@ def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str,
         f"{checkpoint.resolve(workdir) / 'checkpoints'}); train first, point --workdir at a "
         "training run, or configure init_from to evaluate pretrained weights")
   result = evaluation.run_eval(exp, params)
-  with MetricWriter(os.path.join(reports, "eval"), enabled=jax.process_index() == 0) as writer:
+  writer = open_writer(os.path.join(reports, "eval"), enabled=jax.process_index() == 0)
+  try:
     paths = evaluation.write_eval_report(exp, result, reports, step, writer)
+  finally:
+    writer.close()
   return {"eval": result, "eval_paths": paths, "step": step, "init": summary,
           "class_names": exp.dataset.info.class_names}

@@ -1,4 +1,4 @@
-"""OpenAI CLIP ViT image tower (PyTorch state dict) <-> `CLIPVisionExpert` parameter tree.
+"""OpenAI CLIP ViT image tower (PyTorch state dict) -> `CLIPVisionExpert` parameter tree.
 
 Names (`i` the block index; torch `Linear` weights are `[out, in]`, so kernels are
 their transposes; LayerNorm `weight` is our `scale`):
@@ -29,9 +29,9 @@ from typing import Any, Dict, Mapping, Optional
 
 import numpy as np
 
-from vivit_knn.weights.qkv import fuse_out, fuse_qkv, split_out, split_qkv
+from vivit_knn.weights.qkv import split_out, split_qkv
 from vivit_knn.weights.state_dict import read_state_dict, unwrap
-from vivit_knn.weights.tree import Flat, flatten, raise_unmatched, unflatten
+from vivit_knn.weights.tree import Flat, raise_unmatched, unflatten
 
 CLIP_HEAD_DIM = 64
 _PREFIX = "visual."
@@ -119,31 +119,3 @@ def convert_clip(state: Mapping[str, Any], num_heads: Optional[int] = None) -> D
       out[f"{dst}/{_ATTN}/out/bias"] = proj_bias
   raise_unmatched("CLIP", unknown=[_PREFIX + k for k in set(src) - used], missing=missing)
   return unflatten(out)
-
-
-def export_clip(tree: Mapping[str, Any]) -> Dict[str, np.ndarray]:
-  """The inverse of `convert_clip`: an expert tree -> `visual.*` state-dict arrays (no `proj`)."""
-  flat = flatten(tree)
-  out = {"conv1.weight": flat["conv1/kernel"].transpose(3, 2, 0, 1),
-         "class_embedding": flat["class_embedding"],
-         "positional_embedding": flat["positional_embedding"]}
-
-  def norm(src: str, name: str) -> None:
-    out[f"{name}.weight"], out[f"{name}.bias"] = flat[f"{src}/scale"], flat[f"{src}/bias"]
-
-  norm("ln_pre", "ln_pre")
-  norm("ln_post", "ln_post")
-  blocks = sorted({int(k.split("/")[0].split("_")[1]) for k in flat
-                   if k.startswith("encoderblock_")})
-  for i in blocks:
-    src, name = f"encoderblock_{i}", f"{_BLOCKS}{i}"
-    for theirs, ours in _NORMS.items():
-      norm(f"{src}/{ours}", f"{name}.{theirs}")
-    for theirs, ours in _DENSES.items():
-      out[f"{name}.{theirs}.weight"] = flat[f"{src}/{ours}/kernel"].T
-      out[f"{name}.{theirs}.bias"] = flat[f"{src}/{ours}/bias"]
-    attn = f"{src}/{_ATTN}"
-    out[f"{name}.attn.in_proj_weight"], out[f"{name}.attn.in_proj_bias"] = fuse_qkv(flat, attn)
-    out[f"{name}.attn.out_proj.weight"] = fuse_out(flat[f"{attn}/out/kernel"])
-    out[f"{name}.attn.out_proj.bias"] = flat[f"{attn}/out/bias"]
-  return {_PREFIX + k: np.asarray(v) for k, v in out.items()}

@@ -1,25 +1,22 @@
 """Initialises a fresh video model's parameters from a pretrained checkpoint (`config.init_from`).
 
-From an image ViT (our image tree, or any format `load_checkpoint` converts):
+From an image ViT (our image tree, or any format `load_checkpoint` converts),
+by the model family's `INIT_RULES` (`vivit_knn.models.init_rules`):
 
 * `embedding/kernel` `(h, w, C, D)` -> `(t, h, w, C, D)` by
   `init_from.kernel_init_method` (central frame, or filter inflation);
-* `cls` -> the model's CLS (`cls`, or ViViT-FE's `cls_SpatialTransformer`);
-* `Transformer/posembed_input` -> the encoder's position embedding, its patch
+* `cls` -> the CLS of the family's image encoder;
+* `Transformer/posembed_input` -> that encoder's position embedding, its patch
   rows resized (bilinear) when the grid differs and tiled over the time
   positions the encoder has (`init_from.positional_embed_size_change`);
-* encoder blocks and `encoder_norm` by name (ViViT-FE: into
-  `SpatialTransformer`); ViViT model 3's `_time`/`_space` attention and
-  LayerNorm and TimeSformer's `temporal_attn`/`temporal_norm1` are copies of the
-  spatial ones (or the checkpoint's own temporal weights when it has them);
-* `time_embed` and TimeSformer's `temporal_fc` are the checkpoint's (the time
-  embedding interpolated over frames if needed) or, from an image model, zeros
-  (TimeSformer's and X-ViT's init, whatever `model.time_embed_init_std` and
-  `model.temporal_fc_zero_init` say): a divided TimeSformer then starts as the
-  image model on a static clip;
+* encoder blocks and `encoder_norm` by name; the family's block modules that
+  start from spatial ones are copies of them (or the checkpoint's own weights
+  when it has them, e.g. a converted TimeSformer's `temporal_attn`);
+* the family's time embedding and zeroed block modules are the checkpoint's
+  (the time embedding interpolated over frames if needed) or, from an image
+  model, zeros (whatever the model's own init options say);
 * kept as initialised: `output_projection` (the source `head` and
-  `pre_logits` are never restored), ViViT-FE's `TemporalTransformer`, X-ViT's
-  head and summary-token probes.
+  `pre_logits` are never restored) and the family's new modules.
 
 Source blocks beyond the target's depth and temporal weights the target has no
 place for are skipped (logged). From a checkpoint of the same video model
@@ -36,23 +33,13 @@ import ml_collections
 import numpy as np
 from absl import logging
 
+from vivit_knn.models.init_rules import InitRules
+from vivit_knn.models.registry import family
 from vivit_knn.weights import inflate
 from vivit_knn.weights.image_vit import TIMESFORMER_EXTRAS
-from vivit_knn.weights.load import load_checkpoint
 from vivit_knn.weights.tree import Flat, flatten, raise_unmatched, unflatten
 
-_NEW_TOP = ("TemporalTransformer", "cls_TemporalTransformer", "pre_logits", "aligner")
-_NEW_TOP_PATTERN = re.compile(r"^branch_\d+$")  # the distillation student's branch heads
-_NEW_BLOCK_MODULES = ("summary_tokens", "RelativePosition_0")
 HEAD = "output_projection"
-# Target block module -> the image block module it starts from.
-_FROM_SPATIAL = {
-    "LayerNorm_time": "LayerNorm_0", "LayerNorm_space": "LayerNorm_0",
-    "MultiHeadDotProductAttention_time": "MultiHeadDotProductAttention_0",
-    "MultiHeadDotProductAttention_space": "MultiHeadDotProductAttention_0",
-    "LayerNorm_mlp": "LayerNorm_1", "MlpBlock": "MlpBlock_0",
-    "temporal_norm1": "LayerNorm_0", "temporal_attn": "MultiHeadDotProductAttention_0",
-}
 _BLOCK_PATH = re.compile(r"^(encoderblock_(\d+))/([^/]+)/(.+)$")
 _SRC_BLOCK = re.compile(r"^Transformer/encoderblock_(\d+)/")
 _IGNORED_SOURCE = re.compile(r"^(head|pre_logits)/")
@@ -66,24 +53,16 @@ CATEGORIES = (RESTORED, INFLATED, COPIED, ZEROED, FRESH)
 Report = Dict[str, str]
 
 
-def initialise_from(params: Any, config: ml_collections.ConfigDict) -> Dict[str, Any]:
-  """Returns `params` with the parts `config.init_from` provides replaced (numpy arrays).
-
-  The result has the structure, shapes and dtypes of `params`. With an empty
-  `init_from.checkpoint_path` `params` is returned unchanged. Call it right
-  after a fresh init, not when resuming.
-  """
-  init = config.init_from
-  if not init.checkpoint_path:
-    return params
-  source = load_checkpoint(init.checkpoint_path, init.checkpoint_format,
-                           num_heads=config.model.num_heads)
-  return initialise_from_tree(params, source, config)
-
-
 def initialise_with_report(params: Any, source: Any,
                            config: ml_collections.ConfigDict) -> Tuple[Dict[str, Any], Report]:
-  """`initialise_from_tree`, also returning `{target path: category}` (see `CATEGORIES`)."""
+  """`params` with the parts of `source` (a checkpoint tree in our naming) placed into it.
+
+  The result has the structure, shapes and dtypes of `params`; call it right
+  after a fresh init, not when resuming.
+
+  Returns:
+    `(params, {target path: category})` (categories: `CATEGORIES`).
+  """
   target, src = flatten(params), flatten(source)
   if "embedding/kernel" not in src:
     raise_unmatched("init_from", missing=["embedding/kernel"])
@@ -92,16 +71,14 @@ def initialise_with_report(params: Any, source: Any,
   return unflatten(out), report
 
 
+def _rules(config: ml_collections.ConfigDict) -> InitRules:
+  return family(config.model.name).init_rules
+
+
 def _grid(config: ml_collections.ConfigDict) -> Tuple[int, int]:
   ph, pw, _ = config.model.patch_size
   size = config.dataset.image_size
   return size // ph, size // pw
-
-
-def initialise_from_tree(params: Any, source: Any,
-                         config: ml_collections.ConfigDict) -> Dict[str, Any]:
-  """`initialise_from` with the checkpoint already read into a tree in our naming."""
-  return initialise_with_report(params, source, config)[0]
 
 
 def _head_rule(init: ml_collections.ConfigDict, src: Flat, path: str, value: np.ndarray,
@@ -138,20 +115,21 @@ class _VideoMapper:
   def __init__(self, target: Flat, src: Flat, config: ml_collections.ConfigDict):
     self.target, self.src, self.init = target, src, config.init_from
     self.grid = _grid(config)
+    self.time_encoders = dict(_rules(config).time_encoders)
 
   def _posemb(self, path: str, value: np.ndarray) -> Optional[np.ndarray]:
     """The source position embedding interpolated over time, or None when it cannot fit.
 
     Rows are `[CLS] + time x per_time`, `per_time` the patch grid (one row per
-    time step in ViViT-FE's temporal encoder).
+    time step in the family's time encoders).
     """
     x = self.src[path]
     if x.ndim != 3 or x.shape[-1] != value.shape[-1]:
       return None
     h, w = self.grid
     top = path.partition("/")[0]
-    if top == "TemporalTransformer":
-      per_time, cls = 1, int(f"cls_{top}" in self.target)
+    if top in self.time_encoders:
+      per_time, cls = 1, int(self.time_encoders[top] in self.target)
     else:
       per_time = h * w
       cls = value.shape[1] % per_time
@@ -216,9 +194,9 @@ class _ImageMapper:
     self.target, self.src = target, src
     self.init = config.init_from
     self.grid = _grid(config)
-    fe = config.model.name == "vivit" and config.model.model_type == "factorized_encoder"
-    self.encoder = "SpatialTransformer" if fe else "Transformer"
-    self.cls = "cls_SpatialTransformer" if fe else "cls"
+    self.rules = _rules(config)
+    self.encoder, self.cls = self.rules.image_encoder(config.model)
+    self.from_spatial = dict(self.rules.from_spatial)
     self.src_has_cls = "cls" in src
 
   def _rule(self, path: str) -> Optional[Tuple[str, str]]:
@@ -226,7 +204,7 @@ class _ImageMapper:
     top, _, rest = path.partition("/")
     if top == HEAD:
       return _head_rule(self.init, self.src, path, self.target[path], ("head",))
-    if top in _NEW_TOP or _NEW_TOP_PATTERN.match(top):
+    if any(re.fullmatch(pattern, top) for pattern in self.rules.new_modules):
       return NEW
     if top == "embedding":
       return ("embedding/kernel", "kernel") if rest == "kernel" else (path, "copy")
@@ -238,7 +216,7 @@ class _ImageMapper:
       if not self.init.restore_positional_embedding:
         return NEW
       return ("Transformer/posembed_input/pos_embedding", "posemb")
-    if rest == "time_embed":
+    if self.rules.time_embedding and rest == self.rules.time_embedding:
       return ("Transformer/time_embed", "time") if "Transformer/time_embed" in self.src else ZEROS
     if rest.startswith("encoder_norm/"):
       return (f"Transformer/{rest}", "copy")
@@ -249,11 +227,11 @@ class _ImageMapper:
     own = f"Transformer/{block}/{module}/{leaf}"
     if own in self.src:
       return (own, "copy")
-    if module in _FROM_SPATIAL:
-      return (f"Transformer/{block}/{_FROM_SPATIAL[module]}/{leaf}", "from_spatial")
-    if module == "temporal_fc":
+    if module in self.from_spatial:
+      return (f"Transformer/{block}/{self.from_spatial[module]}/{leaf}", "from_spatial")
+    if module in self.rules.zeroed_block_modules:
       return ZEROS
-    if module in _NEW_BLOCK_MODULES:
+    if module in self.rules.new_block_modules:
       return NEW
     return (own, "copy")
 

@@ -1,4 +1,4 @@
-"""Fused torch attention projections <-> our per-head query/key/value/out kernels.
+"""Fused torch attention projections -> our per-head query/key/value/out kernels.
 
 torch checkpoints (timm `attn.qkv`, CLIP `attn.in_proj_*`, VideoMAE `attn.qkv`)
 hold one `Linear` of weight `[3 * D', D]` whose output rows are ordered
@@ -9,7 +9,7 @@ biases `[heads, head_dim]`, and `out` as a kernel `[heads, head_dim, D]`.
 
 from __future__ import annotations
 
-from typing import Dict, Mapping, Optional, Tuple
+from typing import Dict, Optional
 
 import numpy as np
 
@@ -47,22 +47,6 @@ def split_qkv(weight: np.ndarray, bias: Optional[np.ndarray],
   return out
 
 
-def fuse_qkv(flat: Mapping[str, np.ndarray], prefix: str = "") -> Tuple[np.ndarray, np.ndarray]:
-  """The inverse of `split_qkv`: our query/key/value kernels and biases -> torch's fused arrays.
-
-  Args:
-    flat: a flat `/`-joined tree holding `<prefix>/query/kernel`, `<prefix>/query/bias`, ...
-    prefix: the attention module's path in `flat` ('' when `flat` is the module itself).
-
-  Returns:
-    `(weight [3 * D', D], bias [3 * D'])`.
-  """
-  base = f"{prefix}/" if prefix else ""
-  weight = np.concatenate([_as_matrix(flat[f"{base}{part}/kernel"]).T for part in PARTS])
-  bias = np.concatenate([np.reshape(flat[f"{base}{part}/bias"], -1) for part in PARTS])
-  return weight, bias
-
-
 def split_out(weight: np.ndarray, num_heads: int) -> np.ndarray:
   """A torch output projection `[D, D']` -> our `out/kernel` `[heads, head_dim, D]`.
 
@@ -75,20 +59,3 @@ def split_out(weight: np.ndarray, num_heads: int) -> np.ndarray:
   """
   d, width = weight.shape
   return weight.T.reshape(num_heads, width // num_heads, d)
-
-
-def fuse_out(kernel: np.ndarray) -> np.ndarray:
-  """The inverse of `split_out`: `out/kernel` `[heads, head_dim, D]` -> torch weight `[D, D']`.
-
-  Args:
-    kernel: our output projection kernel.
-
-  Returns:
-    The torch `Linear` weight.
-  """
-  return np.reshape(kernel, (-1, kernel.shape[-1])).T
-
-
-def _as_matrix(kernel: np.ndarray) -> np.ndarray:
-  """A `[D, heads, head_dim]` kernel as `[D, heads * head_dim]`."""
-  return np.reshape(kernel, (kernel.shape[0], -1))

@@ -1,4 +1,4 @@
-"""torchvision ResNet state dicts <-> `vivit_knn.models.resnet.ResNet` variables.
+"""torchvision ResNet state dicts -> `vivit_knn.models.resnet.ResNet` variables.
 
 Names map as follows (`X` the stage 1-4, `j` the block):
 
@@ -25,7 +25,7 @@ import numpy as np
 from vivit_knn.models.resnet import DEPTHS
 from vivit_knn.weights import npz
 from vivit_knn.weights.state_dict import read_state_dict, unwrap
-from vivit_knn.weights.tree import Flat, flatten, raise_unmatched, unflatten
+from vivit_knn.weights.tree import Flat, raise_unmatched, unflatten
 
 _BN = {"weight": ("params", "scale"), "bias": ("params", "bias"),
        "running_mean": ("batch_stats", "mean"), "running_var": ("batch_stats", "var")}
@@ -83,31 +83,6 @@ def convert_torchvision_resnet(state: Mapping[str, Any]) -> Dict[str, Any]:
   if unknown:
     raise_unmatched("torchvision ResNet state dict", unknown=unknown)
   return {k: unflatten(v) for k, v in out.items()}
-
-
-def to_torchvision(variables: Mapping[str, Any]) -> Flat:
-  """Inverse of `convert_torchvision_resnet` (without `num_batches_tracked`)."""
-  inverse_bn = {v: k for k, v in _BN.items()}
-  inverse_module = {v: k for k, v in _MODULE.items()}
-  state: Flat = {}
-  for collection in ("params", "batch_stats"):
-    for path, value in flatten(variables.get(collection, {})).items():
-      *modules, leaf = path.split("/")
-      prefix = ""
-      if re.fullmatch(r"layer[1-4]_\d+", modules[0]):
-        stage, index = modules[0][len("layer"):].split("_")
-        prefix = f"layer{stage}.{index}."
-        modules = modules[1:]
-      module = inverse_module.get(modules[0], modules[0])
-      if leaf == "kernel":
-        value = value.T if module == "fc" else value.transpose(3, 2, 0, 1)
-        torch_leaf = "weight"
-      elif module == "fc":
-        torch_leaf = leaf
-      else:
-        torch_leaf = inverse_bn[(collection, leaf)]
-      state[f"{prefix}{module}.{torch_leaf}"] = np.asarray(value, np.float32)
-  return state
 
 
 def infer_depth(state: Mapping[str, Any]) -> int:

@@ -1,4 +1,4 @@
-"""VideoMAE ViT (PyTorch state dict) <-> `VideoMAEExpert` parameter tree.
+"""VideoMAE ViT (PyTorch state dict) -> `VideoMAEExpert` parameter tree.
 
 Prefixes `encoder.` (pre-training checkpoints) and `backbone.` are stripped, after
 the usual `module.`/`model.` unwrapping. Names (`i` the block index; torch
@@ -30,10 +30,10 @@ from typing import Any, Dict, Mapping, Optional
 import numpy as np
 
 from vivit_knn.models.experts import sinusoid_table
-from vivit_knn.weights.qkv import fuse_out, fuse_qkv, split_out, split_qkv
+from vivit_knn.weights.qkv import split_out, split_qkv
 from vivit_knn.weights.state_dict import read_state_dict, unwrap
 from vivit_knn.weights.timm import STANDARD_HEADS
-from vivit_knn.weights.tree import Flat, flatten, raise_unmatched, unflatten
+from vivit_knn.weights.tree import Flat, raise_unmatched, unflatten
 
 _PREFIXES = ("encoder.", "backbone.")
 _DROPPED = re.compile(r"^(head\.|norm\.|mask_token$|decoder\.|encoder_to_decoder\.)")
@@ -134,35 +134,3 @@ def convert_videomae(state: Mapping[str, Any],
   unknown = [k for k in set(src) - used if not _DROPPED.match(k)]
   raise_unmatched("VideoMAE", unknown=unknown, missing=missing, bad_shapes=bad)
   return unflatten(out)
-
-
-def export_videomae(tree: Mapping[str, Any]) -> Dict[str, np.ndarray]:
-  """The inverse of `convert_videomae` (q/v-bias form): an expert tree -> state-dict arrays.
-
-  Raises ValueError if a key bias is not zero (VideoMAE's attention has none).
-  """
-  flat = flatten(tree)
-  out = {"patch_embed.proj.weight": flat["patch_embed/kernel"].transpose(4, 3, 0, 1, 2),
-         "patch_embed.proj.bias": flat["patch_embed/bias"]}
-  if "fc_norm/scale" in flat:
-    out["fc_norm.weight"], out["fc_norm.bias"] = flat["fc_norm/scale"], flat["fc_norm/bias"]
-  blocks = sorted({int(k.split("/")[0].split("_")[1]) for k in flat
-                   if k.startswith("encoderblock_")})
-  for i in blocks:
-    src, name = f"encoderblock_{i}", f"blocks.{i}"
-    for theirs, ours in _NORMS.items():
-      out[f"{name}.{theirs}.weight"] = flat[f"{src}/{ours}/scale"]
-      out[f"{name}.{theirs}.bias"] = flat[f"{src}/{ours}/bias"]
-    for theirs, ours in _DENSES.items():
-      out[f"{name}.{theirs}.weight"] = flat[f"{src}/{ours}/kernel"].T
-      out[f"{name}.{theirs}.bias"] = flat[f"{src}/{ours}/bias"]
-    attn = f"{src}/{_ATTN}"
-    if np.any(flat[f"{attn}/key/bias"]):
-      raise ValueError(f"{attn}/key/bias is not zero; VideoMAE's attention has no key bias")
-    weight, bias = fuse_qkv(flat, attn)
-    q_bias, _, v_bias = np.split(bias, 3)
-    out[f"{name}.attn.qkv.weight"] = weight
-    out[f"{name}.attn.q_bias"], out[f"{name}.attn.v_bias"] = q_bias, v_bias
-    out[f"{name}.attn.proj.weight"] = fuse_out(flat[f"{attn}/out/kernel"])
-    out[f"{name}.attn.proj.bias"] = flat[f"{attn}/out/bias"]
-  return {k: np.asarray(v) for k, v in out.items()}

@@ -1,0 +1,296 @@
+r"""Exports a trained run for serving: a TensorFlow SavedModel and a StableHLO program.
+
+    python -m vivit_knn.tools.export --workdir=runs/synthetic_dk --out=exports/synthetic_dk
+    python -m vivit_knn.tools.export --workdir=<run> --out=<dir> --step=200 --overwrite
+
+Reads the run's stored `config.json`, `run_info.json` and its newest checkpoint
+(or `--step`) through the verified restore path, and writes to `--out`:
+
+* `saved_model/`: made with `jax.experimental.jax2tf` (native serialisation).
+  `serving_default` takes uint8 RGB frames `frames [batch, T, H, W, 3]` (any
+  batch) and normalises them as the eval pipeline does (`dataset.normalization`;
+  a synthetic-task run takes pixels to [-1, 1] as `--mode=infer` does for a
+  real video); `normalized` takes float32 `clips` already in the model's input
+  range. Both return `probabilities [batch, classes]` and `top5 [batch, k]`
+  (class indices, most probable first, k = min(5, classes)); a two-head CAST
+  (`model.cast.num_verbs > 0`) returns `verb_probabilities`,
+  `noun_probabilities` and `action_probabilities` instead of `probabilities`.
+  The class names are the asset `assets/classes.txt`, one per line.
+* `model.stablehlo`: the `normalized` function as a `jax.export` serialisation
+  (weights inside, symbolic batch), with its specs in `model.stablehlo.json`.
+* `export.json`: the step, the sha256 of `config.json`, input shape, classes,
+  and how to load each artifact.
+
+Each batch row is one clip: the multi-view evaluation (`num_test_clips` x
+`num_test_crops` views, logits averaged) is not part of the served function.
+The mean over a video's views of `log(probabilities)`, soft-maxed, equals it.
+
+Everything is written to a folder beside `--out` and renamed when complete. An
+existing `--out` is replaced only with `--overwrite`, and only when it holds an
+earlier export and nothing else. Attention is exported on its loop-free XLA path
+whatever `impl` the run chose (a Pallas kernel is a custom call that exported
+programs cannot carry; every path computes the same function). A model that
+cannot be exported fails in one line, leaving nothing behind.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from typing import Any, Dict, Optional, Sequence
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+from absl import flags
+
+from vivit_knn import cli
+from vivit_knn import config as config_lib
+from vivit_knn.models import cpu_paths, registry, student
+from vivit_knn.train import checkpoint, run_config, run_info
+
+WRITER = "vivit_knn.tools.export"
+MARKER = "export.json"
+SAVED_MODEL, STABLEHLO = "saved_model", "model.stablehlo"
+_OURS = {MARKER, SAVED_MODEL, STABLEHLO, STABLEHLO + ".json"}
+TOP_K = 5
+
+_WORKDIR = flags.DEFINE_string("workdir", None, "A training run's directory.")
+_OUT = flags.DEFINE_string("out", None, "Folder to write the export to.")
+_OVERWRITE = flags.DEFINE_bool("overwrite", False, "Replace --out if it holds an earlier "
+                               "export (a folder holding anything else is never replaced).")
+_STEP = flags.DEFINE_integer("step", None, "Checkpoint step to export (default: the newest).")
+_PLATFORMS = flags.DEFINE_list("platforms", ["cpu", "cuda"],
+                               "Platforms the exported programs run on.")
+
+
+def _check_out(out: str, overwrite: bool) -> None:
+  """Raises unless `out` is free, or is an earlier export and `overwrite` is set."""
+  if not os.path.lexists(out):
+    return
+  if os.path.islink(out) or not os.path.isdir(out):
+    raise FileExistsError(f"--out={out} is a file, not an earlier export; choose another --out")
+  entries = set(os.listdir(out))
+  try:
+    with open(os.path.join(out, MARKER)) as f:
+      ours = json.load(f).get("written_by") == WRITER
+  except (OSError, ValueError, AttributeError):
+    ours = not entries
+  if not ours or entries - _OURS:
+    raise FileExistsError(f"--out={out} is not an earlier export (it lacks our {MARKER} or "
+                          f"holds other files); refusing to replace it: choose another --out")
+  if not overwrite:
+    raise FileExistsError(f"--out={out} already exists; pass --overwrite to replace it")
+
+
+def _xla_attention(model: Any) -> Any:
+  """`config.model` with every attention on the XLA path, the one exported programs can carry.
+
+  A Pallas kernel is a custom call without a stable serialisation; all paths compute the
+  same function.
+  """
+  tree = model.to_dict()
+
+  def walk(node):
+    for key, value in node.items():
+      if isinstance(value, dict):
+        walk(value)
+      elif key == "impl":
+        node[key] = "xla"
+
+  walk(tree)
+  return ml_collections.ConfigDict(tree)
+
+
+def _restore(workdir: str, step: Optional[int]):
+  """`(params, step)`: the newest checkpoint (`restore_params`), or `step`, verified."""
+  if step is None or not checkpoint.has_checkpoints(workdir):
+    return run_info.restore_params(workdir)
+  ckpt = checkpoint.Checkpointer(workdir, read_only=True)
+  return ckpt.restore(None, step=step)["params"], ckpt.restored_step
+
+
+def serving_function(model: Any, num_classes: int):
+  """`forward(params, clips) -> outputs`: softmax probabilities and top-k of float clips."""
+
+  def forward(params, clips):
+    logits, out = model.apply({"params": params}, clips, train=False)
+    probs = jax.nn.softmax(logits.astype(jnp.float32), axis=-1)
+    # A sort, not lax.top_k: TensorFlow's StableHLO reader does not know top_k's new form.
+    top = jnp.argsort(-probs, axis=-1, stable=True)[:, :min(TOP_K, num_classes)].astype(jnp.int32)
+    if "verb_logits" not in out:
+      return {"probabilities": probs, "top5": top}
+    # Two heads: the logits are the joint log-probabilities of the actions.
+    head = lambda name: jax.nn.softmax(out[name].astype(jnp.float32), axis=-1)
+    return {"verb_probabilities": head("verb_logits"), "noun_probabilities": head("noun_logits"),
+            "action_probabilities": probs, "top5": top}
+
+  return forward
+
+
+def _save_tf(forward, params, shape: Sequence[int], normalization: str,
+             class_names: Sequence[str], path: str, platforms: Sequence[str]) -> None:
+  """Writes the SavedModel: weights as variables, signatures `serving_default`, `normalized`."""
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top  # after the CLI quiets it
+  from jax.experimental import jax2tf  # pylint: disable=g-import-not-at-top
+  from vivit_knn.data.processors import normalize  # pylint: disable=g-import-not-at-top
+
+  tf_forward = jax2tf.convert(forward, polymorphic_shapes=[None, "(b, ...)"], with_gradient=False,
+                              native_serialization_platforms=tuple(platforms))
+  leaves, treedef = jax.tree.flatten(params)
+  module = tf.Module()
+  module.params = [tf.Variable(x, trainable=False) for x in leaves]
+  spec = lambda dtype, name: tf.TensorSpec([None] + list(shape), dtype, name=name)
+
+  @tf.function(autograph=False, input_signature=[spec(tf.float32, "clips")])
+  def normalized(clips):
+    return tf_forward(jax.tree.unflatten(treedef, list(module.params)), clips)
+
+  @tf.function(autograph=False, input_signature=[spec(tf.uint8, "frames")])
+  def serving(frames):
+    return normalized(normalize(tf.cast(frames, tf.float32), normalization))
+
+  module.normalized, module.serving = normalized, serving
+  with tempfile.TemporaryDirectory() as tmp:
+    classes = os.path.join(tmp, "classes.txt")
+    with open(classes, "w") as f:
+      f.write("".join(f"{name}\n" for name in class_names))
+    module.classes = tf.saved_model.Asset(classes)
+    tf.saved_model.save(module, path, signatures={"serving_default": serving,
+                                                  "normalized": normalized})
+
+
+def _save_stablehlo(forward, params, shape: Sequence[int], out: str,
+                    platforms: Sequence[str]) -> Dict[str, Any]:
+  """Writes `model.stablehlo` (weights inside) and returns its specs."""
+  dims = ", ".join(str(d) for d in shape)
+  clips = jax.ShapeDtypeStruct(jax.export.symbolic_shape(f"b, {dims}"), jnp.float32)
+  exported = jax.export.export(jax.jit(functools.partial(forward, params)),
+                               platforms=tuple(platforms))(clips)
+  with open(os.path.join(out, STABLEHLO), "wb") as f:
+    f.write(exported.serialize())
+  spec = lambda a: {"shape": [d if isinstance(d, int) else str(d) for d in a.shape],
+                    "dtype": str(a.dtype)}
+  outputs = jax.tree.unflatten(exported.out_tree, [spec(a) for a in exported.out_avals])
+  return {"inputs": {"clips": spec(clips)}, "outputs": outputs,
+          "platforms": list(exported.platforms),
+          "calling_convention_version": exported.calling_convention_version}
+
+
+def export(workdir: str, out: str, overwrite: bool = False, step: Optional[int] = None,
+           platforms: Sequence[str] = ("cpu", "cuda")) -> Dict[str, Any]:
+  """Exports checkpoint `step` (default: newest) of the run in `workdir` to `out`.
+
+  Args:
+    workdir: a training run's directory (with `config.json` and `run_info.json`).
+    out: the folder to write (see the module doc for its contents).
+    overwrite: replace an existing `out` that holds an earlier export only.
+    step: the checkpoint step; None for the newest readable one.
+    platforms: the platforms the programs are lowered for ('cpu', 'cuda', 'tpu').
+
+  Returns:
+    The contents of `export.json`.
+
+  Raises:
+    FileNotFoundError: the workdir has no stored config, run info or checkpoint.
+    FileExistsError: `out` exists and may not be replaced.
+    ValueError: the model cannot be exported, naming the reason.
+  """
+  out = os.path.abspath(out)
+  _check_out(out, overwrite)
+  config = run_config.load_run_config(workdir)
+  if config is None:
+    raise FileNotFoundError(f"--workdir={workdir} holds no {run_config.RUN_CONFIG}: export "
+                            "needs the config a training run stores there")
+  info = run_info.read_run_info(workdir)
+  names, shape = list(info["class_names"]), [int(d) for d in info["input_shape"]]
+  config_lib.check_model(config.model, shape)
+  model = registry.build_model(_xla_attention(config.model), len(names))
+  params, step = _restore(workdir, step)
+  if config.model.name == "student":
+    params = student.export_params(params)  # the branch heads and aligner train only
+  # The synthetic clips have no such field: they are zero-centred, as `--mode=infer` makes them.
+  normalization = config.dataset.get("normalization", "zero_centered")
+  forward = serving_function(model, len(names))
+  run_dir = checkpoint.resolve(workdir)
+  best = run_dir / "eval" / "best.json"
+  record = {
+      "written_by": WRITER, "workdir": str(run_dir), "step": step,
+      "best_checkpoint": (json.loads(best.read_text()) if best.exists() else None),
+      "config_sha256": hashlib.sha256((run_dir / run_config.RUN_CONFIG).read_bytes()).hexdigest(),
+      "model": config.model.name, "input_shape": shape, "normalization": normalization,
+      "classes": names, "views": "one clip per batch row; the eval's multi-view averaging is "
+      "not included: average log(probabilities) over a video's views, then softmax"}
+  parent = os.path.dirname(out)
+  os.makedirs(parent, exist_ok=True)
+  work = tempfile.mkdtemp(prefix=f".{os.path.basename(out)}.exporting-", dir=parent)
+  try:
+    written = os.path.join(work, "export")
+    os.makedirs(written)
+    # The loop-free attention: its shapes need no static batch and it runs on any backend.
+    with cpu_paths.disabled():
+      try:
+        _save_tf(forward, params, shape, normalization, names,
+                 os.path.join(written, SAVED_MODEL), platforms)
+        specs = _save_stablehlo(forward, params, shape, written, platforms)
+      except OSError:
+        raise
+      except Exception as err:  # pylint: disable=broad-except  # any tracing or lowering failure
+        first = (str(err).strip().splitlines() or [type(err).__name__])[0]
+        raise ValueError(f"model.name={config.model.name!r} cannot be exported: "
+                         f"{type(err).__name__}: {first}") from err
+    with open(os.path.join(written, STABLEHLO + ".json"), "w") as f:
+      json.dump(specs, f, indent=1)
+    record["outputs"] = sorted(specs["outputs"])
+    record["platforms"] = specs["platforms"]
+    record["load"] = {
+        "saved_model": f"tf.saved_model.load('{out}/{SAVED_MODEL}')"
+                       ".signatures['serving_default'](frames=uint8_frames)",
+        "saved_model_normalized": f"tf.saved_model.load('{out}/{SAVED_MODEL}')"
+                                  ".signatures['normalized'](clips=float32_clips)",
+        "stablehlo": f"jax.export.deserialize(open('{out}/{STABLEHLO}', 'rb').read())"
+                     ".call(float32_clips)",
+        "tf_serving": f"docker run -p 8501:8501 -v {out}/{SAVED_MODEL}:/models/model/1 "
+                      "-e MODEL_NAME=model tensorflow/serving"}
+    with open(os.path.join(written, MARKER), "w") as f:
+      json.dump(record, f, indent=1)
+    previous = None
+    if os.path.lexists(out):
+      _check_out(out, overwrite)  # again: files may have been added meanwhile
+      previous = os.path.join(work, "previous")
+      os.rename(out, previous)
+    try:
+      os.rename(written, out)
+    except OSError:
+      if previous:
+        os.rename(previous, out)
+      raise
+  finally:
+    shutil.rmtree(work)
+  return record
+
+
+def main(argv: Sequence[str]) -> None:
+  """Exports `--workdir` to `--out` and prints what was written (errors: see `vivit_knn.cli`)."""
+  if len(argv) > 1:
+    raise ValueError(f"unexpected arguments: {' '.join(argv[1:])}")
+  for flag in (_WORKDIR, _OUT):
+    if not flag.value:
+      raise ValueError(f"--{flag.name} is required")
+  record = export(_WORKDIR.value, _OUT.value, _OVERWRITE.value, _STEP.value, _PLATFORMS.value)
+  out = os.path.abspath(_OUT.value)
+  print(f"exported step {record['step']} of {_WORKDIR.value} ({record['model']}, input "
+        f"{'x'.join(map(str, record['input_shape']))}, {len(record['classes'])} classes) to {out}")
+
+
+def run() -> None:
+  """Console entry (``vivit-knn-export``): one-line errors, exit codes of the CLI."""
+  cli.run(main)
+
+
+if __name__ == "__main__":
+  run()
