@@ -279,7 +279,7 @@ def tiny_run(tmp_path_factory):
 
 
 def _bad_cases(tiny_run, tmp):
-  """`(name, argv, expected message parts, setup)` for each refused command line."""
+  """`{case: (argv, parts of the expected message)}` for each refused command line."""
   empty, no_ckpt, mine, foreign = (os.path.join(tmp, n) for n in ("empty", "nockpt", "mine",
                                                                     "foreign"))
   return {
