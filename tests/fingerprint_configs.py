@@ -9,8 +9,9 @@ alter behaviour, and compare.
 For each config: every key's value, a SHA-256 of the initial parameters (names,
 shapes, dtypes and bytes, seed `config.seed`), and the logits and loss of one forward
 pass (train=False) on a fixed random clip with every parameter perturbed by a fixed
-draw (so zero-initialised heads do not hide the rest), bit for bit. Keys added after the baseline are
-reported but not counted as differences.
+draw (so zero-initialised heads do not hide the rest), bit for bit. Keys added or
+removed since the baseline, and keys the model never reads (`registry.inactive_keys`,
+refused when set), are listed but not counted as differences.
 """
 
 import argparse
@@ -66,7 +67,9 @@ def fingerprint(name):
   logits, _ = model.apply({"params": perturbed}, x, train=False)
   logits = np.asarray(logits, np.float32)
   loss = float(-jax.nn.log_softmax(jnp.asarray(logits))[0, 0])
-  return {"values": _flat(config.to_dict()), "params_sha256": digest.hexdigest(),
+  from vivit_knn.models.registry import inactive_keys
+  unread = sorted(f"model.{k}" for k in inactive_keys(config.model, "model"))
+  return {"values": _flat(config.to_dict()), "unread": unread, "params_sha256": digest.hexdigest(),
           "logits_sha256": hashlib.sha256(logits.tobytes()).hexdigest(), "loss": loss.hex()}
 
 
@@ -100,10 +103,21 @@ def main():
     changed = {k: (v, got["values"].get(k)) for k, v in want["values"].items()
                if got["values"].get(k) != v}
     added = sorted(set(got["values"]) - set(want["values"]))
+    removed = sorted(k for k in changed if k not in got["values"])
+    # Keys the model never reads (`registry.inactive_keys`) now stay at their defaults.
+    unread = sorted(k for k in changed for u in got.get("unread", ())
+                    if k == u or k.startswith(u + "."))
+    for key in removed + unread:
+      del changed[key]
     for key, (old, new) in changed.items():
       print(f"{name}: {key}: {old} -> {new}")
     if added:
       print(f"{name}: new keys (not differences): {', '.join(added)}")
+    if removed:
+      print(f"{name}: removed keys (not differences): {', '.join(removed)}")
+    for key in unread:
+      print(f"{name}: {key}: {want['values'][key]} -> {got['values'][key]} "
+            "(never read by this model, now at its default; not a difference)")
     for field in ("params_sha256", "logits_sha256", "loss"):
       if got[field] != want[field]:
         print(f"{name}: {field} differs")

@@ -137,6 +137,20 @@ def test_trained_run_exports_its_eval_probabilities(tmp_path, run):
     probs = np.concatenate([np.asarray(exported.call(clips[i:i + b])["probabilities"])
                             for i in range(0, len(clips), b)])
     assert np.abs(probs - expected).max() < TOL, b
+  if run == "dk_knn":
+    _readme_snippets_run(out)
+
+
+def _readme_snippets_run(out):
+  """The README's export section: its Python snippets that load the artifacts run as written."""
+  with open("README.md") as f:
+    section = f.read().split("## Export for serving")[1].split("\n## ")[0]
+  snippets = [block.split("\n", 1)[1] for block in section.split("```")[1::2]
+              if block.startswith("python\n") and "localhost" not in block]
+  assert len(snippets) == 2, snippets
+  for code in snippets:
+    proc = run_python(["-c", code.replace("exports/synthetic_dk", out)])
+    assert proc.stdout.strip(), proc.stderr  # each prints what it computed
 
 
 def _small(name, **model):

@@ -6,16 +6,16 @@ import pytest
 from vivit_knn import keys
 
 
-def test_merge_overlays_the_given_keys_and_keeps_the_rest():
+def test_overlay_sets_the_given_keys_and_keeps_the_rest():
   defaults = ml_collections.ConfigDict({"a": 1, "b": "x"})
-  assert keys.merge_known({"b": "y"}, defaults, "section") == {"a": 1, "b": "y"}
-  assert keys.merge_known(None, defaults, "section") == {"a": 1, "b": "x"}
-  assert defaults.b == "x"  # not modified
+  assert keys.overlay_known(None, defaults, "section").to_dict() == {"a": 1, "b": "x"}
+  assert keys.overlay_known({"b": "y"}, defaults, "section").to_dict() == {"a": 1, "b": "y"}
 
 
 def test_unknown_keys_are_all_named_with_a_suggestion():
+  defaults = ml_collections.ConfigDict({"momentum": 0.9})
   with pytest.raises(ValueError) as err:
-    keys.merge_known({"momentun": 0.5, "zzz": 1}, {"momentum": 0.9}, "optimizer")
+    keys.overlay_known({"momentun": 0.5, "zzz": 1}, defaults, "optimizer")
   message = str(err.value)
   assert "optimizer.momentun (did you mean 'optimizer.momentum'?)" in message
   assert "optimizer.zzz" in message and "zzz (did you mean" not in message

@@ -4,7 +4,7 @@ import os
 
 import pytest
 
-from tests.tiny import run_python, tiny_config
+from tests.tiny import load_config, run_python, tiny_config
 from vivit_knn import config as config_lib
 from vivit_knn.data.registry import DATASET_DEFAULTS
 from vivit_knn.models import registry as model_registry
@@ -76,3 +76,18 @@ def test_a_config_error_comes_before_the_data(tmp_path):
   # The data_dir does not exist, but the model block is wrong first.
   with pytest.raises(ValueError, match=r"^model\.num_layers=3 cannot take effect"):
     experiment.build_experiment(config, training=False)
+
+
+@pytest.mark.parametrize("name,key", [
+    ("synthetic_timesformer", "spatial_transformer"),
+    ("synthetic_xvit", "temporal_transformer"),
+    ("ucf101_uk", "spatial_transformer"),
+    ("ucf101_vivit_st", "temporal_transformer"),
+])
+def test_a_factorised_encoder_key_on_a_one_encoder_model_is_refused(name, key):
+  config = load_config(name)
+  config.init_from.required = False
+  config_lib.validate(config)  # as shipped: accepted
+  config.model[key].num_layers = 3
+  with pytest.raises(ValueError, match=rf"^model\.{key}\.num_layers=3 cannot take effect"):
+    config_lib.validate(config)

@@ -5,6 +5,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from tests.tiny import load_config
+from vivit_knn import config as config_lib
 from vivit_knn.train import losses
 
 
@@ -43,8 +45,10 @@ def test_one_hot_smoothing_values():
 
 
 def test_one_hot_rejects_bad_smoothing():
-  with pytest.raises(ValueError):
-    losses.one_hot(jnp.array([0]), 3, label_smoothing=1.0)
+  config = load_config("synthetic_tiny")
+  config.loss.label_smoothing = 1.0  # checked once, with the config, before anything is built
+  with pytest.raises(ValueError, match="loss.label_smoothing"):
+    config_lib.check_training(config, num_devices=1)
 
 
 @pytest.mark.parametrize("smoothing", [0.0, 0.2])
@@ -111,8 +115,8 @@ def test_mixup_matches_numpy_reference():
   np.testing.assert_allclose(np.asarray(mx), lam * x + (1 - lam) * x[::-1], rtol=1e-5, atol=1e-6)
   np.testing.assert_allclose(np.asarray(mt), lam * t + (1 - lam) * t[::-1], rtol=1e-5, atol=1e-6)
   np.testing.assert_allclose(np.asarray(mt).sum(-1), 1.0, rtol=1e-5)
-  # mixup returns exactly the same arrays as mixup_with_lambda for the same key.
-  mx2, mt2 = losses.mixup(key, jnp.asarray(x), jnp.asarray(t), 0.8)
+  # The same key mixes exactly the same way.
+  mx2, mt2, _ = losses.mixup_with_lambda(key, jnp.asarray(x), jnp.asarray(t), 0.8)
   np.testing.assert_array_equal(np.asarray(mx2), np.asarray(mx))
   np.testing.assert_array_equal(np.asarray(mt2), np.asarray(mt))
 
@@ -129,7 +133,7 @@ def test_mixup_lambda_varies_with_key():
 
 def test_mixup_alpha_zero_is_identity():
   x, t = _mixup_data()
-  mx, mt = losses.mixup(jax.random.PRNGKey(0), jnp.asarray(x), jnp.asarray(t), 0.0)
+  mx, mt, _ = losses.mixup_with_lambda(jax.random.PRNGKey(0), jnp.asarray(x), jnp.asarray(t), 0.0)
   np.testing.assert_array_equal(np.asarray(mx), x)
   np.testing.assert_array_equal(np.asarray(mt), t)
   _, _, lam = losses.mixup_with_lambda(jax.random.PRNGKey(0), jnp.asarray(x), jnp.asarray(t), -1.0)
@@ -150,7 +154,8 @@ def test_mixup_under_jit():
 
 def test_mixup_keeps_bfloat16_dtype():
   x, t = _mixup_data()
-  mx, mt = losses.mixup(jax.random.PRNGKey(1), jnp.asarray(x, jnp.bfloat16), jnp.asarray(t), 1.0)
+  mx, mt, _ = losses.mixup_with_lambda(jax.random.PRNGKey(1), jnp.asarray(x, jnp.bfloat16),
+                                       jnp.asarray(t), 1.0)
   assert mx.dtype == jnp.bfloat16
   assert mt.dtype == jnp.float32
 
@@ -158,4 +163,4 @@ def test_mixup_keeps_bfloat16_dtype():
 def test_mixup_rejects_integer_targets():
   x, _ = _mixup_data()
   with pytest.raises(TypeError):
-    losses.mixup(jax.random.PRNGKey(0), jnp.asarray(x), jnp.array([0, 1, 2, 0]), 1.0)
+    losses.mixup_with_lambda(jax.random.PRNGKey(0), jnp.asarray(x), jnp.array([0, 1, 2, 0]), 1.0)

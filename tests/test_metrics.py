@@ -40,7 +40,10 @@ def test_confusion_matrix_and_per_class_accuracy():
   labels = [0, 0, 1, 1, 1, 2, 0]
   preds = [0, 1, 1, 1, 0, 2, 2]
   weights = [1, 1, 1, 1, 1, 1, 0]  # last row is padding
-  cm = metrics.confusion_matrix(preds, labels, 4, weights=weights)
+  acc = metrics.EvalAccumulator(4)
+  acc.update(np.eye(4)[preds], labels, weights)
+  res = acc.result()
+  cm = res["confusion_matrix"]
   assert cm.dtype == np.int64
   expected = np.array(
       [
@@ -51,21 +54,23 @@ def test_confusion_matrix_and_per_class_accuracy():
       ]
   )
   np.testing.assert_array_equal(cm, expected)
-  acc = metrics.per_class_accuracy(cm)
-  np.testing.assert_allclose(acc[:3], [0.5, 2 / 3, 1.0])
-  assert np.isnan(acc[3])
-  unweighted = metrics.confusion_matrix(preds, labels, 4)
-  assert unweighted[0, 2] == 1 and unweighted.sum() == 7
+  per_class = res["per_class_accuracy"]
+  np.testing.assert_allclose(per_class[:3], [0.5, 2 / 3, 1.0])
+  assert np.isnan(per_class[3])
+  unweighted = metrics.EvalAccumulator(4)
+  unweighted.update(np.eye(4)[preds], labels)
+  cm = unweighted.result()["confusion_matrix"]
+  assert cm[0, 2] == 1 and cm.sum() == 7
 
 
 def test_confusion_matrix_rejects_out_of_range():
   with pytest.raises(ValueError):
-    metrics.confusion_matrix([0, 3], [0, 1], 3)
+    metrics.EvalAccumulator(3).update(np.eye(3)[[0, 1]], [0, 3])
 
 
 def test_format_per_class_report():
   cm = np.array([[3, 1, 0], [0, 0, 0], [1, 0, 1]])
-  report = metrics.format_per_class_report(cm, ["walk", "run", "jump"])
+  report = metrics.format_class_table(cm.sum(axis=1), np.diag(cm), ["walk", "run", "jump"])
   lines = report.splitlines()
   rows = [line.split() for line in lines[2:5]]
   assert rows[0] == ["0", "walk", "4", "0.7500"]
@@ -193,7 +198,7 @@ def test_progress_bar_postfix_and_disabled():
   bar.close()
   text = stream.getvalue()
   assert "train" in text and "loss=0.1235" in text and "lr=1.000e-04" in text
-  assert bar.n == 5
+  assert "step 5/10" in text
 
   quiet = io.StringIO()
   off = summary.ProgressBar(total=10, desc="x", enabled=False, file=quiet)

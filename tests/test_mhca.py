@@ -1,5 +1,6 @@
 """MHCA: with Q = K = 0 each head attends with the quadratic relative-position kernel."""
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -25,6 +26,16 @@ def _np_weights(delta, alpha):
   return e / e.sum(-1, keepdims=True)
 
 
+class _MHCA(nn.Module):
+  """One MHCA layer (CLS first) as its own module."""
+
+  num_heads: int
+
+  @nn.compact
+  def __call__(self, x, *, grid):
+    return mhca.mhca_attention(x, num_heads=self.num_heads, grid=grid)
+
+
 def _identity_mhca_params(params, heads):
   """Q = K = 0; value and output projections copy one-hot token ids, so outputs are weights."""
   p = jax.tree.map(np.zeros_like, jax.device_get(params))
@@ -40,7 +51,7 @@ def _identity_mhca_params(params, heads):
 
 def test_zero_qk_mhca_reproduces_the_quadratic_kernel():
   heads = len(ALPHAS)
-  layer = mhca.MHCA(num_heads=heads, num_prefix=1)
+  layer = _MHCA(num_heads=heads)
   x = jnp.asarray(np.tile(np.eye(NUM_TOKENS, dtype=np.float32), (1, heads))[None])
   params = layer.init(jax.random.key(0), x, grid=GRID)["params"]
   params = _identity_mhca_params(params, heads)

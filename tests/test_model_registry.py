@@ -55,7 +55,7 @@ def toy_family(monkeypatch):
 
 def test_a_registered_family_gets_its_keys_checks_and_builder(toy_family):
   del toy_family
-  config = tiny_config(knn=False)
+  config = tiny_config("spacetime", knn=False)
   assert config_lib.base_config().model.toy_width == 8  # the schema now knows its key
   config.model.name = "toy"
   config.model.toy_width = 3

@@ -4,7 +4,7 @@ import pytest
 
 from tests.tiny import load_config, run_python
 from vivit_knn.presets import vivit_b16x2
-from vivit_knn.tools.model_stats import clip_shape, model_stats
+from vivit_knn.train.model_cost import clip_shape, model_stats
 
 
 def _vivit(model_type):

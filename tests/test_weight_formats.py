@@ -615,7 +615,6 @@ def test_cli_errors_are_one_line_with_status_2(tmp_path, args, expected):
 
 
 def test_format_names():
-  assert formats.CHECKPOINT_FORMATS == formats.MODEL_FORMATS
   assert formats.MODEL_FORMATS == ("orbax", "vit_npz", "big_vision_npz", "timm", "scenic")
   assert formats.SPATIAL_EXPERT_FORMATS == ("clip", "orbax")
   assert formats.TEMPORAL_EXPERT_FORMATS == ("videomae", "orbax")

@@ -10,7 +10,7 @@ from tests.tiny import tiny_config
 from vivit_knn import config as config_lib
 from vivit_knn.models.registry import build_model
 from vivit_knn.models.spacetime_attention import SpaceTimeMixingBlock, shift_frames
-from vivit_knn.tools.model_stats import model_stats
+from vivit_knn.train.model_cost import model_stats
 
 INPUT = (4, 24, 24, 3)
 

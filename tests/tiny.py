@@ -24,6 +24,12 @@ def tiny_config(model_type="factorized_encoder", knn=True, **train):
   if model_type != "factorized_encoder":
     m.num_layers = 2
     m.attention.kind = "knn" if knn else "dense"
+    # One encoder: the factorised encoder's own keys go back to their defaults (set, they
+    # are refused as keys that cannot take effect).
+    from vivit_knn.config import base_config  # pylint: disable=g-import-not-at-top
+    schema = base_config().model
+    m.spatial_transformer = schema.spatial_transformer
+    m.temporal_transformer = schema.temporal_transformer
   m.classifier = "token" if model_type in ("spacetime", "factorized_encoder") else "gap"
   config.train.eval_at_end = False
   for k, v in train.items():

@@ -112,10 +112,7 @@ _HELP_FLAGS = ("--help", "-h", "-?", "--helpshort", "--helpfull", "--helpxml")
 
 
 class _NoneConfigs(logging.Filter):
-  """Notes the config files whose `get_config()` returned None, hiding ml_collections' warning.
-
-  The error that follows says it in one line; the warning would be a second one.
-  """
+  """Notes config files whose `get_config()` returned None, hiding ml_collections' warning."""
 
   def __init__(self):
     super().__init__()
@@ -130,12 +127,7 @@ class _NoneConfigs(logging.Filter):
 
 
 def _none_config_error(argv: Sequence[str], files: Sequence[str]) -> Optional[str]:
-  """The error for a config flag whose file's `get_config()` returned None, if any.
-
-  Args:
-    argv: the command line.
-    files: the config files `_NoneConfigs` saw return None.
-  """
+  """The error for a config flag whose file's `get_config()` returned None (`files`), if any."""
   found = [(a[2:].split("=", 1)[0], files[0]) for a in argv
            if files and a.startswith("--") and a.endswith("=" + files[0])]
   if files and not found:
@@ -187,11 +179,9 @@ def _parse_flags(argv: List[str], pass_unknown_flags: bool = False) -> List[str]
 
 
 def _drop_checkpoint_thread_tracebacks(record) -> bool:
-  """False for the tracebacks logged when Orbax's background save or read work fails.
+  """False for the tracebacks Orbax's threads log when a save or read fails.
 
-  Orbax's threads, and asyncio for their tasks, log them; the same error reaches
-  the command in its main thread, which reports it in one line (a full disk
-  printed up to 400 lines of them).
+  The same error reaches the command in its main thread, which reports it in one line.
   """
   if not record.exc_info:
     return True
@@ -201,20 +191,11 @@ def _drop_checkpoint_thread_tracebacks(record) -> bool:
 
 
 def quiet_startup(argv: Optional[Sequence[str]] = None) -> None:
-  """Hides the libraries' start-up lines unless `--verbose` (or VIVIT_KNN_VERBOSE=1).
+  """Hides the libraries' start-up and INFO lines unless `--verbose` is in `argv` (or the env).
 
-  TensorFlow's C++ runtime prints its oneDNN and CPU-feature notes (and absl's
-  "All log messages before absl::InitializeLog()" line) while it loads, before
-  any Python logging setting applies; `TF_CPP_MIN_LOG_LEVEL=2`, set here when
-  the environment leaves it unset or empty, keeps those INFO lines back, and
-  must be set before TensorFlow is imported. Its warnings and errors still
-  reach stderr. Python-side INFO lines (JAX's backend probing, Orbax's
-  checkpoint progress) are hidden by setting absl's verbosity to WARNING.
-  Importing nothing itself, this costs nothing for tools that never load
-  TensorFlow.
-
-  Args:
-    argv: the command line (default `sys.argv`); `--verbose` in it keeps everything.
+  `TF_CPP_MIN_LOG_LEVEL=2` (set when unset or empty, before TensorFlow is imported)
+  keeps back TensorFlow's C++ INFO notes; absl's verbosity WARNING hides the
+  Python-side INFO lines (JAX's backend probing, Orbax's progress).
   """
   if verbose(sys.argv if argv is None else argv):
     return
@@ -228,14 +209,7 @@ def quiet_startup(argv: Optional[Sequence[str]] = None) -> None:
 
 
 def describe_error(err: BaseException) -> tuple:
-  """`(exit code, message)` for an error raised while a tool runs.
-
-  Args:
-    err: the exception that ended the tool.
-
-  Returns:
-    `(exit code, one-line message)`, with the codes of the module doc.
-  """
+  """`(exit code, one-line message)` for the error `err` that ended a tool (see the module doc)."""
   if isinstance(err, errors.UserError):
     return EXIT_BAD_INPUT, str(err)
   if isinstance(err, FloatingPointError):
@@ -249,8 +223,7 @@ def describe_error(err: BaseException) -> tuple:
   if isinstance(err, (NotADirectoryError, FileExistsError)):
     return EXIT_BAD_INPUT, f"{err.strerror or err}: {err.filename} (a file stands where a " \
                            "folder is needed)"
-  if isinstance(err, (ValueError, FileNotFoundError, app.UsageError,
-                      ImportError, OSError)):
+  if isinstance(err, (ValueError, app.UsageError, ImportError, OSError)):
     return EXIT_BAD_INPUT, str(err)
   first = str(err).splitlines()[0] if str(err) else ""
   return EXIT_UNEXPECTED, (f"unexpected {type(err).__name__}: {first}"
@@ -258,11 +231,9 @@ def describe_error(err: BaseException) -> tuple:
 
 
 def _list_flags_in_help(main: Callable) -> None:
-  """Makes `--help` list the tool's own flags and `--verbose`, however it was started.
+  """Makes `--help` list the tool's own flags and `--verbose`, also from a console script.
 
-  absl's `--help` lists the flags of the module named by `sys.argv[0]`. Under
-  `python -m` that is the tool's module; an installed console script is another
-  file, which defines no flags.
+  absl's `--help` lists the flags of the module named by `sys.argv[0]`.
   """
   module = getattr(main, "__module__", "__main__")
   own = [] if module == "__main__" else flags.FLAGS.get_key_flags_for_module(module)
@@ -273,8 +244,7 @@ def _list_flags_in_help(main: Callable) -> None:
 def run(main: Callable[[List[str]], int], pass_unknown_flags: bool = False) -> None:
   """`absl.app.run(main)` with one-line errors and the exit codes of the module doc.
 
-  With `pass_unknown_flags`, arguments the tool does not define reach `main` in its
-  `argv` (after the program name) instead of being refused; `main` checks them.
+  With `pass_unknown_flags`, arguments the tool does not define reach `main`, which checks them.
   """
 
   def guarded(argv):

@@ -1,12 +1,10 @@
 """The experiment config schema: defaults for every key, and the checks run before building.
 
-Every `configs/*.py` starts from `base_config()` and overrides what it needs.
-`validate()` is the one place a run's config is checked, before any data or
-model is built: it rejects keys the schema does not know (with a suggestion for
-misspellings), keys set away from their defaults that the configured model
-never reads, and values or shape combinations that cannot work, naming the
-field. The builders trust a checked config. Loading or checking a config does
-not import TensorFlow.
+Every `configs/*.py` starts from `base_config()`. `validate()` checks a run's
+config once, before any data or model is built: unknown keys (with a suggestion),
+keys set away from their defaults that the model never reads, and values that
+cannot work, naming the field. The builders trust a checked config. Loading or
+checking a config does not import TensorFlow.
 """
 
 from __future__ import annotations
@@ -29,15 +27,11 @@ ConfigDict = ml_collections.ConfigDict
 def model_config() -> ConfigDict:
   """Default `config.model`: ViViT-B/16x2 factorised encoder with dense attention.
 
-  `name` picks the family (`vivit_knn.models.registry.FAMILIES`). This block holds
-  the keys several families read; each family adds its own (`model_type`,
-  `spatial_transformer`, `temporal_transformer` for ViViT; `xvit_div`,
-  `xvit_segment_frames`, `num_summary_tokens`, `head_layers` for X-ViT;
-  `temporal_fc_zero_init` for TimeSformer; `student`; `cast`) through its
+  `name` picks the family (`vivit_knn.models.registry.FAMILIES`); this block holds
+  the keys several families read, and each family adds its own through its
   `ModelFamily.defaults`. Shared by TimeSformer and X-ViT: `attention_type`
   ('' = the family default), `temporal_attention` (TimeSformer's divided time
-  attention, X-ViT's head) and `time_embed_init_std` (0 = zeros, the papers'
-  init; it matters only when training from scratch).
+  attention, X-ViT's head) and `time_embed_init_std` (0 = zeros, the papers' init).
   """
   config = ConfigDict({
       "name": "vivit",
@@ -70,41 +64,34 @@ def model_config() -> ConfigDict:
 
 def optimizer_config() -> ConfigDict:
   """Default `config.optimizer` (see `vivit_knn.train.optim` for how each key is used)."""
-  return ConfigDict(
-      {
-          "name": "sgd",
-          "base_learning_rate": 0.1,
-          "end_learning_rate": 0.0,
-          # Linear warmup length: `warmup_steps`, or, when `warmup_epochs` >= 0, that many
-          # epochs of the train split, turned into steps when the run starts (from the
-          # dataset's size and train.global_batch_size). Setting warmup_epochs >= 0 with
-          # warmup_steps > 0 is an error: give one of them.
-          "warmup_steps": 0,
-          "warmup_epochs": -1.0,
-          "momentum": 0.9,
-          "nesterov": False,
-          "beta1": 0.9,
-          "beta2": 0.999,
-          "weight_decay": 0.0,
-          "grad_clip_norm": 1.0,
-          # Regexes on '/'-joined parameter paths; () = every parameter trains.
-          "trainable_patterns": (),
-          # Layer-wise lr decay factor; 1.0 = off.
-          "layer_decay": 1.0,
-      }
-  )
+  return ConfigDict({
+      "name": "sgd",
+      "base_learning_rate": 0.1,
+      "end_learning_rate": 0.0,
+      # Linear warmup: `warmup_steps`, or, when `warmup_epochs` >= 0, that many epochs of
+      # the train split (turned into steps when the run starts); setting both is an error.
+      "warmup_steps": 0,
+      "warmup_epochs": -1.0,
+      "momentum": 0.9,
+      "nesterov": False,
+      "beta1": 0.9,
+      "beta2": 0.999,
+      "weight_decay": 0.0,
+      "grad_clip_norm": 1.0,
+      # Regexes on '/'-joined parameter paths; () = every parameter trains.
+      "trainable_patterns": (),
+      # Layer-wise lr decay factor; 1.0 = off.
+      "layer_decay": 1.0,
+  })
 
 
 def init_from_config() -> ConfigDict:
   """Default `config.init_from` (scenic's names): where fresh parameters are initialised from.
 
-  `checkpoint_path` '' means off. `checkpoint_format`: 'orbax' (a tree in our
-  naming, e.g. written by `python -m vivit_knn.weights.convert`, or a run's
-  `checkpoints/<step>/default`), 'vit_npz', 'big_vision_npz', 'timm' (state
-  dicts incl. `.safetensors` and TimeSformer's `.pyth`) or 'scenic' (a flax
-  `checkpoint_<step>` file, e.g. the released ViViT Kinetics models). Used only
-  when the workdir holds no checkpoint (resume wins). See
-  `vivit_knn.weights.init_from` and `vivit_knn.train.initialisation`.
+  `checkpoint_path` '' means off; `checkpoint_format` is one of
+  `vivit_knn.weights.formats.MODEL_FORMATS` ('orbax': a tree in our naming, e.g.
+  from `python -m vivit_knn.weights.convert`). Used only when the workdir holds no
+  checkpoint (resume wins); see `vivit_knn.weights.init_from`.
   """
   return ConfigDict({
       "checkpoint_path": "",
@@ -131,14 +118,12 @@ STAGE1_CHECKPOINT_FORMATS = ("torchvision", "none")
 def distill_config() -> ConfigDict:
   """Default `config.distill`: two-stage distillation (TSD); off while `method` is ''.
 
-  Stage 1 (the first `stage1_steps`, or `stage1_epochs` of the train split when
-  that is 0) distils a per-frame ResNet of `stage1.depth` with
-  `alpha*CE + (1-alpha)*KL + beta*aux`, aux the feature MSE ('fad') or the OFA
-  loss of the branch heads ('fpld'). Stage 2 distils the transformer built from
-  `stage2.config_file` and restored from the run in `stage2.workdir`, with
+  Stage 1 (`stage1_steps`, or else `stage1_epochs`) distils a per-frame ResNet of
+  `stage1.depth` with `alpha*CE + (1-alpha)*KL + beta*aux`, aux the feature MSE
+  ('fad') or the OFA loss of the branch heads ('fpld'). Stage 2 distils the
+  transformer of `stage2.config_file` restored from `stage2.workdir`, with
   `alpha*CE + (1-alpha)*KL`. `stage1.checkpoint_format`: 'torchvision' (a
-  `.pth`/`.pt` state dict, which needs torch, or an `.npz` of the same keys) or
-  'none' (random teacher: smoke tests only).
+  `.pth`/`.pt`/`.npz` state dict) or 'none' (random teacher: smoke tests only).
   """
   return ConfigDict({
       "method": "",
@@ -216,7 +201,8 @@ def check_keys(config: ConfigDict) -> None:
   """Raises ValueError listing every key that the schema (or its dataset's schema) lacks."""
   schema = base_config()
   bad = list(_unknown_keys(config, schema, ""))
-  name = config.get("dataset", {}).get("name") if isinstance(config.get("dataset"), ConfigDict) else None
+  dataset = config.get("dataset")
+  name = dataset.get("name") if isinstance(dataset, ConfigDict) else None
   if name not in DATASET_DEFAULTS:
     raise ValueError(f"dataset.name={name!r} is unknown; known: {sorted(DATASET_DEFAULTS)}")
   bad += list(_unknown_dataset_keys(config.dataset, name))
@@ -244,11 +230,8 @@ def _get_leaf(value: Any, leaf: str) -> Any:
 def check_inactive_keys(cfg: ConfigDict, field: str = "model") -> None:
   """Raises ValueError for keys of `config.model` set away from their defaults but never read.
 
-  E.g. the factorised-encoder ViViT builds its encoders from
-  `model.spatial_transformer` and `model.temporal_transformer`, so a changed
-  `model.attention` or `model.num_layers` could not take effect. The message
-  names each such key, why, and the keys to set instead
-  (`vivit_knn.models.registry.inactive_keys`).
+  E.g. the factorised-encoder ViViT never reads `model.num_layers`. The message
+  names each key, why, and the keys to set instead (`registry.inactive_keys`).
   """
   schema = model_config()
   bad = []
@@ -264,19 +247,17 @@ def check_inactive_keys(cfg: ConfigDict, field: str = "model") -> None:
 def check_model(cfg: ConfigDict, input_shape: Sequence[int], field: str = "model") -> None:
   """Checks model hyper-parameters against one clip's `(T, H, W, C)`; errors name the field.
 
-  The common keys, the family's own checks (`vivit_knn.models.registry.check`),
-  then the keys that cannot take effect (`check_inactive_keys`).
+  The family's checks (`vivit_knn.models.registry.check`), then `check_inactive_keys`.
   """
   model_registry.check(cfg, input_shape, field)
   check_inactive_keys(cfg, field)
 
 
 def check_init_from(config: ConfigDict) -> None:
-  """Checks `config.init_from` (the files themselves are read when the run starts).
+  """Checks `config.init_from` (the files are read when the run starts).
 
-  A setting that could not take effect is an error: experts for a model that is
-  not CAST, `restore_head` with no checkpoint, and with `required` a checkpoint
-  that is not given.
+  Settings that could not take effect are errors: experts for a model that is not
+  CAST, `restore_head` with no checkpoint, and with `required` a missing checkpoint.
   """
   cfg, model = config.init_from, config.model
   require(cfg.checkpoint_format in formats.MODEL_FORMATS, "init_from.checkpoint_format",
@@ -346,11 +327,8 @@ def validate(config: ConfigDict, input_shape: Optional[Sequence[int]] = None,
              num_devices: int = 1, process_count: int = 1) -> None:
   """Checks a run's config once, before anything is built; raises ValueError naming the field.
 
-  Args:
-    config: the experiment config.
-    input_shape: one clip's `(T, H, W, C)`; default: the one `config.dataset` describes.
-    num_devices: the batch shards of the mesh (`mesh.data x mesh.fsdp`).
-    process_count: the processes of the run.
+  `input_shape` is one clip's `(T, H, W, C)` (default: what `config.dataset`
+  describes); `num_devices` the batch shards of the mesh (`mesh.data x mesh.fsdp`).
   """
   check_keys(config)
   check_model(config.model, input_shape or clip_shape(config.dataset))

@@ -1,9 +1,8 @@
 """Inference from a training run's workdir: one video's top-5, or a CSV for a folder of videos.
 
-Videos are read and processed by the data pipeline's own reader and processors
-(:func:`vivit_knn.data.registry.load_video_views`), so a video gets exactly the
-test views evaluation gives it. A run trained on the synthetic task takes one
-centre clip of any real video, resized to its input size.
+A video gets exactly the test views evaluation gives it
+(`vivit_knn.data.registry.load_video_views`); a run trained on the synthetic task
+takes one centre clip of any real video, resized to its input size.
 """
 
 from __future__ import annotations
@@ -32,15 +31,11 @@ TOP_K = 5
 
 
 class Predictor:
-  """Class probabilities of single videos from the newest checkpoint of a run.
-
-  Args:
-    config: the config the run in `workdir` was trained with.
-    workdir: a training run's directory (its `run_info.json` and newest checkpoint).
+  """Class probabilities of single videos from the newest checkpoint of the run in `workdir`.
 
   Raises:
     FileNotFoundError: the workdir has no `run_info.json` or no checkpoint.
-    ValueError: the config does not fit the run (unknown keys, model vs clip shape).
+    ValueError: `config` does not fit the run (unknown keys, model vs clip shape).
   """
 
   def __init__(self, config: ml_collections.ConfigDict, workdir: str):
@@ -63,9 +58,7 @@ class Predictor:
   def probabilities(self, video: str) -> np.ndarray:
     """float32 `[C]` softmax of the view-averaged logits of the video file `video`.
 
-    Raises:
-      FileNotFoundError: naming `video` if it does not exist.
-      ValueError: naming `video` if it cannot be decoded.
+    Raises FileNotFoundError or ValueError (it cannot be decoded) naming `video`.
     """
     views = np.asarray(load_video_views(video, self._dataset_config), np.float32)
     return np.asarray(self._probabilities(self.params, views))
@@ -77,12 +70,7 @@ class Predictor:
 
 
 def list_videos(folder: str) -> Tuple[List[str], List[str]]:
-  """Files under `folder` (recursively, sorted by relative path), split by extension.
-
-  Returns:
-    `(videos, others)`: paths relative to `folder` whose extension is one of
-    `VIDEO_EXTENSIONS`, and the remaining files (hidden ones excluded).
-  """
+  """`(videos, others)`: the non-hidden files under `folder` (relative, sorted) by extension."""
   videos, others = [], []
   for root, dirs, files in os.walk(folder):
     dirs[:] = sorted(d for d in dirs if not d.startswith("."))
@@ -94,20 +82,11 @@ def list_videos(folder: str) -> Tuple[List[str], List[str]]:
   return sorted(videos), sorted(others)
 
 
-def csv_header(k: int = TOP_K) -> List[str]:
-  """Columns of the folder CSV: `file`, then `top<i>_class`, `top<i>_prob` for i = 1..k."""
-  header = ["file"]
-  for i in range(1, k + 1):
-    header += [f"top{i}_class", f"top{i}_prob"]
-  return header
-
-
 def predict_folder(predictor: Predictor, folder: str, videos: Sequence[str], out_csv: str,
                    progress: bool) -> Tuple[int, List[str]]:
   """Writes the top-5 of each of `videos` (paths relative to `folder`) to `out_csv`.
 
-  Probabilities are written with `repr` (full float precision). A file that
-  cannot be decoded is left out of the CSV and listed instead.
+  Probabilities are written with `repr`; a file that cannot be decoded is left out.
 
   Returns:
     `(number of rows written, skipped lines 'file: why')`.
@@ -118,7 +97,7 @@ def predict_folder(predictor: Predictor, folder: str, videos: Sequence[str], out
   with epath.Path(out_csv).open("w") as f, \
       ProgressBar(len(videos), desc="videos", unit="video", enabled=progress) as bar:
     writer = csv.writer(f, lineterminator="\n")
-    writer.writerow(csv_header(k))
+    writer.writerow(["file"] + [f"top{i}_{c}" for i in range(1, k + 1) for c in ("class", "prob")])
     for rel in videos:
       try:
         probs = predictor.probabilities(os.path.join(folder, rel))
@@ -134,32 +113,18 @@ def predict_folder(predictor: Predictor, folder: str, videos: Sequence[str], out
   return rows, skipped
 
 
-def _folder_csv_path(workdir: str, folder: str, step: int) -> str:
-  name = os.path.basename(os.path.normpath(os.path.abspath(folder))) or "videos"
-  return str(resolve(workdir) / "predictions" / f"{name}_step_{step}.csv")
-
-
 def run_infer(config: ml_collections.ConfigDict, workdir: str, video: str) -> None:
   """`--mode=infer`: prints a video file's top-5, or writes a CSV for a folder of videos.
 
-  For a file, prints `<rank>. <class>  <probability>` lines. For a folder,
-  writes `<workdir>/predictions/<folder name>_step_<N>.csv` (columns from
-  :func:`csv_header`; one row per readable video), shows a progress bar when
-  stderr is a terminal, writes the unreadable files with the reason to
-  `<csv stem>_skipped.txt`, and prints a summary line and the CSV path.
-
-  Args:
-    config: the config the run in `workdir` was trained with.
-    workdir: a training run's directory.
-    video: a video file or a folder of videos.
+  For a folder: `<workdir>/predictions/<folder name>_step_<N>.csv` (one row per
+  readable video; a progress bar on a terminal), the unreadable files with the
+  reason in `<csv stem>_skipped.txt`, and a summary line.
 
   Raises:
     FileNotFoundError: naming `video` if it does not exist, or the workdir lacks a run.
     ValueError: naming `video` if a single file cannot be decoded, or if a folder holds
       no video file.
   """
-  if not video:
-    raise ValueError("--video is empty: give a video file or a folder of videos")
   if not os.path.exists(video):
     raise FileNotFoundError(f"--video={video} does not exist")
   if not os.path.isdir(video):
@@ -174,7 +139,8 @@ def run_infer(config: ml_collections.ConfigDict, workdir: str, video: str) -> No
     raise ValueError(f"--video={video} holds no video file (extensions: "
                      f"{', '.join(VIDEO_EXTENSIONS)})")
   predictor = Predictor(config, workdir)
-  out_csv = _folder_csv_path(workdir, video, predictor.step)
+  name = os.path.basename(os.path.normpath(os.path.abspath(video))) or "videos"
+  out_csv = str(resolve(workdir) / "predictions" / f"{name}_step_{predictor.step}.csv")
   rows, skipped = predict_folder(predictor, video, videos, out_csv,
                                  progress=sys.stderr.isatty())
   line = f"predicted {rows} of {rows + len(skipped)} videos in {video}"

@@ -5,13 +5,10 @@
   python -m vivit_knn.main --config=<config> --workdir=<run> --mode=infer --video=clip.avi
   python -m vivit_knn.main --config=<config> --workdir=<run> --mode=infer --video=<folder>
 
-`--config.<field>=<value>` overrides any config value; unknown fields are errors.
-Training stores its resolved config in `<workdir>/config.json`; eval, infer and a
-resumed training start from it, with their own command-line overrides on top where
-`vivit_knn.train.run_config.ALLOWED_OVERRIDES` lists the field (others are refused).
-Errors are one line on stderr; exit codes are listed in `vivit_knn.cli` (0 done,
-2 bad input, 3 non-finite, 4 stopped by a signal: a checkpoint saved, or nothing to
-save yet). Training holds a lock on its workdir: a second trainer stops in one line.
+`--config.<field>=<value>` overrides any config value. Training stores its config
+in `<workdir>/config.json`; eval, infer and a resumed training start from it, with
+overrides of `vivit_knn.train.run_config.ALLOWED_OVERRIDES` only. Training holds a
+lock on its workdir. Errors are one line on stderr (exit codes: `vivit_knn.cli`).
 """
 
 from __future__ import annotations
@@ -79,36 +76,31 @@ def main(argv) -> int:
                                            use_config_file=_USE_CONFIG_FILE.value)
   if _RESTART.value is not None and _MODE.value != "train":
     raise app.UsageError("--restart_from_step is for --mode=train")
+  if _MODE.value == "infer":
+    from vivit_knn import inference
+    inference.run_infer(config, workdir, _VIDEO.value)
+    return 0
   if _MODE.value == "train":
     result = trainer.train(config, workdir, restart_from_step=_RESTART.value,
                            strict=_STRICT.value)
     if result.get("preempted"):
       print(f"preempted at step {result['step']}: checkpoint saved, rerun to resume")
       return cli.EXIT_PREEMPTED
-    if "eval" in result and jax.process_index() == 0:
-      print(evaluation.format_result(result["eval"], result["class_names"]))
-      for name, path in result["eval_paths"].items():
-        print(f"{name}: {path}")
-  elif _MODE.value == "infer":
-    from vivit_knn import inference
-    inference.run_infer(config, workdir, _VIDEO.value)
+    if "eval" not in result or jax.process_index() != 0:
+      return 0
   else:
     result = trainer.evaluate_checkpoint(config, workdir, output_dir=_OUTPUT_DIR.value,
                                          strict=_STRICT.value)
     if result["init"] is None:
       print(f"checkpoint step {result['step']}")
-    print(evaluation.format_result(result["eval"], result["class_names"]))
-    for name, path in result["eval_paths"].items():
-      print(f"{name}: {path}")
+  print(evaluation.format_result(result["eval"], result["class_names"]))
+  for name, path in result["eval_paths"].items():
+    print(f"{name}: {path}")
   return 0
 
 
 def run() -> None:
-  """Console entry: errors are one-line messages with the exit codes of `vivit_knn.cli`.
-
-  Stop signals are armed first, so that one arriving while the libraries load
-  ends the command in one line (see `vivit_knn.stop_signals`).
-  """
+  """Console entry: one-line errors, the exit codes of `vivit_knn.cli`; stop signals armed first."""
   stop_signals.install()
   cli.run(main)
 

@@ -1,4 +1,4 @@
-"""Recipes shared by the configs in `configs/`: the synthetic runs, k-NN ViViT on UCF101/HMDB51, CAST."""
+"""Recipes of the configs in `configs/`: synthetic runs, k-NN ViViT on UCF101/HMDB51, CAST."""
 
 from vivit_knn.config import attention_config, base_config
 from vivit_knn.data.registry import DATASET_DEFAULTS
@@ -13,8 +13,7 @@ def synthetic_run(name: str, *, image_size: int, learning_rate: float, num_train
                   eval_batch_size: int = 64, warmup_steps: int = 30):
   """A run on the built-in synthetic motion task: 8 frames, 2048 train / 512 eval clips.
 
-  AdamW (weight decay 1e-4, gradient clipping at norm 1) with linear warmup and
-  cosine decay; metrics every 50 steps. The model block is left to the caller.
+  AdamW with linear warmup and cosine decay; the model block is left to the caller.
   """
   config = base_config()
   config.experiment_name = name
@@ -45,30 +44,19 @@ KNN_VIVIT_WARMUP_EPOCHS = 2.5
 def vivit_b16x2(model_type: str, knn_spatial: bool, knn_temporal: bool):
   """ViViT-B/16x2 at 8x224x224 with k-NN attention where asked: the k-NN ViViT recipe.
 
-  The recipe of every `configs/ucf101_*.py` and `configs/hmdb51_*.py`:
-  initialised from a Kinetics-400 ViViT-B/16x2 checkpoint of the same layout
-  (scenic's released flax `checkpoint_<step>` files,
-  `init_from.checkpoint_format='scenic'`, required: pass
-  `--config.init_from.checkpoint_path`, or `--config.init_from.required=False` to
-  train from random weights); 8 frames, random crop with scale jitter, flip,
-  colour jitter and RandAugment (`set_dataset`), mixup 0.3, label smoothing 0.1,
-  stochastic depth 0.1, synchronous SGD with momentum 0.9, cosine schedule after
-  2.5 epochs of linear warmup; k-NN attention keeps k = 2n/3 of the keys. The
-  factorised encoder has Ls=8 spatial and Lt=4 temporal layers; the other
-  layouts have one encoder of L=12, whose attention `knn_spatial` sets.
+  The recipe of every `configs/ucf101_*.py` and `configs/hmdb51_*.py`: initialised
+  from a Kinetics-400 ViViT-B/16x2 scenic checkpoint of the same layout (required:
+  pass `--config.init_from.checkpoint_path`, or `--config.init_from.required=False`);
+  mixup 0.3, label smoothing 0.1, stochastic depth 0.1, SGD with momentum 0.9,
+  cosine schedule after 2.5 epochs of linear warmup; k-NN attention keeps k = 2n/3
+  of the keys. The factorised encoder has Ls=8 spatial and Lt=4 temporal layers;
+  the other layouts one encoder of L=12, whose attention `knn_spatial` sets.
 
-  Where these configs may deviate from the paper, and why:
-
-  * 30 epochs at batch 64 and learning rate 0.05: the schedule this project uses
-    for every UCF101/HMDB51 run; set train.num_epochs / global_batch_size to match
-    your budget.
-  * Colour jitter strength 0.8 and RandAugment 2 ops at magnitude 9: the usual
-    strengths, not values quoted from the paper.
-  * The Kinetics checkpoint sees 32 frames; its temporal position embedding is
-    linearly interpolated to the 4 tubelet steps of 8 frames (reported as
-    "inflated" in the initialisation summary).
-  * Factorised encoders have Ls=8 spatial layers; a ViViT-B FE checkpoint has 12,
-    so blocks 8-11 of its spatial encoder are skipped (listed in the summary).
+  Deviations from the paper: 30 epochs at batch 64 and learning rate 0.05 (this
+  project's schedule for UCF101/HMDB51); colour jitter 0.8 and RandAugment 2 ops
+  at magnitude 9 (the usual strengths, not quoted from the paper); the 32-frame
+  Kinetics checkpoint's temporal position embedding is interpolated to 4 tubelet
+  steps; a ViViT-B FE checkpoint's spatial blocks 8-11 are skipped.
   """
   config = base_config()
   m = config.model
@@ -111,11 +99,9 @@ def vivit_b16x2(model_type: str, knn_spatial: bool, knn_temporal: bool):
 
 
 def set_dataset(config, name: str, augment: bool = True):
-  """Points `config.dataset` at a real dataset's defaults; warmup = 2.5 epochs.
+  """Points `config.dataset` at a real dataset's defaults, 8x224x224; warmup 2.5 epochs.
 
-  The warmup is given in epochs (`optimizer.warmup_epochs`) and becomes steps when
-  the run starts, from the train split's actual size and the global batch. With
-  `augment`, training clips get colour jitter and RandAugment
+  With `augment`, training clips get colour jitter and RandAugment
   (`KNN_VIVIT_COLOR_JITTER`, `KNN_VIVIT_RANDAUGMENT`).
   """
   config.dataset = DATASET_DEFAULTS[name]()
@@ -136,13 +122,10 @@ def cast_b16(name: str, *, num_train: int, num_classes: int, epochs: int,
              warmup_epochs: int = 5):
   """CAST-B/16 at 16x224x224 on DMVR TFRecords: the CAST paper's fine-tuning recipe.
 
-  Frozen CLIP + VideoMAE ViT-B/16 experts (`TRAINABLE_PATTERNS` leave about 45M
-  parameters training); B-CAST width 384, adapters 192. AdamW with lr 1e-3 and end
-  lr 1e-6 per 256 clips, weight decay 0.05, layer decay 0.75, label smoothing 0.1,
-  mixup 0.8, ImageNet normalisation, 3 test crops. The experts are required:
-  `--config.init_from.spatial_expert.checkpoint_path=<CLIP ViT-B/16>` and
-  `--config.init_from.temporal_expert.checkpoint_path=<VideoMAE ViT-B>`. The
-  arguments are what differs between datasets.
+  Frozen CLIP + VideoMAE ViT-B/16 experts (about 45M parameters train); B-CAST
+  width 384, adapters 192. The experts are required
+  (`init_from.spatial_expert.checkpoint_path`, `init_from.temporal_expert...`).
+  The arguments are what differs between datasets.
   """
   config = base_config()
   m = config.model

@@ -1,16 +1,15 @@
 """Stop signals (SIGTERM, SIGUSR1, SIGINT) from a command's start to its exit.
 
 Cloud TPU and SLURM send SIGTERM (SLURM may send SIGUSR1 first) before taking a
-machine away; a person presses Ctrl-C. What a signal does depends on the phase
-the command is in:
+machine away; a person presses Ctrl-C. What a signal does depends on the phase:
 
-- `STARTUP` (from the first line of `main` until training's first step): there
-  is nothing new to save, so the command stops at once with one line and exit 4.
-- `DEFERRED` (the training steps and the final save): the signal is recorded;
-  the trainer saves a checkpoint at the next step boundary (or finishes the
-  save under way) and exits 4. A second Ctrl-C quits at once (exit 130).
-- `SAVED` (after the final checkpoint is on disk, e.g. the end-of-run eval):
-  the command stops at once with one line and exit 4; the checkpoint is kept.
+- `STARTUP` (until training's first step): nothing new to save, so the command
+  stops at once with one line and exit 4.
+- `DEFERRED` (the training steps and the final save): the signal is recorded; the
+  trainer saves a checkpoint at the next step boundary and exits 4. A second
+  Ctrl-C quits at once (exit 130).
+- `SAVED` (after the final checkpoint is on disk, e.g. the end-of-run eval): the
+  command stops at once with one line and exit 4.
 
 Imports nothing heavy, so that it can be armed before TensorFlow and JAX load.
 """
@@ -20,7 +19,7 @@ from __future__ import annotations
 import signal
 import sys
 import threading
-from typing import Dict, Optional
+from typing import Any, Dict, Optional
 
 STARTUP, DEFERRED, SAVED = "startup", "deferred", "saved"
 SIGNALS = (signal.SIGTERM, signal.SIGUSR1, signal.SIGINT)
@@ -34,6 +33,11 @@ class StopRequested(BaseException):
   """
 
 
+_FRESH = {"phase": STARTUP, "received": None, "saved_note": ""}
+_state: Dict[str, Any] = dict(_FRESH)
+_previous: Dict[int, object] = {}  # the handlers `install` replaced
+
+
 def _name(signum: int) -> str:
   try:
     return signal.Signals(signum).name
@@ -41,78 +45,48 @@ def _name(signum: int) -> str:
     return f"signal {signum}"
 
 
-class _Stops:
-  """The process's handlers and what they have seen (one instance, `_STOPS`)."""
-
-  def __init__(self):
-    self.phase = STARTUP
-    self.received: Optional[int] = None
-    self.saved_note = ""
-    self._previous: Dict[int, object] = {}
-
-  @property
-  def installed(self) -> bool:
-    return bool(self._previous)
-
-  def install(self) -> bool:
-    if self.installed or threading.current_thread() is not threading.main_thread():
-      return False
-    for sig in SIGNALS:
-      self._previous[sig] = signal.signal(sig, self._handle)
-    return True
-
-  def uninstall(self) -> None:
-    for sig, handler in self._previous.items():
-      signal.signal(sig, handler)
-    self._previous = {}
-    self.phase, self.received, self.saved_note = STARTUP, None, ""
-
-  def _handle(self, signum, frame):
-    del frame
-    if self.phase == STARTUP:
-      raise StopRequested(f"stopped by {_name(signum)} during start-up, before the first "
-                          "training step: nothing to save")
-    if self.phase == SAVED:
-      raise StopRequested(f"stopped by {_name(signum)}; {self.saved_note}")
-    if signum == signal.SIGINT and self.received is not None:
-      raise KeyboardInterrupt
-    if self.received is None:
-      print(f"stopping ({_name(signum)}): a checkpoint is saved at the end of this step "
-            "(Ctrl-C again to quit without saving)", file=sys.stderr, flush=True)
-    self.received = signum
-
-
-_STOPS = _Stops()
+def _handle(signum, frame):
+  del frame
+  if _state["phase"] == STARTUP:
+    raise StopRequested(f"stopped by {_name(signum)} during start-up, before the first "
+                        "training step: nothing to save")
+  if _state["phase"] == SAVED:
+    raise StopRequested(f"stopped by {_name(signum)}; {_state['saved_note']}")
+  if signum == signal.SIGINT and _state["received"] is not None:
+    raise KeyboardInterrupt
+  if _state["received"] is None:
+    print(f"stopping ({_name(signum)}): a checkpoint is saved at the end of this step "
+          "(Ctrl-C again to quit without saving)", file=sys.stderr, flush=True)
+  _state["received"] = signum
 
 
 def install() -> bool:
-  """Arms the handlers in the `STARTUP` phase; False when they were armed already.
-
-  Only the main thread can set signal handlers; elsewhere this does nothing.
-  """
-  return _STOPS.install()
+  """Arms the handlers in the `STARTUP` phase; False when armed already or not the main thread."""
+  if _previous or threading.current_thread() is not threading.main_thread():
+    return False
+  for sig in SIGNALS:
+    _previous[sig] = signal.signal(sig, _handle)
+  return True
 
 
 def uninstall() -> None:
   """Puts back the handlers that were there before `install`."""
-  _STOPS.uninstall()
-
-
-def installed() -> bool:
-  """Whether the handlers are armed."""
-  return _STOPS.installed
+  for sig, handler in _previous.items():
+    signal.signal(sig, handler)
+  _previous.clear()
+  _state.update(_FRESH)
 
 
 def defer() -> None:
   """Enters the `DEFERRED` phase: signals are recorded for the trainer to act on."""
-  _STOPS.phase = DEFERRED
+  _state["phase"] = DEFERRED
 
 
 def saved(note: str) -> None:
   """Enters the `SAVED` phase; `note` (e.g. 'checkpoint step 30 is saved') ends the message."""
-  _STOPS.phase, _STOPS.saved_note = SAVED, note
+  _state.update(phase=SAVED, saved_note=note)
 
 
 def received() -> Optional[int]:
   """The first stop signal recorded in the `DEFERRED` phase, or None."""
-  return _STOPS.received
+  return _state["received"]

@@ -1,13 +1,9 @@
 """Clip-level photometric and geometric augmentation (colour jitter, RandAugment).
 
-Clips are float32 ``[T, H, W, 3]`` in [0, 255]. Every random choice is drawn
-once per clip, so all frames get the same operation with the same strength:
-a rotation or colour change that flickered between frames would be a motion
-cue the label does not have.
-
-Brightness, contrast, saturation and hue are all linear in RGB, so they are
-applied as one 3x3 matrix plus a per-frame offset: one pass over the pixels
-instead of one per operation (and no RGB->HSV round trip).
+Clips are float32 ``[T, H, W, 3]`` in [0, 255]. Every random choice is drawn once
+per clip: a change that flickered between frames would be a motion cue. The
+colour changes, all linear in RGB, are applied as one 3x3 matrix plus a
+per-frame offset (one pass, no RGB->HSV round trip).
 """
 
 from __future__ import annotations
@@ -101,14 +97,9 @@ def _rotate(x, degrees):
   return _transform(x, [cos, -sin, dx, sin, cos, dy, 0.0, 0.0])
 
 
-def _channel_extremes(x):
-  """Per-channel ``(min, max)`` over the whole clip, each ``[3]``."""
-  channels = tf.transpose(tf.reshape(x, [-1, 3]))
-  return tf.reduce_min(channels, axis=1), tf.reduce_max(channels, axis=1)
-
-
 def _autocontrast(x):
-  low, high = _channel_extremes(x)
+  channels = tf.transpose(tf.reshape(x, [-1, 3]))  # Extremes over the whole clip.
+  low, high = tf.reduce_min(channels, axis=1), tf.reduce_max(channels, axis=1)
   spread = high - low
   gain = tf.where(spread > 0, 255.0 / tf.maximum(spread, 1e-3), 1.0)
   offset = tf.where(spread > 0, low, 0.0)

@@ -1,11 +1,8 @@
-"""Dataset interface shared by every video source, plus tf.data helpers.
+"""The dataset interface and the tf.data pipelines every source builds on.
 
-A dataset exposes a static :class:`DatasetInfo` and two iterators of host-local
-numpy batches. Any source whose examples can be listed as a finite sequence of
-cheap *records* (example indices, file paths, serialized protos) can build both
-iterators from :func:`make_train_dataset` / :func:`make_eval_dataset`, which
-provide the resumable shuffling, host slicing and eval padding semantics the
-trainer relies on.
+A source numbers its examples ``0..n-1``; :func:`make_train_dataset` and
+:func:`make_eval_dataset` shuffle, resume, slice per host and pad those numbers,
+and decode only the ones this host keeps.
 """
 
 from __future__ import annotations
@@ -15,14 +12,14 @@ import dataclasses
 from collections.abc import Callable, Iterator
 from typing import Any
 
-import numpy as np
 import tensorflow as tf
 
 # Records whose epochs follow the start epoch are produced by a counter; this
 # bound is never reached in practice but keeps the stream formally finite.
 _MAX_EPOCHS = 2**62
+_PREFETCH = 2
 
-DecodeFn = Callable[[Any], dict[str, tf.Tensor]]
+DecodeFn = Callable[..., dict[str, Any]]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -48,17 +45,22 @@ class DatasetInfo:
       raise ValueError(
           f"class_names has {len(self.class_names)} entries but "
           f"num_classes is {self.num_classes}")
-    if len(self.input_shape) != 4:
-      raise ValueError(
-          f"input_shape must be (T, H, W, C), got {self.input_shape}")
+
+
+SPLITS = ("train", "eval")
+
+
+def check_split(split: str) -> str:
+  """Returns ``split`` if it is 'train' or 'eval'; ValueError naming both otherwise."""
+  if split not in SPLITS:
+    raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
+  return split
 
 
 class VideoDataset(abc.ABC):
-  """Interface consumed by the trainer.
+  """Interface consumed by the trainer: :attr:`info` and tf.data train / eval pipelines.
 
-  Subclasses provide :attr:`info`, :meth:`train_batches` and
-  :meth:`eval_batches`. All batches are dicts of numpy arrays holding this
-  host's slice of the global batch.
+  Batches are dicts of numpy arrays holding this host's slice of the global batch.
   """
 
   @property
@@ -67,60 +69,54 @@ class VideoDataset(abc.ABC):
     """Static description of the dataset."""
 
   @abc.abstractmethod
+  def train_dataset(self, global_batch_size: int, *, start_step: int = 0,
+                    seed: int = 0, process_index: int = 0,
+                    process_count: int = 1) -> tf.data.Dataset:
+    """The pipeline behind :meth:`train_batches`."""
+
+  @abc.abstractmethod
+  def eval_dataset(self, global_batch_size: int, *, process_index: int = 0,
+                   process_count: int = 1) -> tf.data.Dataset:
+    """The pipeline behind :meth:`eval_batches`."""
+
   def train_batches(self, global_batch_size: int, *, start_step: int = 0,
                     seed: int = 0, process_index: int = 0,
                     process_count: int = 1) -> Iterator[dict]:
     """Infinite stream of this host's slice of each global train batch.
 
-    Each element is ``{'inputs': float32 [b, T, H, W, C], 'label': int32
-    [b]}`` with ``b = global_batch_size // process_count``. The stream is
-    a deterministic function of ``(seed, step)``: starting at
-    ``start_step=s`` yields exactly the uninterrupted stream from step
-    ``s`` on. Epoch ``e`` is a fresh shuffle seeded by ``(seed, e)``; the
-    incomplete last global batch of every epoch is dropped.
+    Each element is ``{'inputs': float32 [b, T, H, W, C], 'label': int32 [b]}``
+    with ``b = global_batch_size // process_count``. The stream is a function of
+    ``(seed, step)``: ``start_step=s`` yields the uninterrupted stream from step
+    ``s`` on. Epoch ``e`` is a shuffle seeded by ``(seed, e)`` whose incomplete
+    last global batch is dropped.
     """
+    return self.train_dataset(
+        global_batch_size, start_step=start_step, seed=seed,
+        process_index=process_index, process_count=process_count).as_numpy_iterator()
 
-  @abc.abstractmethod
   def eval_batches(self, global_batch_size: int, *, process_index: int = 0,
                    process_count: int = 1) -> Iterator[dict]:
     """One pass over the eval split in fixed order.
 
-    Each element holds ``'inputs'``, ``'label'``, ``'mask'`` (float32,
-    1 for real examples, 0 for padding) and ``'index'`` (int32 example
-    id, -1 for padding). The last global batch is padded to full size.
+    Each element holds ``'inputs'``, ``'label'``, ``'mask'`` (float32, 1 for
+    real examples, 0 for padding) and ``'index'`` (int32 example id, -1 for
+    padding). The last global batch is padded to full size.
     """
-
-  def steps_per_epoch(self, global_batch_size: int) -> int:
-    """Number of train steps in one epoch (incomplete batch dropped)."""
-    return self.info.num_train_examples // global_batch_size
-
-  def num_eval_batches(self, global_batch_size: int) -> int:
-    """Number of batches yielded by one :meth:`eval_batches` pass."""
-    return -(-self.info.num_eval_examples // global_batch_size)
+    return self.eval_dataset(
+        global_batch_size, process_index=process_index,
+        process_count=process_count).as_numpy_iterator()
 
   def skipped_examples(self) -> dict[str, int]:
-    """Examples skipped so far in this process, counted by reason.
-
-    Sources that can meet undecodable data count each distinct bad example
-    once (e.g. ``{'corrupt': 2, 'zero_frames': 1}``); sources that cannot
-    return ``{}``.
-    """
+    """Distinct examples skipped so far in this process, by reason (``{}`` if none can be)."""
     return {}
 
   def split_counts(self, split: str) -> dict[str, int | None]:
-    """How many videos ``split`` ('train' or 'eval') lists, reads and skips.
+    """``{'listed', 'readable', 'skipped'}`` videos of ``split`` ('train' or 'eval').
 
-    Returns:
-      ``{'listed': n, 'readable': r, 'skipped': s}``: ``listed`` counts the
-      videos (or records) the split names, including those found bad while
-      listing (absent files, damaged record tails); ``skipped`` the distinct
-      ones skipped so far in this process; ``readable`` is ``listed -
-      skipped`` once every listed video has been read, and ``None`` before
-      (unknown until decoded). This default is for sources that cannot meet
-      bad data: nothing skipped, readability unknown.
-
-    Raises:
-      ValueError: if ``split`` is not 'train' or 'eval'.
+    ``listed`` includes the videos found bad while listing (absent files, damaged
+    record tails), ``skipped`` counts the distinct ones skipped so far, ``readable``
+    is ``listed - skipped`` once every listed video was read, None before. This
+    default is for sources that cannot meet bad data.
     """
     if check_split(split) == "train":
       listed = self.info.num_train_examples
@@ -129,79 +125,18 @@ class VideoDataset(abc.ABC):
     return {"listed": listed, "readable": None, "skipped": 0}
 
   def describe_example(self, split: str, index: int) -> str:
-    """Where example ``index`` of ``split`` comes from (a file name when known).
-
-    Raises:
-      ValueError: if ``split`` is not 'train' or 'eval'.
-    """
+    """Where example ``index`` of ``split`` comes from (a file name when known)."""
     return f"{check_split(split)}:{int(index)}"
 
   def skipped_sources(self, split: str) -> list[str]:
-    """One line per video of ``split`` skipped so far: its location and why.
-
-    Raises:
-      ValueError: if ``split`` is not 'train' or 'eval'.
-    """
+    """One line per video of ``split`` skipped so far: its location and why."""
     check_split(split)
     return []
 
 
-SPLITS = ("train", "eval")
-
-
-def check_split(split: str) -> str:
-  """Returns ``split`` if it is 'train' or 'eval'.
-
-  Raises:
-    ValueError: naming the accepted values otherwise.
-  """
-  if split not in SPLITS:
-    raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
-  return split
-
-
-class TfDataVideoDataset(VideoDataset):
-  """A :class:`VideoDataset` whose batches come from tf.data pipelines.
-
-  Subclasses build :meth:`train_dataset` and :meth:`eval_dataset`; the numpy
-  batch streams the trainer reads are derived from them here.
-  """
-
-  @abc.abstractmethod
-  def train_dataset(self, global_batch_size: int, *, start_step: int = 0,
-                    seed: int = 0, process_index: int = 0,
-                    process_count: int = 1) -> tf.data.Dataset:
-    """The tf.data pipeline behind :meth:`train_batches` (same contract)."""
-
-  @abc.abstractmethod
-  def eval_dataset(self, global_batch_size: int, *, process_index: int = 0,
-                   process_count: int = 1) -> tf.data.Dataset:
-    """The tf.data pipeline behind :meth:`eval_batches` (same contract)."""
-
-  def train_batches(self, global_batch_size: int, *, start_step: int = 0,
-                    seed: int = 0, process_index: int = 0,
-                    process_count: int = 1) -> Iterator[dict]:
-    """See :meth:`VideoDataset.train_batches`."""
-    return as_numpy_batches(self.train_dataset(
-        global_batch_size, start_step=start_step, seed=seed,
-        process_index=process_index, process_count=process_count))
-
-  def eval_batches(self, global_batch_size: int, *, process_index: int = 0,
-                   process_count: int = 1) -> Iterator[dict]:
-    """See :meth:`VideoDataset.eval_batches`."""
-    return as_numpy_batches(self.eval_dataset(
-        global_batch_size, process_index=process_index,
-        process_count=process_count))
-
-
 def check_batch_args(global_batch_size: int, process_index: int,
                      process_count: int) -> int:
-  """Validates batch/host arguments and returns the per-host batch size.
-
-  Raises:
-    ValueError: if ``global_batch_size`` is not a positive multiple of
-      ``process_count`` or ``process_index`` is out of range.
-  """
+  """The per-host batch size; ValueError for host arguments or a batch size that do not fit."""
   if process_count < 1:
     raise ValueError(f"process_count must be >= 1, got {process_count}")
   if not 0 <= process_index < process_count:
@@ -223,14 +158,13 @@ def _is_host_position(position: tf.Tensor, global_batch_size: int,
 
 
 def _decode_to_batches(ds: tf.data.Dataset, decode_fn: DecodeFn,
-                       local_batch_size: int, decode_batched: bool,
-                       num_parallel_calls: int) -> tf.data.Dataset:
+                       local_batch_size: int, decode_batched: bool) -> tf.data.Dataset:
   """Decodes a stream of records and groups it into host-local batches."""
   if decode_batched:
     ds = ds.batch(local_batch_size, drop_remainder=True)
-    return ds.map(decode_fn, num_parallel_calls=num_parallel_calls,
+    return ds.map(decode_fn, num_parallel_calls=tf.data.AUTOTUNE,
                   deterministic=True)
-  ds = ds.map(decode_fn, num_parallel_calls=num_parallel_calls,
+  ds = ds.map(decode_fn, num_parallel_calls=tf.data.AUTOTUNE,
               deterministic=True)
   return ds.batch(local_batch_size, drop_remainder=True)
 
@@ -250,76 +184,40 @@ def _with_options(ds: tf.data.Dataset) -> tf.data.Dataset:
   return ds.with_options(options)
 
 
-def _shuffled_epoch(records: tf.data.Dataset, num_records: int, seed: int,
-                    epoch: tf.Tensor) -> tf.data.Dataset:
-  """All records of one epoch in an order seeded by ``(seed, epoch)``.
+def _shuffled_epoch(num_records: int, seed: int, epoch: tf.Tensor) -> tf.data.Dataset:
+  """Example numbers ``0..num_records-1`` in an order seeded by ``(seed, epoch)``.
 
-  A stateless permutation is used instead of ``Dataset.shuffle`` because the
-  latter also depends on TensorFlow's global seed, which would make the
-  order change if any other code calls ``tf.random.set_seed``.
+  A stateless permutation, unlike ``Dataset.shuffle``, does not depend on
+  TensorFlow's global seed (``tf.random.set_seed`` elsewhere).
   """
   epoch_seed = tf.stack([tf.constant(seed, tf.int64),
                          tf.cast(epoch, tf.int64)])
-  perm = tf.random.experimental.stateless_shuffle(
-      tf.range(num_records, dtype=tf.int64), seed=epoch_seed)
-
-  def permute(*all_records):
-    # tf.data splats tuple elements into positional arguments.
-    all_records = all_records[0] if len(all_records) == 1 else all_records
-    return tf.nest.map_structure(lambda x: tf.gather(x, perm), all_records)
-
-  return records.batch(num_records).map(permute).unbatch()
+  return tf.data.Dataset.from_tensor_slices(tf.random.experimental.stateless_shuffle(
+      tf.range(num_records, dtype=tf.int64), seed=epoch_seed))
 
 
-def make_train_dataset(records: tf.data.Dataset, num_records: int,
-                       global_batch_size: int, decode_fn: DecodeFn, *,
+def make_train_dataset(num_records: int, global_batch_size: int, decode_fn: DecodeFn, *,
                        seed: int = 0, start_step: int = 0,
                        process_index: int = 0, process_count: int = 1,
                        decode_batched: bool = False,
-                       num_parallel_calls: int = tf.data.AUTOTUNE,
-                       prefetch: int = 2,
                        decode_with_position: bool = False) -> tf.data.Dataset:
-  """Builds the deterministic, resumable, host-sliced train pipeline.
+  """The infinite, deterministic, resumable, host-sliced train pipeline over examples ``0..n-1``.
 
-  Every epoch ``e`` visits all ``num_records`` records in a permutation
-  seeded by ``(seed, e)``, keeps the first
-  ``(num_records // global_batch_size) * global_batch_size`` of them, and
-  cuts them into global batches; this host keeps its contiguous
-  ``global_batch_size // process_count`` slice of each. Starting at
-  ``start_step`` skips whole epochs arithmetically and the remaining offset
-  on the cheap records, so skipped examples are never decoded; only this
-  host's records are decoded.
+  Epoch ``e`` visits the examples in a permutation seeded by ``(seed, e)``, keeps
+  whole global batches, and this host keeps its contiguous
+  ``global_batch_size // process_count`` slice of each. ``start_step`` skips
+  whole epochs arithmetically and the rest on the example numbers, so skipped
+  examples are never decoded; nor are other hosts'.
 
-  Args:
-    records: Finite dataset of cheap per-example records (indices, paths,
-      serialized examples) with exactly ``num_records`` elements in a fixed
-      order. They are materialised in memory once per epoch for the
-      shuffle.
-    num_records: Number of elements of ``records``.
-    global_batch_size: Batch size summed over all hosts.
-    decode_fn: Maps a record (or, if ``decode_batched``, a batch of
-      ``global_batch_size // process_count`` records) to a dict with at
-      least ``'inputs'`` and ``'label'``; the expensive work belongs here.
-      A structured record (tuple/dict) is passed as one argument.
-    seed: Shuffle seed.
-    start_step: First global step to produce.
-    process_index: Index of this host.
-    process_count: Number of hosts.
-    decode_batched: Whether ``decode_fn`` takes a batch of records.
-    num_parallel_calls: Parallelism of ``decode_fn``.
-    prefetch: Number of batches to prefetch.
-    decode_with_position: Whether ``decode_fn`` also receives, as a second
-      argument, the int64 position of the record in the uninterrupted
-      global stream (``step * global_batch_size + slot``). It is unique per
-      drawn example and identical after a resume, so it can seed random
-      augmentation.
-
-  Returns:
-    An infinite ``tf.data.Dataset`` of host-local batches.
+  ``decode_fn`` maps an int64 example number (a host-local batch of them if
+  ``decode_batched``) to a dict with at least ``'inputs'`` and ``'label'``. With
+  ``decode_with_position`` it also gets the example's int64 position in the
+  uninterrupted global stream (``step * global_batch_size + slot``): unique per
+  draw and the same after a resume, so it can seed augmentation.
 
   Raises:
     ValueError: on invalid batch/host arguments, a negative ``start_step``,
-      or fewer records than one global batch.
+      or fewer examples than one global batch.
   """
   local_batch_size = check_batch_args(global_batch_size, process_index,
                                       process_count)
@@ -334,8 +232,7 @@ def make_train_dataset(records: tf.data.Dataset, num_records: int,
   first_epoch, step_in_epoch = divmod(start_step, steps_per_epoch)
 
   def epoch_records(epoch):
-    return _shuffled_epoch(records, num_records, seed,
-                           epoch).take(records_per_epoch)
+    return _shuffled_epoch(num_records, seed, epoch).take(records_per_epoch)
 
   ds = epoch_records(tf.constant(first_epoch, tf.int64)).skip(
       step_in_epoch * global_batch_size)
@@ -353,45 +250,20 @@ def make_train_dataset(records: tf.data.Dataset, num_records: int,
     decode = lambda pos, record: decode_fn(record, pos + first_position)
   else:
     decode = lambda _, record: decode_fn(record)
-  ds = _decode_to_batches(ds, decode, local_batch_size, decode_batched,
-                          num_parallel_calls)
-  ds = ds.map(_cast_outputs).prefetch(prefetch)
+  ds = _decode_to_batches(ds, decode, local_batch_size, decode_batched)
+  ds = ds.map(_cast_outputs).prefetch(_PREFETCH)
   return _with_options(ds)
 
 
-def make_eval_dataset(records: tf.data.Dataset, num_records: int,
-                      global_batch_size: int, decode_fn: DecodeFn, *,
+def make_eval_dataset(num_records: int, global_batch_size: int, decode_fn: DecodeFn, *,
                       process_index: int = 0, process_count: int = 1,
-                      decode_batched: bool = False,
-                      num_parallel_calls: int = tf.data.AUTOTUNE,
-                      prefetch: int = 2) -> tf.data.Dataset:
-  """Builds the one-pass, fixed-order, padded eval pipeline.
+                      decode_batched: bool = False) -> tf.data.Dataset:
+  """The ``ceil(n / global_batch_size)`` host-local batches of examples ``0..n-1``, in order.
 
-  Records keep their order; record ``i`` gets ``'index' = i``. The stream is
-  padded to a multiple of ``global_batch_size`` with copies of the first
-  record whose decoded features are zeroed, ``'index' = -1`` and
-  ``'mask' = 0``; real examples have ``'mask' = 1``. Each host decodes only
-  its slice of every global batch.
-
-  A ``decode_fn`` may add a boolean ``'valid'`` entry: a record decoded with
-  ``valid = False`` (an undecodable video) is treated like padding (zeroed,
-  ``'mask' = 0``, ``'index' = -1``), so one bad file never ends the pass.
-
-  Args:
-    records: Finite dataset of per-example records with ``num_records``
-      elements in a fixed order.
-    num_records: Number of elements of ``records`` (>= 1).
-    global_batch_size: Batch size summed over all hosts.
-    decode_fn: As in :func:`make_train_dataset`.
-    process_index: Index of this host.
-    process_count: Number of hosts.
-    decode_batched: Whether ``decode_fn`` takes a batch of records.
-    num_parallel_calls: Parallelism of ``decode_fn``.
-    prefetch: Number of batches to prefetch.
-
-  Returns:
-    A finite ``tf.data.Dataset`` of ``ceil(num_records / global_batch_size)``
-    host-local batches.
+  Example ``i`` gets ``'index' = i`` and ``'mask' = 1``. Zeroed copies of example
+  0 (``'index' = -1``, ``'mask' = 0``) pad the last global batch; an example
+  ``decode_fn`` marks ``'valid' = False`` (an undecodable video) becomes such
+  padding. Each host decodes only its slice; arguments as in :func:`make_train_dataset`.
   """
   local_batch_size = check_batch_args(global_batch_size, process_index,
                                       process_count)
@@ -399,6 +271,7 @@ def make_eval_dataset(records: tf.data.Dataset, num_records: int,
     raise ValueError("the eval split is empty")
   num_padding = -num_records % global_batch_size
 
+  records = tf.data.Dataset.range(num_records)
   real = records.enumerate().map(lambda i, r: (tf.cast(i, tf.int32), r))
   padding = tf.data.Dataset.zip(
       tf.data.Dataset.from_tensors(tf.constant(-1, tf.int32)),
@@ -412,7 +285,7 @@ def make_eval_dataset(records: tf.data.Dataset, num_records: int,
     return {"features": decode_fn(record), "index": index}
 
   ds = _decode_to_batches(ds, decode_with_index, local_batch_size,
-                          decode_batched, num_parallel_calls)
+                          decode_batched)
 
   def finalize(item):
     index = item["index"]
@@ -432,10 +305,5 @@ def make_eval_dataset(records: tf.data.Dataset, num_records: int,
     batch["mask"] = tf.cast(valid, tf.float32)
     return batch
 
-  ds = ds.map(finalize).prefetch(prefetch)
+  ds = ds.map(finalize).prefetch(_PREFETCH)
   return _with_options(ds)
-
-
-def as_numpy_batches(ds: tf.data.Dataset) -> Iterator[dict[str, np.ndarray]]:
-  """Iterates a dataset of dict batches as dicts of numpy arrays."""
-  return ds.as_numpy_iterator()

@@ -1,26 +1,14 @@
 """Real-video examples and the tf.data pipelines shared by every real source.
 
-An :class:`ExampleTable` maps an example number to ``(frames, label)``,
-decoding only the frames its ``select`` argument asks for; tables hide where
-videos live (video files, TFRecord records, TFDS data sources).
-:class:`ClipDataset` turns a train and an eval table into the
-:class:`~vivit_knn.data.base.VideoDataset` interface. Records are example
-numbers, so the shuffling, resuming and host slicing of
-:func:`base.make_train_dataset` apply unchanged; each number is loaded in a
-``tf.numpy_function`` (which picks and decodes only the sampled frames) and
-processed with graph ops.
+An :class:`ExampleTable` maps an example number to ``(frames, label)``, decoding
+only the selected frames; :class:`ClipDataset` loads each in a
+``tf.numpy_function`` and processes it with graph ops. Stored frames are decoded
+there by TensorFlow's image decoders, eagerly: faster than Pillow's, GIL-free,
+and a damaged image raises an exception that can be counted and skipped.
 
-Stored frames (JPEG, PNG) are decoded with TensorFlow's image decoders called
-eagerly from inside that ``tf.numpy_function``: they are faster than Pillow's
-here, release the GIL, and a damaged image raises a Python exception that can
-be counted and skipped, where a graph-mode decode error would end the tf.data
-pipeline.
-
-Bad videos never stop a run. In training, a video that fails is replaced by
-the next good one in table order: every batch stays full and the stream stays
-a pure function of ``(seed, step)``. In evaluation it becomes a masked slot
-(``mask = 0``, ``index = -1``). Either way it is counted once in
-:meth:`ClipDataset.skipped_examples` and a warning names its file.
+A bad video never stops a run: in training the next good one in table order
+takes its place, in evaluation it becomes a masked slot; it is counted once and
+a warning names its file.
 """
 
 from __future__ import annotations
@@ -28,7 +16,6 @@ from __future__ import annotations
 import abc
 import re
 from collections.abc import Callable, Sequence
-from typing import Protocol
 
 import numpy as np
 import tensorflow as tf
@@ -43,35 +30,28 @@ _JPEG_MAGIC = b"\xff\xd8"
 # Eager op errors carry "{{function_node ...}}" and "[Op:...]" decorations.
 _OP_NOISE = re.compile(r"\{\{[^}]*\}\}\s*|\s*\[Op:\w+\]")
 
-# Parses one serialized record into (encoded frames, label); ``source``
-# names the record in errors.
-RecordParser = Callable[[bytes, str], tuple[Sequence[bytes], int]]
 
-
-def decode_image(data: bytes) -> np.ndarray:
-  """uint8 ``[H, W, 3]`` of one encoded frame (JPEG fast path)."""
-  if data[:2] == _JPEG_MAGIC:
-    image = tf.io.decode_jpeg(data, channels=3, dct_method="INTEGER_FAST")
-  else:
-    image = tf.io.decode_image(data, channels=3, expand_animations=False)
-  return image.numpy()
+def check_data_dir(data_dir: str) -> None:
+  """Raises FileNotFoundError naming ``dataset.data_dir`` if it is set but absent."""
+  if data_dir and not tf.io.gfile.isdir(data_dir):
+    raise FileNotFoundError(
+        f"dataset.data_dir={data_dir} does not exist or is not a directory")
 
 
 def decode_frames(encoded: Sequence[bytes], source: str) -> np.ndarray:
-  """Decodes frames into uint8 ``[n, H, W, 3]``.
-
-  Raises:
-    BadVideoError: ``bad_jpeg`` if a frame does not decode or the frames
-      differ in size.
-  """
+  """uint8 ``[n, H, W, 3]`` frames; BadVideoError ``bad_jpeg`` if one fails or sizes differ."""
   frames = []
   for i, data in enumerate(encoded):
     try:
-      frames.append(decode_image(data))
+      if data[:2] == _JPEG_MAGIC:
+        image = tf.io.decode_jpeg(data, channels=3, dct_method="INTEGER_FAST")
+      else:
+        image = tf.io.decode_image(data, channels=3, expand_animations=False)
     except (tf.errors.InvalidArgumentError, ValueError) as err:
       detail = _OP_NOISE.sub("", getattr(err, "message", str(err)))
       raise skips.BadVideoError(skips.BAD_JPEG, source,
                                 f"frame {i}: {detail}") from err
+    frames.append(image.numpy())
   if len({f.shape for f in frames}) > 1:
     raise skips.BadVideoError(skips.BAD_JPEG, source,
                               "frames differ in size")
@@ -91,19 +71,13 @@ class ExampleTable(abc.ABC):
 
   @abc.abstractmethod
   def load(self, i: int, select: FrameSelector) -> tuple[np.ndarray, int]:
-    """``(uint8 [k, H, W, 3] frames, label)`` of example ``i``.
-
-    Raises:
-      BadVideoError: if the example cannot provide frames.
-    """
+    """``(uint8 [k, H, W, 3] frames, label)`` of example ``i``; BadVideoError if it has none."""
 
 
 class VideoFileTable(ExampleTable):
   """Video files decoded with PyAV."""
 
   def __init__(self, paths: Sequence[str], labels: Sequence[int]):
-    if len(paths) != len(labels):
-      raise ValueError(f"{len(paths)} paths but {len(labels)} labels")
     self.paths = list(paths)
     self.labels = [int(label) for label in labels]
 
@@ -119,23 +93,15 @@ class VideoFileTable(ExampleTable):
     return video_io.read_video(self.paths[i], select), self.labels[i]
 
 
-class RecordReader(Protocol):
-  """Random access to serialized records (e.g. a ``RecordIndex``)."""
-
-  def __len__(self) -> int:
-    """Number of records."""
-
-  def read(self, i: int) -> bytes:
-    """Serialized record ``i``."""
-
-  def describe(self, i: int) -> str:
-    """Location of record ``i``."""
-
-
 class RecordTable(ExampleTable):
-  """Records holding encoded frames; only the selected frames are decoded."""
+  """Records holding encoded frames; only the selected frames are decoded.
 
-  def __init__(self, reader: RecordReader, parse: RecordParser):
+  ``reader`` gives random access to the serialized records: ``len``,
+  ``read(i)`` and ``describe(i)``, as :class:`~vivit_knn.data.records.RecordIndex`;
+  ``parse(record, location)`` gives ``(encoded frames, label)``.
+  """
+
+  def __init__(self, reader, parse: Callable[[bytes, str], tuple[Sequence[bytes], int]]):
     self._reader = reader
     self._parse = parse
 
@@ -152,21 +118,15 @@ class RecordTable(ExampleTable):
     encoded, label = self._parse(self._reader.read(i), source)
     indices = np.asarray(select(len(encoded)), np.int64)
     unique, inverse = np.unique(indices, return_inverse=True)
-    frames = decode_frames([encoded[j] for j in unique.tolist()],
-                                source)
+    frames = decode_frames([encoded[j] for j in unique.tolist()], source)
     return frames[inverse], label
 
 
-class ClipDataset(base.TfDataVideoDataset):
+class ClipDataset(base.VideoDataset):
   """Real videos with DMVR-style sampling and processing.
 
-  Args:
-    train: Train examples.
-    eval_: Eval examples (fixed order).
-    class_names: Name of each class; its length is the number of classes.
-    spec: Processing settings.
-    counter: Tally of skipped examples; sources pass the one that already
-      holds what they skipped while listing files.
+  ``counter`` is the tally of skipped examples that already holds what the
+  source skipped while listing files.
   """
 
   def __init__(self, train: ExampleTable, eval_: ExampleTable,
@@ -192,21 +152,12 @@ class ClipDataset(base.TfDataVideoDataset):
     """Static description of the dataset."""
     return self._info
 
-  @property
-  def spec(self) -> ProcessSpec:
-    """The processing settings."""
-    return self._spec
-
   def skipped_examples(self) -> dict[str, int]:
     """Distinct examples skipped so far, by reason."""
     return self._counter.counts()
 
   def split_counts(self, split: str) -> dict[str, int | None]:
-    """See :meth:`base.VideoDataset.split_counts`.
-
-    Files a split lists but that are absent, and damaged record-file tails,
-    count as listed and skipped.
-    """
+    """See :meth:`base.VideoDataset.split_counts`; absent files and damaged record tails count."""
     table = self._train if base.check_split(split) == "train" else self._eval
     pre_listing = (self._counter.split_count(split, skips.LISTING_MISSING) +
                    self._counter.split_count(split, skips.LISTING_FILE))
@@ -247,9 +198,7 @@ class ClipDataset(base.TfDataVideoDataset):
 
   def load_train_example(self, index: int, seed: int,
                          position: int) -> tuple[np.ndarray, np.int32]:
-    """Sampled uint8 frames and label for train slot ``position``.
-
-    Falls through to the following examples when ``index`` is bad.
+    """Sampled uint8 frames and label for train slot ``position`` (the next example if bad).
 
     Raises:
       RuntimeError: if no train example at all can be decoded.
@@ -270,10 +219,9 @@ class ClipDataset(base.TfDataVideoDataset):
         "warnings above name the files")
 
   def load_eval_example(self, index: int):
-    """``(frames, label, valid)`` of eval example ``index``.
+    """``(num_test_clips * num_frames sampled frames, label, valid)`` of eval example ``index``.
 
-    ``frames`` holds the ``num_test_clips * num_frames`` sampled frames; a
-    bad example gives black frames and ``valid = False``.
+    A bad example gives black frames and ``valid = False``.
     """
     spec = self._spec
 
@@ -328,12 +276,10 @@ class ClipDataset(base.TfDataVideoDataset):
                     seed: int = 0, process_index: int = 0,
                     process_count: int = 1) -> tf.data.Dataset:
     """The tf.data pipeline behind :meth:`train_batches`."""
-    n = len(self._train)
     return base.make_train_dataset(
-        tf.data.Dataset.range(n), n, global_batch_size,
-        self._train_decode_fn(seed), seed=seed, start_step=start_step,
-        process_index=process_index, process_count=process_count,
-        decode_with_position=True)
+        len(self._train), global_batch_size, self._train_decode_fn(seed),
+        seed=seed, start_step=start_step, process_index=process_index,
+        process_count=process_count, decode_with_position=True)
 
   def eval_dataset(self, global_batch_size: int, *, process_index: int = 0,
                    process_count: int = 1) -> tf.data.Dataset:
@@ -342,8 +288,6 @@ class ClipDataset(base.TfDataVideoDataset):
     ``inputs`` is ``[b, T, H, W, C]`` for one view per video and
     ``[b, V, T, H, W, C]`` for ``V > 1`` views.
     """
-    n = len(self._eval)
     return base.make_eval_dataset(
-        tf.data.Dataset.range(n), n, global_batch_size,
-        self._eval_decode_fn(), process_index=process_index,
-        process_count=process_count)
+        len(self._eval), global_batch_size, self._eval_decode_fn(),
+        process_index=process_index, process_count=process_count)

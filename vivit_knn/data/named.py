@@ -1,9 +1,8 @@
 """Datasets ``ucf101`` and ``hmdb51``: one name for the raw folder, TFRecords or TFDS.
 
-``format`` picks the storage: ``'folder'`` (the official archive unpacked,
-with its split files; decoded with PyAV), ``'tfrecord'`` (written by
-``python -m vivit_knn.data.convert``, or any DMVR-format shards) or
-``'tfds'`` (UCF101's TFDS builder).
+``format`` picks the storage: ``'folder'`` (the official archive unpacked, with
+its split files), ``'tfrecord'`` (DMVR shards, e.g. from ``python -m
+vivit_knn.data.convert``) or ``'tfds'`` (UCF101's TFDS builder).
 """
 
 from __future__ import annotations
@@ -13,7 +12,6 @@ import os
 from collections.abc import Callable
 
 import ml_collections
-import tensorflow as tf
 from absl import logging
 
 from vivit_knn.data import clips, options, skips, splits, tfds_source, tfrecord
@@ -41,15 +39,6 @@ HMDB51 = NamedVideoSet("hmdb51", "HMDB51", 51, (3570, 1530),
                        splits.HMDB51_SPLITS_DIR, splits.hmdb51, "")
 
 
-def _check_sizes(dataset: NamedVideoSet, split: int, train: int,
-                 test: int) -> None:
-  """Logs when split 1 does not have its official size (partial data)."""
-  if split == 1 and (train, test) != dataset.split1_sizes:
-    logging.warning(
-        "%s split 1 has %d train / %d test videos here; the official split "
-        "has %d / %d", dataset.title, train, test, *dataset.split1_sizes)
-
-
 def _folder_dataset(dataset: NamedVideoSet, cfg, spec) -> clips.ClipDataset:
   lists = dataset.list_videos(cfg.data_dir, cfg.split, cfg.splits_dir)
   counter = skips.SkipCounter()
@@ -57,8 +46,11 @@ def _folder_dataset(dataset: NamedVideoSet, cfg, spec) -> clips.ClipDataset:
     for path in videos.missing:
       counter.record((split, skips.LISTING_MISSING, path), skips.BadVideoError(
           skips.MISSING, path, "listed in the split files"))
-  _check_sizes(dataset, cfg.split, len(lists.train.paths),
-               len(lists.test.paths))
+  sizes = (len(lists.train.paths), len(lists.test.paths))
+  if cfg.split == 1 and sizes != dataset.split1_sizes:  # Partial data.
+    logging.warning(
+        "%s split 1 has %d train / %d test videos here; the official split "
+        "has %d / %d", dataset.title, *sizes, *dataset.split1_sizes)
   return clips.ClipDataset(
       clips.VideoFileTable(lists.train.paths, lists.train.labels),
       clips.VideoFileTable(lists.test.paths, lists.test.labels),
@@ -95,7 +87,8 @@ def _tfds_dataset(dataset: NamedVideoSet, cfg, spec) -> clips.ClipDataset:
       label_key="label", spec=spec)
 
 
-def _build(dataset: NamedVideoSet, cfg: ml_collections.ConfigDict) -> clips.ClipDataset:
+def build(dataset: NamedVideoSet, cfg: ml_collections.ConfigDict) -> clips.ClipDataset:
+  """Builds ``dataset`` (:data:`UCF101` or :data:`HMDB51`) from its config."""
   if cfg.format not in FORMATS:
     raise ValueError(
         f"dataset.format must be one of {FORMATS}, got {cfg.format!r}")
@@ -108,21 +101,8 @@ def _build(dataset: NamedVideoSet, cfg: ml_collections.ConfigDict) -> clips.Clip
         f"{dataset.title} folder with {dataset.splits_dir}/ together with "
         "--config.dataset.format=folder, or TFRecords written by `python -m "
         f"vivit_knn.data.convert --format={dataset.name}`).")
-  if not tf.io.gfile.isdir(cfg.data_dir):
-    raise FileNotFoundError(
-        f"dataset.data_dir={cfg.data_dir} does not exist or is not a "
-        "directory")
+  clips.check_data_dir(cfg.data_dir)
   spec = options.ProcessSpec.from_config(cfg)
   build_fn = {"folder": _folder_dataset, "tfrecord": _record_dataset,
               "tfds": _tfds_dataset}[cfg.format]
   return build_fn(dataset, cfg, spec)
-
-
-def build_ucf101(config: ml_collections.ConfigDict) -> clips.ClipDataset:
-  """Builds the ``ucf101`` dataset (see the module docstring)."""
-  return _build(UCF101, config)
-
-
-def build_hmdb51(config: ml_collections.ConfigDict) -> clips.ClipDataset:
-  """Builds the ``hmdb51`` dataset (see the module docstring)."""
-  return _build(HMDB51, config)

@@ -1,9 +1,8 @@
 """The ``config.dataset`` schema: every source's fields and defaults, and their checks.
 
-Each real source's default config is its own fields plus
-:func:`processing_fields`; :class:`ProcessSpec` is the validated, immutable
-view of the processing part that the processors and readers use. Nothing here
-imports TensorFlow, so a config can be loaded and checked without it.
+A real source's defaults are its own fields plus :func:`processing_fields`;
+:class:`ProcessSpec` is the checked, immutable view of the latter. Nothing here
+imports TensorFlow.
 """
 
 from __future__ import annotations
@@ -106,8 +105,8 @@ def tfds_config() -> ml_collections.ConfigDict:
   })
 
 
-def _named_config(name: str) -> ml_collections.ConfigDict:
-  """``ucf101`` / ``hmdb51``: the raw folder, TFRecords or TFDS (see ``data.named``)."""
+def named_config(name: str) -> ml_collections.ConfigDict:
+  """Default config of ``ucf101`` / ``hmdb51``: raw folder, TFRecords or TFDS (``data.named``)."""
   fields = processing_fields()
   fields["scale_jitter"] = (0.9, 1.33)
   return ml_collections.ConfigDict({
@@ -124,16 +123,6 @@ def _named_config(name: str) -> ml_collections.ConfigDict:
       "class_names_file": "",
       **fields,
   })
-
-
-def ucf101_config() -> ml_collections.ConfigDict:
-  """Default config of the ``ucf101`` dataset."""
-  return _named_config("ucf101")
-
-
-def hmdb51_config() -> ml_collections.ConfigDict:
-  """Default config of the ``hmdb51`` dataset."""
-  return _named_config("hmdb51")
 
 
 def resolve_path(path: str, data_dir: str) -> str:
@@ -163,11 +152,7 @@ class ProcessSpec:
 
   @classmethod
   def from_config(cls, cfg: ml_collections.ConfigDict) -> "ProcessSpec":
-    """Reads and checks the processing fields of a dataset config.
-
-    Raises:
-      ValueError: naming the offending ``dataset.<field>``.
-    """
+    """Reads and checks the processing fields of a dataset config (ValueError names the field)."""
     jitter = tuple(float(v) for v in cfg.scale_jitter)
     min_resize = int(cfg.min_resize) or round(cfg.image_size *
                                               AUTO_RESIZE_RATIO)

@@ -1,23 +1,15 @@
 """DMVR-style processing: the frames that make a clip, and the model inputs.
 
-Frame indices are chosen before any frame is decoded, so readers decode only
-the frames they return; :func:`clip_indices` and :func:`view_indices` pick
-them as ``dataset.frame_sampling`` says, for every source and for inference.
-``'strided'`` (random train windows, evenly spread test clips): a clip of
-``num_frames`` frames taken every ``stride`` frames spans
-``(num_frames - 1) * stride + 1`` frames; videos shorter than that are looped
-(indices wrap around), as in DMVR. ``'segments'`` (TSN-style, as VideoMAE and
-CAST sample Something-Something v2): the video is split into ``num_frames``
-equal segments and each gives one frame (:func:`segment_train_indices`,
-:func:`segment_test_indices`).
+Frame indices are picked before decoding (:func:`clip_indices`,
+:func:`view_indices`), as ``dataset.frame_sampling`` says: ``'strided'`` clips of
+``num_frames`` frames every ``stride`` frames, looped over short videos as in
+DMVR; ``'segments'`` one frame from each of ``num_frames`` equal segments
+(TSN-style, as VideoMAE and CAST sample Something-Something v2).
 
-The spatial processing runs as tf.data graph ops on the uint8 frames a reader
-picked (``[T, H, W, 3]`` for a train clip, ``[clips * T, H, W, 3]`` for the
-test views). The crop window is chosen in source pixels and only the window is
-resized to ``image_size``: the same result as resize-smallest-then-crop at a
-fraction of the pixels, and no resize at all when the frames are stored at the
-target scale. The logits of a video's test views are averaged by
-:func:`average_view_logits`, which relies on the view layout made here.
+The spatial processing runs as graph ops on the picked uint8 frames. The crop
+window is chosen in source pixels and only the window is resized to
+``image_size``: resize-smallest-then-crop at a fraction of the pixels, and no
+resize when the frames are stored at the target scale.
 """
 
 from __future__ import annotations
@@ -34,27 +26,17 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
-# Frame sampling.
-
-
 def clip_span(num_frames: int, stride: int) -> int:
   """Number of consecutive source frames one clip covers."""
   return (num_frames - 1) * stride + 1
 
 
-def _check_available(num_available: int) -> None:
-  if num_available < 1:
-    raise ValueError(f"a video needs at least one frame, got {num_available}")
-
-
 def train_indices(num_available: int, num_frames: int, stride: int,
                   rng: np.random.Generator) -> np.ndarray:
-  """Frame indices of one random clip: ``int64 [num_frames]``.
+  """int64 ``[num_frames]`` indices of one clip starting uniformly where it fits.
 
-  The window start is uniform over all positions where the clip fits; a
-  video shorter than the window starts anywhere and wraps around.
+  In a video shorter than the clip it starts anywhere and wraps around.
   """
-  _check_available(num_available)
   span = clip_span(num_frames, stride)
   if num_available >= span:
     start = rng.integers(0, num_available - span + 1)
@@ -65,13 +47,10 @@ def train_indices(num_available: int, num_frames: int, stride: int,
 
 def test_indices(num_available: int, num_frames: int, stride: int,
                  num_clips: int) -> np.ndarray:
-  """Frame indices of ``num_clips`` evenly spread clips, concatenated.
+  """int64 ``[num_clips * num_frames]``: clips starting at ``floor(linspace(0, last, n))``.
 
-  Returns ``int64 [num_clips * num_frames]``. Clip starts are
-  ``linspace(0, last_start, num_clips)`` rounded down; a single clip is
-  centred in time.
+  A single clip is centred in time.
   """
-  _check_available(num_available)
   span = clip_span(num_frames, stride)
   last_start = max(num_available - span, 0)
   if num_clips == 1:
@@ -84,14 +63,11 @@ def test_indices(num_available: int, num_frames: int, stride: int,
 
 def segment_train_indices(num_available: int, num_frames: int,
                           rng: np.random.Generator) -> np.ndarray:
-  """One random frame from each of ``num_frames`` equal segments: ``int64 [T]``.
+  """int64 ``[num_frames]``: frame ``x`` is ``x * avg + U{0..avg-1}``, ``avg = n // num_frames``.
 
-  With ``avg = num_available // num_frames`` segments of ``avg`` frames,
-  frame ``x`` is ``x * avg + U{0..avg-1}`` (the frames after the last whole
-  segment are never drawn). A video shorter than ``num_frames`` gives
-  ``floor(x * num_available / num_frames)``: frames repeat, nothing is drawn.
+  Frames after the last whole segment are never drawn; a video shorter than
+  ``num_frames`` gives ``floor(x * n / num_frames)``, drawing nothing.
   """
-  _check_available(num_available)
   positions = np.arange(num_frames, dtype=np.int64)
   average = num_available // num_frames
   if average > 0:
@@ -101,16 +77,12 @@ def segment_train_indices(num_available: int, num_frames: int,
 
 def segment_test_indices(num_available: int, num_frames: int,
                          num_clips: int) -> np.ndarray:
-  """One frame per segment for each of ``num_clips`` clips, concatenated.
+  """int64 ``[num_clips * num_frames]``, one frame per segment for each clip.
 
-  Returns ``int64 [num_clips * num_frames]``. With ``tick = num_available /
-  num_frames``, frame ``x`` of clip ``c`` is ``int(tick * x + tick * ((0.5 +
-  c / num_clips) % 1))`` (at most the last frame): clip 0 takes the middle of
-  every segment and each further clip moves ``tick / num_clips`` later,
-  wrapping to the segment's start (two clips: middles and starts, VideoMAE's
-  SSv2 test set).
+  With ``tick = n / num_frames``, frame ``x`` of clip ``c`` is ``int(tick * x +
+  tick * ((0.5 + c / num_clips) % 1))``, at most the last frame: two clips take
+  the middles and starts of the segments (VideoMAE's SSv2 test set).
   """
-  _check_available(num_available)
   tick = num_available / num_frames
   positions = np.arange(num_frames)
   clips = [np.floor(tick * positions + tick * ((0.5 + c / num_clips) % 1.0))
@@ -120,42 +92,19 @@ def segment_test_indices(num_available: int, num_frames: int,
 
 def clip_indices(spec: ProcessSpec, num_available: int,
                  rng: np.random.Generator) -> np.ndarray:
-  """Frame indices of one train clip as ``spec.frame_sampling`` says.
-
-  Args:
-    spec: Processing settings (``num_frames``, ``frame_stride``,
-      ``frame_sampling``).
-    num_available: Frames the video has.
-    rng: Source of the random window start or segment offsets.
-
-  Returns:
-    int64 ``[num_frames]``.
-  """
+  """int64 ``[num_frames]`` frame indices of one train clip of a video of ``num_available``."""
   if spec.frame_sampling == "segments":
     return segment_train_indices(num_available, spec.num_frames, rng)
   return train_indices(num_available, spec.num_frames, spec.frame_stride, rng)
 
 
 def view_indices(spec: ProcessSpec, num_available: int) -> np.ndarray:
-  """Frame indices of the ``num_test_clips`` test clips, concatenated.
-
-  Args:
-    spec: Processing settings (``num_frames``, ``frame_stride``,
-      ``frame_sampling``, ``num_test_clips``).
-    num_available: Frames the video has.
-
-  Returns:
-    int64 ``[num_test_clips * num_frames]``, clip-major (the layout
-    :func:`test_views` expects).
-  """
+  """int64 ``[num_test_clips * num_frames]`` indices of the test clips, clip-major."""
   if spec.frame_sampling == "segments":
     return segment_test_indices(num_available, spec.num_frames,
                                 spec.num_test_clips)
   return test_indices(num_available, spec.num_frames, spec.frame_stride,
                       spec.num_test_clips)
-
-
-# Spatial processing of the sampled frames.
 
 
 def normalize(x: tf.Tensor, kind: str) -> tf.Tensor:
@@ -177,21 +126,13 @@ def _geometry(frames: tf.Tensor):
 
 
 def _window(scale, short, size: int) -> tf.Tensor:
-  """Side, in source pixels, of the square that becomes the crop.
-
-  ``size / scale`` rounded to whole pixels (so a crop that needs no resize
-  is an exact copy), kept inside the image.
-  """
+  """Side of the square crop in source pixels: ``size / scale`` rounded, kept inside the image."""
   window = tf.cast(tf.round(size / scale), tf.int32)
   return tf.clip_by_value(window, 1, short)
 
 
 def _crop_resize(frames: tf.Tensor, y0, x0, window, size: int) -> tf.Tensor:
-  """``frames[:, y0:y0 + window, x0:x0 + window]`` resized to ``size``.
-
-  Skips the resize when the window already has the target size, the usual
-  case for frames stored at the short side ``min_resize`` and no jitter.
-  """
+  """``frames[:, y0:y0 + window, x0:x0 + window]`` resized to ``size`` (if not that size)."""
   crop = frames[:, y0:y0 + window, x0:x0 + window]
   x = tf.cond(tf.equal(window, size),
               lambda: tf.cast(crop, tf.float32),
@@ -201,16 +142,10 @@ def _crop_resize(frames: tf.Tensor, y0, x0, window, size: int) -> tf.Tensor:
 
 def train_clip(frames: tf.Tensor, seed: tf.Tensor,
                spec: ProcessSpec) -> tf.Tensor:
-  """One augmented train clip.
+  """float32 ``[T, image_size, image_size, 3]``: uint8 ``frames`` cropped, augmented, normalised.
 
-  Args:
-    frames: uint8 ``[T, H, W, 3]``.
-    seed: int ``[2]`` stateless seed; one draw per clip, so every frame gets
-      the same crop, flip and colour changes.
-    spec: Processing settings.
-
-  Returns:
-    float32 ``[T, image_size, image_size, 3]``, normalised.
+  ``seed`` (int ``[2]``, stateless) is drawn from once per clip, so every frame
+  gets the same crop, flip and colour changes.
   """
   seeds = tf.random.experimental.stateless_split(tf.cast(seed, tf.int64), 6)
   size = spec.image_size
@@ -238,10 +173,7 @@ def train_clip(frames: tf.Tensor, seed: tf.Tensor,
 
 
 def _test_corners(height, width, window, num_crops: int):
-  """Top-left corners ``[(y0, x0)] * num_crops``: centre, or start/centre/end.
-
-  Three crops move along the long side, as in the ViViT/DMVR test setup.
-  """
+  """Top-left corners ``[(y0, x0)] * num_crops``: centre, or start/centre/end of the long side."""
   centre_y, centre_x = (height - window) // 2, (width - window) // 2
   if num_crops == 1:
     return [(centre_y, centre_x)]
@@ -255,17 +187,12 @@ def _test_corners(height, width, window, num_crops: int):
 
 
 def test_views(frames: tf.Tensor, spec: ProcessSpec) -> tf.Tensor:
-  """All test views of one video.
-
-  Args:
-    frames: uint8 ``[num_test_clips * T, H, W, 3]``, clip-major (the frames
-      of :func:`view_indices`).
-    spec: Processing settings.
+  """All test views of one video from the uint8 frames of :func:`view_indices`.
 
   Returns:
-    float32 ``[V, T, image_size, image_size, 3]`` with ``V = num_test_clips
-    * num_test_crops``, clip-major (view ``c * num_test_crops + k`` is clip
-    ``c``, crop ``k``), normalised.
+    float32 ``[V, T, image_size, image_size, 3]``, ``V = num_test_clips *
+    num_test_crops``, normalised; view ``c * num_test_crops + k`` is clip ``c``,
+    crop ``k``.
   """
   t, size = spec.num_frames, spec.image_size
   clips, crops = spec.num_test_clips, spec.num_test_crops
@@ -280,25 +207,16 @@ def test_views(frames: tf.Tensor, spec: ProcessSpec) -> tf.Tensor:
 
 
 def average_view_logits(logits: Any, num_views: int) -> Any:
-  """Averages the logits of each video's views.
-
-  Works on numpy and JAX arrays alike (only ``reshape``/``mean`` are used), so
-  it can run inside a jitted eval step.
+  """``[b, C]`` mean of each video's ``num_views`` view logits (numpy or JAX, jit-safe).
 
   Args:
-    logits: ``[b * V, C]`` with the ``V`` views of a video adjacent (the
-      layout of ``inputs.reshape(b * V, ...)`` for ``inputs`` of shape
-      ``[b, V, ...]``), or ``[b, V, C]``.
+    logits: ``[b * V, C]`` with a video's ``V`` views adjacent (``inputs`` of
+      shape ``[b, V, ...]`` reshaped to ``[b * V, ...]``), or ``[b, V, C]``.
     num_views: ``V``.
-
-  Returns:
-    ``[b, C]`` mean over views.
 
   Raises:
     ValueError: if the shape does not match ``num_views``.
   """
-  if num_views < 1:
-    raise ValueError(f"num_views must be >= 1, got {num_views}")
   if logits.ndim == 3:
     if logits.shape[1] != num_views:
       raise ValueError(

@@ -2,17 +2,11 @@
 
 A record is a ``tensorflow.SequenceExample`` (the DMVR/scenic video record):
 feature list ``image/encoded`` holds one JPEG per frame; the context holds
-``clip/label/index`` (int64) and optionally ``clip/label/text``,
-``video/filename`` and further label sets (``clip/label/<set>/index`` and
-``/text``, e.g. EPIC-KITCHENS verbs and nouns). A TFRecord file is a sequence
-of ``uint64 length | uint32 masked crc32c(length) | data | uint32 masked
-crc32c(data)``.
-
-The converter's workers build and frame records with the message classes made
-here from the two ``.proto`` definitions (``tensorflow/core/example/feature.proto``
-and ``example.proto``, same names and field numbers, so TensorFlow parses the
-bytes as its own) and ``google_crc32c``: importing TensorFlow would cost every
-worker process seconds of start-up for two small jobs.
+``clip/label/index`` (int64) and optionally ``clip/label/text``, ``video/filename``
+and label sets (``clip/label/<set>/index`` and ``/text``). A TFRecord file is a
+sequence of ``uint64 length | uint32 masked crc32c(length) | data | uint32 masked
+crc32c(data)``. The message classes are made here from TensorFlow's
+``example.proto`` definitions, so the converter's workers need not import it.
 """
 
 from __future__ import annotations

@@ -1,15 +1,12 @@
 """Random access to the records of TFRecord files through a byte-offset index.
 
-A TFRecord file is a sequence of ``uint64 length | uint32 masked crc32c(length)
-| data | uint32 masked crc32c(data)``. Scanning only the 12-byte headers gives
-every record's offset without reading the data, so a dataset can read record
-``i`` directly: the train stream then uses a true global shuffle, each host
-reads only its own examples, and any step can be resumed exactly.
+Scanning only the 12-byte record headers (see :mod:`.record_format`) gives every
+record's offset, so a dataset reads record ``i`` directly: a true global shuffle,
+each host reading only its own examples, and exact resumes.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import os
 import re
 import struct
@@ -26,17 +23,11 @@ _FOOTER = 4
 _SHARD_SPEC = re.compile(r"^(?P<base>.+)@(?P<count>\d+)$")
 
 
-def record_size(data_length: int) -> int:
-  """Bytes one record of ``data_length`` data bytes takes in a file."""
-  return _HEADER + data_length + _FOOTER
-
-
 def expand_files(pattern: str) -> list[str]:
   """Files named by ``name@N`` (``name-00000-of-0000N`` ...) or a glob.
 
   Raises:
-    FileNotFoundError: naming the pattern if it matches nothing, or naming
-      the first missing shard of a ``@N`` spec.
+    FileNotFoundError: naming the pattern that matches nothing or a missing shard.
   """
   match = _SHARD_SPEC.match(pattern)
   if match:
@@ -53,14 +44,10 @@ def expand_files(pattern: str) -> list[str]:
   return files
 
 
-def _is_local(path: str) -> bool:
-  return "://" not in path
-
-
 def _read_at(path: str, offset: int, length: int, fds: dict,
              lock: threading.Lock) -> bytes:
   """``length`` bytes of ``path`` at ``offset`` (pread for local files)."""
-  if _is_local(path):
+  if "://" not in path:
     with lock:
       fd = fds.get(path)
       if fd is None:
@@ -72,11 +59,10 @@ def _read_at(path: str, offset: int, length: int, fds: dict,
 
 
 def scan_offsets(path: str) -> tuple[list[int], int, str]:
-  """Record offsets of one file, where its intact part ends, and a problem.
+  """Record offsets of one file, where its intact part ends, and its problem ('' if none).
 
   Scanning stops at the first header whose CRC fails (``corrupt``) or whose
-  record runs past the end of the file (``truncated``); the records before
-  it stay usable. The problem is ``''`` for a healthy file.
+  record runs past the end of the file (``truncated``).
   """
   offsets: list[int] = []
   size = tf.io.gfile.stat(path).length
@@ -90,7 +76,7 @@ def scan_offsets(path: str) -> tuple[list[int], int, str]:
       length, crc = struct.unpack("<QI", header)
       if masked_crc32c(header[:8]) != crc:
         return offsets, offset, skips.CORRUPT
-      end = offset + record_size(length)
+      end = offset + _HEADER + length + _FOOTER
       if end > size:
         return offsets, offset, skips.TRUNCATED
       offsets.append(offset)
@@ -98,29 +84,12 @@ def scan_offsets(path: str) -> tuple[list[int], int, str]:
   return offsets, offset, ""
 
 
-@dataclasses.dataclass(frozen=True)
-class RecordLocation:
-  """Where record ``i`` of an index lives."""
-
-  path: str
-  offset: int
-  ordinal: int  # Position within its file.
-
-  def __str__(self) -> str:
-    return f"{self.path} (record {self.ordinal})"
-
-
 class RecordIndex:
-  """Random-access view of the records of several TFRecord files, in order.
+  """Random-access view of the records of several TFRecord files, numbered file by file.
 
-  Args:
-    files: TFRecord paths; records are numbered file by file.
-    known_offsets: Optional ``{path: offsets}`` (e.g. from converter
-      metadata) that spares the header scan of those files.
-    counter: Tally in which damaged files are counted (one skipped example
-      per damaged tail); a private one if omitted.
-    split: 'train' or 'eval' to attribute damaged files to that split in
-      ``counter``; '' for none.
+  ``known_offsets`` (``{path: offsets}``, e.g. from converter metadata) spares
+  the header scan of those files. Each damaged file tail counts as one skipped
+  example in ``counter``, for ``split`` ('train', 'eval' or '' for none).
   """
 
   def __init__(self, files: list[str],
@@ -168,28 +137,17 @@ class RecordIndex:
     counts = np.bincount(self._file_ids, minlength=len(self._files))
     return [0] + np.cumsum(counts)[:-1].tolist()
 
-  def location(self, i: int) -> RecordLocation:
-    """File, byte offset and in-file position of record ``i``."""
-    return RecordLocation(self._files[self._file_ids[i]],
-                          int(self._offsets[i]), int(self._ordinals[i]))
-
   def describe(self, i: int) -> str:
     """``'<file> (record <k>)'`` for record ``i``."""
-    return str(self.location(i))
+    return f"{self._files[self._file_ids[i]]} (record {int(self._ordinals[i])})"
 
   def read(self, i: int) -> bytes:
-    """The data bytes of record ``i``.
-
-    Raises:
-      BadVideoError: ``truncated`` if the file ended early (it changed since
-        it was indexed).
-    """
-    loc = self.location(i)
+    """The data bytes of record ``i``; BadVideoError ``truncated`` if the file got shorter."""
     length = int(self._lengths[i])
-    data = _read_at(loc.path, loc.offset + _HEADER, length, self._fds,
-                    self._lock)
+    data = _read_at(self._files[self._file_ids[i]], int(self._offsets[i]) + _HEADER,
+                    length, self._fds, self._lock)
     if len(data) != length:
-      raise skips.BadVideoError(skips.TRUNCATED, str(loc),
+      raise skips.BadVideoError(skips.TRUNCATED, self.describe(i),
                                 "file ended inside the record")
     return data
 

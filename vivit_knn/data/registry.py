@@ -1,16 +1,13 @@
 """Name-based construction from ``config.dataset``: datasets, one video's views.
 
-:data:`DATASET_DEFAULTS` maps each ``dataset.name`` to its default config (its
-schema, from :mod:`~vivit_knn.data.options`); it loads without TensorFlow, so a
-config can be built and checked without it. The sources themselves, which
-need TensorFlow, are imported when a dataset is built. Adding a source means
-adding its defaults to ``options`` and one entry here and in :func:`_constructor`.
-:func:`load_video_views` makes the test views of a single video file exactly as
-the eval pipeline of a real-video dataset config makes them.
+:data:`DATASET_DEFAULTS` maps each ``dataset.name`` to its schema (from
+:mod:`.options`, without TensorFlow); the sources, which need TensorFlow, are
+imported when a dataset is built.
 """
 
 from __future__ import annotations
 
+import functools
 import os
 from collections.abc import Callable
 from typing import TYPE_CHECKING
@@ -23,22 +20,14 @@ from vivit_knn.data import options
 if TYPE_CHECKING:  # the dataset interface is TensorFlow's; only its name is needed here
   from vivit_knn.data import base
 
-DefaultConfigFn = Callable[[], ml_collections.ConfigDict]
-Constructor = Callable[[ml_collections.ConfigDict], "base.VideoDataset"]
-
 # Name -> default config factory: the schema of ``config.dataset`` for that name.
-DATASET_DEFAULTS: dict[str, DefaultConfigFn] = {
+DATASET_DEFAULTS: dict[str, Callable[[], ml_collections.ConfigDict]] = {
     "synthetic": options.synthetic_config,
     "tfrecord": options.tfrecord_config,
     "tfds": options.tfds_config,
-    "ucf101": options.ucf101_config,
-    "hmdb51": options.hmdb51_config,
+    "ucf101": functools.partial(options.named_config, "ucf101"),
+    "hmdb51": functools.partial(options.named_config, "hmdb51"),
 }
-
-
-def known_datasets() -> tuple[str, ...]:
-  """Names accepted by :func:`build_dataset`, sorted."""
-  return tuple(sorted(DATASET_DEFAULTS))
 
 
 def clip_shape(config: ml_collections.ConfigDict) -> tuple[int, int, int, int]:
@@ -46,7 +35,7 @@ def clip_shape(config: ml_collections.ConfigDict) -> tuple[int, int, int, int]:
   return (config.num_frames, config.image_size, config.image_size, 3)
 
 
-def _constructor(name: str) -> Constructor:
+def _constructor(name: str) -> Callable[[ml_collections.ConfigDict], base.VideoDataset]:
   """The constructor of dataset ``name``, imported on first use (the sources load TF)."""
   # pylint: disable=g-import-not-at-top
   if name == "synthetic":
@@ -54,44 +43,33 @@ def _constructor(name: str) -> Constructor:
     return synthetic.SyntheticMotionDataset
   from vivit_knn.data import named, tfds_source, tfrecord
   return {"tfrecord": tfrecord.build, "tfds": tfds_source.build,
-          "ucf101": named.build_ucf101, "hmdb51": named.build_hmdb51}[name]
+          "ucf101": functools.partial(named.build, named.UCF101),
+          "hmdb51": functools.partial(named.build, named.HMDB51)}[name]
 
 
 def build_dataset(config: ml_collections.ConfigDict) -> base.VideoDataset:
-  """Builds the dataset named by ``config.name`` from ``config``.
-
-  ``config`` is a checked ``config.dataset`` (see ``vivit_knn.config.validate``):
-  every key of its schema, and none other.
+  """Builds the dataset named by ``config.name`` from a checked ``config.dataset``.
 
   Raises:
-    ValueError: if ``config.name`` is missing or not known (the message names
-      ``dataset.name`` and lists the known names), or if the dataset rejects
-      the config.
+    ValueError: for an unknown ``dataset.name`` or a field the dataset rejects.
   """
   name = config.get("name")
   if name not in DATASET_DEFAULTS:
     raise ValueError(
         f"unknown dataset.name {name!r}; known names: "
-        f"{', '.join(known_datasets())}")
+        f"{', '.join(sorted(DATASET_DEFAULTS))}")
   return _constructor(name)(config)
 
 
 def _process_spec(
     dataset_config: ml_collections.ConfigDict) -> options.ProcessSpec:
-  """Processing settings of a checked dataset config."""
-  if dataset_config.name == "synthetic":
-    return _synthetic_spec(dataset_config)
-  return options.ProcessSpec.from_config(dataset_config)
+  """Processing settings of a checked dataset config.
 
-
-def _synthetic_spec(
-    dataset_config: ml_collections.ConfigDict) -> options.ProcessSpec:
-  """How a real video becomes the input of a model trained on synthetic clips.
-
-  One clip of ``num_frames`` consecutive frames from the middle of the
-  video, short side resized to ``image_size`` and centre-cropped, scaled to
-  [-1, 1] like the synthetic clips.
+  For ``synthetic``: one clip of consecutive frames from the middle of the
+  video, short side resized to ``image_size``, centre-cropped, in [-1, 1].
   """
+  if dataset_config.name != "synthetic":
+    return options.ProcessSpec.from_config(dataset_config)
   fields = options.processing_fields()
   fields.update(num_frames=dataset_config.num_frames, frame_stride=1,
                 image_size=dataset_config.image_size,
@@ -103,27 +81,11 @@ def _synthetic_spec(
 
 def load_video_views(path: str,
                      dataset_config: ml_collections.ConfigDict) -> np.ndarray:
-  """The eval views of the video at ``path``.
-
-  Uses the dataset config's test sampling (``num_test_clips`` clips over the
-  video as ``frame_sampling`` and ``frame_stride`` say, ``num_test_crops``
-  crops) and the same processors as the dataset's
-  :meth:`~base.VideoDataset.eval_batches`. For a ``synthetic`` config, the
-  video gives one centre clip of consecutive frames resized to the synthetic
-  clips' size and value range.
-
-  Args:
-    path: Video file readable by FFmpeg.
-    dataset_config: ``config.dataset`` of the run (checked).
-
-  Returns:
-    float32 ``[V, T, H, W, C]`` with ``V = num_test_clips * num_test_crops``
-    (``V = 1`` included).
+  """float32 ``[V, T, H, W, C]`` eval views of the video file ``path``, as the run makes them.
 
   Raises:
     FileNotFoundError: naming ``path`` if it does not exist.
-    ValueError: naming ``path`` if it is corrupt, truncated or has no
-      frames.
+    ValueError: naming ``path`` if it is corrupt, truncated or has no frames.
   """
   # pylint: disable=g-import-not-at-top
   import tensorflow as tf

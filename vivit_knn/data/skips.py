@@ -40,12 +40,8 @@ class BadVideoError(Exception):
 class SkipCounter:
   """Thread-safe tally of distinct skipped examples, by reason.
 
-  Each example is identified by a hashable key (e.g. ``('train', 17)``) and
-  counted once, however many epochs revisit it, so the totals are exact
-  even though tf.data decodes ahead and in parallel. The first skip of an
-  example logs a warning naming its file. A tuple key whose first item is a
-  split name (``'train'`` or ``'eval'``) attributes the skip to that split
-  (see :meth:`split_count` and :meth:`split_sources`).
+  An example, a hashable key (e.g. ``('train', 17)``, a tuple whose first item
+  names its split), is counted and logged once however often tf.data revisits it.
   """
 
   def __init__(self):

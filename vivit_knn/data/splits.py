@@ -1,8 +1,6 @@
 """Train/test lists of the raw-folder layouts: UCF101, HMDB51, class-per-directory.
 
-Each function returns a :class:`VideoSplits` of paths and labels; videos a
-split file lists but the disk lacks are returned separately, so callers can
-count them as skipped instead of failing on them later.
+Videos a split file lists but the disk lacks are returned apart, to be counted as skipped.
 """
 
 from __future__ import annotations
@@ -17,7 +15,6 @@ VIDEO_EXTENSIONS = (".avi", ".mp4", ".mkv", ".webm", ".mov", ".mpg", ".mpeg",
                     ".m4v")
 # HMDB51 split files mark each video 1 = train, 2 = test, 0 = unused.
 _HMDB_TRAIN, _HMDB_TEST = "1", "2"
-_SPLIT_NUMBERS = (1, 2, 3)
 
 
 @dataclasses.dataclass
@@ -47,7 +44,7 @@ class VideoSplits:
 
 
 def _check_split(split: int) -> None:
-  if split not in _SPLIT_NUMBERS:
+  if split not in (1, 2, 3):
     raise ValueError(f"dataset.split must be 1, 2 or 3, got {split}")
 
 
@@ -62,25 +59,15 @@ def _lines(path: str) -> list[tuple[int, str]]:
     return [(n, line.strip()) for n, line in enumerate(f, 1) if line.strip()]
 
 
-def video_root(data_dir: str, archive_dir: str) -> str:
-  """``data_dir``, or its ``archive_dir`` child if the archive was unpacked there."""
-  nested = os.path.join(data_dir, archive_dir)
-  return nested if os.path.isdir(nested) else data_dir
-
-
 def ucf101(data_dir: str, split: int, splits_dir: str = "") -> VideoSplits:
-  """UCF101 ``<Class>/v_<Class>_gXX_cYY.avi`` with the official split lists.
+  """UCF101 ``<data_dir>[/UCF-101]/<Class>/v_<Class>_gXX_cYY.avi`` with the split lists.
 
-  Args:
-    data_dir: Folder holding the class directories (or ``UCF-101/``).
-    split: 1, 2 or 3.
-    splits_dir: Folder with ``classInd.txt``, ``trainlist0<split>.txt`` and
-      ``testlist0<split>.txt``; default ``<data_dir>/ucfTrainTestlist``.
+  ``splits_dir`` (default ``<data_dir>/ucfTrainTestlist``) holds ``classInd.txt``,
+  ``trainlist0<split>.txt`` and ``testlist0<split>.txt``.
 
   Raises:
     FileNotFoundError: naming a missing split file.
-    ValueError: naming the list file and line of a class that
-      ``classInd.txt`` does not define, or a malformed line.
+    ValueError: naming the file and line of a malformed line or unknown class.
   """
   _check_split(split)
   splits_dir = splits_dir or os.path.join(data_dir, UCF101_SPLITS_DIR)
@@ -98,7 +85,8 @@ def ucf101(data_dir: str, split: int, splits_dir: str = "") -> VideoSplits:
   class_names = [names[i] for i in range(1, len(names) + 1)]
   # UCF101's lists and folders disagree on case (HandStandPushups).
   by_name = {name.lower(): i for i, name in enumerate(class_names)}
-  root = video_root(data_dir, "UCF-101")
+  nested = os.path.join(data_dir, "UCF-101")  # Where the archive unpacks.
+  root = nested if os.path.isdir(nested) else data_dir
   lists = {}
   for kind in ("train", "test"):
     list_file = os.path.join(splits_dir, f"{kind}list0{split}.txt")
@@ -119,8 +107,7 @@ def ucf101(data_dir: str, split: int, splits_dir: str = "") -> VideoSplits:
 def hmdb51(data_dir: str, split: int, splits_dir: str = "") -> VideoSplits:
   """HMDB51 ``<class>/<name>.avi`` with ``<class>_test_split<k>.txt`` files.
 
-  Classes are the split files' class names in sorted order. Every class
-  directory under ``data_dir`` must have its split file.
+  Classes are the split files' classes, sorted; each class folder needs its file.
 
   Raises:
     FileNotFoundError: naming the splits folder or a class's missing split
@@ -184,12 +171,10 @@ def _stable_key(path: str, root: str) -> str:
 def class_folders(root: str, eval_fraction: float = 0.1) -> VideoSplits:
   """A class-per-directory folder ``<root>/<class>/<video>``.
 
-  If ``root`` has ``train/`` and ``test/`` (or ``val/``) subfolders, each
-  holding class folders, those are the splits. Otherwise every class holds
-  out ``round(eval_fraction * n)`` of its ``n`` videos (at least one when
-  ``eval_fraction > 0`` and ``n > 1``), chosen by a hash of the relative
-  path: the choice is stable across runs and machines and a video keeps its
-  split when others are added.
+  ``train/`` and ``test/`` (or ``val/``) folders of classes, if there, are the
+  splits. Otherwise each class holds out ``round(eval_fraction * n)`` of its
+  ``n`` videos (at least one if ``eval_fraction > 0`` and ``n > 1``), chosen by
+  a hash of the relative path: stable, and kept when videos are added.
 
   Raises:
     FileNotFoundError: if ``root`` has no class folder with videos.

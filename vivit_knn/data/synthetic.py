@@ -1,20 +1,12 @@
 """Synthetic moving-square clips whose label can only be read from frame order.
 
-Each clip of ``T`` frames has two phases of ``T / 2`` frames. In phase 1 a
-bright square moves horizontally (left or right) at constant speed along a
-random row; in phase 2 it reappears at an independent random column and moves
-vertically (up or down). The label is ``2 * horizontal + vertical`` with
-``horizontal`` 0 = left / 1 = right and ``vertical`` 0 = up / 1 = down.
-
-For either direction a phase visits the same set of positions, ``{m + k *
-speed}`` with ``m`` uniform over the valid range, and the phases share no
-frame. The unordered set of frames is therefore identically distributed for
-all classes: a model that ignores frame order is at chance, while the order
-of the square's positions recovers the label exactly. With ``num_classes=2``
-a single horizontal phase spans all frames.
-
-``shuffle_frames=True`` is the control experiment: every clip's frames are
-randomly permuted (seeded per example), destroying the label information.
+A clip of ``T`` frames has two phases of ``T / 2``: a bright square moves
+horizontally along a random row, then vertically along a random column. The
+label is ``2 * horizontal + vertical`` (0 = left / up, 1 = right / down); with
+``num_classes=2`` one horizontal phase spans all frames. Either direction visits
+the same positions ``{m + k * speed}``, ``m`` uniform, so the unordered frames
+have the same distribution in every class: a model that ignores frame order is
+at chance. ``shuffle_frames=True`` (the control) permutes every clip's frames.
 """
 
 from __future__ import annotations
@@ -42,27 +34,6 @@ _PERMUTATION_STREAM = 1
 
 # The defaults live with the rest of the schema, which loads without TensorFlow.
 default_config = options.synthetic_config
-
-
-def _resolve_config(
-    config: ml_collections.ConfigDict | None) -> ml_collections.ConfigDict:
-  """Overlays ``config`` on the defaults, rejecting unknown fields."""
-  return keys.overlay_known(config, default_config(), "dataset")
-
-
-def _phase_geometry(num_frames: int, num_classes: int, image_size: int,
-                    square_size: int) -> tuple[int, int, int]:
-  """Returns ``(frames per phase, speed in px/frame, start positions)``.
-
-  The speed is at least :data:`MIN_SPEED` and otherwise chosen so a phase's
-  trajectory spans at most half of the free range, leaving many start
-  positions.
-  """
-  phase_len = num_frames // 2 if num_classes == 4 else num_frames
-  room = image_size - square_size
-  speed = max(MIN_SPEED, room // (2 * (phase_len - 1)))
-  num_starts = room - (phase_len - 1) * speed + 1
-  return phase_len, speed, num_starts
 
 
 def _validate(cfg: ml_collections.ConfigDict) -> None:
@@ -95,28 +66,29 @@ def _validate(cfg: ml_collections.ConfigDict) -> None:
     raise ValueError(f"dataset.seed must be >= 0, got {cfg.seed}")
 
 
-class SyntheticMotionDataset(base.TfDataVideoDataset):
+class SyntheticMotionDataset(base.VideoDataset):
   """Moving-square clips whose class is encoded in the order of frames.
 
   Example ``i`` of split ``s`` is a pure function of ``(config.seed, s, i)``,
-  so the train and eval splits are disjoint draws and any example can be
-  regenerated on demand. Clips are generated inside the tf.data pipeline
-  from example indices, after shuffling, skipping and host slicing.
+  generated in the tf.data pipeline after shuffling, skipping and host slicing.
 
   Args:
-    config: Fields of :func:`default_config`; missing fields take their
-      default values.
+    config: Fields of :func:`default_config`; missing ones take their defaults.
 
   Raises:
     ValueError: for unknown or invalid fields, naming ``dataset.<field>``.
   """
 
   def __init__(self, config: ml_collections.ConfigDict | None = None):
-    cfg = _resolve_config(config)
+    cfg = keys.overlay_known(config, default_config(), "dataset")
     _validate(cfg)
     self.config = cfg
-    self._phase_len, self._speed, self._num_starts = _phase_geometry(
-        cfg.num_frames, cfg.num_classes, cfg.image_size, cfg.square_size)
+    self._phase_len = cfg.num_frames // 2 if cfg.num_classes == 4 else cfg.num_frames
+    room = cfg.image_size - cfg.square_size
+    # At least MIN_SPEED px/frame, else a phase spans at most half of the free
+    # range, leaving many start positions.
+    self._speed = max(MIN_SPEED, room // (2 * (self._phase_len - 1)))
+    self._num_starts = room - (self._phase_len - 1) * self._speed + 1
     self._info = base.DatasetInfo(
         num_classes=cfg.num_classes,
         class_names=CLASS_NAMES[cfg.num_classes],
@@ -145,12 +117,7 @@ class SyntheticMotionDataset(base.TfDataVideoDataset):
   def generate(self, split: str,
                indices: Sequence[int] | np.ndarray) -> tuple[np.ndarray,
                                                              np.ndarray]:
-    """Generates examples ``indices`` of ``split`` ('train' or 'eval').
-
-    Returns:
-      ``(inputs, labels)``: float32 ``[n, T, H, W, 3]`` in ``[-1, 1]`` and
-      int32 ``[n]``.
-    """
+    """float32 ``[n, T, H, W, 3]`` clips in [-1, 1] and int32 ``[n]`` labels of ``indices``."""
     cfg = self.config
     split_id = SPLIT_IDS[split]
     indices = np.asarray(indices, dtype=np.int64).reshape(-1)
@@ -224,9 +191,8 @@ class SyntheticMotionDataset(base.TfDataVideoDataset):
                     seed: int = 0, process_index: int = 0,
                     process_count: int = 1) -> tf.data.Dataset:
     """The tf.data pipeline behind :meth:`train_batches`."""
-    n = self._info.num_train_examples
     return base.make_train_dataset(
-        tf.data.Dataset.range(n), n, global_batch_size,
+        self._info.num_train_examples, global_batch_size,
         self._decode_fn("train"), seed=seed, start_step=start_step,
         process_index=process_index, process_count=process_count,
         decode_batched=True)
@@ -234,8 +200,7 @@ class SyntheticMotionDataset(base.TfDataVideoDataset):
   def eval_dataset(self, global_batch_size: int, *, process_index: int = 0,
                    process_count: int = 1) -> tf.data.Dataset:
     """The tf.data pipeline behind :meth:`eval_batches`."""
-    n = self._info.num_eval_examples
     return base.make_eval_dataset(
-        tf.data.Dataset.range(n), n, global_batch_size,
+        self._info.num_eval_examples, global_batch_size,
         self._decode_fn("eval"), process_index=process_index,
         process_count=process_count, decode_batched=True)

@@ -1,11 +1,9 @@
 """Dataset ``tfds``: any TFDS video builder (``ucf101``, ...), random access.
 
-Examples are fetched as serialized ``tf.train.Example`` records, so only the
-sampled frames are decoded. Builders prepared as ArrayRecord are read through
-``as_data_source``; those prepared as TFRecord (TFDS's default) through the
-byte-offset index of their shard files. TensorFlow Datasets is imported only
-when such a dataset is built: it is slow to import and most runs do not
-need it.
+Examples are read as serialized ``tf.train.Example`` records, so only the sampled
+frames are decoded: ArrayRecord builds through ``as_data_source``, TFRecord builds
+(TFDS's default) through the byte-offset index of their shards. TensorFlow
+Datasets, slow to import, is imported only when such a dataset is built.
 """
 
 from __future__ import annotations
@@ -19,40 +17,14 @@ from google.protobuf import message
 from vivit_knn.data import clips, options, records, skips
 
 
-class _DataSourceReader:
-  """A TFDS ArrayRecord data source of serialized examples."""
+class _Reader:
+  """``size`` serialized examples: ``read(i)`` gives one, ``describe(i)`` its location."""
 
-  def __init__(self, source, name: str):
-    self._source, self._name = source, name
-
-  def __len__(self) -> int:
-    return len(self._source)
-
-  def read(self, i: int) -> bytes:
-    """Serialized example ``i``."""
-    return self._source[i]
-
-  def describe(self, i: int) -> str:
-    """``'<builder>:<split>[i]'``."""
-    return f"{self._name}[{i}]"
-
-
-class _SubsetReader:
-  """Records ``positions`` of another reader (a sliced TFDS split)."""
-
-  def __init__(self, reader: records.RecordIndex, positions: list[int]):
-    self._reader, self._positions = reader, positions
+  def __init__(self, size: int, read, describe):
+    self._size, self.read, self.describe = size, read, describe
 
   def __len__(self) -> int:
-    return len(self._positions)
-
-  def read(self, i: int) -> bytes:
-    """Serialized example ``i`` of the subset."""
-    return self._reader.read(self._positions[i])
-
-  def describe(self, i: int) -> str:
-    """Location of example ``i`` of the subset."""
-    return self._reader.describe(self._positions[i])
+    return self._size
 
 
 def _tfrecord_reader(builder, split: str, counter: skips.SkipCounter,
@@ -75,7 +47,8 @@ def _tfrecord_reader(builder, split: str, counter: skips.SkipCounter,
   for ins, path in zip(instructions, paths):
     first = starts[path] + ins.skip
     positions.extend(range(first, first + ins.take))
-  return _SubsetReader(index, positions)
+  return _Reader(len(positions), lambda i: index.read(positions[i]),
+                 lambda i: index.describe(positions[i]))
 
 
 def _not_prepared(builder, download: bool) -> FileNotFoundError:
@@ -94,7 +67,8 @@ def _reader(builder, split: str, counter: skips.SkipCounter, download: bool,
   try:
     source = builder.as_data_source(
         split, deserialize_method=tfds.decode.DeserializeMethod.RAW_BYTES)
-    return _DataSourceReader(source, f"{builder.name}:{split}")
+    return _Reader(len(source), lambda i: source[i],
+                   lambda i: f"{builder.name}:{split}[{i}]")
   except NotImplementedError:  # Not ArrayRecord: maybe prepared as TFRecord.
     if builder.is_prepared():
       return _tfrecord_reader(builder, split, counter, role)
@@ -124,25 +98,17 @@ def example_parser(video_key: str, label_key: str):
   return parse
 
 
-def _load_builder(name: str, data_dir: str, manual_dir: str, download: bool):
-  """The builder, prepared first if ``download``."""
-  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
-  builder = tfds.builder(name, data_dir=data_dir or None)
-  if download:
-    builder.download_and_prepare(download_config=tfds.download.DownloadConfig(
-        manual_dir=manual_dir or None))
-  return builder
-
-
 def build_tfds_dataset(*, builder: str, data_dir: str, manual_dir: str,
                        download: bool, train_split: str, eval_split: str,
                        video_key: str, label_key: str,
                        spec: options.ProcessSpec) -> clips.ClipDataset:
-  """A :class:`ClipDataset` over a TFDS video builder."""
-  if data_dir and not tf.io.gfile.isdir(data_dir):
-    raise FileNotFoundError(
-        f"dataset.data_dir={data_dir} does not exist or is not a directory")
-  tfds_builder = _load_builder(builder, data_dir, manual_dir, download)
+  """A :class:`ClipDataset` over a TFDS video builder, prepared first if ``download``."""
+  clips.check_data_dir(data_dir)
+  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+  tfds_builder = tfds.builder(builder, data_dir=data_dir or None)
+  if download:
+    tfds_builder.download_and_prepare(download_config=tfds.download.DownloadConfig(
+        manual_dir=manual_dir or None))
   features = tfds_builder.info.features
   for field, key in (("video_key", video_key), ("label_key", label_key)):
     if key not in features:
@@ -154,14 +120,9 @@ def build_tfds_dataset(*, builder: str, data_dir: str, manual_dir: str,
                      "ClassLabel")
   counter = skips.SkipCounter()
   parse = example_parser(video_key, label_key)
-  return clips.ClipDataset(
-      clips.RecordTable(
-          _reader(tfds_builder, train_split, counter, download, "train"),
-          parse),
-      clips.RecordTable(
-          _reader(tfds_builder, eval_split, counter, download, "eval"),
-          parse),
-      label.names, spec, counter)
+  train, eval_ = (clips.RecordTable(_reader(tfds_builder, split, counter, download, role), parse)
+                  for split, role in ((train_split, "train"), (eval_split, "eval")))
+  return clips.ClipDataset(train, eval_, label.names, spec, counter)
 
 
 def build(cfg: ml_collections.ConfigDict) -> clips.ClipDataset:
@@ -169,8 +130,7 @@ def build(cfg: ml_collections.ConfigDict) -> clips.ClipDataset:
 
   Raises:
     ValueError: for an invalid processing field, naming ``dataset.<field>``.
-    FileNotFoundError: if the dataset is not prepared (and not to be
-      downloaded) or ``data_dir`` does not exist.
+    FileNotFoundError: for an unprepared dataset (not to be downloaded) or ``data_dir``.
   """
   return build_tfds_dataset(
       builder=cfg.builder, data_dir=cfg.data_dir, manual_dir=cfg.manual_dir,

@@ -1,13 +1,7 @@
-"""DMVR-format TFRecords: the record, its sidecars, the ``tfrecord`` dataset.
+"""DMVR-format TFRecords (see :mod:`.record_format`): sidecars and the ``tfrecord`` dataset.
 
-A record is a ``tf.train.SequenceExample`` (the DMVR/scenic video record; see
-:mod:`vivit_knn.data.record_format`).
-
-Shards written by the converter (``python -m vivit_knn.data.convert``) have two
-sidecar files. ``classes.txt`` lists the class names, one per line, in label
-order. ``metadata.json`` records the class names, per-split example counts,
-each shard's record offsets (so readers need not scan the files) and the
-videos the converter skipped::
+The converter (``python -m vivit_knn.data.convert``) writes ``classes.txt`` (one
+class name per line, in label order) and ``metadata.json`` beside the shards::
 
   {"format": "dmvr", "version": 1, "source": "ucf101", "split": 1,
    "short_side": 256, "class_names": [...],
@@ -17,11 +11,9 @@ videos the converter skipped::
                                     "offsets": [0, ...]}, ...],
                         "skipped": {"corrupt": ["<video>", ...]}}}}
 
-The dataset names its files by a glob or a ``name@N`` sharded spec, relative
-to ``data_dir``. Records are read by byte offset (see
-:mod:`vivit_knn.data.records`): offsets and counts come from
-``metadata.json`` when present, otherwise from one scan of the record headers
-when the dataset is built.
+The dataset names its files by a glob or a ``name@N`` spec relative to
+``data_dir`` and reads records by byte offset (:mod:`.records`), taken from
+``metadata.json`` when it is up to date, else from one scan of the headers.
 """
 
 from __future__ import annotations
@@ -38,17 +30,13 @@ from google.protobuf import message
 
 from vivit_knn.data import clips, options, record_format, records, skips
 
-# The record is built by `record_format` (without TensorFlow, for the converter).
 make_sequence_example = record_format.make_sequence_example
-FRAMES_KEY, LABEL_KEY = record_format.FRAMES_KEY, record_format.LABEL_KEY
 FILENAME_KEY = record_format.FILENAME_KEY
 
 METADATA_FILE, CLASSES_FILE = record_format.METADATA_FILE, record_format.CLASSES_FILE
 FORMAT = "dmvr"
 VERSION = 1
-
-
-# The record.
+LABEL_SOURCES = ("index", "verb_noun")
 
 
 class _LazyFrames(Sequence):
@@ -65,9 +53,6 @@ class _LazyFrames(Sequence):
     return values[0] if values else b""
 
 
-LABEL_SOURCES = ("index", "verb_noun")
-
-
 def _int_feature(example, key: str, source: str) -> int:
   values = example.context.feature[key].int64_list.value
   if not values:
@@ -77,16 +62,13 @@ def _int_feature(example, key: str, source: str) -> int:
 
 def parse_sequence_example(raw: bytes, source: str,
                            num_nouns: int = 0) -> tuple[Sequence[bytes], int]:
-  """``(JPEG frames, label)`` of a serialized DMVR record.
+  """``(lazy sequence of JPEG frames, label)`` of a serialized DMVR record.
 
-  The frames are a lazy sequence, so picking a few of a long video copies
-  only those. The label is ``clip/label/index``; with ``num_nouns`` it is the
-  action ``verb * num_nouns + noun`` of the record's ``clip/label/verb/index``
-  and ``clip/label/noun/index`` (EPIC-KITCHENS records).
+  The label is ``clip/label/index``; with ``num_nouns`` it is the action ``verb *
+  num_nouns + noun`` of ``clip/label/verb/index`` and ``clip/label/noun/index``.
 
   Raises:
-    BadVideoError: ``corrupt`` for an unparsable record or one without its
-      label(s), ``zero_frames`` for one without frames.
+    BadVideoError: ``corrupt`` (unparsable or unlabelled) or ``zero_frames``.
   """
   try:
     example = tf.train.SequenceExample.FromString(raw)
@@ -98,21 +80,16 @@ def parse_sequence_example(raw: bytes, source: str,
     label = verb * num_nouns + _int_feature(
         example, record_format.label_set_keys("noun")[0], source)
   else:
-    label = _int_feature(example, LABEL_KEY, source)
+    label = _int_feature(example, record_format.LABEL_KEY, source)
   frames = _LazyFrames(
-      example.feature_lists.feature_list[FRAMES_KEY].feature)
+      example.feature_lists.feature_list[record_format.FRAMES_KEY].feature)
   if not frames:
     raise skips.BadVideoError(skips.ZERO_FRAMES, source)
   return frames, label
 
 
 def verb_noun_names(meta: dict | None, directory: str) -> list[str]:
-  """The action names ``"<verb> <noun>"`` of records carrying verbs and nouns.
-
-  Raises:
-    ValueError: naming ``dataset.label_source`` when the converter's metadata
-      beside the records lists no verb and noun classes.
-  """
+  """The action names ``"<verb> <noun>"``; ValueError if the metadata lists no verbs and nouns."""
   sets = (meta or {}).get("label_sets", {})
   if not sets.get("verb") or not sets.get("noun"):
     raise ValueError(
@@ -120,9 +97,6 @@ def verb_noun_names(meta: dict | None, directory: str) -> list[str]:
         f"{os.path.join(directory, METADATA_FILE)} lists no verb and noun classes (convert "
         "EPIC-KITCHENS-100 with python -m vivit_knn.data.convert --format=ek100)")
   return [f"{verb} {noun}" for verb in sets["verb"] for noun in sets["noun"]]
-
-
-# The sidecar files.
 
 
 def read_metadata(directory: str) -> dict | None:
@@ -138,7 +112,7 @@ def read_metadata(directory: str) -> dict | None:
 
 
 def read_class_names(path: str) -> list[str]:
-  """Class names from a file with one name per line (blank lines ignored).
+  """Class names from a file with one per line (blank lines ignored).
 
   Raises:
     FileNotFoundError: naming ``path`` if it does not exist.
@@ -156,11 +130,7 @@ def read_class_names(path: str) -> list[str]:
 
 
 def shard_offsets(meta: dict | None, files: list[str]) -> dict[str, list]:
-  """``{path: offsets}`` for the files the metadata describes unchanged.
-
-  A shard whose size differs from the recorded one is left out, so it gets
-  scanned instead of read at stale offsets.
-  """
+  """``{path: offsets}`` of the files whose size the metadata records (others get scanned)."""
   if not meta:
     return {}
   recorded = {}
@@ -173,16 +143,6 @@ def shard_offsets(meta: dict | None, files: list[str]) -> dict[str, list]:
     if shard and tf.io.gfile.stat(path).length == shard["bytes"]:
       out[path] = shard["offsets"]
   return out
-
-
-# The dataset.
-
-
-def check_data_dir(data_dir: str) -> None:
-  """Raises FileNotFoundError naming ``dataset.data_dir`` if it is absent."""
-  if data_dir and not tf.io.gfile.isdir(data_dir):
-    raise FileNotFoundError(
-        f"dataset.data_dir={data_dir} does not exist or is not a directory")
 
 
 def index_records(pattern: str, counter: skips.SkipCounter,
@@ -209,12 +169,10 @@ def class_names_for(num_classes: int, class_names_file: str,
                     fallback_num_classes: int = 0) -> list[str]:
   """Class names from the file, the metadata or ``classes.txt``, in that order.
 
-  Without any of them, generic names ``class_<i>`` for ``num_classes`` (or,
-  if that is 0, ``fallback_num_classes``) classes.
+  Without any, ``class_<i>`` for ``num_classes`` (or ``fallback_num_classes``) classes.
 
   Raises:
-    ValueError: if nothing gives the classes, or ``num_classes`` disagrees
-      with the names found.
+    ValueError: if nothing gives the classes, or ``num_classes`` disagrees.
   """
   names = None
   if class_names_file:
@@ -222,8 +180,7 @@ def class_names_for(num_classes: int, class_names_file: str,
   elif meta and meta.get("class_names"):
     names = list(meta["class_names"])
   elif tf.io.gfile.exists(os.path.join(directory, CLASSES_FILE)):
-    names = read_class_names(
-        os.path.join(directory, CLASSES_FILE))
+    names = read_class_names(os.path.join(directory, CLASSES_FILE))
   if names is None:
     num_classes = num_classes or fallback_num_classes
     if num_classes < 1:
@@ -255,27 +212,25 @@ def build_record_dataset(*, data_dir: str, train_pattern: str,
                          ) -> clips.ClipDataset:
   """A :class:`ClipDataset` over DMVR TFRecords (shared by named datasets).
 
-  ``expected_split``, if given, must match the split recorded in the
-  converter's metadata (when there is one). ``label_source='verb_noun'``
-  labels each record with its action (see :func:`parse_sequence_example`).
+  ``expected_split`` must match the split in the converter's metadata, if both
+  are there. ``label_source='verb_noun'`` labels records with their action.
   """
   if label_source not in LABEL_SOURCES:
     raise ValueError(f"dataset.label_source must be one of {LABEL_SOURCES}, got "
                      f"{label_source!r}")
-  check_data_dir(data_dir)
+  clips.check_data_dir(data_dir)
   counter = skips.SkipCounter()
   train_index, meta = index_records(
       options.resolve_path(train_pattern, data_dir), counter, "train")
   eval_index, _ = index_records(
       options.resolve_path(eval_pattern, data_dir), counter, "eval")
+  directory = os.path.dirname(train_index.files[0])
   if (expected_split is not None and meta and meta.get("split") and
       meta["split"] != expected_split):
-    raise ValueError(
-        f"dataset.split={expected_split} but the TFRecords in "
-        f"{os.path.dirname(train_index.files[0])} hold split {meta['split']}")
+    raise ValueError(f"dataset.split={expected_split} but the TFRecords in "
+                     f"{directory} hold split {meta['split']}")
   _check_count("num_train", num_train, len(train_index))
   _check_count("num_eval", num_eval, len(eval_index))
-  directory = os.path.dirname(train_index.files[0])
   parse = parse_sequence_example
   if label_source == "verb_noun":
     if class_names_file:
@@ -292,10 +247,8 @@ def build_record_dataset(*, data_dir: str, train_pattern: str,
   else:
     names = class_names_for(num_classes, class_names_file, meta, directory,
                             fallback_num_classes)
-  return clips.ClipDataset(
-      clips.RecordTable(train_index, parse),
-      clips.RecordTable(eval_index, parse), names, spec,
-      counter)
+  return clips.ClipDataset(clips.RecordTable(train_index, parse),
+                           clips.RecordTable(eval_index, parse), names, spec, counter)
 
 
 def build(cfg: ml_collections.ConfigDict) -> clips.ClipDataset:

@@ -1,8 +1,6 @@
 """Reading video files with PyAV, decoding only the frames asked for.
 
-Readers raise :class:`~vivit_knn.data.skips.BadVideoError` for anything that
-cannot give frames (missing, unreadable, truncated, empty), so callers decide
-whether to skip or to fail.
+Anything that cannot give frames raises :class:`~vivit_knn.data.skips.BadVideoError`.
 """
 
 from __future__ import annotations
@@ -25,10 +23,6 @@ _TRUNCATION_TOLERANCE = 0.05
 # Presentation times are rationals; a segment bound given in decimal seconds
 # (e.g. 00:00:03.37) is compared with this slack.
 _TIME_EPS_S = 1e-6
-
-
-def _select_all(n: int) -> np.ndarray:
-  return np.arange(n)
 
 
 def _open(path: str):
@@ -69,21 +63,16 @@ def _decode(codec, packets, wanted: set[int], last: int) -> dict[int, np.ndarray
 
 
 def read_video(path: str, select: FrameSelector | None = None) -> np.ndarray:
-  """Decodes the selected frames of a video file.
+  """uint8 ``[k, H, W, 3]`` RGB frames of the local video file ``path`` (any FFmpeg format).
 
-  Args:
-    path: Local video file (any container/codec FFmpeg reads).
-    select: Maps the number of frames ``n`` to the indices (in ``[0, n)``,
-      any order, repeats allowed) to return; default: all frames.
-
-  Returns:
-    uint8 ``[len(indices), H, W, 3]`` RGB frames.
+  ``select`` maps the number of frames ``n`` to the ``k`` indices to return (in
+  ``[0, n)``, any order, repeats allowed); default: all frames.
 
   Raises:
     BadVideoError: ``missing`` file, ``corrupt`` data, ``truncated`` stream
       or ``zero_frames``.
   """
-  select = select or _select_all
+  select = select or np.arange
   if not os.path.exists(path):
     raise skips.BadVideoError(skips.MISSING, path, "no such file")
   try:
@@ -120,22 +109,11 @@ def read_video(path: str, select: FrameSelector | None = None) -> np.ndarray:
 
 def iter_segment(path: str, start_s: float, end_s: float,
                  opener: Callable[[str], object] | None = None):
-  """Yields the RGB frames of ``path`` shown from ``start_s`` to ``end_s`` seconds.
+  """Yields the uint8 ``[H, W, 3]`` RGB frames of ``path`` shown from ``start_s`` to ``end_s``.
 
-  Seeks to the key frame before ``start_s`` and decodes up to ``end_s`` only,
-  one frame at a time, so a short segment of an hour-long video costs what
-  the segment costs. A frame belongs to the segment when its presentation
-  time, counted from the stream's first frame, lies in ``[start_s, end_s]``.
-
-  Args:
-    path: The video file, local or anything ``opener`` opens.
-    start_s: Segment start in seconds.
-    end_s: Segment end in seconds (``>= start_s``).
-    opener: Returns a binary file object for ``path`` (for remote storage);
-      default: FFmpeg opens the path itself.
-
-  Yields:
-    uint8 ``[H, W, 3]`` frames in display order.
+  Seeks to the key frame before ``start_s`` and decodes up to ``end_s`` only. A
+  frame's time counts from the stream's first frame. ``opener`` returns a binary
+  file object for ``path`` (remote storage); default: FFmpeg opens the path.
 
   Raises:
     BadVideoError: ``missing`` file, ``corrupt`` data, or ``zero_frames`` when

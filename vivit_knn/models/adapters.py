@@ -1,16 +1,8 @@
 """Bottleneck adapters (AIM / CAST style) for frozen transformer experts.
 
-An adapter is `Dense(D -> bottleneck) -> GELU -> Dense(bottleneck -> D)` whose
-second layer starts at zero, so a freshly added adapter changes nothing. Three
-flavours, by where it sits:
-
-* on an attention output, with a skip: `y + adapter(y)` (`skip=True`);
-* beside an MLP, on the MLP's input, scaled: `scale * adapter(x)` added to the
-  MLP output (`skip=False, scale=0.5`);
-* on pooled features before a classifier: `adapter(x)` alone (`skip=False`).
-
-`adapter_factory` returns the module factories that `EncoderBlock`'s adapter
-hooks expect.
+`Dense(D -> bottleneck) -> GELU -> Dense(-> D)` with a zero second layer, so a new
+adapter changes nothing: on an attention output with a skip (`skip=True`), beside
+an MLP on its input, scaled (`skip=False, scale=0.5`), or alone on pooled features.
 """
 
 from __future__ import annotations
@@ -28,14 +20,9 @@ Dtype = Any
 
 
 class Adapter(nn.Module):
-  """`skip * x + scale * up(gelu(down(x)))`, with `up` zero-initialised.
+  """`skip * x + scale * up(gelu(down(x)))`, `up` zero-initialised; drop path on the branch only.
 
-  Attributes:
-    bottleneck: width of the hidden layer (192 for ViT-B in CAST).
-    skip: whether the input is added back.
-    scale: factor on the adapter branch.
-    droppath_rate: stochastic depth on the adapter branch only.
-    dtype: computation dtype.
+  `bottleneck` is the hidden width (192 for ViT-B in CAST).
   """
 
   bottleneck: int

@@ -1,10 +1,8 @@
-"""Feature aligner: student patch tokens -> the shape of a CNN teacher's feature map.
+"""Feature aligner: student tokens `[B, t, h, w, D]` -> a CNN teacher's maps `[B, t, H', W', C']`.
 
-Tokens `[B, t, h, w, D]` are taken frame by frame as a `h x w` grid, resized
-bilinearly to the teacher map's `H' x W'`, projected by a conv to the teacher's
-`C'` channels, layer-normalised over channels and passed through a ReLU (the
-teacher's maps are post-ReLU). The result `[B, t, H', W', C']` is compared with
-the teacher's per-frame maps averaged over each tubelet's frames.
+Per frame: bilinear resize of the token grid, a conv to `C'` channels, LayerNorm
+and ReLU (the teacher's maps are post-ReLU); compared with the teacher's maps
+averaged over each tubelet's frames.
 """
 
 from __future__ import annotations
@@ -19,13 +17,7 @@ Dtype = Any
 
 
 class FeatureAligner(nn.Module):
-  """reshape -> bilinear resize -> conv -> LayerNorm -> ReLU.
-
-  Attributes:
-    features: teacher channels `C'` (e.g. 2048 for ResNet-50/101 layer4).
-    kernel_size: conv kernel side (1 = a per-position linear map).
-    dtype: computation dtype.
-  """
+  """reshape -> bilinear resize -> conv (`kernel_size`) -> LayerNorm -> ReLU, to `features` C'."""
 
   features: int
   kernel_size: int = 1

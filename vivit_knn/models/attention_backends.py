@@ -1,30 +1,15 @@
-"""The attention kinds' implementations: dense and exact k-NN scaled dot-product attention.
+"""Dense and exact k-NN scaled dot-product attention, and the choice of evaluation path.
 
 Layout (as in flax): query `[..., Nq, H, d]`, key/value `[..., Nk, H, d]`, output
-`[..., Nq, H, d]`; the leading `...` are batch dimensions. Every kind function has
-the signature of `dense_attention` and is listed in `attention.ATTENTION_KINDS`.
+`[..., Nq, H, d]`. k-NN attention keeps, per query, the keys whose logits are at
+least the query's k-th largest logit (`kth_largest`) and masks the rest to -inf.
 
-k-NN attention keeps, for every query, only the keys whose logits are at least the
-k-th largest logit of that query (found exactly by `kth_largest`), and masks the
-others to -inf before the softmax.
-
-Evaluation paths, chosen by the spec's `impl` (see `choose_impl`):
-
-* 'xla': on CPU, one block of (batch x head) rows at a time, so the logits of a
-  block stay in cache while they are searched and soft-maxed (about twice as fast
-  as materialising all logits at once); elsewhere, and whenever a bias, a mask or
-  attention dropout is used, all logits in one piece. Plain half-precision dense
-  attention on GPU goes to cuDNN flash attention.
-* 'blocked': query blocks with a recomputing backward pass
-  (`blocked_attention`): temporary memory grows linearly in the token count.
-* 'pallas': the fused kernel (`knn_kernel`) on TPU or GPU; 'pallas_interpret'
-  runs the same kernel in the Pallas interpreter on any backend (for tests).
-* 'auto' (the default): 'xla', unless one layer's materialised float32 logits
-  would exceed `AUTO_BLOCKED_BYTES`; then the kernel where it is enabled for the
-  backend and fits the shapes, else 'blocked'. Bias, mask and attention dropout
-  always take 'xla', and so does everything inside `cpu_paths.disabled()` (the
-  loop-free form that cost analysis needs); forcing another path with bias, mask
-  or dropout is an error.
+Paths (`AttentionSpec.impl`, see `choose_impl`): 'xla' (cuDNN flash attention for
+plain half-precision dense attention on GPU; on CPU blocks of (batch x head) rows
+that stay in cache; else all logits at once), 'blocked' (`blocked_attention`),
+'pallas' / 'pallas_interpret' (`knn_kernel`), and 'auto': 'xla', or 'blocked'
+when one layer's float32 logits exceed `AUTO_BLOCKED_BYTES`. Bias, mask, dropout
+and `cpu_paths.disabled()` always take 'xla'.
 """
 
 from __future__ import annotations
@@ -50,39 +35,26 @@ Spec = Any  # an `attention.AttentionSpec` (that module imports this one)
 PrecisionLike = Union[None, str, lax.Precision, Tuple[Any, Any]]
 KnnK = Optional[Union[int, float]]
 
-# Masked logits (`mask=False`) get this value, as in flax: finite, so a fully masked
-# row still has a well-defined (uniform) softmax.
+# Masked logits get this finite value (as in flax): a fully masked row has a uniform softmax.
 _MASK_VALUE = float(np.finfo(np.float32).min)
 
 # On CPU, attention is evaluated in blocks of at most _BLOCK_ELEMS logits.
 _BLOCK_ELEMS = 1 << 20
 _MIN_Q_BLOCK = 64  # query blocks of a split head have at least this many rows
 
-# The evaluation paths a spec's `impl` names (see the module doc).
 IMPLS = ("auto", "xla", "blocked", "pallas", "pallas_interpret")
-# 'auto' leaves the one-piece / CPU paths when one layer's float32 logits
-# (batch x heads x Nq x Nk x 4 bytes, as the attention sees its inputs) exceed this.
+# 'auto' takes 'blocked' when one layer's float32 logits (B x H x Nq x Nk x 4 bytes) exceed this.
 AUTO_BLOCKED_BYTES = 64 << 20
-# Backends on which 'auto' uses the fused kernel. Empty until the kernel has been
-# compiled and checked on that hardware; until then 'auto' takes 'blocked' there.
-AUTO_PALLAS_BACKENDS: Tuple[str, ...] = ()
-
-
-# --------------------------------------------------------------------------------------
-# k resolution.
 
 
 def resolve_knn_k(k: KnnK, num_keys: int) -> int:
-  """Returns the number of keys each query keeps for `knn_k=k` and `num_keys` keys.
+  """The number of keys each query keeps for `knn_k=k` out of `num_keys` keys.
 
-  `k` is either an int count in `[1, num_keys]`, or a float fraction in `(0, 1]`
-  of the keys, which becomes `round(k * num_keys)` rounded half up
-  (`floor(k * num_keys + 0.5)`), clamped to `[1, num_keys]`. Note that the float
-  `1.0` means all keys while the int `1` means a single key.
+  An int `k` in `[1, num_keys]` as is; a float in `(0, 1]` as `floor(k * num_keys + 0.5)`
+  clamped to `[1, num_keys]` (1.0: all keys).
 
   Raises:
-    ValueError: naming `knn_k` and the token count when `k` is None, a bool, not a
-      number, an int outside `[1, num_keys]` or a float outside `(0, 1]`.
+    ValueError: naming `knn_k` and the token count for any other `k`.
   """
   num_keys = int(num_keys)
   if num_keys < 1:
@@ -103,17 +75,9 @@ def resolve_knn_k(k: KnnK, num_keys: int) -> int:
   raise ValueError(f"knn_k must be an int or a float for {num_keys} tokens, got {k!r}")
 
 
-# --------------------------------------------------------------------------------------
-# Evaluation paths.
-
-
 def attention_logits(query: Array, key: Array, *, bias: Optional[Array] = None,
                      mask: Optional[Array] = None, precision: PrecisionLike = None) -> Array:
-  """Scaled float32 logits `[..., H, Nq, Nk]`, plus `bias`, with `mask=False` entries masked.
-
-  Masked entries get a finite minimum (as in flax), so a fully masked row has a
-  uniform softmax.
-  """
+  """Scaled float32 logits `[..., H, Nq, Nk]`, plus `bias`, with `mask=False` entries masked."""
   scale = query.shape[-1] ** -0.5
   logits = jnp.einsum("...qhd,...khd->...hqk", query, key, precision=precision,
                       preferred_element_type=jnp.float32) * scale
@@ -141,23 +105,17 @@ def _global_attention(query, key, value, *, knn, bias, mask, dropout_rng, dropou
 
 def _plan_blocks(num_bh: int, num_q: int, width: int, block_elems: int,
                  min_q_block: int) -> Tuple[int, int, int, int]:
-  """Splits `num_bh` (batch x head) items of `num_q x width` logits into blocks.
+  """`(group, num_bh_pad, q_block, num_q_pad)`: `group` items of `q_block` queries per block.
 
-  Returns `(group, num_bh_pad, q_block, num_q_pad)`: each block holds `group`
-  items of `q_block` queries, after padding the items to `num_bh_pad` and the
-  queries to `num_q_pad` when no divisor gives reasonably sized blocks.
+  Items and queries are padded when no divisor gives a fair block size.
   """
   if num_q * width <= block_elems:  # several whole heads per block
     limit = block_elems // (num_q * width)
-    group = kth.largest_divisor_at_most(num_bh, limit)
-    if 4 * group < min(limit, num_bh):
-      group = min(limit, num_bh)
+    group = kth.block_size(num_bh, limit)
     return group, -(-num_bh // group) * group, num_q, num_q
   # One head per block, its queries split into blocks.
   limit = min(num_q, max(min_q_block, block_elems // width))
-  q_block = kth.largest_divisor_at_most(num_q, limit)
-  if 4 * q_block < limit:
-    q_block = limit
+  q_block = kth.block_size(num_q, limit)
   return 1, num_bh, q_block, -(-num_q // q_block) * q_block
 
 
@@ -165,10 +123,9 @@ def _plan_blocks(num_bh: int, num_q: int, width: int, block_elems: int,
                                              "min_q_block"))
 def _blockwise_attention(query, key, value, *, knn, out_dtype, precision, block_elems,
                          min_q_block):
-  """The same attention computed for groups of (batch x head) rows inside `lax.map`.
+  """The attention in `lax.map` blocks of at most `block_elems` logits.
 
-  A block holds at most `block_elems` logits: several heads, or the queries of one
-  head split into blocks of at least `min_q_block` rows.
+  A block holds several heads, or a query block (at least `min_q_block` rows) of one head.
   """
   batch = query.shape[:-3]
   num_q, heads, depth = query.shape[-3:]
@@ -232,12 +189,10 @@ def choose_impl(impl: str, query: Array, key: Array, knn: Optional[int], *,
                 plain: bool) -> str:
   """The evaluation path for `impl`: 'xla', 'blocked', 'pallas' or 'pallas_interpret'.
 
-  `plain` says the call has no bias, mask or attention dropout and query, key and
-  value share their leading axes and heads (the blocked paths need all of that).
+  `plain`: no bias, mask or attention dropout, and q, k, v share leading axes and heads.
 
   Raises:
-    ValueError: naming `impl` for an unknown value, for 'blocked' / 'pallas' without
-      `plain`, and for 'pallas' on a backend that has no kernel.
+    ValueError: naming `impl` if unknown, forced without `plain`, or 'pallas' off TPU/GPU.
   """
   check_impl(impl)
   if impl == "xla":
@@ -256,10 +211,6 @@ def choose_impl(impl: str, query: Array, key: Array, knn: Optional[int], *,
     return "xla"
   if knn is None and _flash_eligible(query, key):
     return "xla"  # cuDNN flash attention is memory-bounded already
-  backend = jax.default_backend()
-  if (backend in AUTO_PALLAS_BACKENDS
-      and knn_kernel.supports(backend, key.shape[-3], query.shape[-1])):
-    return "pallas"
   return "blocked"
 
 
@@ -268,12 +219,7 @@ def _attend(query: Array, key: Array, value: Array, knn: Optional[int], *,
             dropout_rng: Optional[Array] = None, dropout_rate: float = 0.0,
             deterministic: bool = True, dtype: Optional[Dtype] = None,
             precision: PrecisionLike = None, impl: str = "auto") -> Array:
-  """Dense attention (`knn` None) or k-NN attention keeping each query's `knn` largest logits.
-
-  Picks the evaluation path with `choose_impl`. On 'xla': cuDNN flash attention
-  for plain half-precision dense attention on GPU, blocks of (batch x head) rows
-  on CPU, else all logits at once.
-  """
+  """Dense (`knn` None) or k-NN attention on the path `choose_impl` picks."""
   out_dtype = dtype or query.dtype
   use_dropout = not deterministic and dropout_rate > 0.0
   if use_dropout and dropout_rng is None:
@@ -305,17 +251,12 @@ def _attend(query: Array, key: Array, value: Array, knn: Optional[int], *,
                            precision=precision)
 
 
-FLASH_DTYPES = (jnp.bfloat16, jnp.float16)
-
-
 def flash_dense_attention(query: Array, key: Array, value: Array, *,
                           implementation: Optional[str] = "cudnn", pad_to: int = 8) -> Array:
   """Dense attention through `jax.nn.dot_product_attention` (cuDNN flash attention on GPU).
 
-  Token counts are padded up to a multiple of `pad_to` (ViT token counts such as
-  197 or 785 are odd); padded keys are excluded with `key_value_seq_lengths` and
-  padded queries dropped, so the result equals unpadded dense attention.
-  `implementation=None` or 'xla' runs the same padding on any backend.
+  Token counts are padded to a multiple of `pad_to`; padded keys are excluded with
+  `key_value_seq_lengths`. `implementation=None` or 'xla' runs on any backend.
   """
   lead = query.shape[:-3]
   nq, nk = query.shape[-3], key.shape[-3]
@@ -333,44 +274,21 @@ def flash_dense_attention(query: Array, key: Array, value: Array, *,
 def _flash_eligible(query: Array, key: Array) -> bool:
   """cuDNN flash attention takes half-precision inputs with head dims that are multiples of 8."""
   d = query.shape[-1]
-  return (jax.default_backend() == "gpu" and query.dtype in FLASH_DTYPES
+  return (jax.default_backend() == "gpu" and query.dtype in (jnp.bfloat16, jnp.float16)
           and key.dtype == query.dtype and d % 8 == 0 and d <= 128)
-
-
-def _impl(spec: Spec) -> str:
-  """The spec's evaluation path (`AttentionSpec.impl`; 'auto' for specs without one)."""
-  return getattr(spec, "impl", "auto")
 
 
 def dense_attention(query: Array, key: Array, value: Array, spec: Spec,
                     **options: Any) -> Array:
-  """Scaled dot-product attention over all keys (the 'dense' kind).
-
-  Args:
-    query: `[..., Nq, H, d]`.
-    key: `[..., Nk, H, d]`.
-    value: `[..., Nk, H, d]`.
-    spec: the attention spec; only its `impl` (evaluation path) is used.
-    **options: `bias`, `mask`, `dropout_rng`, `dropout_rate`, `deterministic`,
-      `dtype`, `precision`, as for `attention.dot_product_attention`.
-
-  Returns:
-    `[..., Nq, H, d]`.
-  """
-  return _attend(query, key, value, None, impl=_impl(spec), **options)
+  """The 'dense' kind: attention over all keys; `options` as `attention.dot_product_attention`."""
+  return _attend(query, key, value, None, impl=spec.impl, **options)
 
 
 def knn_attention(query: Array, key: Array, value: Array, spec: Spec,
                   **options: Any) -> Array:
-  """k-NN attention (the 'knn' kind): each query keeps its `spec.knn_k` largest logits.
-
-  The entries below a row's k-th largest logit are set to -inf after bias and
-  mask, before the softmax; ties at the threshold are kept. `spec.knn_k` is an
-  int count or a float fraction of the keys (see `resolve_knn_k`); `spec.impl`
-  picks the evaluation path (`choose_impl`). Arguments as for `dense_attention`.
-  """
+  """The 'knn' kind: each query keeps its `spec.knn_k` largest logits (ties kept)."""
   knn = resolve_knn_k(spec.knn_k, key.shape[-3])
-  return _attend(query, key, value, knn, impl=_impl(spec), **options)
+  return _attend(query, key, value, knn, impl=spec.impl, **options)
 
 
 def check_knn(spec: Spec, num_keys: int, field: str) -> None:

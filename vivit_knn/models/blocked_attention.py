@@ -1,28 +1,13 @@
 """Memory-bounded dense and exact k-NN attention: query blocks and a recomputing backward pass.
 
-The queries are split into blocks of `q_block` rows. For each block the logits of
-all (batch x head) rows against every key, `[BH, q_block, Nk]`, are formed, the
-k-NN threshold of each row is found (`kth_largest.kth_largest_rows`), and the
-softmax-weighted sum of the values is taken; then the block's logits are dropped.
-A block holds whole rows, so the softmax is exact in one step (no running maximum).
-
-The backward pass is a `jax.custom_vjp`, as in flash attention: it keeps only the
-inputs, each row's log-sum-exp and each row's k-NN threshold (both `[BH, Nq]`,
-O(N)), and recomputes every block's logits from q and k. Storing the threshold is
-cheaper than searching again (32 counting passes per block) and keeps the kept set
-of the backward pass identical to the forward's, since the same logits are compared
-against the same value. Gradients flow through the softmax of the kept logits only;
-the threshold is piecewise constant, so it carries no gradient (as in
-`kth_largest.knn_mask_logits`). Ties at the threshold are all kept.
-
-Memory: the forward and backward passes of one layer hold O(BH * q_block * Nk)
-temporary values for the current block plus O(BH * N * d) for inputs, gradients
-and the per-row statistics, so for a fixed block size the peak grows linearly in N
-instead of quadratically (the one-piece path keeps `[BH, Nq, Nk]` float32 logits
-and weights for the backward pass).
-
-Bias, mask and attention dropout are not supported here: `attention_backends`
-evaluates those in one piece (see `attention_backends.choose_impl`).
+Each block of `q_block` queries forms its `[BH, q_block, Nk]` logits, finds each
+row's k-NN threshold (`kth_largest.kth_largest_rows`) and takes the softmax-weighted
+sum of the values; blocks hold whole rows, so the softmax is exact in one step. The
+backward pass (`jax.custom_vjp`, as in flash attention) keeps only the inputs and
+each row's log-sum-exp and threshold, and recomputes every block's logits, so the
+kept set is the forward's and memory grows linearly in N. The threshold carries no
+gradient; ties at it are kept. No bias, mask or dropout (`attention_backends`
+evaluates those in one piece).
 """
 
 from __future__ import annotations
@@ -41,8 +26,7 @@ from vivit_knn.models import kth_largest as kth
 
 Array = jax.Array
 
-# A block holds about this many logits (float32): 2^22 = 16 MiB; on CPU 2^20 = 4 MiB,
-# which stays closer to the caches (about twice as fast there).
+# float32 logits per block: 16 MiB; 4 MiB on CPU, closer to the caches (about twice as fast).
 BLOCK_ELEMS = 1 << 22
 CPU_BLOCK_ELEMS = 1 << 20
 MIN_Q_BLOCK = 8
@@ -53,14 +37,8 @@ MAX_Q_BLOCK = 512
 class Plan:
   """Static description of one blocked attention call (hashable, for `custom_vjp`).
 
-  Attributes:
-    knn: keys kept per query, or None for dense attention.
-    num_k: number of real keys; columns beyond it are padding.
-    width: key count after padding (the k-NN search wants a multiple of 32).
-    q_block: queries per block.
-    backward_q_block: queries per block of the backward pass (None: `q_block`).
-    precision: matmul precision.
-    out_dtype: dtype of the attention output.
+  `knn`: keys kept per query (None: dense); `num_k` real keys of `width` after padding;
+  `backward_q_block`: the backward pass's block size (None: `q_block`).
   """
 
   knn: Optional[int]
@@ -73,11 +51,7 @@ class Plan:
 
 
 def plan_q_block(num_bh: int, num_q: int, width: int, block_elems: Optional[int] = None) -> int:
-  """Queries per block: about `block_elems` logits per block, a multiple of 8 in [8, 512].
-
-  Never more than `num_q` rounded up to a multiple of 8. `block_elems` defaults to
-  `CPU_BLOCK_ELEMS` on the CPU backend and `BLOCK_ELEMS` elsewhere.
-  """
+  """Queries per block: about `block_elems` logits, a multiple of 8 in [8, min(512, num_q)]."""
   if block_elems is None:
     block_elems = CPU_BLOCK_ELEMS if jax.default_backend() == "cpu" else BLOCK_ELEMS
   rows = block_elems // max(1, num_bh * width)
@@ -92,17 +66,11 @@ def _logits(q: Array, k: Array, plan: Plan) -> Array:
                     preferred_element_type=jnp.float32) * scale
 
 
-def _col_valid(plan: Plan) -> Optional[Array]:
-  if plan.width == plan.num_k:
-    return None
-  return jnp.asarray(np.arange(plan.width) < plan.num_k)
-
-
 def _keep(logits: Array, thresh: Optional[Array], plan: Plan) -> Optional[Array]:
   """Boolean `[BH, qb, W]` of the entries that enter the softmax (None: all)."""
   keep = None if thresh is None else logits >= thresh
-  valid = _col_valid(plan)
-  if valid is not None:
+  if plan.width != plan.num_k:
+    valid = jnp.asarray(np.arange(plan.width) < plan.num_k)
     keep = valid if keep is None else keep & valid
   return keep
 
@@ -133,10 +101,7 @@ def forward_block(q: Array, k: Array, v: Array, plan: Plan) -> Tuple[Array, Arra
   out = jnp.einsum("bqk,bkd->bqd", weights.astype(v.dtype), v, precision=plan.precision,
                    preferred_element_type=jnp.float32)
   lse = (peak + jnp.log(total))[..., 0]
-  if thresh is None:
-    thresh = jnp.full(lse.shape, -jnp.inf, jnp.float32)
-  else:
-    thresh = thresh[..., 0]
+  thresh = jnp.full(lse.shape, -jnp.inf, jnp.float32) if thresh is None else thresh[..., 0]
   return out.astype(plan.out_dtype), lse, thresh
 
 
@@ -162,11 +127,7 @@ def blocked_forward(q: Array, k: Array, v: Array, plan: Plan) -> Tuple[Array, Ar
 
 def blocked_backward(plan: Plan, q: Array, k: Array, v: Array, lse: Array, thresh: Array,
                      dout: Array) -> Tuple[Array, Array, Array]:
-  """Gradients `(dq, dk, dv)` from the inputs, per-row statistics and output cotangent.
-
-  Each query block's logits are recomputed and its kept entries found by comparing
-  against the stored threshold; dk and dv are accumulated over the blocks in float32.
-  """
+  """Gradients `(dq, dk, dv)`; each block's logits are recomputed, dk and dv summed in float32."""
   f32 = jnp.float32
   num_q = q.shape[1]
   q_block = plan.backward_q_block or plan.q_block
@@ -203,11 +164,7 @@ def blocked_backward(plan: Plan, q: Array, k: Array, v: Array, lse: Array, thres
 
 def with_recomputing_vjp(forward: Callable[[Array, Array, Array, Plan],
                                            Tuple[Array, Array, Array]]) -> Callable[..., Array]:
-  """`(q, k, v, plan) -> out` with `forward`'s output and `blocked_backward` as its VJP.
-
-  `forward(q, k, v, plan)` returns `(out, lse, thresh)` as `blocked_forward` does;
-  only q, k, v, lse and thresh are kept for the backward pass.
-  """
+  """`(q, k, v, plan) -> out` of `forward` (`(out, lse, thresh)`), VJP `blocked_backward`."""
 
   @functools.partial(jax.custom_vjp, nondiff_argnums=(3,))
   def attention(q, k, v, plan):
@@ -243,12 +200,10 @@ def prepare(query: Array, key: Array, value: Array, knn: Optional[int], *,
             dtype: Any = None, precision: Any = None, q_block: Optional[int] = None,
             key_multiple: Optional[int] = None,
             backward_q_block: Optional[int] = None) -> Tuple[Array, Array, Array, Plan]:
-  """Heads-major, padded `(q, k, v, plan)` for a blocked evaluation.
+  """Heads-major `(q, k, v, plan)`, keys and queries zero-padded (padding is dropped).
 
-  Keys are padded with zeros (their logits are excluded) to a multiple of
-  `key_multiple`, or by default to the k-NN search's row length; queries with zeros
-  to a multiple of the block size (their outputs are dropped). `backward_q_block`
-  is the backward pass's block size when it differs (-1: `plan_q_block`'s choice).
+  Keys are padded to a multiple of `key_multiple` (default: the k-NN row length),
+  queries to the block size. `backward_q_block=-1`: `plan_q_block`'s choice.
   """
   num_q, heads = query.shape[-3:-1]
   num_k = key.shape[-3]
@@ -272,28 +227,22 @@ def prepare(query: Array, key: Array, value: Array, knn: Optional[int], *,
   return q, k, v, plan
 
 
+def evaluate(run: Callable[..., Array], query: Array, key: Array, value: Array,
+             knn: Optional[int], **options: Any) -> Array:
+  """`run(q, k, v, plan)` on `prepare(query, key, value, knn, **options)`, as `[..., Nq, H, dv]`."""
+  out = run(*prepare(query, key, value, knn, **options))[:, :query.shape[-3]]
+  return heads_minor(out, query.shape[:-3], query.shape[-2])
+
+
 def blocked_attention(query: Array, key: Array, value: Array, knn: Optional[int], *,
                       dtype: Any = None, precision: Any = None,
                       q_block: Optional[int] = None,
                       backward_q_block: Optional[int] = None) -> Array:
-  """Dense (`knn` None) or k-NN attention evaluated in query blocks, with a recomputing VJP.
+  """Dense (`knn` None) or k-NN (`knn` keys kept) attention in query blocks, recomputing VJP.
 
-  Args:
-    query: `[..., Nq, H, d]`.
-    key: `[..., Nk, H, d]` (same leading axes and heads as `query`).
-    value: `[..., Nk, H, dv]`.
-    knn: keys kept per query (an int in `[1, Nk]`, already resolved), or None.
-    dtype: output dtype (default: the query's).
-    precision: matmul precision.
-    q_block: queries per block (default: `plan_q_block`).
-    backward_q_block: queries per block in the backward pass (default: `q_block`).
-
-  Returns:
-    `[..., Nq, H, dv]`, equal to the one-piece attention of `attention_backends`.
+  Query `[..., Nq, H, d]`, key `[..., Nk, H, d]` and value `[..., Nk, H, dv]` share
+  leading axes and heads; returns `[..., Nq, H, dv]`. `q_block` defaults to
+  `plan_q_block`'s choice, `backward_q_block` to `q_block`.
   """
-  batch = query.shape[:-3]
-  num_q, heads = query.shape[-3:-1]
-  q, k, v, plan = prepare(query, key, value, knn, dtype=dtype, precision=precision,
-                          q_block=q_block, backward_q_block=backward_q_block)
-  out = _blocked(q, k, v, plan)[:, :num_q]
-  return heads_minor(out, batch, heads)
+  return evaluate(_blocked, query, key, value, knn, dtype=dtype, precision=precision,
+                  q_block=q_block, backward_q_block=backward_q_block)

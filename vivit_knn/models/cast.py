@@ -1,37 +1,25 @@
 """CAST: a frozen spatial expert (CLIP) and a frozen temporal expert (VideoMAE) joined by B-CAST.
 
-Input is a clip `[B, T, H, W, C]` (T = 16 in the paper) with patches `(h, w, t)`.
-The temporal expert sees all T frames as `t`-frame tubelets: T' = T/t times of
-P = (H/h)(W/w) tokens. The spatial expert sees one frame per tubelet, the last
-one (frames 1, 3, 5, ... for t = 2, as in the public CAST code), each as an
-image of 1 + P tokens, so spatial frame i and tubelet time i line up.
+Clips `[B, T, H, W, C]`, patches `(h, w, t)`. The temporal expert sees T' = T/t
+tubelet times of P = (H/h)(W/w) tokens; the spatial expert sees the last frame of
+each tubelet (as the public CAST code) as an image of 1 + P tokens, so spatial frame
+i is tubelet time i. Each layer runs both experts' attention halves, the B-CAST
+block `cross_block_i`, then both MLP halves (each with its adapters).
 
-Each of the `num_layers` layers runs, in order:
-1. both experts' attention halves (each with an adapter on its output);
-2. the B-CAST block `cross_block_i` (`BCASTBlock`);
-3. both experts' MLP halves (each with a scaled adapter beside it).
+Heads: single label, `head(adapter(ln_post(mean spatial CLS)) +
+adapter(fc_norm(mean temporal tokens)))` (zero adapters, so the head kernel starts
+random: normal 0.02). EPIC-Kitchens (`num_verbs`, `num_nouns` > 0): `noun_head` on
+the spatial and `verb_head` on the temporal features; the logits are the joint
+`log p(verb) + log p(noun)`, verb-major `[B, num_verbs * num_nouns]`, so softmax
+cross-entropy on actions `verb * num_nouns + noun` is the sum of the two losses.
 
-Heads. Single label: `head(adapter(ln_post(mean spatial CLS)) +
-adapter(fc_norm(mean temporal tokens)))`. The head adapters are zero-initialised,
-so the head kernel starts random (normal, 0.02): a zero head would leave both
-with zero gradients. EPIC-Kitchens (`num_verbs`, `num_nouns` > 0): `noun_head` on
-the spatial features and `verb_head` on the temporal ones; the returned logits
-are the joint log-probabilities of the actions, `log p(verb) + log p(noun)`,
-flattened verb-major to `[B, num_verbs * num_nouns]` (see
-`vivit_knn.train.multihead`): with action labels `verb * num_nouns + noun`, the
-plain softmax cross-entropy on them is exactly the sum of the verb and noun
-losses, and their top-1 is the action accuracy (both correct).
-
-Which parameters train is set by `optimizer.trainable_patterns`; the paper's
-choice is `TRAINABLE_PATTERNS`.
-
-`FAMILY` is the 'cast' model family (its own key: the `cast` block). The experts
-use the common `hidden_size`, `num_heads`, `mlp_dim` and `num_layers`; their
-attention is dense and their MLP activations are their checkpoints' own.
+`FAMILY` is the 'cast' family (its own key: the `cast` block); the paper trains
+`TRAINABLE_PATTERNS` (set through `optimizer.trainable_patterns`).
 """
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any, Dict, Sequence
 
 import flax.linen as nn
@@ -42,14 +30,13 @@ import ml_collections
 from vivit_knn.models.adapters import Adapter
 from vivit_knn.models.attention import MultiHeadAttention
 from vivit_knn.models.encoder import drop_path, exact_gelu
-from vivit_knn.models.experts import CLIPVisionExpert, VideoMAEExpert
-from vivit_knn.models.family import DTYPES, ModelFamily, require
+from vivit_knn.models.experts import CLIPVisionExpert, Expert, VideoMAEExpert
+from vivit_knn.models.family import COMMON_KEYS, DTYPES, ModelFamily, require
 from vivit_knn.models.video_transformer import droppath_ramp, maybe_remat
 
 Dtype = Any
 
-# The parameters CAST trains (regexes on '/'-joined parameter paths): the B-CAST
-# blocks (with their four *_pos embeddings), every adapter, ln_post, fc_norm, heads.
+# Regexes on '/'-joined paths: the B-CAST blocks (and their *_pos), adapters, norms, heads.
 TRAINABLE_PATTERNS = (
     r"(^|/)cross_",
     r"_pos$",
@@ -65,20 +52,14 @@ _TRUNC = nn.initializers.truncated_normal(stddev=0.02)
 class BCASTBlock(nn.Module):
   """Bottleneck cross-attention in space and time between the two experts' tokens.
 
-  Spatial tokens `s` are `[B*T', 1 + P, D]` (frames in the batch, CLS first);
-  temporal tokens `v` are `[B, T'*P, D]` (time-major). Both are projected to
-  `cross_dim` and normalised, then:
-
-  * T2S (`t2s`): each spatial patch attends along time to the temporal tokens at
-    its grid position (queries `+ spatial_time_pos`, keys/values
-    `+ temporal_time_pos`, both `[T', cross_dim]`); the spatial CLS is not
-    attended, it only passes through the bottleneck (as in the public code);
-  * S2T (`s2t`): each temporal token attends, within its time step, over the
-    spatial expert's P patches of that frame, CLS excluded (queries
-    `+ temporal_space_pos`, keys/values `+ spatial_space_pos`, `[P, cross_dim]`).
-
-  Each result goes through GELU and a zero-initialised up-projection back to D and
-  is added to its stream, so at initialisation the block is the identity.
+  Spatial tokens `s` are `[B*T', 1 + P, D]`, temporal `v` `[B, T'*P, D]`; both are
+  projected to `cross_dim` and normalised. T2S (`t2s`): each spatial patch attends
+  along time to the temporal tokens at its grid position (the spatial CLS only
+  passes the bottleneck, as in the public code); S2T (`s2t`): each temporal token
+  attends to its frame's P spatial patches. Queries and keys get learned
+  `*_time_pos` `[T', cross_dim]` / `*_space_pos` `[P, cross_dim]` embeddings. Each
+  result goes through GELU and a zero-initialised up-projection added to its
+  stream, so the block starts as the identity.
   """
 
   num_heads: int
@@ -93,9 +74,6 @@ class BCASTBlock(nn.Module):
     t = bt // b
     p = s.shape[1] - 1
     d, c = s.shape[-1], self.cross_dim
-    if bt != b * t or v.shape[1] != t * p:
-      raise ValueError(f"B-CAST: spatial tokens {s.shape} and temporal tokens {v.shape} do "
-                       f"not share a {t}-step x {p}-patch grid")
     pos_init = nn.initializers.normal(stddev=(c // self.num_heads) ** -0.5)
     pos = lambda name, n: self.param(name, pos_init, (n, c), jnp.float32).astype(self.dtype)
     dense = lambda features, name, init=_TRUNC: nn.Dense(
@@ -131,10 +109,9 @@ class BCASTBlock(nn.Module):
 class CAST(nn.Module):
   """CAST with ViT experts of equal width, returning `(logits, intermediates)`.
 
-  `intermediates`: `spatial_features`, `temporal_features` (`[B, D]`, after
-  `ln_post` / `fc_norm`), `spatial_encoded` (`[B, T', 1 + P, D]`),
-  `temporal_encoded` (`[B, T'*P, D]`), `pre_logits` (single-label mode) or
-  `verb_logits` / `noun_logits` (EPIC-Kitchens mode).
+  `intermediates`: `spatial_features`, `temporal_features` (`[B, D]`),
+  `spatial_encoded` (`[B, T', 1 + P, D]`), `temporal_encoded` (`[B, T'*P, D]`), and
+  `pre_logits` or (EPIC-Kitchens) `verb_logits` / `noun_logits`.
   """
 
   num_classes: int
@@ -160,11 +137,8 @@ class CAST(nn.Module):
     return self.num_verbs > 0 and self.num_nouns > 0
 
   def _experts(self, num_patches: int):
-    common = dict(hidden_size=self.hidden_size, num_layers=self.num_layers,
-                  num_heads=self.num_heads, mlp_dim=self.mlp_dim, adapter_dim=self.adapter_dim,
-                  mlp_adapter_scale=self.mlp_adapter_scale, dropout_rate=self.dropout_rate,
-                  attention_dropout_rate=self.attention_dropout_rate,
-                  stochastic_depth=self.stochastic_depth, remat=self.remat, dtype=self.dtype)
+    common = {f.name: getattr(self, f.name) for f in dataclasses.fields(Expert)
+              if f.name not in ("parent", "name")}
     h, w, _ = self.patch_size
     spatial = CLIPVisionExpert(num_patches=num_patches, patch_size=(h, w), name="spatial",
                                **common)
@@ -222,9 +196,7 @@ class CAST(nn.Module):
 def joint_action_log_probs(verb_logits: jax.Array, noun_logits: jax.Array) -> jax.Array:
   """`log p(verb) + log p(noun)` for every (verb, noun): `[B, V]`, `[B, N]` -> `[B, V * N]`.
 
-  Action `verb * N + noun` is entry `[:, verb * N + noun]`. The result is a
-  normalised log-distribution, so softmax cross-entropy on it equals the sum of
-  the verb and the noun cross-entropies (for the targets' marginals).
+  Action `verb * N + noun` is entry `[:, verb * N + noun]` (see the module doc).
   """
   verb = jax.nn.log_softmax(verb_logits.astype(jnp.float32), axis=-1)
   noun = jax.nn.log_softmax(noun_logits.astype(jnp.float32), axis=-1)
@@ -233,12 +205,7 @@ def joint_action_log_probs(verb_logits: jax.Array, noun_logits: jax.Array) -> ja
 
 
 def _defaults() -> Dict[str, Any]:
-  """CAST's own `config.model` key.
-
-  B-CAST bottleneck width, adapter bottleneck, MLP-adapter scale, and for
-  EPIC-Kitchens the verb/noun head sizes (both 0 = one single-label head). The
-  experts use the common hidden_size/num_heads/mlp_dim/num_layers keys.
-  """
+  """CAST's own `config.model` key (`num_verbs`, `num_nouns` both 0: one single-label head)."""
   return {"cast": {"cross_dim": 384, "adapter_dim": 192, "mlp_adapter_scale": 0.5,
                    "num_verbs": 0, "num_nouns": 0}}
 
@@ -260,14 +227,9 @@ def _check(cfg: ml_collections.ConfigDict, input_shape: Sequence[int], field: st
 
 def _build(cfg: ml_collections.ConfigDict, num_classes: int) -> CAST:
   """The CAST that `config.model` describes."""
-  return CAST(
-      num_classes=num_classes, hidden_size=cfg.hidden_size, num_heads=cfg.num_heads,
-      mlp_dim=cfg.mlp_dim, num_layers=cfg.num_layers, patch_size=tuple(cfg.patch_size),
-      cross_dim=cfg.cast.cross_dim, adapter_dim=cfg.cast.adapter_dim,
-      mlp_adapter_scale=cfg.cast.mlp_adapter_scale, num_verbs=cfg.cast.num_verbs,
-      num_nouns=cfg.cast.num_nouns, dropout_rate=cfg.dropout_rate,
-      attention_dropout_rate=cfg.attention_dropout_rate,
-      stochastic_depth=cfg.stochastic_depth, remat=cfg.remat, dtype=DTYPES[cfg.dtype])
+  return CAST(num_classes=num_classes, patch_size=tuple(cfg.patch_size), dtype=DTYPES[cfg.dtype],
+              **{key: cfg[key] for key in COMMON_KEYS},
+              **{key: cfg.cast[key] for key in _defaults()["cast"]})
 
 
 FAMILY = ModelFamily(

@@ -1,12 +1,7 @@
-"""The switch between CPU-tuned and one-piece evaluation of attention and k-NN search.
+"""The switch between CPU-tuned (looped, cache-sized) and one-piece attention and k-NN search.
 
-On the CPU backend, attention is evaluated in blocks of (batch x head) rows inside
-a loop and the exact k-th-largest search runs over chunks of rows, which keeps the
-working set in cache. Elsewhere (and inside `disabled()`) both run in one piece,
-which computes the same function without loops; cost analysis needs that form,
-since XLA counts a loop body once. Inside `disabled()`, attention's 'auto'
-evaluation path also stays one-piece instead of switching to the query-blocked
-path for large inputs.
+Inside `disabled()`, both run in one piece on every backend, and attention's 'auto'
+path stays one-piece: cost analysis needs that form, since XLA counts a loop body once.
 """
 
 from __future__ import annotations

@@ -19,17 +19,15 @@ from vivit_knn.models.video_transformer import BlockFields, StackFields, maybe_r
 
 Dtype = Any
 
-__all__ = ["DENSE", "MLP_ACTIVATIONS", "MLP_PARAM_AXES",
-           "AddPositionEmbedding", "AttentionSpec", "Encoder", "EncoderBlock",
-           "FactorizedSelfAttentionBlock", "MlpBlock", "attention_module", "drop_path",
-           "exact_gelu", "mlp_residual", "quick_gelu"]
+__all__ = ["DENSE", "MLP_ACTIVATIONS", "MLP_PARAM_AXES", "AddPositionEmbedding", "AttentionSpec",
+           "Encoder", "EncoderBlock", "FactorizedSelfAttentionBlock", "MlpBlock",
+           "attention_module", "drop_path", "exact_gelu", "mlp_residual", "quick_gelu"]
 
 
 class MlpBlock(nn.Module):
   """Two-layer GELU MLP (scenic's `MlpBlock`: `Dense_0`, `Dense_1`)."""
 
   mlp_dim: int
-  out_dim: Optional[int] = None
   dropout_rate: float = 0.0
   activation: Callable[[jax.Array], jax.Array] = nn.gelu
   dtype: Dtype = jnp.float32
@@ -37,7 +35,7 @@ class MlpBlock(nn.Module):
   @nn.compact
   def __call__(self, x: jax.Array, *, deterministic: bool) -> jax.Array:
     """Applies Dense -> activation -> dropout -> Dense -> dropout."""
-    out_dim = self.out_dim or x.shape[-1]
+    out_dim = x.shape[-1]
     dense = lambda features: nn.Dense(
         features, dtype=self.dtype,
         kernel_init=nn.initializers.xavier_uniform(),
@@ -74,11 +72,7 @@ MLP_ACTIVATIONS = {"gelu_tanh": nn.gelu, "gelu_exact": exact_gelu, "quick_gelu":
 
 
 def drop_path(module: nn.Module, x: jax.Array, rate: float, deterministic: bool) -> jax.Array:
-  """Stochastic depth: zeroes whole examples of a residual branch with probability `rate`.
-
-  Survivors are rescaled by 1/(1-rate) so the expected branch output matches
-  evaluation, where nothing is dropped.
-  """
+  """Stochastic depth: drops whole examples with probability `rate`, survivors scaled 1/(1-rate)."""
   if deterministic or rate <= 0.0:
     return x
   keep = 1.0 - rate
@@ -89,11 +83,7 @@ def drop_path(module: nn.Module, x: jax.Array, rate: float, deterministic: bool)
 
 def attention_module(block: BlockFields, name: str, attention: Optional[AttentionSpec] = None,
                      **options: Any) -> MultiHeadAttention:
-  """The `MultiHeadAttention` of `block` (its heads, attention dropout and dtype), named `name`.
-
-  `attention` replaces the block's own spec (e.g. a separate temporal attention);
-  `options` go to `MultiHeadAttention` (`factorized`, `qkv_transform`, ...).
-  """
+  """The `MultiHeadAttention` of `block` named `name`; `attention` replaces the block's spec."""
   return MultiHeadAttention(
       num_heads=block.num_heads, attention=block.attention if attention is None else attention,
       dropout_rate=block.attention_dropout_rate, dtype=block.dtype, name=name, **options)
@@ -101,33 +91,26 @@ def attention_module(block: BlockFields, name: str, attention: Optional[Attentio
 
 def mlp_residual(block: BlockFields, x: jax.Array, deterministic: bool,
                  norm_name: str = "LayerNorm_1", mlp_name: str = "MlpBlock_0",
-                 epsilon: float = 1e-6) -> jax.Array:
-  """x + drop_path(MLP(LN(x))), creating the LayerNorm and `MlpBlock` on `block`."""
+                 epsilon: float = 1e-6,
+                 adapter: Optional[Callable[..., nn.Module]] = None) -> jax.Array:
+  """`x + drop_path(MLP(LN(x)) + adapter(LN(x)))`, creating the modules on `block`."""
   y = nn.LayerNorm(epsilon=epsilon, dtype=block.dtype, name=norm_name)(x)
-  y = MlpBlock(block.mlp_dim, dropout_rate=block.dropout_rate,
+  z = MlpBlock(block.mlp_dim, dropout_rate=block.dropout_rate,
                activation=block.mlp_activation, dtype=block.dtype,
                name=mlp_name)(y, deterministic=deterministic)
-  return x + drop_path(block, y, block.droppath_rate, deterministic)
-
-
-BLOCK_PARTS = ("all", "attention", "mlp")
+  if adapter is not None:
+    z = z + adapter(name="mlp_adapter")(y, deterministic=deterministic)
+  return x + drop_path(block, z, block.droppath_rate, deterministic)
 
 
 class EncoderBlock(BlockFields):
   """Pre-LN transformer block: x + Attn(LN(x)), then x + MLP(LN(x)).
 
-  With `factorized=True` (ViViT model 4) the input is `[B, T, S, D]` and half the
-  heads attend along time, half along space.
-
-  Options for pretrained image/video experts (CLIP, VideoMAE): `mlp_activation`
-  (e.g. `quick_gelu`), `layer_norm_epsilon`, and adapter hooks. A hook is a module
-  factory called with `name=`; its module is applied as `adapter(y,
-  deterministic=...)`. `attention_adapter` (child `attention_adapter`) replaces the
-  attention output y by its result; `mlp_adapter` (child `mlp_adapter`) sees the
-  MLP's normalised input and its result is added to the MLP output.
-  `part='attention'` / `'mlp'` applies only that residual half, so another
-  computation can run between the halves while the parameters stay those of one
-  block.
+  `factorized`: ViViT model 4 on `[B, T, S, D]`. For pretrained experts (CLIP,
+  VideoMAE): `layer_norm_epsilon` and adapter hooks, module factories called with
+  `name=`: `attention_adapter` maps the attention output, `mlp_adapter` maps the
+  MLP's normalised input to a term added to the MLP output. `part='attention'` /
+  `'mlp'` applies only that residual half (CAST runs its cross-attention between).
   """
 
   factorized: bool = False
@@ -137,13 +120,9 @@ class EncoderBlock(BlockFields):
 
   @nn.compact
   def __call__(self, x: jax.Array, deterministic: bool, part: str = "all") -> jax.Array:
-    """Applies the block (or one `part` of it) to tokens `[B, N, D]` (`[B, T, S, D]` when factorised)."""
-    if part not in BLOCK_PARTS:
-      raise ValueError(f"part must be one of {BLOCK_PARTS}, got {part!r}")
-    layer_norm = lambda name: nn.LayerNorm(epsilon=self.layer_norm_epsilon, dtype=self.dtype,
-                                           name=name)
+    """Applies the block (or its `part`) to `[B, N, D]` tokens (`[B, T, S, D]` for model 4)."""
     if part != "mlp":
-      y = layer_norm("LayerNorm_0")(x)
+      y = nn.LayerNorm(epsilon=self.layer_norm_epsilon, dtype=self.dtype, name="LayerNorm_0")(x)
       y = attention_module(self, "MultiHeadDotProductAttention_0",
                            factorized=self.factorized)(y, deterministic=deterministic)
       if self.attention_adapter is not None:
@@ -153,21 +132,12 @@ class EncoderBlock(BlockFields):
       if part == "attention":
         return x
 
-    y = layer_norm("LayerNorm_1")(x)
-    z = MlpBlock(self.mlp_dim, dropout_rate=self.dropout_rate, activation=self.mlp_activation,
-                 dtype=self.dtype, name="MlpBlock_0")(y, deterministic=deterministic)
-    if self.mlp_adapter is not None:
-      z = z + self.mlp_adapter(name="mlp_adapter")(y, deterministic=deterministic)
-    return x + drop_path(self, z, self.droppath_rate, deterministic)
+    return mlp_residual(self, x, deterministic, epsilon=self.layer_norm_epsilon,
+                        adapter=self.mlp_adapter)
 
 
 class FactorizedSelfAttentionBlock(BlockFields):
-  """ViViT model 3: attention along time, then along space, then the MLP.
-
-  Input is `[B, T, S, D]`. Names follow scenic (`LayerNorm_time`,
-  `MultiHeadDotProductAttention_time`, `_space`, `LayerNorm_mlp`, `MlpBlock`).
-  Both halves use the block's `attention`.
-  """
+  """ViViT model 3 on `[B, T, S, D]`: attention along time, then space, then the MLP."""
 
   def _axis_attention(self, x, axis_name, deterministic):
     y = nn.LayerNorm(dtype=self.dtype, name=f"LayerNorm_{axis_name}")(x)
@@ -188,15 +158,11 @@ class FactorizedSelfAttentionBlock(BlockFields):
 
 
 class Encoder(StackFields):
-  """Learned position embedding, `num_layers` blocks and a final LayerNorm.
+  """Learned position embedding, `num_layers` blocks and a final LayerNorm on `[B, N, D]` tokens.
 
-  Tokens come in as `[B, N, D]`. `model_type` is ViViT's layout: 'spacetime'
-  (standard blocks, also the image ViT's), 'factorized_self_attention_block'
-  (model 3) or 'factorized_dot_product_attention' (model 4); for the factorised
-  two, `temporal_dims` says how to view the tokens as `[B, T, N/T, D]` and the
-  output is flattened back. Stochastic depth grows linearly from 0 at the first
-  block to `stochastic_depth` at the last. `mlp_activation` goes to every block's
-  MLP.
+  `model_type`: ViViT's 'spacetime' (also the image ViT), 'factorized_self_attention_block'
+  or 'factorized_dot_product_attention', for which the tokens are viewed as
+  `[B, temporal_dims, N / temporal_dims, D]`.
   """
 
   model_type: str = "spacetime"

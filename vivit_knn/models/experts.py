@@ -1,26 +1,16 @@
 """Pretrained ViT experts on the shared encoder core: a CLIP image tower and a VideoMAE encoder.
 
-Both are `EncoderBlock` stacks with the options their checkpoints need, and both
-expose their stages (`embed`, `block`, `pool`) so that CAST can interleave the two
-experts' blocks with its cross-attention while the parameter trees stay those of
-the experts alone.
+Both expose their stages (`embed`, `block`, `pool`) so CAST can interleave their
+blocks with its cross-attention while the parameter trees stay the experts' own.
+CLIP: bias-free patch conv `conv1`, `class_embedding`, `positional_embedding` (CLS
+first), `ln_pre`, QuickGELU blocks, LayerNorm eps 1e-5, `ln_post`. VideoMAE: tubelet
+conv `patch_embed`, a fixed sinusoid table, erf GELU blocks, eps 1e-6, `fc_norm` on
+the token mean; it has no key bias, so the converter sets our `key/bias` to zero
+(a key bias adds a per-row constant to the logits, which the softmax ignores).
 
-* `CLIPVisionExpert` (OpenAI CLIP ViT, one image at a time): bias-free patch conv
-  `conv1`, `class_embedding`, learned `positional_embedding` (CLS first), `ln_pre`,
-  blocks with QuickGELU and LayerNorm eps 1e-5, `ln_post`.
-* `VideoMAEExpert` (VideoMAE ViT): 3D tubelet conv `patch_embed`, a fixed
-  sinusoidal position table (no parameter), blocks with the erf GELU and
-  LayerNorm eps 1e-6, `fc_norm` on the mean of all tokens.
-
-VideoMAE's attention has a query and a value bias but no key bias. Our attention
-keeps a `key/bias` parameter, which the converter sets to zero; a key bias could
-not change the output anyway, since it adds `q . b` to every logit of a query's
-row and the softmax ignores a per-row constant.
-
-With `adapter_dim > 0` every block gets CAST's adapters: one on the attention
-output (with a skip) and one beside the MLP (on the MLP's input, scaled by
-`mlp_adapter_scale`). Stochastic depth applies to the MLP adapter only: the
-frozen expert branches are never dropped (as in CAST).
+With `adapter_dim > 0` every block gets CAST's adapters: one on the attention output
+(with a skip), one beside the MLP scaled by `mlp_adapter_scale`; stochastic depth
+drops only the MLP adapter, never the frozen branches (as in CAST).
 """
 
 from __future__ import annotations
@@ -43,10 +33,9 @@ VIDEOMAE_LN_EPSILON = 1e-6
 
 
 def sinusoid_table(num_positions: int, dim: int) -> np.ndarray:
-  """The fixed `[num_positions, dim]` position table of VideoMAE (float32).
+  """VideoMAE's float32 `[num_positions, dim]` table: sin/cos of `p / 10000^(2 floor(j/2) / dim)`.
 
-  Entry `(p, j)` is `sin(p / 10000^(2 floor(j/2) / dim))` for even j and `cos` of
-  the same angle for odd j.
+  Even columns j take the sine, odd ones the cosine.
   """
   pos = np.arange(num_positions, dtype=np.float64)[:, None]
   rates = np.power(10000.0, 2 * (np.arange(dim) // 2) / dim)
@@ -55,7 +44,7 @@ def sinusoid_table(num_positions: int, dim: int) -> np.ndarray:
   return table.astype(np.float32)
 
 
-class _Expert(nn.Module):
+class Expert(nn.Module):
   """Shared parts of both experts: the block stack built from the shared core."""
 
   hidden_size: int = 768
@@ -72,18 +61,15 @@ class _Expert(nn.Module):
 
   def _blocks(self, activation, epsilon: float) -> List[nn.Module]:
     cls = maybe_remat(EncoderBlock, self.remat, static_argnums=(2, 3))
-    blocks = []
-    for i in range(self.num_layers):
-      rate = droppath_ramp(self.stochastic_depth, i, self.num_layers)
-      blocks.append(cls(
-          mlp_dim=self.mlp_dim, num_heads=self.num_heads, dropout_rate=self.dropout_rate,
-          attention_dropout_rate=self.attention_dropout_rate, dtype=self.dtype,
-          mlp_activation=activation, layer_norm_epsilon=epsilon,
-          attention_adapter=adapter_factory(self.adapter_dim, skip=True, dtype=self.dtype),
-          mlp_adapter=adapter_factory(self.adapter_dim, skip=False, scale=self.mlp_adapter_scale,
-                                      droppath_rate=rate, dtype=self.dtype),
-          name=f"encoderblock_{i}"))
-    return blocks
+    return [cls(
+        mlp_dim=self.mlp_dim, num_heads=self.num_heads, dropout_rate=self.dropout_rate,
+        attention_dropout_rate=self.attention_dropout_rate, dtype=self.dtype,
+        mlp_activation=activation, layer_norm_epsilon=epsilon,
+        attention_adapter=adapter_factory(self.adapter_dim, skip=True, dtype=self.dtype),
+        mlp_adapter=adapter_factory(
+            self.adapter_dim, skip=False, scale=self.mlp_adapter_scale, dtype=self.dtype,
+            droppath_rate=droppath_ramp(self.stochastic_depth, i, self.num_layers)),
+        name=f"encoderblock_{i}") for i in range(self.num_layers)]
 
   def block(self, index: int, x: jax.Array, *, train: bool, part: str = "all") -> jax.Array:
     """Applies block `index` (or its `part`: 'attention' / 'mlp') to `[B, N, D]` tokens."""
@@ -91,13 +77,8 @@ class _Expert(nn.Module):
     return self.blocks[index](x, not train, part)
 
 
-class CLIPVisionExpert(_Expert):
-  """OpenAI CLIP ViT image encoder (see the module doc).
-
-  Attributes (beyond the shared widths): `num_patches`, the patch-grid size of one
-  image (196 for 224px at 16px patches), which sizes `positional_embedding`;
-  `patch_size` `(h, w)`.
-  """
+class CLIPVisionExpert(Expert):
+  """OpenAI CLIP ViT image encoder; `num_patches` per image (196 at 224/16) sizes its embedding."""
 
   num_patches: int = 196
   patch_size: Sequence[int] = (16, 16)
@@ -139,7 +120,7 @@ class CLIPVisionExpert(_Expert):
     return self.ln_post(x[:, 0]), x
 
 
-class VideoMAEExpert(_Expert):
+class VideoMAEExpert(Expert):
   """VideoMAE ViT video encoder (see the module doc); `patch_size` is `(h, w, t)`."""
 
   patch_size: Sequence[int] = (16, 16, 2)
@@ -153,7 +134,7 @@ class VideoMAEExpert(_Expert):
     self.fc_norm = nn.LayerNorm(epsilon=VIDEOMAE_LN_EPSILON, dtype=self.dtype)
 
   def embed(self, video: jax.Array) -> jax.Array:
-    """Video `[B, T, H, W, C]` -> tokens `[B, (T/t) * P, D]` (time-major) plus the sinusoid table."""
+    """Video `[B, T, H, W, C]` -> tokens `[B, (T/t) * P, D]` (time-major), plus the sinusoids."""
     x = self.patch_embed(video)
     b, d = x.shape[0], x.shape[-1]
     x = x.reshape(b, -1, d)

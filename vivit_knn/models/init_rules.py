@@ -1,8 +1,7 @@
 """How a model family's parameters start from an image ViT checkpoint (`config.init_from`).
 
-Each family module exports `INIT_RULES`, held by its `ModelFamily` entry;
-`vivit_knn.weights.init_from` applies them and names no family itself. Module
-names are the family's own: top-level ones, or those inside one `encoderblock_i`.
+Each family exports `INIT_RULES`; `vivit_knn.weights.init_from` applies them. Names
+are the family's own: top-level modules, or modules inside one `encoderblock_i`.
 """
 
 from __future__ import annotations
@@ -26,18 +25,15 @@ class InitRules:
   """One family's initialisation from an image ViT.
 
   Attributes:
-    image_encoder: `config.model` -> `(encoder, CLS parameter)` of the model that take
-      the image ViT's `Transformer` and `cls`.
+    image_encoder: `config.model` -> `(encoder, CLS parameter)` that take the image
+      ViT's `Transformer` and `cls`.
     new_modules: top-level modules (regexes, matched in full) kept as initialised.
     new_block_modules: block modules kept as initialised.
-    from_spatial: `(block module, image block module)` pairs: the module starts as a
-      copy of the image block's, unless the checkpoint has weights of its own for it.
+    from_spatial: `(block module, image block module)`: copies of the image block's,
+      unless the checkpoint has their own.
     zeroed_block_modules: block modules set to zeros, unless the checkpoint has them.
-    time_embedding: the encoder's time embedding ('' for none): the checkpoint's,
-      interpolated over frames, or zeros from an image model.
-    time_encoders: `(encoder, CLS parameter)` pairs of encoders whose position
-      embedding has one row per time step (a video checkpoint's is interpolated
-      over time).
+    time_embedding: the time embedding ('' for none), interpolated over frames or zeros.
+    time_encoders: `(encoder, CLS parameter)` of encoders with one position per time step.
   """
 
   image_encoder: Callable[[ml_collections.ConfigDict], Tuple[str, str]] = image_names

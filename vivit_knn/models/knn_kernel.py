@@ -1,46 +1,21 @@
 """A fused Pallas kernel for dense and exact k-NN attention (the forward pass).
 
-One kernel instance handles one (batch x head) row and one block of `q_block`
-queries. It loads the block's queries and all of that head's keys and values,
-forms the `[q_block, W]` float32 logits on chip, finds each row's k-th largest
-logit, masks the rest to -inf, and writes the softmax-weighted sum of the values
-together with each row's log-sum-exp and threshold. The logits never reach HBM.
-The backward pass is `blocked_attention.blocked_backward` (an XLA program that
-recomputes each query block's logits and compares them with the stored
-thresholds, in blocks of `blocked_attention.plan_q_block` queries); it needs only
-O(N) saved values per row. Ties are kept identically in both passes as long as
-the kernel's and XLA's dot products give the same float32 logits; on CPU (the
-interpreter) they do, which the tests check at many exact ties.
+One instance takes one (batch x head) row and `q_block` queries: it forms the
+`[q_block, W]` float32 logits on chip, finds each row's k-th largest logit by a
+32-step bit search on order-preserving int32 keys (exact, no sort, ties kept),
+masks the rest to -inf and writes the softmax-weighted values with each row's
+log-sum-exp and threshold; the logits never reach HBM. The backward pass is
+`blocked_attention.blocked_backward`, which compares recomputed logits with the
+stored thresholds (the same kept set while the kernel's and XLA's dot products
+agree, as they do in the interpreter that the tests run).
 
-k-th largest inside the kernel: the logits are mapped to int32 keys with the same
-order as the floats, and the answer is built one bit at a time from the most
-significant (32 steps; each step counts, per row, the keys >= the candidate). This
-is exact, needs no sort, and ties at the threshold are all kept, as in
-`kth_largest.knn_mask_logits`.
-
-Block sizes (W = key count padded to a multiple of 128 on TPU, to a power of two of
-at least 128 on GPU; d = head dim; f32 logits):
-
-* TPU (Mosaic): `q_block` = 128. On chip per instance: the logits and about three
-  temporaries of the same size (int32 keys, the masked exponentials, the comparison
-  being counted), 4 x 128 x W x 4 B, plus double-buffered K and V blocks,
-  2 x 2 x W x d x 4 B. At W = 3200 (ViViT's 3,137 tokens) and d = 64 that is
-  6.6 MB + 3.3 MB = 9.8 MB, inside the 16 MiB default scoped VMEM of v5e (32 MiB on
-  v4/v5p/v6e). `supports` accepts shapes whose estimate (`tpu_vmem_bytes`) is at
-  most 12 MiB: W <= 4096 at d = 64, W <= 3072 at d = 128.
-* GPU (Triton): `q_block` = 16 (the smallest tile a Triton dot takes). A program
-  keeps its tiles in registers: an H100/H200 SM has 64K 32-bit registers (256 KB)
-  and one program may use at most 255 per thread. Logits plus int32 keys are
-  2 x 16 x W values; with 8 warps (256 threads) and W = 512 that is 64 registers
-  per thread, which fits next to the q, k and v tiles. A 3,137-token row
-  (W = 4096: 2 x 16 x 4096 = 128K values) does not fit in one SM's registers or its 228 KB
-  shared memory, so `supports` accepts W <= 512 on GPU; longer rows would need the
-  keys streamed in tiles in two passes (a threshold pass that recounts every tile
-  32 times, then a softmax pass), which is not implemented: they take the blocked
-  XLA path.
-
-Correctness is checked on CPU with `interpret=True` (the Pallas interpreter,
-`impl='pallas_interpret'`), which runs the same kernel body as XLA operations.
+Block sizes (W: keys padded to a multiple of 128 on TPU, a power of two >= 128 on GPU):
+* TPU (Mosaic): `q_block` 128; VMEM about 4 f32 `[128, W]` arrays plus
+  double-buffered K, V (`tpu_vmem_bytes`), accepted up to 12 MiB (v5e's default
+  scoped VMEM is 16 MiB): W <= 4096 at d = 64, W <= 3072 at d = 128.
+* GPU (Triton): `q_block` 16 (Triton's smallest dot tile), 8 warps; logits and keys
+  stay in registers (64K per SM, 255 per thread), so W <= 512; longer rows take the
+  blocked XLA path.
 """
 
 from __future__ import annotations
@@ -54,6 +29,7 @@ from jax import lax
 from jax.experimental import pallas as pl
 
 from vivit_knn.models import blocked_attention as blocked
+from vivit_knn.models import kth_largest as kth
 
 Array = jax.Array
 
@@ -66,25 +42,9 @@ _MAX_HEAD_DIM = 128
 _SIGN = -(2 ** 31)  # int32 with only the sign bit set
 
 
-def _sortable(x: Array) -> Array:
-  """float32 -> int32 whose signed order is the float order."""
-  bits = lax.bitcast_convert_type(x, jnp.int32)
-  return bits ^ ((bits >> 31) & jnp.int32(0x7FFFFFFF))
-
-
-def _from_sortable(key: Array) -> Array:
-  """Inverse of `_sortable`."""
-  return lax.bitcast_convert_type(key ^ ((key >> 31) & jnp.int32(0x7FFFFFFF)), jnp.float32)
-
-
 def kth_largest_bits(x: Array, k: int) -> Array:
-  """Exact k-th largest of each row of float32 `x` `[R, W]` as `[R, 1]`, by 32-step bisection.
-
-  The answer is built in the unsigned order of the int32 keys (sign bit flipped),
-  most significant bit first: a bit is kept when at least k keys are >= the
-  candidate. Duplicates count separately, so ties give the tied value.
-  """
-  keys = _sortable(x)
+  """Exact k-th largest of each row of float32 `x` `[R, W]` as `[R, 1]`, by 32-step bisection."""
+  keys = kth.sortable_key(x)
 
   def step(i, prefix):
     cand = prefix | jnp.left_shift(jnp.int32(1), 31 - i)
@@ -93,7 +53,7 @@ def kth_largest_bits(x: Array, k: int) -> Array:
     return jnp.where(count >= k, cand, prefix)
 
   prefix = lax.fori_loop(0, 32, step, jnp.zeros((x.shape[0], 1), jnp.int32))
-  return _from_sortable(prefix ^ jnp.int32(_SIGN))
+  return kth.key_to_float(prefix ^ jnp.int32(_SIGN))
 
 
 def _kernel(q_ref, k_ref, v_ref, o_ref, lse_ref, thresh_ref, *, knn: Optional[int],
@@ -123,8 +83,6 @@ def _kernel(q_ref, k_ref, v_ref, o_ref, lse_ref, thresh_ref, *, knn: Optional[in
 
 def _compiler_params(backend: str):
   """Triton with 8 warps on GPU (see the module doc); on TPU both grid axes are independent."""
-  if backend not in Q_BLOCK:  # the interpreter
-    return None
   if backend == "gpu":
     from jax.experimental.pallas import triton as pl_triton  # pylint: disable=g-import-not-at-top
     return pl_triton.CompilerParams(num_warps=8, num_stages=1)
@@ -134,12 +92,7 @@ def _compiler_params(backend: str):
 
 def kernel_forward(q: Array, k: Array, v: Array, plan: blocked.Plan, *,
                    interpret: bool, backend: Optional[str] = None) -> Tuple[Array, Array, Array]:
-  """The kernel over heads-major padded inputs: `(out, lse, thresh)` as `blocked_forward`.
-
-  `backend` ('tpu' or 'gpu', default: the default backend) picks the compiler
-  parameters, and so the lowering (Mosaic TPU, or Triton on GPU); it is ignored
-  when interpreting.
-  """
+  """The kernel on `prepare`d inputs: `(out, lse, thresh)`; `backend` picks the lowering."""
   num_bh, num_q, depth = q.shape
   width, dv = k.shape[1], v.shape[2]
   qb = plan.q_block
@@ -203,34 +156,18 @@ def check_backend(backend: str) -> None:
 
 def kernel_attention(query: Array, key: Array, value: Array, knn: Optional[int], *,
                      dtype=None, precision=None, interpret: bool = False) -> Array:
-  """Dense (`knn` None) or k-NN attention through the fused kernel, with a recomputing VJP.
+  """`blocked_attention.blocked_attention` with the fused kernel as its forward pass.
 
-  Args:
-    query: `[..., Nq, H, d]`.
-    key: `[..., Nk, H, d]` (same leading axes and heads as `query`).
-    value: `[..., Nk, H, dv]`.
-    knn: keys kept per query (an int in `[1, Nk]`, already resolved), or None.
-    dtype: output dtype (default: the query's).
-    precision: matmul precision.
-    interpret: run the kernel in the Pallas interpreter (any backend; slow, for tests).
-
-  Returns:
-    `[..., Nq, H, dv]`, equal to `blocked_attention.blocked_attention`.
+  `interpret` runs the kernel in the Pallas interpreter (any backend; slow, for tests).
 
   Raises:
-    ValueError: naming `impl` when not interpreting on a backend without the kernel
-      (`check_backend`).
+    ValueError: naming `impl` when not interpreting on a backend without the kernel.
   """
   backend = jax.default_backend()
   if not interpret:
     check_backend(backend)
-  q_block = INTERPRET_Q_BLOCK if interpret else Q_BLOCK[backend]
-  batch = query.shape[:-3]
-  num_q, heads = query.shape[-3:-1]
   width = key_width("interpret" if interpret else backend, key.shape[-3])
-  q, k, v, plan = blocked.prepare(query, key, value, knn, dtype=dtype, precision=precision,
-                                  q_block=q_block, key_multiple=width,
-                                  backward_q_block=None if interpret else -1)
-  run = _interpreted if interpret else _compiled
-  out = run(q, k, v, plan)[:, :num_q]
-  return blocked.heads_minor(out, batch, heads)
+  return blocked.evaluate(_interpreted if interpret else _compiled, query, key, value, knn,
+                          dtype=dtype, precision=precision,
+                          q_block=INTERPRET_Q_BLOCK if interpret else Q_BLOCK[backend],
+                          key_multiple=width, backward_q_block=None if interpret else -1)

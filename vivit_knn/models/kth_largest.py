@@ -1,14 +1,9 @@
 """Exact k-th largest value along the last axis, without sorting (radix select on float bits).
 
-The floats are mapped to integers with the same order, and the threshold is built
-one bit at a time from the most significant bit, keeping a bit whenever at least k
-entries are still greater than or equal to the candidate. The bits are processed
-one byte per phase: each phase first reduces every entry to a single byte relative
-to the prefix found so far (0 below it, 255 above it, else the entry's next byte),
-so that the eight counting passes of the phase run on a uint8 array.
-
-k-NN attention (`attention_backends`) keeps, for every query, the keys whose logits
-are at least this threshold.
+Floats map to int32 keys of the same order; the threshold is built bit by bit from
+the top, keeping a bit while at least k entries are >= the candidate. Each of the
+four phases reduces every entry to one byte relative to the prefix found so far
+(0 below, 255 above), so its eight counting passes run on uint8.
 """
 
 from __future__ import annotations
@@ -28,9 +23,8 @@ from vivit_knn.models import cpu_paths
 
 Array = jax.Array
 
-# Counting works on rows padded to a multiple of 32 bytes (one 256-bit vector). A
-# row is split into segments of at most 7 such groups, so a segment's count (<= 224)
-# fits the uint8 accumulator.
+# Rows are padded to groups of 32 bytes (one 256-bit vector), at most 7 groups per segment
+# so that a segment's count (<= 224) fits the uint8 accumulator.
 _LANES = 32
 _MAX_GROUPS_PER_SEGMENT = 7
 
@@ -63,15 +57,15 @@ def row_layout(n: int) -> RowLayout:
   return best[1]
 
 
-def _sortable_key(x: Array) -> Array:
+def sortable_key(x: Array) -> Array:
   """float32 -> int32 whose signed order is the float order (-0.0 just below +0.0)."""
   bits = lax.bitcast_convert_type(x, jnp.int32)
   # Negative floats order backwards: flip their magnitude bits, keep the sign bit.
   return bits ^ ((bits >> 31) & jnp.int32(0x7FFFFFFF))
 
 
-def _key_to_float(key: Array) -> Array:
-  """Inverse of `_sortable_key` (the same xor undoes itself)."""
+def key_to_float(key: Array) -> Array:
+  """Inverse of `sortable_key` (the same xor undoes itself)."""
   return lax.bitcast_convert_type(key ^ ((key >> 31) & jnp.int32(0x7FFFFFFF)), jnp.float32)
 
 
@@ -95,7 +89,7 @@ def kth_largest_rows(x: Array, k: Union[int, Array], n_valid: int,
                      layout: RowLayout) -> Array:
   """Exact k-th largest of each row of float32 `x` `[R, padded]`; columns >= n_valid are ignored."""
   rows = x.shape[0]
-  key = _sortable_key(x)
+  key = sortable_key(x)
   col_mask = None
   if n_valid < layout.padded:
     col_mask = jnp.asarray(np.where(np.arange(layout.padded) < n_valid, 255, 0).astype(np.uint8))
@@ -123,22 +117,19 @@ def kth_largest_rows(x: Array, k: Union[int, Array], n_valid: int,
     # bytes into every later count and recomputes it per element (several x slower).
     byte = lax.fori_loop(0, 8, take_bit, jnp.zeros((rows, 1), jnp.uint8)).astype(jnp.int32)
     prefix = (byte - 128) << 24 if phase == 0 else prefix | (byte << shift)
-  return _key_to_float(prefix)
+  return key_to_float(prefix)
 
 
-def largest_divisor_at_most(n: int, limit: int) -> int:
-  """The largest divisor of `n` that is at most `limit` (and at least 1)."""
+def block_size(n: int, limit: int) -> int:
+  """The largest divisor of `n` up to `limit`; `min(n, limit)` (n to be padded) if 4x smaller."""
   limit = max(1, min(n, limit))
-  return next(d for d in range(limit, 0, -1) if n % d == 0)
+  divisor = next(d for d in range(limit, 0, -1) if n % d == 0)
+  return limit if 4 * divisor < limit else divisor
 
 
 @functools.partial(jax.jit, static_argnums=2)
 def _kth_largest_2d(x: Array, k: Array, chunk_elems: Optional[int]) -> Array:
-  """`kth_largest` for float32 `[R, n]`, n > 0, and a scalar int32 `k`: returns `[R, 1]`.
-
-  Rows are searched `chunk_elems // padded` at a time (all at once if None). `k` is
-  traced, so one compilation serves every k.
-  """
+  """`kth_largest` of float32 `[R, n]` for a traced int32 `k`, `chunk_elems` at a time: `[R, 1]`."""
   num_rows, n = x.shape
   layout = row_layout(n)
   if layout.padded != n:
@@ -148,9 +139,8 @@ def _kth_largest_2d(x: Array, k: Array, chunk_elems: Optional[int]) -> Array:
   chunk = num_rows if chunk_elems is None else max(1, chunk_elems // layout.padded)
   if num_rows <= chunk:
     return search(x)
-  rows = largest_divisor_at_most(num_rows, chunk)
-  if 4 * rows < chunk:  # no convenient divisor: pad with -inf rows instead
-    rows = chunk
+  rows = block_size(num_rows, chunk)
+  if num_rows % rows:  # no convenient divisor: pad with -inf rows instead
     total = -(-num_rows // rows) * rows
     x = jnp.pad(x, ((0, total - num_rows), (0, 0)), constant_values=-jnp.inf)
   out = lax.map(search, x.reshape(-1, rows, layout.padded))
@@ -160,12 +150,9 @@ def _kth_largest_2d(x: Array, k: Array, chunk_elems: Optional[int]) -> Array:
 def kth_largest(x: Array, k: int) -> Array:
   """Exact k-th largest value along the last axis of `x`, shape `x.shape[:-1] + (1,)`.
 
-  Equals `np.sort(x, -1)[..., -k:][..., :1]` (duplicates count separately; -inf
-  entries are fine) for float32, bfloat16 and float16 inputs, and returns the input
-  dtype. No sort or top_k is used: the values are searched bit by bit on an integer
-  encoding of their float32 bits, so the cost is 32 counting passes over `x`
-  whatever k is. NaN entries give an unspecified result. The output carries no
-  gradient.
+  Equals `np.sort(x, -1)[..., -k][..., None]` (duplicates count separately) for
+  float32, bfloat16 and float16, in the input dtype: 32 counting passes over `x`, no
+  sort. NaN entries give an unspecified result; the output carries no gradient.
 
   Raises:
     TypeError: for non-float inputs or floats wider than 32 bits.
@@ -189,11 +176,5 @@ def kth_largest(x: Array, k: int) -> Array:
 
 
 def knn_mask_logits(logits: Array, k: int) -> Array:
-  """Sets the entries of each row below its k-th largest value (last axis) to -inf.
-
-  Entries equal to the threshold are all kept, so a row with ties at its k-th
-  largest value keeps more than k entries (and a row whose k-th largest is -inf
-  keeps all of them). Gradients flow to the kept entries; the threshold itself is
-  treated as a constant.
-  """
+  """Sets each row's entries below its k-th largest (last axis) to -inf, keeping ties."""
   return jnp.where(logits >= kth_largest(logits, k), logits, -jnp.inf)

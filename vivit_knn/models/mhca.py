@@ -1,17 +1,12 @@
 """MHCA: multi-head attention with a learnable quadratic relative-position term per head.
 
-Each head adds `v_h . r_delta` to its logits `Q K^T / sqrt(d)`, where for a query
-patch at `p_q` and a key patch at `p_k`, `delta = p_k - p_q = (dx, dy)`,
-`r_delta = (|delta|^2, dx, dy)` and `v_h = -alpha_h (1, -2 Delta_h1, -2 Delta_h2)`.
-Since `v_h . r_delta = -alpha_h |delta - Delta_h|^2 + alpha_h |Delta_h|^2`, a head
-with Q = K = 0 attends with a Gaussian kernel centred on the offset `Delta_h`
-whose width shrinks as `alpha_h` grows (Cordonnier et al.; ConViT). `Delta_h`
-starts on a grid around 0 so the heads begin as the taps of a local
-convolution. Prefix tokens (CLS) get zero relative terms in both directions.
-
-For video tokens the positions are the patches' spatial coordinates: tokens of
-different frames at the same offset get the same term. The term goes through
-the attention core's `bias` argument, so dense and k-NN attention both work.
+Head h adds `v_h . r_delta` to its logits, `delta = p_k - p_q = (dx, dy)` the key
+patch's offset from the query patch, `r_delta = (|delta|^2, dx, dy)`, `v_h =
+-alpha_h (1, -2 Delta_h1, -2 Delta_h2)`: with Q = K = 0 a Gaussian kernel centred on
+`Delta_h`, sharper as `alpha_h` grows (Cordonnier et al.; ConViT). `Delta_h` starts
+on a grid around 0 (the taps of a local convolution). Prefix tokens (CLS) get no
+term; video tokens use their spatial coordinates, so all frames share the term. It
+enters as the attention's `bias`, so dense and k-NN attention both work.
 """
 
 from __future__ import annotations
@@ -69,12 +64,7 @@ def quadratic_position_bias(delta: jax.Array, alpha: jax.Array, positions: jax.A
 
 
 class QuadraticPositionBias(nn.Module):
-  """Learnable per-head `Delta_h` (`delta`, `[H, 2]`) and `alpha_h` (`alpha`, `[H]`).
-
-  Attributes:
-    num_heads: number of heads H.
-    locality_strength: initial `alpha_h` (larger = sharper initial kernels).
-  """
+  """Learnable per-head `Delta_h` (`delta`, `[H, 2]`) and `alpha_h` (`alpha`, `[H]`)."""
 
   num_heads: int
   locality_strength: float = 1.0
@@ -93,17 +83,11 @@ def mhca_attention(x: jax.Array, *, num_heads: int, grid: Sequence[int], num_fra
                    num_prefix: int = 1, attention: AttentionSpec = DENSE,
                    locality_strength: float = 1.0, dropout_rate: float = 0.0,
                    deterministic: bool = True, dtype: Dtype = jnp.float32) -> jax.Array:
-  """MHCA of tokens `[B, P + T*h*w, D]`, built inside the calling module's scope.
+  """MHCA of tokens `[B, P + T*h*w, D]`, built in the calling module's compact method.
 
-  Creates `RelativePosition_0` (the `QuadraticPositionBias`) and
-  `MultiHeadDotProductAttention_0` (the usual attention, so its parameters keep the
-  plain-ViT names) in the module whose compact method calls it. `attention` is
-  the attention kind (dense, k-NN, ...) the relative term is added to.
+  Creates `RelativePosition_0` and `MultiHeadDotProductAttention_0` (the plain ViT's
+  name), which evaluates `attention` with the relative term as its bias.
   """
-  n = x.shape[-2]
-  if n != num_prefix + num_frames * grid[0] * grid[1]:
-    raise ValueError(f"MHCA got {n} tokens, expected {num_prefix} prefix + {num_frames} frames "
-                     f"x {grid[0]}x{grid[1]} patches")
   bias = QuadraticPositionBias(num_heads, locality_strength, name="RelativePosition_0")(
       grid, num_frames, num_prefix)
   return MultiHeadAttention(num_heads=num_heads, attention=attention,
@@ -111,32 +95,3 @@ def mhca_attention(x: jax.Array, *, num_heads: int, grid: Sequence[int], num_fra
                             name="MultiHeadDotProductAttention_0")(
                                 x, bias=bias, deterministic=deterministic)
 
-
-class MHCA(nn.Module):
-  """Standalone MHCA layer (`mhca_attention` wrapped as a module).
-
-  Attributes:
-    num_heads: number of heads.
-    num_prefix: leading non-patch tokens (CLS) that get no relative term.
-    locality_strength: initial `alpha_h`.
-    attention: the attention kind and its options (`AttentionSpec`).
-    dropout_rate: attention dropout.
-    dtype: computation dtype.
-  """
-
-  num_heads: int
-  num_prefix: int = 1
-  locality_strength: float = 1.0
-  attention: AttentionSpec = DENSE
-  dropout_rate: float = 0.0
-  dtype: Dtype = jnp.float32
-
-  @nn.compact
-  def __call__(self, x: jax.Array, *, grid: Sequence[int], num_frames: int = 1,
-               deterministic: bool = True) -> jax.Array:
-    """Attends over `[B, P + T*h*w, D]` tokens laid out as `grid` patches per frame."""
-    return mhca_attention(x, num_heads=self.num_heads, grid=grid, num_frames=num_frames,
-                          num_prefix=self.num_prefix, attention=self.attention,
-                          locality_strength=self.locality_strength,
-                          dropout_rate=self.dropout_rate, deterministic=deterministic,
-                          dtype=self.dtype)

@@ -1,14 +1,12 @@
-"""Logical sharding names for activations, applied when a mesh is in scope.
+"""Logical sharding names for activations: `constrain(x, ("batch", "length", "embed"))`.
 
-Blocks call `constrain(x, ("batch", "length", "embed"))`; under `jax.set_mesh`
-(the trainer's steps) this pins the activation layout with
-`with_sharding_constraint` using `ACTIVATION_RULES`, so the batch stays split over
-the data-parallel axes between blocks and the MLP hidden layer over `tensor`.
-Outside a mesh (plain `model.apply`) it does nothing.
+Under `jax.set_mesh` (the trainer's steps) this pins the layout with
+`with_sharding_constraint` by `ACTIVATION_RULES`; outside a mesh it does nothing.
 """
 
 from __future__ import annotations
 
+import math
 from typing import Optional, Sequence
 
 import jax
@@ -32,9 +30,7 @@ def activation_spec(shape: Sequence[int], names: Sequence[Optional[str]], mesh) 
     axes = ACTIVATION_RULES.get(name) if name else None
     axes = tuple(a for a in ((axes,) if isinstance(axes, str) else (axes or ()))
                  if a in mesh.axis_names)
-    size = 1
-    for a in axes:
-      size *= mesh.shape[a]
+    size = math.prod(mesh.shape[a] for a in axes)
     spec.append(axes if axes and size > 1 and dim % size == 0 else None)
   return P(*spec)
 

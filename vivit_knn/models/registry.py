@@ -1,15 +1,7 @@
-"""The model families, by `config.model.name`, and thin functions that look them up.
+"""The model families by `config.model.name` (`FAMILIES`), and thin functions that look them up.
 
-`FAMILIES` maps each name to its `ModelFamily` (see `models.family`): 'vivit'
-(models 1-4), 'timesformer', 'xvit', 'student' (the ViT-S video student of
-two-stage distillation) and 'cast' (two frozen experts joined by
-cross-attention). A new family is its module, exporting `FAMILY`, plus one entry
-in the table below; nothing else in the project lists families.
-
-`model.mlp_activation` left empty takes the family's source: the erf GELU for
-TimeSformer and X-ViT (PyTorch code, so their released weights reproduce), flax's
-tanh GELU for ViViT and the student (scenic). CAST's experts fix their own
-(QuickGELU for CLIP, erf for VideoMAE), so the key must stay empty there.
+A new family is its module, exporting `FAMILY` (`models.family.ModelFamily`), plus
+one entry in `FAMILIES`; nothing else in the project lists families.
 """
 
 from __future__ import annotations
@@ -59,10 +51,7 @@ def default_config_keys() -> Dict[str, Any]:
 
 
 def build_model(cfg: ConfigDict, num_classes: int) -> nn.Module:
-  """Returns the Flax module `config.model` describes for `num_classes` outputs.
-
-  `cfg` is a checked config (`vivit_knn.config.check_model`): nothing is checked here.
-  """
+  """The Flax module a checked `config.model` (`vivit_knn.config.check_model`) describes."""
   return FAMILIES[cfg.name].build(cfg, num_classes)
 
 
@@ -97,26 +86,22 @@ def _check_common(cfg: ConfigDict, input_shape: Sequence[int], field: str) -> No
 def check(cfg: ConfigDict, input_shape: Sequence[int], field: str = "model") -> None:
   """Checks `config.model` against one clip's `(T, H, W, C)` before compiling.
 
-  Runs the common checks, the family's own, and every attention's options
-  against the keys it will see. Errors name the field. Which keys cannot take
-  effect is `inactive_keys`.
+  Runs the common checks, the family's own, and every attention's options against
+  the keys it will see. Errors name the field.
   """
   require(cfg.name in FAMILIES, f"{field}.name",
           f"must be one of {MODEL_NAMES}, got {cfg.name!r}")
   _check_common(cfg, input_shape, field)
   FAMILIES[cfg.name].check(cfg, input_shape, field)
-  check_attention(cfg, input_shape)
+  for attention_field, (num_keys, spec) in attention_key_counts(cfg, input_shape).items():
+    check_attention_spec(spec, num_keys, attention_field)
 
 
 def inactive_keys(cfg: ConfigDict, field: str = "model") -> InactiveKeys:
-  """The keys of a checked `config.model` that its model never reads.
+  """The keys of a checked `config.model` its model never reads: `{key: (why, keys read instead)}`.
 
-  Other families' exclusive keys, `mlp_activation` for a family that fixes its
-  own, and what the family itself declares (e.g. ViViT's factorised encoder
-  ignores `num_layers` and `attention`).
-
-  Returns:
-    key (relative to `cfg`) -> (why it cannot take effect, the keys read instead).
+  Other families' exclusive keys, `mlp_activation` for a family that fixes its own,
+  and what the family declares (e.g. ViViT's factorised encoder ignores `num_layers`).
   """
   spec = FAMILIES[cfg.name]
   out: InactiveKeys = {}
@@ -132,20 +117,11 @@ def inactive_keys(cfg: ConfigDict, field: str = "model") -> InactiveKeys:
 
 
 def attention_key_counts(cfg: ConfigDict, input_shape: Sequence[int]) -> KeyCounts:
-  """Maps each attention config field to (number of keys it attends over, its spec).
-
-  `input_shape` is one clip's `(T, H, W, C)`.
-  """
+  """`{attention config field: (keys it attends over, its spec)}` for clips `(T, H, W, C)`."""
   t_in, h_in, w_in, _ = input_shape
   ph, pw, pt = cfg.patch_size
   t, s = t_in // pt, (h_in // ph) * (w_in // pw)
   return family(cfg.name).key_counts(cfg, t, s)
-
-
-def check_attention(cfg: ConfigDict, input_shape: Sequence[int]) -> None:
-  """Raises ValueError naming the field when an attention's options do not fit its key count."""
-  for field, (num_keys, spec) in attention_key_counts(cfg, input_shape).items():
-    check_attention_spec(spec, num_keys, field)
 
 
 def stem_names() -> FrozenSet[str]:
@@ -160,5 +136,4 @@ def param_axes() -> ParamAxes:
 
 
 __all__ = ["FAMILIES", "MODEL_NAMES", "attention_key_counts", "build_model", "check",
-           "check_attention", "default_config_keys", "family", "inactive_keys", "param_axes",
-           "stem_names"]
+           "default_config_keys", "family", "inactive_keys", "param_axes", "stem_names"]

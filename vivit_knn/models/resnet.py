@@ -1,11 +1,9 @@
 """ResNet-18/34/50/101/152 in torchvision's layout: the 2D per-frame distillation teacher.
 
-Module names mirror torchvision's (`conv1`, `bn1`, `layer{1-4}_{j}` for
-`layer{1-4}.{j}`, `downsample_conv` / `downsample_bn` for `downsample.0/1`,
-`fc`), so `vivit_knn.weights.torchvision_resnet` maps a state dict one to one.
-Blocks are torchvision's: the Bottleneck puts the stride on its 3x3 conv
-("ResNet v1.5"). BatchNorm keeps its running statistics in the `batch_stats`
-collection; `train=False` normalises with them.
+Names mirror torchvision's (`layer{1-4}_{j}` for `layer{1-4}.{j}`, `downsample_conv` /
+`downsample_bn` for `downsample.0/1`), so `vivit_knn.weights.torchvision_resnet` maps
+a state dict one to one; the Bottleneck strides its 3x3 conv ("ResNet v1.5").
+BatchNorm statistics live in `batch_stats`; `train=False` normalises with them.
 """
 
 from __future__ import annotations
@@ -33,26 +31,19 @@ BN_EPSILON = 1e-5  # torchvision's default
 
 def stage_channels(depth: int, width: int = 64) -> Tuple[int, ...]:
   """Output channels of `layer1..layer4` (e.g. 2048 for layer4 of ResNet-50/101)."""
-  design, _ = _spec(depth)
+  design = DEPTHS[depth][0]
   return tuple(width * 2 ** i * EXPANSION[design] for i in range(4))
 
 
 def feature_size(size: int, stage: int = 4) -> int:
-  """Spatial size of `layer{stage}`'s output for an input side of `size` pixels.
+  """Side of `layer{stage}`'s output for an input side of `size` pixels.
 
-  The stem halves twice (conv 7x7/2 pad 3, max-pool 3x3/2 pad 1) and layers
-  2-4 halve once each, every time rounding up: 224 -> 7 and 32 -> 1 at layer4.
+  The stem's conv and max-pool and layers 2-4 each halve, rounding up: 224 -> 7 at layer4.
   """
   halvings = 2 + max(0, min(stage, 4) - 1)
   for _ in range(halvings):
     size = -(-size // 2)
   return size
-
-
-def _spec(depth: int) -> Tuple[str, Tuple[int, ...]]:
-  if depth not in DEPTHS:
-    raise ValueError(f"ResNet depth must be one of {sorted(DEPTHS)}, got {depth}")
-  return DEPTHS[depth]
 
 
 def _conv(features: int, kernel: int, stride: int, name: str, dtype: Dtype) -> nn.Conv:
@@ -91,11 +82,10 @@ class _Block(nn.Module):
 
 
 class ResNet(nn.Module):
-  """Image ResNet `[B, H, W, 3] -> (logits [B, classes], features)`.
+  """Image ResNet `[B, H, W, 3] -> (logits [B, classes], features)`, `depth` one of `DEPTHS`.
 
-  `features` holds `layer1`..`layer4` (NHWC maps) and `pre_logits` (the
-  globally averaged layer4). `width` scales every stage (64 in torchvision;
-  tests use a few channels).
+  `features`: `layer1`..`layer4` (NHWC) and `pre_logits` (pooled layer4). `width` scales
+  every stage (64 in torchvision).
   """
 
   num_classes: int
@@ -106,7 +96,7 @@ class ResNet(nn.Module):
   @nn.compact
   def __call__(self, x: jax.Array, *, train: bool = False):
     """Classifies images; BatchNorm uses its running statistics unless `train`."""
-    design, blocks = _spec(self.depth)
+    design, blocks = DEPTHS[self.depth]
     x = x.astype(self.dtype)
     x = _conv(self.width, 7, 2, "conv1", self.dtype)(x)
     x = nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=BN_EPSILON,
@@ -128,11 +118,7 @@ class ResNet(nn.Module):
 
 def frame_features(model: ResNet, variables: Any, clips: jax.Array,
                    stage: int = 4) -> Tuple[jax.Array, jax.Array]:
-  """Runs `model` on every frame of `clips` `[B, T, H, W, C]` in inference mode.
-
-  Returns `(logits averaged over frames [B, classes], layer{stage} maps
-  [B, T, h, w, C'])`.
-  """
+  """`model` on each frame of clips `[B, T, H, W, C]`: `(mean logits, layer{stage} maps)`."""
   b, t = clips.shape[:2]
   logits, feats = model.apply(variables, clips.reshape((b * t,) + clips.shape[2:]), train=False)
   fmap = feats[f"layer{stage}"]

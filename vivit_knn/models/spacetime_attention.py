@@ -1,50 +1,28 @@
-"""Space-time attention blocks built on the one attention module: TimeSformer and X-ViT.
+"""Space-time attention blocks on the one attention module: TimeSformer's and X-ViT's.
 
-`DividedSpaceTimeBlock` is TimeSformer's divided block on tokens ordered
-`[CLS, patches x time]` (patch-major, as TimeSformer):
+`DividedSpaceTimeBlock` (TimeSformer) on `[CLS, patches x time]` (patch-major):
+time attention per patch (CLS excluded) through `temporal_fc` (zero-initialised:
+the branch starts as the identity); space attention per frame over `[CLS copy, N
+patches]`, the CLS taking the mean of its T residuals; the MLP. The spatial half
+and the MLP keep the image ViT's names, the time half TimeSformer's
+(`temporal_norm1`, `temporal_attn`, `temporal_fc`), so image and timm checkpoints map.
 
-  1. temporal attention over the T frames of each patch (CLS excluded), its
-     output through `temporal_fc` (zero-initialised by default, so the branch
-     starts as the identity) and added to the patch tokens;
-  2. spatial attention within each frame over `[CLS copy, N patches]`; the
-     patches take their own frame's residual, the CLS the mean over frames of
-     its T residuals;
-  3. the MLP.
+`SpaceTimeMixingBlock` (X-ViT) on per-frame tokens `[B, T, S, D]`: `FrameShift`
+gives keys and values frame t+1's channels `[0, C/div)` and frame t-1's `[C/div,
+2C/div)` (zeros past either end; within `segment_frames`-frame segments if set, as
+the authors' 16-frame Kinetics model shifts within two 8-frame segments); attention
+stays within the frame (cost linear in T). Optional summary tokens (our reading of
+the paper; no public code): each frame is pooled into R tokens by learned probes
+(zeros at init: the mean token), and all T*R are appended to every frame's keys and
+values (unshifted), at cost `O(T S (S + T R))`.
 
-Names: the spatial half and the MLP use the image-ViT names (`LayerNorm_0`,
-`MultiHeadDotProductAttention_0`, `LayerNorm_1`, `MlpBlock_0`), the temporal half
-TimeSformer's (`temporal_norm1`, `temporal_attn`, `temporal_fc`), so an image ViT
-loads without renaming and a timm-style TimeSformer checkpoint maps with the
-same table as a timm ViT (`norm1`, `attn`, `norm2`, `mlp`) plus identical names.
-
-`SpaceTimeMixingBlock` is X-ViT's block on per-frame tokens `[B, T, S, D]` (each
-frame with its own CLS). After the projections, `FrameShift` replaces the key
-and value channels `[0, C/div)` by those of frame t+1 and `[C/div, 2C/div)` by
-those of frame t-1 (zeros past either end); queries are not shifted. Attention
-then runs within each frame, so the cost is that of spatial-only attention:
-linear in T. With `segment_frames` set, the clip is cut into consecutive
-segments of that many frames and the shift stays inside each: the first and
-last frame of every segment see zeros where a neighbour in another segment
-would be (the authors' 16-frame Kinetics X-ViT shifts within two 8-frame
-segments: its `TemporalShift` views the `B*16` frames as `[2B, 8]`).
-
-MLP activation: both blocks take `mlp_activation` (default: the erf GELU of
-PyTorch's `nn.GELU()`, which the TimeSformer and X-ViT code use).
-
-Summary tokens (X-ViT's optional global temporal mixing; no public code has
-them, so this is our reading of the paper): in every block each frame's tokens
-are pooled into R summary tokens, `z_t = softmax(P LN(x_t)^T / sqrt(D)) LN(x_t)`
-with learned probes `P` `[R, D]` (zero-initialised, so at init each summary is
-the frame's mean token). The T*R summaries of the whole clip are appended to
-every frame's keys and values (projected by the same key/value layers, not
-shifted), so every query can also attend to a summary of every frame. This adds
-`T*R` keys per query: cost `O(T S (S + T R))`, negligible while `T R << S`.
+Both blocks' MLPs default to the erf GELU of PyTorch's `nn.GELU()`.
 """
 
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Callable, Optional, Tuple
+from typing import Optional, Tuple
 
 import flax.linen as nn
 import jax
@@ -53,20 +31,14 @@ import jax.numpy as jnp
 from vivit_knn.models.attention import DENSE, AttentionSpec
 from vivit_knn.models.encoder import (AddPositionEmbedding, attention_module, drop_path,
                                       exact_gelu, mlp_residual)
-from vivit_knn.models.video_transformer import BlockFields
-
-Dtype = Any
-Activation = Callable[[jax.Array], jax.Array]
+from vivit_knn.models.video_transformer import Activation, BlockFields
 
 
 def shift_frames(x: jax.Array, div: int, segment_frames: int = 0) -> jax.Array:
-  """X-ViT's channel shift of `[..., T, N, H, d]` along T (axis -4).
+  """X-ViT's channel shift of `[..., T, N, H, d]` along T (see the module doc).
 
-  Channels are the flattened `H*d` axis (head-major). Output channels `[0, C/div)`
-  hold frame t+1's, `[C/div, 2C/div)` frame t-1's, the rest frame t's own; frames
-  past either end contribute zeros. With `segment_frames > 0` the T frames are
-  consecutive segments of that many frames and "either end" is the segment's:
-  no channel crosses a segment border.
+  Channels are the flattened `H*d` axis; with `segment_frames > 0` no channel crosses
+  the border of a segment of that many frames.
   """
   *lead, t, n, h, d = x.shape
   if segment_frames and segment_frames != t:
@@ -84,12 +56,9 @@ def shift_frames(x: jax.Array, div: int, segment_frames: int = 0) -> jax.Array:
 
 @dataclasses.dataclass(frozen=True)
 class FrameShift:
-  """`qkv_transform` hook: shifts keys and values along frames, leaves queries alone.
+  """`qkv_transform` hook shifting keys and values `[B, T, N, H, d]` along frames.
 
-  Inputs are `[B, T, N, H, d]`. With `own_tokens` set, only the first `own_tokens`
-  keys/values (the frame's own tokens) are shifted; later ones (summary tokens)
-  are left as they are. `segment_frames > 0` keeps the shift inside consecutive
-  segments of that many frames (see `shift_frames`).
+  With `own_tokens` set only the first `own_tokens` (not the summary tokens) are shifted.
   """
 
   div: int
@@ -109,10 +78,7 @@ class FrameShift:
 
 
 class SummaryTokens(nn.Module):
-  """Pools each frame's tokens `[B, T, S, D]` into `num_tokens` summaries `[B, T, R, D]`.
-
-  Attention pooling with learned probes (`probes`, zeros at init = mean pooling).
-  """
+  """Attention-pools each frame's `[B, T, S, D]` into `num_tokens` summaries by learned `probes`."""
 
   num_tokens: int
 
@@ -127,12 +93,10 @@ class SummaryTokens(nn.Module):
 
 
 class DividedSpaceTimeBlock(BlockFields, kw_only=True):
-  """TimeSformer's divided space-time block on `[B, 1 + N*T, D]` tokens (see module doc).
+  """TimeSformer's divided space-time block on `[B, 1 + N*T, D]` tokens (see the module doc).
 
-  `temporal_fc_zero_init=False` initialises `temporal_fc` like any Dense layer
-  (for training from scratch, where there is no image model to start from).
-  `mlp_activation` defaults to TimeSformer's erf GELU. `attention` is the spatial
-  attention's, `temporal_attention` the time attention's.
+  `temporal_fc_zero_init=False` initialises `temporal_fc` like any Dense layer (for
+  training from scratch); `temporal_attention` is the time attention's spec.
   """
 
   num_frames: int
@@ -155,8 +119,10 @@ class DividedSpaceTimeBlock(BlockFields, kw_only=True):
     y = nn.LayerNorm(dtype=self.dtype, name="temporal_norm1")(patches)
     y = attention_module(self, "temporal_attn", self.temporal_attention)(
         y, deterministic=deterministic)
-    fc_init = nn.initializers.zeros if self.temporal_fc_zero_init else nn.initializers.lecun_normal()
-    y = nn.Dense(d, dtype=self.dtype, kernel_init=fc_init, name="temporal_fc")(self._branch(y, deterministic))
+    fc_init = (nn.initializers.zeros if self.temporal_fc_zero_init
+               else nn.initializers.lecun_normal())
+    y = nn.Dense(d, dtype=self.dtype, kernel_init=fc_init,
+                 name="temporal_fc")(self._branch(y, deterministic))
     patches = patches + y
 
     frames = jnp.swapaxes(patches, 1, 2)  # [B, T, N, D]
@@ -171,12 +137,7 @@ class DividedSpaceTimeBlock(BlockFields, kw_only=True):
 
 
 class SpaceTimeMixingBlock(BlockFields):
-  """X-ViT block on per-frame tokens `[B, T, S, D]` (see module doc).
-
-  `shift_div=0` turns the shift off (the space-only baseline); `segment_frames > 0`
-  keeps the shift inside consecutive segments of that many frames.
-  `mlp_activation` defaults to X-ViT's erf GELU.
-  """
+  """X-ViT's block on per-frame tokens `[B, T, S, D]` (module doc); `shift_div=0`: no shift."""
 
   shift_div: int = 8
   num_summary_tokens: int = 0
@@ -208,11 +169,10 @@ def time_embed_init(std: float):
 
 
 def frame_tokens(cls: jax.Array, patches: jax.Array) -> jax.Array:
-  """`[CLS, patches]` per frame plus a learned per-frame position embedding.
+  """`[CLS, patches]` per frame `[B, T, 1 + N, D]` plus the image ViT's `posembed_input`.
 
-  `patches` is `[B, T, N, D]`, `cls` `[1, 1, D]`; returns `[B, T, 1 + N, D]`. The
-  embedding (`posembed_input/pos_embedding`, `[1, 1 + N, D]`, the image ViT's)
-  is created on the calling module, so call this from a compact method.
+  `patches` is `[B, T, N, D]`, `cls` `[1, 1, D]`; call from a compact method (the
+  embedding is created on the calling module).
   """
   b, t, n, d = patches.shape
   cls = jnp.broadcast_to(cls.astype(patches.dtype), (b * t, 1, d))

@@ -1,22 +1,12 @@
 """The distillation student: a ViT-S video transformer over tubelet tokens.
 
-ViT-S defaults: 12 layers, 6 heads, width 384, MLP 1536, one joint
-space-time encoder with a CLS token (ViViT model 1's layout and parameter
-names: `embedding`, `cls`, `Transformer/{posembed_input, encoderblock_i,
-encoder_norm}`, `output_projection`). Options for two-stage distillation:
-
-* `mhca_layers`: the first layers use MHCA (`models/mhca.py`) so their heads
-  start as local, conv-like kernels (TSD-fad).
-* `branch_heads`: classifiers `branch_i` on the CLS token at the end of each
-  of that many equal parts of the encoder (the quarters for 4), trained with the
-  OFA loss (TSD-fpld).
-* `aligner_features`: a `FeatureAligner` (`aligner`) mapping the final patch
-  tokens onto a CNN teacher's layer4 map (TSD-fad).
-
-Branches and the aligner run only in training (and at init); evaluation and
-`export_params` drop them.
-
-`FAMILY` is the 'student' model family (its own key: the `student` block).
+ViT-S defaults (12 layers, 6 heads, width 384, MLP 1536), ViViT model 1's layout
+and names. Two-stage distillation options: `mhca_layers` (the first layers use MHCA,
+whose heads start as local conv-like kernels; TSD-fad), `branch_heads` (classifiers
+`branch_i` on the CLS at the ends of that many equal parts of the encoder, for the
+OFA loss; TSD-fpld) and `aligner_features` (a `FeatureAligner` onto a CNN teacher's
+layer4 map; TSD-fad). Branches and aligner run only in training and at init;
+`export_params` drops them. `FAMILY` is the 'student' family (own key: `student`).
 """
 
 from __future__ import annotations
@@ -44,11 +34,7 @@ TRAINING_ONLY_PREFIXES = ("branch_", "aligner")
 
 
 class MHCABlock(BlockFields):
-  """Pre-LN block like `EncoderBlock`, with MHCA instead of plain attention.
-
-  Parameters: `LayerNorm_0`, `RelativePosition_0`, `MultiHeadDotProductAttention_0`,
-  `LayerNorm_1`, `MlpBlock_0`.
-  """
+  """Pre-LN block like `EncoderBlock`, with MHCA (adds `RelativePosition_0`) as its attention."""
 
   locality_strength: float = 1.0
 
@@ -58,8 +44,7 @@ class MHCABlock(BlockFields):
     """Applies the block to `[B, 1 + T*h*w, D]` tokens (CLS first)."""
     y = nn.LayerNorm(dtype=self.dtype, name="LayerNorm_0")(x)
     y = mhca_attention(y, num_heads=self.num_heads, grid=grid, num_frames=num_frames,
-                       num_prefix=1, attention=self.attention,
-                       locality_strength=self.locality_strength,
+                       attention=self.attention, locality_strength=self.locality_strength,
                        dropout_rate=self.attention_dropout_rate, deterministic=deterministic,
                        dtype=self.dtype)
     y = nn.Dropout(self.dropout_rate)(y, deterministic=deterministic)
@@ -68,10 +53,7 @@ class MHCABlock(BlockFields):
 
 
 class StudentEncoder(StackFields):
-  """Position embedding, `num_layers` blocks (MHCA first), final LayerNorm.
-
-  Returns `(encoded tokens, [tokens after each layer listed in `taps`])`.
-  """
+  """Position embedding, blocks (MHCA first), LayerNorm: `(tokens, [tokens after each of taps])`."""
 
   mhca_layers: int = 0
   locality_strength: float = 1.0
@@ -112,19 +94,15 @@ class BranchHead(nn.Module):
 
 def branch_layers(num_layers: int, branch_heads: int) -> Tuple[int, ...]:
   """1-based layers after which the branches sit: the ends of `branch_heads` equal parts."""
-  if branch_heads <= 0:
-    return ()
-  step = num_layers // branch_heads
-  return tuple(step * (i + 1) for i in range(branch_heads))
+  return tuple(num_layers // branch_heads * (i + 1) for i in range(branch_heads))
 
 
 class VideoStudent(VideoTransformer):
   """ViT-S video student returning `(logits, intermediates)`.
 
-  `intermediates`: `tubelets`, `encoded`, `pre_logits`, `patch_tokens`
-  (`[B, t, h, w, D]`, final normalised), and in training `branch_logits`
-  (`[branches, B, classes]`) and `aligned` (`[B, t, H', W', aligner_features]`,
-  `H' x W'` the ResNet layer4 size of the input frames).
+  `intermediates`: `tubelets`, `encoded`, `pre_logits`, `patch_tokens` (`[B, t, h,
+  w, D]`), and in training `branch_logits` (`[branches, B, classes]`) and `aligned`
+  (`[B, t, H', W', aligner_features]`, the frames' ResNet layer4 size).
   """
 
   hidden_size: int = 384
@@ -178,11 +156,7 @@ def export_params(params: Dict[str, Any]) -> Dict[str, Any]:
 
 
 def _defaults() -> Dict[str, Any]:
-  """The student's own `config.model` key.
-
-  MHCA in the first `mhca_layers`, OFA `branch_heads` (0 = none) and an aligner to
-  `aligner_features` teacher channels (0 = none).
-  """
+  """The student's own `config.model` key (`branch_heads`, `aligner_features`: 0 = none)."""
   return {"student": {"mhca_layers": 0, "locality_strength": 1.0, "branch_heads": 0,
                       "aligner_features": 0, "aligner_kernel": 1}}
 

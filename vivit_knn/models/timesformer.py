@@ -1,45 +1,31 @@
 """TimeSformer (divided / space-only / joint space-time attention) on the shared core.
 
-Tokens: each frame's patches get the image ViT's per-frame position embedding
-(with the CLS), then, except for `space_only`, a `time_embed` on the patches
-only. The sequence is `[CLS, patches x time]` (patch-major, as TimeSformer).
+Each frame's patches get the image ViT's position embedding (with the CLS), then,
+except for `space_only`, a `time_embed` on the patches; the sequence is `[CLS,
+patches x time]` (patch-major). Layouts: `divided_space_time`
+(`DividedSpaceTimeBlock`), `joint_space_time` (standard blocks over all `1 + N*T`
+tokens), `space_only` (standard blocks per frame, tokens averaged over frames;
+blind to frame order). `attention` is the spatial/joint attention,
+`temporal_attention` the divided time attention. MLPs default to the erf GELU of
+TimeSformer's code (flax's tanh form drifts by about 1e-3 per block from released
+checkpoints).
 
-Initialisation follows TimeSformer, which always starts from image weights:
-`time_embed` and every `temporal_fc` are zeros, so the model starts as the
-image model applied to each frame. Two switches exist for training from
-scratch (`time_embed_init_std > 0`: normal noise of that scale;
-`temporal_fc_zero_init=False`: the usual Dense init). With the paper's zeros,
-a randomly initialised TimeSformer is exactly invariant to frame order, and the
-zero `temporal_fc` meets the zero classifier in a saddle: on the synthetic
-motion task training stays at chance for hundreds of steps.
+As in TimeSformer, which starts from image weights, `time_embed` and every block's
+`temporal_fc` start at zero (the image model on each frame; TimeSformer's code
+skips block 0's). From scratch that is frame-order invariant and a saddle with the
+zero classifier (chance for hundreds of steps on synthetic motion), hence
+`time_embed_init_std > 0` and `temporal_fc_zero_init=False`.
 
-* `divided_space_time`: `DividedSpaceTimeBlock` (time attention per patch, then
-  space attention per frame with the CLS averaged over frames, then the MLP).
-* `joint_space_time`: standard blocks over all `1 + N*T` tokens.
-* `space_only`: standard blocks on each frame's `[CLS, N patches]`, then the
-  tokens are averaged over frames. Frame order is invisible to it.
-
-Every attention is dense or k-NN through `AttentionSpec`: `attention` for the
-spatial/joint attention, `temporal_attention` for the divided time attention.
-
-The MLPs use `mlp_activation`, by default the erf GELU of TimeSformer's PyTorch
-code (`nn.GELU()`); flax's tanh form drifts by about 1e-3 per block from a
-released checkpoint's outputs.
-
-Parameters (the timm TimeSformer names they map to in brackets): `embedding`
-(`patch_embed.proj`), `cls` (`cls_token`), `Transformer/posembed_input`
-(`pos_embed`), `Transformer/time_embed` (`time_embed`), `Transformer/encoderblock_i`
-(`blocks.i`, see `spacetime_attention`), `Transformer/encoder_norm` (`norm`),
-`output_projection` (`head`, zero-initialised). (TimeSformer's code skips block
-0 when it zeroes `temporal_fc`; here every block's starts at zero, so a static
-clip through an image-initialised model gives the image model's output.)
-
-`FAMILY` is the 'timesformer' model family (its own key: `temporal_fc_zero_init`).
+Parameters (timm names): `embedding` (`patch_embed.proj`), `cls` (`cls_token`),
+`Transformer/posembed_input` (`pos_embed`), `Transformer/time_embed`,
+`Transformer/encoderblock_i` (`blocks.i`), `Transformer/encoder_norm` (`norm`),
+`output_projection` (`head`, zero-initialised). `FAMILY` is the 'timesformer'
+family (own key: `temporal_fc_zero_init`).
 """
 
 from __future__ import annotations
 
-from typing import Any, Callable, Dict, Sequence
+from typing import Sequence
 
 import flax.linen as nn
 import jax
@@ -53,10 +39,9 @@ from vivit_knn.models.family import (KeyCounts, ModelFamily, attention_spec,
 from vivit_knn.models.init_rules import InitRules
 from vivit_knn.models.spacetime_attention import (DividedSpaceTimeBlock, frame_tokens,
                                                   time_embed_init)
-from vivit_knn.models.video_transformer import StackFields, VideoTransformer, maybe_remat
+from vivit_knn.models.video_transformer import (Activation, StackFields, VideoTransformer,
+                                                maybe_remat)
 from vivit_knn.models.vivit import tubelet_embedding
-
-Dtype = Any
 
 ATTENTION_TYPES = ("divided_space_time", "space_only", "joint_space_time")
 DEFAULT_ATTENTION_TYPE = "divided_space_time"  # `model.attention_type` when empty
@@ -73,7 +58,6 @@ class TimeSformerEncoder(StackFields):
   temporal_attention: AttentionSpec = DENSE
   time_embed_init_std: float = 0.0
   temporal_fc_zero_init: bool = True
-  mlp_activation: Callable[[jax.Array], jax.Array] = exact_gelu
 
   def _block(self, layer: int, num_frames: int) -> nn.Module:
     common = self.block_fields(layer)
@@ -108,8 +92,7 @@ class TimeSformer(VideoTransformer):
   """TimeSformer returning `(logits, intermediates)`.
 
   `intermediates`: `tubelets` (`[B, t, h, w, D]` after the stem), `encoded` (final
-  tokens) and `pre_logits` (the CLS, `[B, D]`). `mlp_activation` defaults to the erf
-  GELU of TimeSformer's code.
+  tokens) and `pre_logits` (the CLS, `[B, D]`).
   """
 
   attention_type: str = DEFAULT_ATTENTION_TYPE
@@ -117,7 +100,7 @@ class TimeSformer(VideoTransformer):
   temporal_attention: AttentionSpec = DENSE
   time_embed_init_std: float = 0.0
   temporal_fc_zero_init: bool = True
-  mlp_activation: Callable[[jax.Array], jax.Array] = exact_gelu
+  mlp_activation: Activation = exact_gelu
 
   @nn.compact
   def __call__(self, x: jax.Array, *, train: bool = False):
@@ -143,26 +126,10 @@ class TimeSformer(VideoTransformer):
 # The 'timesformer' family.
 
 
-def attention_type(cfg: ml_collections.ConfigDict) -> str:
-  """`model.attention_type`, or TimeSformer's default when empty."""
-  return cfg.attention_type or DEFAULT_ATTENTION_TYPE
-
-
-def _defaults() -> Dict[str, Any]:
-  """TimeSformer's own `config.model` key."""
-  return {"temporal_fc_zero_init": True}
-
-
-def _check(cfg: ml_collections.ConfigDict, input_shape: Sequence[int], field: str) -> None:
-  """Checks the layout (`attention_type`), the CLS classifier and `time_embed_init_std`."""
-  del input_shape
-  check_spacetime_keys(cfg, field, ATTENTION_TYPES, DEFAULT_ATTENTION_TYPE)
-
-
 def _build(cfg: ml_collections.ConfigDict, num_classes: int) -> TimeSformer:
   """The TimeSformer that `config.model` describes."""
   return TimeSformer(
-      attention_type=attention_type(cfg),
+      attention_type=cfg.attention_type or DEFAULT_ATTENTION_TYPE,
       temporal_attention=attention_spec(cfg.temporal_attention),
       time_embed_init_std=cfg.time_embed_init_std,
       temporal_fc_zero_init=cfg.temporal_fc_zero_init,
@@ -172,18 +139,16 @@ def _build(cfg: ml_collections.ConfigDict, num_classes: int) -> TimeSformer:
 def _key_counts(cfg: ml_collections.ConfigDict, t: int, s: int) -> KeyCounts:
   """Keys per attention for `t` frames of `s` patches plus the CLS."""
   spec = attention_spec(cfg.attention)
-  temporal = attention_spec(cfg.temporal_attention)
-  layout = attention_type(cfg)
+  layout = cfg.attention_type or DEFAULT_ATTENTION_TYPE
   if layout == "joint_space_time":
     return {"model.attention": (1 + t * s, spec)}
   counts = {"model.attention": (1 + s, spec)}
   if layout == "divided_space_time":
-    counts["model.temporal_attention"] = (t, temporal)
+    counts["model.temporal_attention"] = (t, attention_spec(cfg.temporal_attention))
   return counts
 
 
-# The divided block's temporal attention starts as the spatial one, its output projection
-# (and the time embedding) at zero: the model starts as the image model on a static clip.
+# The time attention starts as the spatial one; `temporal_fc` and `time_embed` at zero.
 INIT_RULES = InitRules(
     from_spatial=(("temporal_norm1", "LayerNorm_0"),
                   ("temporal_attn", "MultiHeadDotProductAttention_0")),
@@ -191,7 +156,10 @@ INIT_RULES = InitRules(
 
 
 FAMILY = ModelFamily(
-    name="timesformer", build=_build, defaults=_defaults, check=_check, key_counts=_key_counts,
+    name="timesformer", build=_build, defaults=lambda: {"temporal_fc_zero_init": True},
+    check=lambda cfg, shape, field: check_spacetime_keys(cfg, field, ATTENTION_TYPES,
+                                                         DEFAULT_ATTENTION_TYPE),
+    key_counts=_key_counts,
     mlp_activation="gelu_exact",  # TimeSformer's PyTorch `nn.GELU()`
     stem_names=frozenset({"embedding", "cls", "posembed_input", "time_embed"}),
     init_rules=INIT_RULES)

@@ -1,18 +1,11 @@
-"""ViViT models 1-4 on the shared encoder; k-NN attention is an attention choice.
+"""ViViT models 1-4 on the shared encoder (k-NN attention is an attention choice), scenic's names.
 
 Model 1 `spacetime`: one encoder over all tubelet tokens (Uk-ViViT with k-NN).
 Model 2 `factorized_encoder`: a spatial encoder per time index, then a temporal
-  encoder over the per-frame representations (Dk-ViViT with k-NN in both).
+  encoder over the per-frame representations (Dk-ViViT with k-NN in both); built
+  from `spatial_transformer` and `temporal_transformer` only.
 Model 3 `factorized_self_attention_block`: each block attends along time, then space.
 Model 4 `factorized_dot_product_attention`: half the heads along time, half along space.
-
-Parameter names follow scenic's ViViT so its checkpoints load without renaming.
-
-`FAMILY` is the 'vivit' model family: its config keys (`model_type`,
-`spatial_transformer`, `temporal_transformer`), checks and builder. The
-factorised encoder builds its two encoders from `spatial_transformer` and
-`temporal_transformer` only; the other layouts read `num_layers` and `attention`.
-ViViT never reads `temporal_attention` (TimeSformer's and X-ViT's key).
 """
 
 from __future__ import annotations
@@ -42,16 +35,9 @@ MODEL_TYPES = (
 CLASSIFIERS = ("token", "gap")
 KERNEL_INIT_METHODS = (None, "central_frame_initializer", "average_frame_initializer")
 
-# Layouts without a CLS token (classifier 'gap' only).
-_NO_CLS_MODEL_TYPES = ("factorized_self_attention_block", "factorized_dot_product_attention")
-
 
 def central_frame_initializer(base_init=nn.initializers.lecun_normal()):
-  """3D kernel init `(t, h, w, c, D)`: a 2D kernel in the central time slice, zeros elsewhere.
-
-  Scenic's version zeroes along the width axis by mistake; here the zeros are
-  along time, so a static video gives the same tokens as the 2D image kernel.
-  """
+  """3D kernel init `(t, h, w, c, D)`: a 2D kernel in the central time slice, zeros elsewhere."""
 
   def init(key, shape, dtype=jnp.float32):
     kernel_2d = base_init(key, shape[1:], dtype)
@@ -71,25 +57,19 @@ def average_frame_initializer(base_init=nn.initializers.lecun_normal()):
   return init
 
 
-def embedding_kernel_init(method: Optional[str]):
-  """Returns the tubelet kernel initializer for a `kernel_init_method` name (or None)."""
-  return {None: nn.initializers.lecun_normal,
-          "central_frame_initializer": central_frame_initializer,
-          "average_frame_initializer": average_frame_initializer}[method]()
-
-
 def tubelet_embedding(hidden_size: int, patch_size: Sequence[int],
                       kernel_init_method: Optional[str] = None,
                       dtype: Dtype = jnp.float32) -> nn.Conv:
   """Non-overlapping 3D conv `[B, T, H, W, C]` -> `[B, T/t, H/h, W/w, D]`, named `embedding`.
 
-  `patch_size` is `(h, w, t)` as in scenic's `patches.size`; the kernel has shape
-  `(t, h, w, C, D)`.
+  `patch_size` is `(h, w, t)` as in scenic's `patches.size`; `kernel_init_method` one
+  of `KERNEL_INIT_METHODS`.
   """
   h, w, t = patch_size
+  init = {None: nn.initializers.lecun_normal, "central_frame_initializer":
+          central_frame_initializer, "average_frame_initializer": average_frame_initializer}
   return nn.Conv(hidden_size, (t, h, w), strides=(t, h, w), padding="VALID",
-                 kernel_init=embedding_kernel_init(kernel_init_method), dtype=dtype,
-                 name="embedding")
+                 kernel_init=init[kernel_init_method](), dtype=dtype, name="embedding")
 
 
 class ViViT(VideoTransformer):
@@ -116,7 +96,8 @@ class ViViT(VideoTransformer):
     """Runs `encoder` on `[B, N, D]` with an optional CLS; returns (pooled, tokens)."""
     if self.classifier == "token":
       cls = self.param(cls_name, nn.initializers.zeros, (1, 1, x.shape[-1]), jnp.float32)
-      x = jnp.concatenate([jnp.broadcast_to(cls.astype(x.dtype), (x.shape[0], 1, x.shape[-1])), x], 1)
+      cls = jnp.broadcast_to(cls.astype(x.dtype), (x.shape[0], 1, x.shape[-1]))
+      x = jnp.concatenate([cls, x], 1)
     x = encoder(x, train=train)
     pooled = x[:, 0] if self.classifier == "token" else jnp.mean(x, axis=1)
     return pooled, x
@@ -170,7 +151,7 @@ def _check(cfg: ml_collections.ConfigDict, input_shape: Sequence[int], field: st
           f"must be one of {MODEL_TYPES}, got {cfg.model_type!r}")
   require(cfg.classifier in CLASSIFIERS, f"{field}.classifier",
           f"must be one of {CLASSIFIERS}, got {cfg.classifier!r}")
-  if cfg.model_type in _NO_CLS_MODEL_TYPES:
+  if cfg.model_type in MODEL_TYPES[2:]:  # models 3 and 4 have no CLS
     require(cfg.classifier == "gap", f"{field}.classifier",
             f"must be 'gap' for model_type {cfg.model_type!r} (no CLS token there)")
   if cfg.model_type == "factorized_dot_product_attention":
@@ -210,9 +191,12 @@ def _key_counts(cfg: ml_collections.ConfigDict, t: int, s: int) -> KeyCounts:
 def _inactive_keys(cfg: ml_collections.ConfigDict, field: str) -> InactiveKeys:
   """The common keys this layout never reads, and what it reads instead."""
   if cfg.model_type != "factorized_encoder":
-    return {"temporal_attention": (
-        f"ViViT has no separate time attention, {field}.model_type={cfg.model_type!r} "
-        f"attends with {field}.attention", ("attention",))}
+    one = (f"{field}.model_type={cfg.model_type!r} has one encoder, set by {field}.num_layers "
+           f"and {field}.attention")
+    time = (f"ViViT has no separate time attention, {field}.model_type={cfg.model_type!r} "
+            f"attends with {field}.attention", ("attention",))
+    return {"temporal_attention": time, "spatial_transformer": (one, ()),
+            "temporal_transformer": (one, ())}
   why = (f"{field}.model_type='factorized_encoder' builds its spatial and temporal encoders "
          "from their own keys")
   return {
@@ -223,7 +207,7 @@ def _inactive_keys(cfg: ml_collections.ConfigDict, field: str) -> InactiveKeys:
 
 
 def _image_encoder(cfg: ml_collections.ConfigDict) -> Tuple[str, str]:
-  """The factorised encoder's spatial encoder takes the image ViT; other models keep its names."""
+  """The encoder and CLS that take the image ViT's: model 2's spatial ones, else its own names."""
   if cfg.model_type == "factorized_encoder":
     return "SpatialTransformer", "cls_SpatialTransformer"
   return image_names(cfg)
@@ -244,6 +228,7 @@ INIT_RULES = InitRules(
 FAMILY = ModelFamily(
     name="vivit", build=_build, defaults=_defaults, check=_check, key_counts=_key_counts,
     inactive_keys=_inactive_keys,
+    exclusive_keys=("spatial_transformer", "temporal_transformer"),
     mlp_activation="gelu_tanh",  # scenic's (flax's tanh GELU)
     stem_names=frozenset({"embedding", "cls", "posembed_input", "cls_SpatialTransformer",
                           "cls_TemporalTransformer"}),

@@ -1,38 +1,24 @@
 """X-ViT: per-frame ViT tokens with space-time mixing attention and a temporal-attention head.
 
-Each frame is a separate token sequence `[CLS_t, N patches]` with the image
-ViT's position embedding, plus a learned `time_embed` on all of its tokens
-(zeros at init as in the X-ViT code; `time_embed_init_std > 0` draws it from a
-normal of that scale instead). Every block is a `SpaceTimeMixingBlock`: keys/values channels
-`[0, C/div)` come from frame t+1 and `[C/div, 2C/div)` from frame t-1 (zero
-padded), queries are unshifted, and attention stays within the frame, so the
-cost is that of a spatial-only ViT on T frames (linear in T). `div` is 8 for
-Kinetics, 4 for SSv2. `segment_frames > 0` keeps the shift inside consecutive
-segments of that many frames: the authors' 16-frame Kinetics model shifts
-within two segments of 8 (their `XVIT.NUM_SEGMENTS: 8` with `NUM_FRAMES: 16`).
-Optional summary tokens add a global view (see `spacetime_attention`).
+Each frame is a token sequence `[CLS_t, N patches]` with the image ViT's position
+embedding plus a learned `time_embed` (zeros at init as in the X-ViT code; normal
+of scale `time_embed_init_std > 0` instead). Every block is a
+`SpaceTimeMixingBlock` (`div` 8 for Kinetics, 4 for SSv2; the authors' 16-frame
+Kinetics model shifts within two 8-frame segments: `segment_frames=8`). Head: the T
+per-frame CLS tokens after a new zero CLS (`cls_TemporalTransformer`) through
+`head_layers` blocks without position embedding (`TemporalTransformer`), then
+`pre_logits` (Dense + activation) and the zero `output_projection`. Every MLP and
+the head's activation use `mlp_activation`, by default the erf GELU of the X-ViT
+code. `attention_type='space_only'` has no shift and no time embedding, so frame
+order is invisible to it.
 
-Head (X-ViT's temporal attention aggregation): the T normalised per-frame CLS
-tokens, preceded by a new zero-initialised CLS (`cls_TemporalTransformer`), go
-through `head_layers` transformer blocks (no position embedding) and a
-LayerNorm (`TemporalTransformer`), then an MLP head: `pre_logits` (Dense+GELU)
-and the zero-initialised `output_projection`.
-
-Every MLP, the head's blocks and the head's `pre_logits` GELU included, uses
-`mlp_activation`, by default the erf GELU of the X-ViT code (PyTorch's
-`nn.GELU()` in its blocks' `Mlp` and in `VitHead.mlp_head`).
-
-`attention_type='space_only'` is the baseline without shift and without the
-time embedding: frames never exchange information and the head is
-permutation-invariant, so frame order is invisible.
-
-`FAMILY` is the 'xvit' model family (its own keys: `xvit_div`,
-`xvit_segment_frames`, `num_summary_tokens`, `head_layers`).
+`FAMILY` is the 'xvit' family (own keys: `xvit_div`, `xvit_segment_frames`,
+`num_summary_tokens`, `head_layers`).
 """
 
 from __future__ import annotations
 
-from typing import Any, Callable, Dict, Sequence
+from typing import Any, Dict, Sequence
 
 import flax.linen as nn
 import jax
@@ -46,11 +32,9 @@ from vivit_knn.models.family import (KeyCounts, ModelFamily, attention_spec,
 from vivit_knn.models.init_rules import InitRules
 from vivit_knn.models.spacetime_attention import (SpaceTimeMixingBlock, frame_tokens,
                                                   time_embed_init)
-from vivit_knn.models.video_transformer import StackFields, VideoTransformer, maybe_remat
+from vivit_knn.models.video_transformer import (Activation, StackFields, VideoTransformer,
+                                                maybe_remat)
 from vivit_knn.models.vivit import tubelet_embedding
-
-Dtype = Any
-Activation = Callable[[jax.Array], jax.Array]
 
 ATTENTION_TYPES = ("space_time_mixing", "space_only")
 DEFAULT_ATTENTION_TYPE = "space_time_mixing"  # `model.attention_type` when empty
@@ -63,7 +47,6 @@ class XViTEncoder(StackFields):
   num_summary_tokens: int = 0
   segment_frames: int = 0
   time_embed_init_std: float = 0.0
-  mlp_activation: Activation = exact_gelu
 
   @nn.compact
   def __call__(self, patches: jax.Array, cls: jax.Array, *, train: bool) -> jax.Array:
@@ -83,12 +66,7 @@ class XViTEncoder(StackFields):
 
 
 class TemporalHead(StackFields):
-  """`num_layers` standard blocks over `[B, 1 + T, D]` (no position embedding) and a LayerNorm.
-
-  No stochastic depth (`stochastic_depth` stays 0).
-  """
-
-  mlp_activation: Activation = exact_gelu
+  """`num_layers` standard blocks over `[B, 1 + T, D]` (no position embedding) and a LayerNorm."""
 
   @nn.compact
   def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
@@ -104,8 +82,6 @@ class XViT(VideoTransformer):
 
   `intermediates`: `tubelets`, `encoded` (`[B, T, 1 + N, D]` backbone tokens),
   `frame_cls` (`[B, T, D]`), `pre_logits` (`[B, D]`, the head's CLS).
-  `segment_frames` (0 = the whole clip) bounds the shift to segments of that many
-  frames; `mlp_activation` (erf GELU) serves every MLP and the head's GELU.
   """
 
   attention_type: str = DEFAULT_ATTENTION_TYPE
@@ -139,12 +115,9 @@ class XViT(VideoTransformer):
                           jnp.float32)
     seq = jnp.concatenate(
         [jnp.broadcast_to(head_cls.astype(frame_cls.dtype), (b, 1, d)), frame_cls], axis=1)
-    seq = TemporalHead(
-        num_layers=self.head_layers, mlp_dim=self.mlp_dim, num_heads=self.num_heads,
-        attention=self.temporal_attention, dropout_rate=self.dropout_rate,
-        attention_dropout_rate=self.attention_dropout_rate, remat=self.remat,
-        dtype=self.dtype, mlp_activation=self.mlp_activation,
-        name="TemporalTransformer")(seq, train=train)
+    seq = TemporalHead(**dict(self.stack_fields(), num_layers=self.head_layers,
+                              attention=self.temporal_attention, stochastic_depth=0.0),
+                       name="TemporalTransformer")(seq, train=train)
     pooled = seq[:, 0]
     out["pre_logits"] = pooled
     y = self.mlp_activation(nn.Dense(d, dtype=self.dtype, name="pre_logits")(pooled))
@@ -158,18 +131,11 @@ class XViT(VideoTransformer):
 # The 'xvit' family.
 
 
-def attention_type(cfg: ml_collections.ConfigDict) -> str:
-  """`model.attention_type`, or X-ViT's default when empty."""
-  return cfg.attention_type or DEFAULT_ATTENTION_TYPE
-
-
 def _defaults() -> Dict[str, Any]:
   """X-ViT's own `config.model` keys."""
   return {
       "xvit_div": 8,
-      # Frames per shift segment (0 = the whole clip). The authors' 16-frame K400 model
-      # shifts inside two 8-frame segments.
-      "xvit_segment_frames": 0,
+      "xvit_segment_frames": 0,  # frames per shift segment (0 = the whole clip)
       "num_summary_tokens": 0,
       "head_layers": 1,
   }
@@ -199,7 +165,7 @@ def _check(cfg: ml_collections.ConfigDict, input_shape: Sequence[int], field: st
 def _build(cfg: ml_collections.ConfigDict, num_classes: int) -> XViT:
   """The X-ViT that `config.model` describes."""
   return XViT(
-      attention_type=attention_type(cfg),
+      attention_type=cfg.attention_type or DEFAULT_ATTENTION_TYPE,
       shift_div=cfg.xvit_div,
       segment_frames=cfg.xvit_segment_frames,
       num_summary_tokens=cfg.num_summary_tokens,
@@ -211,10 +177,8 @@ def _build(cfg: ml_collections.ConfigDict, num_classes: int) -> XViT:
 
 def _key_counts(cfg: ml_collections.ConfigDict, t: int, s: int) -> KeyCounts:
   """Within-frame keys (+ every frame's summary tokens); the head sees CLS + `t` frames."""
-  spec = attention_spec(cfg.attention)
-  temporal = attention_spec(cfg.temporal_attention)
-  return {"model.attention": (1 + s + t * cfg.num_summary_tokens, spec),
-          "model.temporal_attention": (1 + t, temporal)}
+  return {"model.attention": (1 + s + t * cfg.num_summary_tokens, attention_spec(cfg.attention)),
+          "model.temporal_attention": (1 + t, attention_spec(cfg.temporal_attention))}
 
 
 # The temporal-attention head and the summary-token probes are new.

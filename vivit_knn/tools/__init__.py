@@ -1,1 +1,1 @@
-"""Command-line tools that inspect models (parameter and FLOP counts)."""
+"""Command-line tools on models and trained runs: stats, attention, k sweep, export."""

@@ -1,18 +1,10 @@
 """Places one query's recorded attention on the video's token grid, layer by layer.
 
 A layer's record is `[..., H, Nq, Nk]`; its layout is read from the shapes, for
-a clip whose tokens form a `t x h x w` grid (tubelet times x patch rows x patch
-columns), with an optional CLS token first:
-
-* 'space': one attention per frame over its patches (ViViT's spatial encoder,
-  TimeSformer's and X-ViT's spatial attention, model 3/4's space half);
-* 'joint': one attention over all `t*h*w` patches (ViViT model 1);
-* 'frames': one attention over `t` frame tokens (ViViT's temporal encoder);
-* 'time': one attention per patch over its `t` positions in time (model 3/4's
-  time half, TimeSformer's temporal attention).
-
-A `Panel` holds, for the chosen query and heads, the mean weight and the share
-of heads keeping each key, as `[t, h, w]` maps (NaN where the query has no key).
+a clip whose tokens form a `t x h x w` grid, with an optional CLS token first:
+'space' (one attention per frame over its patches), 'joint' (one over all
+`t*h*w` patches), 'frames' (one over `t` frame tokens) or 'time' (one per patch
+over its `t` positions in time).
 """
 
 from __future__ import annotations
@@ -23,7 +15,6 @@ from typing import List, Optional, Sequence, Tuple
 
 import numpy as np
 
-LAYOUTS = ("space", "joint", "frames", "time")
 Query = Optional[Tuple[int, int, int]]  # None = the CLS token
 
 
@@ -31,15 +22,11 @@ Query = Optional[Tuple[int, int, int]]  # None = the CLS token
 class Panel:
   """One layer's attention of one query, placed on the `[t, h, w]` token grid.
 
-  Attributes:
-    name: the layer's name (module path).
-    layout: one of `LAYOUTS`.
-    weights: `[t, h, w]` mean weight over the chosen heads (NaN: no such key).
-    kept: `[t, h, w]` share of the chosen heads keeping the key (NaN: no such key).
-    cls: per frame column, `(weight, kept share)` of the CLS key, or None.
-    num_keys: keys per query in this layer.
-    kept_per_query: mean number of keys the query keeps, per head.
-    rows: the query's raw rows `{'weights', 'kept'}`, `[rows, heads, Nk]`.
+  `weights` and `kept` are `[t, h, w]`: the mean weight over the chosen heads and
+  the share of them keeping the key (NaN: no such key); `cls` per frame column
+  `(weight, kept share)` of the CLS key, or None; `kept_per_query` the mean number
+  of keys the query keeps per head; `rows` its raw `{'weights', 'kept'}` rows,
+  `[rows, heads, Nk]`.
   """
 
   name: str
@@ -160,10 +147,9 @@ def build_panel(name: str, record: dict, grid: Sequence[int], query: Query,
 
 def rollout_panels(records: dict, names: Sequence[str], grid: Sequence[int],
                    query: Query) -> List[Panel]:
-  """Attention rollout of each run of 2+ consecutive 'space' or 'joint' layers of equal shape.
+  """Attention rollout (all heads) of each run of 2+ consecutive equal 'space'/'joint' layers.
 
-  Rolls out the head-averaged weights (all heads) of the run's layers and places
-  the query's row like a layer of that layout, named '<first>..<last> rollout'.
+  The query's row is placed like a layer of that layout, named '<first>..<last> rollout'.
   """
   from vivit_knn.tools.attention_stats import rollout  # pylint: disable=g-import-not-at-top
   runs: List[List[str]] = [[]]

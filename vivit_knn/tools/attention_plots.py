@@ -1,8 +1,4 @@
-"""Pictures of the attention tools: the explain grid (PNG), its animation (GIF), the k sweep.
-
-Every figure is drawn with matplotlib's Agg backend (no display needed); the GIF
-is assembled with PIL.
-"""
+"""Pictures of the attention tools (matplotlib's Agg backend; the GIF assembled with PIL)."""
 
 from __future__ import annotations
 
@@ -41,8 +37,8 @@ def _short(name: str) -> str:
 
 
 def _draw_cell(ax, frame: np.ndarray, panel: Panel, column: int, norm, patch_hw: Tuple[int, int],
-               query_cell: Optional[Tuple[int, int]]) -> Any:
-  """Frame, weight overlay and kept-key outlines of one layer at one frame column."""
+               query: Optional[Tuple[int, int, int]]) -> Any:
+  """Frame, weight overlay, kept-key outlines (and the query) of one layer at one frame column."""
   ph, pw = patch_hw
   ax.imshow(frame, interpolation="nearest")
   heat = np.kron(np.nan_to_num(panel.weights[column], nan=0.0), np.ones((ph, pw)))
@@ -62,8 +58,8 @@ def _draw_cell(ax, frame: np.ndarray, panel: Panel, column: int, norm, patch_hw:
         ax.add_patch(patches.Rectangle((x * pw + 0.5, y * ph + 0.5), pw - 2, ph - 2,
                                        fill=False, edgecolor=KEPT_COLOUR, linewidth=1.0,
                                        alpha=share))
-  if query_cell is not None:
-    y, x = query_cell
+  if query is not None and query[0] == column:
+    y, x = query[1], query[2]
     ax.add_patch(patches.Rectangle((x * pw - 0.5, y * ph - 0.5), pw, ph, fill=False,
                                    edgecolor=QUERY_COLOUR, linewidth=2.0, linestyle="--"))
   if panel.cls[column] is not None:
@@ -103,8 +99,7 @@ def plot_grid(panels: Sequence[Panel], frames: np.ndarray, patch_size: Sequence[
     norm = _norm(panel)
     image = None
     for c in range(t):
-      cell = (query[1], query[2]) if query is not None and query[0] == c else None
-      image = _draw_cell(axes[r, c], frames[c * pt], panel, c, norm, (ph, pw), cell)
+      image = _draw_cell(axes[r, c], frames[c * pt], panel, c, norm, (ph, pw), query)
       if r == 0:
         axes[r, c].set_title(f"frames {c * pt}-{c * pt + pt - 1}", fontsize=7)
     axes[r, 0].set_ylabel(_row_label(panel), fontsize=6, rotation=0, ha="right", va="center")
@@ -130,8 +125,7 @@ def write_gif(panels: Sequence[Panel], frames: np.ndarray, patch_size: Sequence[
     fig, axes = plt.subplots(1, len(panels), figsize=(1.45 * len(panels), 1.9), squeeze=False,
                              dpi=72)
     for r, (panel, norm) in enumerate(zip(panels, norms)):
-      cell = (query[1], query[2]) if query is not None and query[0] == c else None
-      _draw_cell(axes[0, r], frames[i], panel, c, norm, (ph, pw), cell)
+      _draw_cell(axes[0, r], frames[i], panel, c, norm, (ph, pw), query)
       axes[0, r].set_title(_short(panel.name), fontsize=4)
     fig.suptitle(f"{title}  frame {i}", fontsize=6)
     buffer = io.BytesIO()

@@ -1,14 +1,4 @@
-"""Numbers behind the attention tools: recorded layers, top-k attention mass, rollout.
-
-* `record_attention`: runs a model once with recording on and returns its logits
-  and `{layer name: record}` (see `vivit_knn.models.attention_record`).
-* `select_layers`: turns `--layers` (names or indices) into layer names, with a
-  one-line error listing the layers when one does not exist.
-* `topk_mass_curve`: for every query, the share of its attention mass held by
-  its k largest weights, for k = 1..n, averaged over queries, heads and examples.
-* `rollout`: attention rollout (Abnar & Zuidema, 2020) over a stack of layers
-  that attend over the same tokens.
-"""
+"""Numbers behind the attention tools: recorded layers, top-k attention mass, rollout."""
 
 from __future__ import annotations
 

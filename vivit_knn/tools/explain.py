@@ -5,21 +5,14 @@ r"""Shows which keys a query keeps (k-NN) and how it weighs them, layer by layer
     python -m vivit_knn.tools.explain --config=configs/ucf101_dk.py --workdir=runs/ucf \
         --video=clip.avi --layers=0,1 --heads=0,2 --query=cls --query=1,3,4
 
-Reads the video as `--mode=infer` does (the run's test sampling; the first view),
-or, for a synthetic-task run, takes clip `--index` of the built-in eval set. The
-run's stored config and newest checkpoint are used. For each `--query` (`cls`, or
-`t,y,x` on the token grid: tubelet time, patch row, patch column) it writes to
-`<workdir>/explain/`:
-
-* `<input>_<query>.png`: frames across, layers down; the colour is the query's
-  attention weight on each key (mean over `--heads`), a cyan box marks a kept key
-  (its opacity the share of heads keeping it); runs of layers over the same
-  tokens get an attention-rollout row;
-* `<input>_<query>.gif`: the same over every input frame;
-* `<input>_<query>.json`: the numbers behind them.
-
-`--layers` takes layer names or indices (see the error for a layer that does not
-exist, which lists them all).
+Reads the video as `--mode=infer` does (its first view), or for a synthetic-task
+run eval clip `--index`, with the run's stored config and newest checkpoint. For
+each `--query` (`cls`, or `t,y,x` on the token grid: tubelet time, patch row,
+patch column) it writes to `<workdir>/explain/`: `<input>_<query>.png` (frames
+across, layers down; colour: the query's attention weight, mean over `--heads`;
+cyan box: a kept key, its opacity the share of heads keeping it; a rollout row
+for each run of layers over the same tokens), `.gif` (the same over every input
+frame) and `.json` (the numbers behind them).
 """
 
 from __future__ import annotations
@@ -28,6 +21,7 @@ import json
 import os
 from typing import Any, Dict, List, Sequence
 
+import numpy as np
 from absl import flags
 from ml_collections import ConfigDict, config_flags
 
@@ -50,7 +44,6 @@ _OUTPUT_DIR = flags.DEFINE_string("output_dir", None,
 
 def load_clip(config: ConfigDict, video: str, index: int):
   """`(clip [T, H, W, C], input label)` from `video` or, for synthetic runs, eval clip `index`."""
-  import numpy as np  # pylint: disable=g-import-not-at-top
   if (video is None) == (index is None):
     raise ValueError("give exactly one of --video=<file> and --index=<n> (synthetic runs)")
   if video is not None:
@@ -83,22 +76,21 @@ def explain(config: ConfigDict, workdir: str, clip, label: str, layers: Sequence
   Returns:
     The paths written.
   """
-  import numpy as np  # pylint: disable=g-import-not-at-top
   from vivit_knn import config as config_lib  # pylint: disable=g-import-not-at-top
   from vivit_knn.models.registry import build_model  # pylint: disable=g-import-not-at-top
   from vivit_knn.tools import attention_panels as ap  # pylint: disable=g-import-not-at-top
   from vivit_knn.tools import attention_plots  # pylint: disable=g-import-not-at-top
-  from vivit_knn.tools.attention_stats import record_attention, select_layers  # pylint: disable=g-import-not-at-top
-  from vivit_knn.train.run_info import read_run_info, restore_params  # pylint: disable=g-import-not-at-top
+  from vivit_knn.tools import attention_stats  # pylint: disable=g-import-not-at-top
+  from vivit_knn.train import run_info  # pylint: disable=g-import-not-at-top
 
   parsed = [ap.parse_query(q) for q in queries]
-  info = read_run_info(workdir)
+  info = run_info.read_run_info(workdir)
   names = info["class_names"]
   config_lib.check_model(config.model, info["input_shape"])
-  params, step = restore_params(workdir)
+  params, step = run_info.restore_params(workdir)
   model = build_model(config.model, len(names))
-  logits, records = record_attention(model, params, clip[None])
-  chosen = select_layers(list(records), layers)
+  logits, records = attention_stats.record_attention(model, params, clip[None])
+  chosen = attention_stats.select_layers(list(records), layers)
   ph, pw, pt = config.model.patch_size
   grid = (clip.shape[0] // pt, clip.shape[1] // ph, clip.shape[2] // pw)
   probs = np.exp(logits[0] - logits[0].max())
@@ -133,7 +125,6 @@ def _write_json(path: str, panels, label: str, query: str, heads, step: int, gri
   """The numbers behind one query's pictures."""
 
   def plain(a):
-    import numpy as np  # pylint: disable=g-import-not-at-top
     return np.where(np.isnan(a), None, np.round(a, 6)).tolist() if a.dtype.kind == "f" \
         else a.tolist()
 
@@ -152,7 +143,8 @@ def _write_json(path: str, panels, label: str, query: str, heads, step: int, gri
 
 def main(argv: Sequence[str]) -> int:
   """Explains one clip and lists the files written."""
-  config = run_flags.trained_run_config(argv, _CONFIG.value, _WORKDIR.value)
+  del argv  # `cli.run` refuses stray arguments
+  config = run_flags.trained_run_config(_CONFIG.value, _WORKDIR.value)
   clip, label = load_clip(config, _VIDEO.value, _INDEX.value)
   paths = explain(config, _WORKDIR.value, clip, label, _LAYERS.value, _ints(_HEADS.value, "heads"),
                   _QUERY.value, _OUTPUT_DIR.value or os.path.join(_WORKDIR.value, "explain"))

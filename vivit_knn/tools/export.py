@@ -3,34 +3,17 @@ r"""Exports a trained run for serving: a TensorFlow SavedModel and a StableHLO p
     python -m vivit_knn.tools.export --workdir=runs/synthetic_dk --out=exports/synthetic_dk
     python -m vivit_knn.tools.export --workdir=<run> --out=<dir> --step=200 --overwrite
 
-Reads the run's stored `config.json`, `run_info.json` and its newest checkpoint
-(or `--step`) through the verified restore path, and writes to `--out`:
-
-* `saved_model/`: made with `jax.experimental.jax2tf` (native serialisation).
-  `serving_default` takes uint8 RGB frames `frames [batch, T, H, W, 3]` (any
-  batch) and normalises them as the eval pipeline does (`dataset.normalization`;
-  a synthetic-task run takes pixels to [-1, 1] as `--mode=infer` does for a
-  real video); `normalized` takes float32 `clips` already in the model's input
-  range. Both return `probabilities [batch, classes]` and `top5 [batch, k]`
-  (class indices, most probable first, k = min(5, classes)); a two-head CAST
-  (`model.cast.num_verbs > 0`) returns `verb_probabilities`,
-  `noun_probabilities` and `action_probabilities` instead of `probabilities`.
-  The class names are the asset `assets/classes.txt`, one per line.
-* `model.stablehlo`: the `normalized` function as a `jax.export` serialisation
-  (weights inside, symbolic batch), with its specs in `model.stablehlo.json`.
-* `export.json`: the step, the sha256 of `config.json`, input shape, classes,
-  and how to load each artifact.
-
-Each batch row is one clip: the multi-view evaluation (`num_test_clips` x
-`num_test_crops` views, logits averaged) is not part of the served function.
-The mean over a video's views of `log(probabilities)`, soft-maxed, equals it.
-
-Everything is written to a folder beside `--out` and renamed when complete. An
-existing `--out` is replaced only with `--overwrite`, and only when it holds an
-earlier export and nothing else. Attention is exported on its loop-free XLA path
-whatever `impl` the run chose (a Pallas kernel is a custom call that exported
-programs cannot carry; every path computes the same function). A model that
-cannot be exported fails in one line, leaving nothing behind.
+Writes to `--out`, from the run's newest (or `--step`) verified checkpoint:
+`saved_model/` (`jax2tf`; signature `serving_default` takes uint8 RGB `frames [batch,
+T, H, W, 3]` and normalises them as the eval pipeline does, `normalized` takes
+float32 `clips`; both return `probabilities [batch, classes]`, or a two-head
+CAST's `verb_`, `noun_` and `action_probabilities`, and `top5`; class names in
+`assets/classes.txt`), `model.stablehlo` (`normalized` as a `jax.export`
+serialisation with the weights inside and a symbolic batch; specs in
+`model.stablehlo.json`) and `export.json` (step, config sha256, input shape,
+classes, how to load each). Each batch row is one clip (no multi-view averaging).
+Attention is exported on its XLA path. An existing `--out` is replaced only with
+`--overwrite`, and only when it holds an earlier export and nothing else.
 """
 
 from __future__ import annotations
@@ -39,7 +22,6 @@ import functools
 import hashlib
 import json
 import os
-import shutil
 import tempfile
 from typing import Any, Dict, Optional, Sequence
 
@@ -49,9 +31,9 @@ import ml_collections
 from absl import flags
 
 from vivit_knn import cli
-from vivit_knn import config as config_lib
 from vivit_knn.models import cpu_paths, registry, student
 from vivit_knn.train import checkpoint, run_config, run_info
+from vivit_knn.weights.convert import swap_in
 
 WRITER = "vivit_knn.tools.export"
 MARKER = "export.json"
@@ -88,22 +70,13 @@ def _check_out(out: str, overwrite: bool) -> None:
 
 
 def _xla_attention(model: Any) -> Any:
-  """`config.model` with every attention on the XLA path, the one exported programs can carry.
+  """`config.model` with every attention `impl` on 'xla': exported programs cannot carry Pallas."""
 
-  A Pallas kernel is a custom call without a stable serialisation; all paths compute the
-  same function.
-  """
-  tree = model.to_dict()
+  def xla(node):
+    return {k: xla(v) if isinstance(v, dict) else "xla" if k == "impl" else v
+            for k, v in node.items()}
 
-  def walk(node):
-    for key, value in node.items():
-      if isinstance(value, dict):
-        walk(value)
-      elif key == "impl":
-        node[key] = "xla"
-
-  walk(tree)
-  return ml_collections.ConfigDict(tree)
+  return ml_collections.ConfigDict(xla(model.to_dict()))
 
 
 def _restore(workdir: str, step: Optional[int]):
@@ -183,14 +156,10 @@ def _save_stablehlo(forward, params, shape: Sequence[int], out: str,
 
 def export(workdir: str, out: str, overwrite: bool = False, step: Optional[int] = None,
            platforms: Sequence[str] = ("cpu", "cuda")) -> Dict[str, Any]:
-  """Exports checkpoint `step` (default: newest) of the run in `workdir` to `out`.
+  """Exports checkpoint `step` (default: the newest) of the run in `workdir` to `out`.
 
-  Args:
-    workdir: a training run's directory (with `config.json` and `run_info.json`).
-    out: the folder to write (see the module doc for its contents).
-    overwrite: replace an existing `out` that holds an earlier export only.
-    step: the checkpoint step; None for the newest readable one.
-    platforms: the platforms the programs are lowered for ('cpu', 'cuda', 'tpu').
+  `overwrite` replaces an existing `out` that holds an earlier export only;
+  `platforms` are those the programs are lowered for ('cpu', 'cuda', 'tpu').
 
   Returns:
     The contents of `export.json`.
@@ -208,7 +177,6 @@ def export(workdir: str, out: str, overwrite: bool = False, step: Optional[int] 
                             "needs the config a training run stores there")
   info = run_info.read_run_info(workdir)
   names, shape = list(info["class_names"]), [int(d) for d in info["input_shape"]]
-  config_lib.check_model(config.model, shape)
   model = registry.build_model(_xla_attention(config.model), len(names))
   params, step = _restore(workdir, step)
   if config.model.name == "student":
@@ -225,10 +193,8 @@ def export(workdir: str, out: str, overwrite: bool = False, step: Optional[int] 
       "model": config.model.name, "input_shape": shape, "normalization": normalization,
       "classes": names, "views": "one clip per batch row; the eval's multi-view averaging is "
       "not included: average log(probabilities) over a video's views, then softmax"}
-  parent = os.path.dirname(out)
-  os.makedirs(parent, exist_ok=True)
-  work = tempfile.mkdtemp(prefix=f".{os.path.basename(out)}.exporting-", dir=parent)
-  try:
+
+  def write(work: str) -> str:
     written = os.path.join(work, "export")
     os.makedirs(written)
     # The loop-free attention: its shapes need no static batch and it runs on any backend.
@@ -258,26 +224,15 @@ def export(workdir: str, out: str, overwrite: bool = False, step: Optional[int] 
                       "-e MODEL_NAME=model tensorflow/serving"}
     with open(os.path.join(written, MARKER), "w") as f:
       json.dump(record, f, indent=1)
-    previous = None
-    if os.path.lexists(out):
-      _check_out(out, overwrite)  # again: files may have been added meanwhile
-      previous = os.path.join(work, "previous")
-      os.rename(out, previous)
-    try:
-      os.rename(written, out)
-    except OSError:
-      if previous:
-        os.rename(previous, out)
-      raise
-  finally:
-    shutil.rmtree(work)
+    return written
+
+  swap_in(out, "exporting", write, lambda: _check_out(out, overwrite))
   return record
 
 
 def main(argv: Sequence[str]) -> None:
   """Exports `--workdir` to `--out` and prints what was written (errors: see `vivit_knn.cli`)."""
-  if len(argv) > 1:
-    raise ValueError(f"unexpected arguments: {' '.join(argv[1:])}")
+  del argv  # `cli.run` refuses stray arguments
   for flag in (_WORKDIR, _OUT):
     if not flag.value:
       raise ValueError(f"--{flag.name} is required")

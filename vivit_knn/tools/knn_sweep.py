@@ -4,18 +4,14 @@ r"""Re-evaluates a trained checkpoint with k-NN attention at other k, and measur
         --workdir=runs/synthetic_dk --k=0.25,0.5,0.67,0.8,1.0
     python -m vivit_knn.tools.knn_sweep ... --fields=model.spatial_transformer.attention --k=4,8
 
-The parameters do not depend on k, so each k is the stored run config with the
-chosen attention fields (`--fields`, default: every attention of the model) set
-to `kind='knn'` and `knn_k=k`, evaluated with the run's own evaluation. A k at
-most 1 (written with a point) is a fraction of each attention's keys; a whole
-number is a count. Two more rows: `trained` (the config as trained) and
-`dense` (the chosen fields dense).
-
-Under dense attention it also measures, per layer, the share of each query's
-attention mass that its k largest weights hold (averaged over queries, heads and
-the first `--mass_examples` eval clips): the quantity k-NN attention argues from.
-
-Writes `<workdir>/knn_sweep/{sweep.csv, sweep.json, mass.csv, sweep.png}`.
+The parameters do not depend on k: each k is the stored run config with the
+chosen attention fields (`--fields`, default: all) set to `kind='knn'` and
+`knn_k=k` (with a point: a fraction of the keys; else a count), evaluated with the
+run's own evaluation, beside the rows `trained` and `dense` (the fields dense).
+Under dense attention it also measures, per layer, the share of a query's
+attention mass in its k largest weights (mean over queries, heads and the first
+`--mass_examples` eval clips). Writes `<workdir>/knn_sweep/{sweep.csv, sweep.json,
+mass.csv, sweep.png}`.
 """
 
 from __future__ import annotations
@@ -25,6 +21,7 @@ import json
 import os
 from typing import Any, Dict, List, Sequence, Tuple, Union
 
+import numpy as np
 from absl import flags
 from ml_collections import ConfigDict, config_flags
 
@@ -97,7 +94,6 @@ def with_attention(config: ConfigDict, fields: Sequence[str], kind: str,
 def _mass_curves(exp: Any, params: Any, num_examples: int) -> Dict[str, List[float]]:
   """`{layer: top-k mass curve}` under `exp`'s model over its first eval clips."""
   import jax  # pylint: disable=g-import-not-at-top
-  import numpy as np  # pylint: disable=g-import-not-at-top
   from vivit_knn.models import attention_record  # pylint: disable=g-import-not-at-top
   from vivit_knn.tools.attention_stats import topk_mass_curve  # pylint: disable=g-import-not-at-top
 
@@ -133,22 +129,22 @@ def sweep(config: ConfigDict, workdir: str, ks: Sequence[KValue], fields: Sequen
     `{'rows': [{'name', 'k', 'top1', 'top5', 'loss'}], 'fields': {field: keys},
     'mass': {layer: {'num_keys', 'curve', 'share': {k label: share}}}}`.
   """
-  from vivit_knn.models.attention_backends import resolve_knn_k  # pylint: disable=g-import-not-at-top
+  from vivit_knn.models import attention_backends  # pylint: disable=g-import-not-at-top
   from vivit_knn.train.evaluation import run_eval  # pylint: disable=g-import-not-at-top
   from vivit_knn.train.experiment import build_experiment  # pylint: disable=g-import-not-at-top
-  from vivit_knn.train.run_info import read_run_info, restore_params  # pylint: disable=g-import-not-at-top
+  from vivit_knn.train import run_info  # pylint: disable=g-import-not-at-top
 
-  info = read_run_info(workdir)
+  info = run_info.read_run_info(workdir)
   counts = attention_fields(config, info["input_shape"], fields)
   for k in ks:
     for field, n in counts.items():
       try:
-        resolve_knn_k(k, n)
+        attention_backends.resolve_knn_k(k, n)
       except ValueError as err:
         raise ValueError(f"--k={k} does not fit {field} ({n} keys): {err}") from None
   if mass_examples < 1:
     raise ValueError(f"--mass_examples must be at least 1, got {mass_examples}")
-  params, step = restore_params(workdir)
+  params, step = run_info.restore_params(workdir)
   variants: List[Tuple[str, KValue, ConfigDict]] = [("trained", None, config)]
   variants += [(f"knn k={k}", k, with_attention(config, counts, "knn", k)) for k in ks]
   variants.append(("dense", None, with_attention(config, counts, "dense")))
@@ -166,7 +162,7 @@ def sweep(config: ConfigDict, workdir: str, ks: Sequence[KValue], fields: Sequen
     share = {}
     for k in ks:
       try:
-        share[str(k)] = curve[resolve_knn_k(k, n) - 1]
+        share[str(k)] = curve[attention_backends.resolve_knn_k(k, n) - 1]
       except ValueError:
         share[str(k)] = None  # a count larger than this layer's keys
     mass[layer] = {"num_keys": n, "curve": curve, "share": share}
@@ -198,7 +194,8 @@ def write_outputs(result: Dict[str, Any], out_dir: str) -> Dict[str, str]:
 
 def main(argv: Sequence[str]) -> int:
   """Runs the sweep and lists the files written."""
-  config = run_flags.trained_run_config(argv, _CONFIG.value, _WORKDIR.value)
+  del argv  # `cli.run` refuses stray arguments
+  config = run_flags.trained_run_config(_CONFIG.value, _WORKDIR.value)
   ks = [parse_k(k) for k in _K.value]
   if not ks:
     raise ValueError("--k needs at least one value")

@@ -17,8 +17,6 @@ from ml_collections import config_flags
 from vivit_knn import cli
 from vivit_knn.train.model_cost import clip_shape, model_stats
 
-__all__ = ["clip_shape", "model_stats", "main"]
-
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config file.",
                                           lock_config=True)
 _NUM_CLASSES = flags.DEFINE_integer(
@@ -27,8 +25,7 @@ _NUM_CLASSES = flags.DEFINE_integer(
 
 def main(argv: Sequence[str]) -> None:
   """Prints the stats of `--config`'s model."""
-  if len(argv) > 1:
-    raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+  del argv  # `cli.run` refuses stray arguments
   config = _CONFIG.value
   if config is None:
     raise app.UsageError("--config is required, e.g. --config=configs/synthetic_dk.py")

@@ -2,20 +2,18 @@
 
 from __future__ import annotations
 
-from typing import Optional, Sequence
+from typing import Optional
 
 import ml_collections
 
 
-def trained_run_config(argv: Sequence[str], config: Optional[ml_collections.ConfigDict],
+def trained_run_config(config: Optional[ml_collections.ConfigDict],
                        workdir: Optional[str]) -> ml_collections.ConfigDict:
   """The config stored in `workdir`, with this command line's `--config.*` overrides on top.
 
   Raises:
-    ValueError: for stray positional arguments, or a missing `--config` or `--workdir`.
+    ValueError: for a missing `--config` or `--workdir`.
   """
-  if len(argv) > 1:
-    raise ValueError(f"unexpected arguments: {' '.join(argv[1:])}")
   if config is None:
     raise ValueError("--config is required, e.g. --config=configs/synthetic_dk.py")
   if not workdir:

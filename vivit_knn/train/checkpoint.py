@@ -1,21 +1,13 @@
 """Orbax checkpoints of the train state: periodic saves, keep-N, verified restore with fallback.
 
-Integrity: Orbax stores arrays through TensorStore but records no checksum of
-their values, so a flipped bit in a data file can restore silently. Each save
-therefore also stores two 32-bit fingerprints per array (the wrapping sums of
-its raw bits, plain and weighted by position), computed on device so sharded
-arrays need no gathering, as the item `checksums` of the same Orbax save: a
-step is complete (renamed from its temporary name) only with its checksums,
-so a `kill -9` at any moment leaves no finished step without them. A restore
-recomputes them and compares. A step that Orbax cannot read or that fails
-verification is skipped with a one-line warning and the next older step is
-tried; only when no step is readable does the restore stop, naming the folder.
-A step without checksums (written by an older version) restores with a visible
-warning, or is refused with `strict`. A config whose parameter shapes differ
-from the checkpoint's is not a damaged checkpoint: it is refused with the
-differing parameters listed. A step that disappears while it is read (rotated
-away by a trainer saving in the same folder) is not damage either: the steps
-are listed again and the newest one still there is used.
+Orbax records no checksum of array values, so each save also stores, as the item `checksums`
+of the same save, two wrapping 32-bit sums per array of its raw bits (plain and weighted by
+position), computed on device. A step is complete only with its checksums. A restore
+recomputes them; a step Orbax cannot read or that fails verification is skipped with a
+one-line warning for the next older one. A step without checksums (an older version) restores
+with a warning, or is refused with `strict`. Parameter shapes that differ from the config's are
+refused as a mismatch, not damage; a step removed while it is read (keep-N rotation of a
+trainer in the same folder) makes the steps be listed again.
 """
 
 from __future__ import annotations
@@ -41,8 +33,8 @@ from vivit_knn.weights.tree import key_name
 DEFAULT_ITEM, CHECKSUMS_ITEM = "default", "checksums"
 LEGACY_CHECKSUMS = "checksums.json"  # beside the step, written by earlier versions
 STEP_METADATA = "_CHECKPOINT_METADATA"  # Orbax's step metadata: it lists the step's items
-# How often the steps are listed again when the one being read disappears, and how long
-# a removal under way is given to end before a step that went missing parts is judged.
+# How often the steps are listed again when the one being read disappears, and how long a
+# removal under way is given to end before a step that went missing parts is judged.
 MAX_RELISTS = 20
 _ROTATION_GRACE_S = 0.5
 MAX_MISMATCH_LINES = 10
@@ -59,10 +51,14 @@ def resolve(workdir: str) -> epath.Path:
   return epath.Path(os.path.abspath(workdir))
 
 
-def abstract_like(tree: Any) -> Any:
-  """ShapeDtypeStructs (carrying each leaf's sharding) to restore `tree`'s layout into."""
-  return jax.tree.map(
-      lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=getattr(x, "sharding", None)), tree)
+def write_file(workdir: str, name: str, text: str) -> str:
+  """Writes `<workdir>/<name>` atomically (through a temporary file); returns its path."""
+  path = resolve(workdir) / name
+  path.parent.mkdir(parents=True, exist_ok=True)
+  tmp = path.parent / f".{name}.tmp-{os.getpid()}"
+  tmp.write_text(text)
+  tmp.replace(path)
+  return str(path)
 
 
 def item_path(workdir: str, step: int) -> epath.Path:
@@ -71,10 +67,7 @@ def item_path(workdir: str, step: int) -> epath.Path:
 
 
 def restore_on_host(path: epath.Path) -> Any:
-  """Restores a saved pytree as host numpy arrays, whatever mesh or devices wrote it.
-
-  For inference, weight export and tests; training restores onto shardings instead.
-  """
+  """Restores a saved pytree as host numpy arrays, whatever mesh or devices wrote it."""
   path = epath.Path(path)
   tree = ocp.PyTreeCheckpointHandler().metadata(path).tree
   args = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), tree)
@@ -87,13 +80,11 @@ def _fingerprint(x: jax.Array) -> jax.Array:
   x = jnp.asarray(x).reshape(-1)
   if x.dtype == jnp.bool_:
     bits = x.astype(jnp.uint32)
+  elif x.dtype.itemsize == 8:  # two 32-bit words per element
+    bits = jax.lax.bitcast_convert_type(x, jnp.uint32).reshape(-1)
   else:
-    width = jnp.dtype(x.dtype).itemsize
-    unsigned = {1: jnp.uint8, 2: jnp.uint16, 4: jnp.uint32, 8: jnp.uint32}[width]
-    if width == 8:  # two 32-bit words per element
-      bits = jax.lax.bitcast_convert_type(x, jnp.uint32).reshape(-1)
-    else:
-      bits = jax.lax.bitcast_convert_type(x, unsigned).astype(jnp.uint32)
+    unsigned = {1: jnp.uint8, 2: jnp.uint16, 4: jnp.uint32}[x.dtype.itemsize]
+    bits = jax.lax.bitcast_convert_type(x, unsigned).astype(jnp.uint32)
   weights = jnp.arange(1, bits.shape[0] + 1, dtype=jnp.uint32)
   return jnp.stack([jnp.sum(bits, dtype=jnp.uint32), jnp.sum(bits * weights, dtype=jnp.uint32)])
 
@@ -110,48 +101,22 @@ def fingerprints(tree: Any) -> Dict[str, List[int]]:
           for kp, value in jax.tree_util.tree_leaves_with_path(prints)}
 
 
+def _shapes(tree: Any) -> Dict[str, tuple]:
+  return {key_name(kp): tuple(getattr(v, "shape", ()))
+          for kp, v in jax.tree_util.tree_leaves_with_path(tree)}
+
+
 def _shape_mismatches(stored: Any, target: Any) -> List[str]:
   """Lines `params/<path>: stored (..), requested (..)` where the two trees' params differ."""
-  def shapes(tree):
-    return {key_name(kp): tuple(getattr(v, "shape", ()))
-            for kp, v in jax.tree_util.tree_leaves_with_path(tree)}
-  have, want = shapes(stored), shapes(target)
-  lines = []
-  for path in sorted(set(have) | set(want)):
-    a, b = have.get(path), want.get(path)
-    if a != b:
-      lines.append(f"params/{path}: stored {'absent' if a is None else a}, "
-                   f"requested {'absent' if b is None else b}")
-  return lines
-
-
-def _refuse_other_layout(stored: Any, target: Any, step: int, directory: str) -> None:
-  """Raises CheckpointMismatchError when the state's arrays sit under other paths.
-
-  E.g. an optimizer chain of another shape (written by another version or with
-  other optimizer settings): a restore would fail, which is not damage.
-  """
-  def paths(tree):
-    return {key_name(kp) for kp, _ in jax.tree_util.tree_leaves_with_path(tree)}
-  have, want = paths(stored), paths(target)
-  if not (isinstance(stored, dict) and "params" in stored) or have == want:
-    return
-  extra, missing = sorted(have - want), sorted(want - have)
-  raise CheckpointMismatchError(
-      f"the train state this config builds does not fit checkpoint step {step} in "
-      f"{directory}: {len(extra)} stored arrays are not in it (first: "
-      f"{extra[0] if extra else '-'}) and {len(missing)} of its arrays are not stored (first: "
-      f"{missing[0] if missing else '-'}); the checkpoint was written with other optimizer "
-      "settings or by an older version")
+  have, want = _shapes(stored), _shapes(target)
+  return [f"params/{p}: stored {have.get(p, 'absent')}, requested {want.get(p, 'absent')}"
+          for p in sorted(set(have) | set(want)) if have.get(p) != want.get(p)]
 
 
 def has_checkpoints(workdir: str) -> bool:
-  """Whether `<workdir>/checkpoints` holds a finished checkpoint (creates nothing).
+  """Whether `<workdir>/checkpoints` holds a finished (renamed to its step) checkpoint.
 
-  Only looks at names: Orbax writes a step under a temporary name and renames it
-  to the bare step number when it is complete. No CheckpointManager is opened,
-  because opening one synchronises all processes, and in a multi-process run the
-  others may already be creating theirs.
+  Looks at names only: opening a CheckpointManager would synchronise all processes.
   """
   directory = resolve(workdir) / "checkpoints"
   if not directory.is_dir():
@@ -162,21 +127,18 @@ def has_checkpoints(workdir: str) -> bool:
 class Checkpointer:
   """Saves the train state under `<workdir>/checkpoints/<step>` and restores the latest one.
 
-  Saves are asynchronous; `close()` (or `wait()`) blocks until they are on disk.
-  `read_only` (eval, inference, tools) never creates, cleans or deletes
-  anything; `strict` refuses steps that carry no checksums.
+  Saves are asynchronous (`wait()`, `close()` block until they are on disk). `read_only`
+  never creates, cleans or deletes anything; `strict` refuses steps without checksums.
   """
 
   def __init__(self, workdir: str, *, keep: int = 3, save_every: int = 1,
                read_only: bool = False, strict: bool = False):
     self.directory = str(resolve(workdir) / "checkpoints")
+    self._path = epath.Path(self.directory)
     self.save_every = save_every
     self.strict = strict
-    # The interval is applied here: Orbax's own policy would also save the first step.
-    # The writer (the trainer, holding the workdir lock) clears the temporary folders
-    # that an interrupted save left behind.
-    # A reader passes no keep-N (Orbax deletes only when it saves, but a reader must not
-    # even be able to) and creates nothing; Orbax's own read_only mode warns twice per use.
+    # The interval is applied in `save` (Orbax's policy would also save the first step). Only
+    # the writer clears interrupted saves; Orbax's own read_only mode warns twice per use.
     options = ocp.CheckpointManagerOptions(
         max_to_keep=None if read_only else keep, create=not read_only,
         cleanup_tmp_directories=not read_only)
@@ -196,14 +158,12 @@ class Checkpointer:
     return sorted(self._manager.all_steps())
 
   def save(self, step: int, state: Any, *, force: bool = False) -> bool:
-    """Saves `state` and its checksums at `step` when it is a multiple of `save_every` (or `force`).
+    """Starts saving `state` and its checksums at a multiple of `save_every` (or `force`).
 
-    The save runs asynchronously; the step counts as complete only once both the
-    state and its checksums are on disk. Returns whether a save was started.
+    Returns:
+      Whether a save was started.
     """
-    if not force and step % self.save_every:
-      return False
-    if step == self.latest_step():
+    if (not force and step % self.save_every) or step == self.latest_step():
       return False
     args = ocp.args.Composite(**{DEFAULT_ITEM: ocp.args.StandardSave(state),
                                  CHECKSUMS_ITEM: ocp.args.JsonSave(fingerprints(state))})
@@ -219,25 +179,18 @@ class Checkpointer:
       if not _is_disk_full(err):
         raise
       # Orbax lists a step from the start of its save: the failed one has no folder yet.
-      step_dir = lambda s: epath.Path(self.directory) / str(s)
-      complete = [s for s in self._manager.all_steps() if step_dir(s).exists()]
+      complete = [s for s in self._manager.all_steps() if (self._path / str(s)).exists()]
       kept = (f"the newest complete checkpoint, step {max(complete)}, is intact" if complete
               else "no checkpoint was completed")
       raise DiskFullError(f"no space left on the device for the checkpoints in {self.directory} "
                           f"({kept}): free space and rerun to resume") from None
 
   def _stored_tree(self, step: int) -> Any:
-    return ocp.PyTreeCheckpointHandler().metadata(
-        epath.Path(self.directory) / str(step) / DEFAULT_ITEM).tree
+    return ocp.PyTreeCheckpointHandler().metadata(self._path / str(step) / DEFAULT_ITEM).tree
 
   def _stored_checksums(self, step: int) -> Optional[Dict[str, Any]]:
-    """The step's checksums, read before its arrays; None for a step of an older version.
-
-    Raises:
-      FileNotFoundError: the step, or checksums its metadata lists, are not there.
-      ValueError: its metadata or checksums do not parse.
-    """
-    step_dir = epath.Path(self.directory) / str(step)
+    """The step's checksums, None for an older version's step; OSError/ValueError if damaged."""
+    step_dir = self._path / str(step)
     items = json.loads((step_dir / STEP_METADATA).read_text()).get("item_handlers") or {}
     if CHECKSUMS_ITEM in items:
       path = step_dir / CHECKSUMS_ITEM / "metadata"
@@ -273,23 +226,17 @@ class Checkpointer:
 
   def _exists(self, step: int) -> bool:
     """Whether the step is still there, once a removal under way has had time to end."""
-    path = epath.Path(self.directory) / str(step)
+    path = self._path / str(step)
     if not path.exists():
       return False
     time.sleep(_ROTATION_GRACE_S)
     return path.exists()
 
   def restore(self, target: Any, step: Optional[int] = None) -> Any:
-    """Restores into the structure, dtypes and shardings of `target`, verified.
+    """Restores into the structure, dtypes and shardings of `target` (None: host arrays).
 
-    `target` None restores the saved tree as host numpy arrays, whatever mesh
-    wrote it (inference, tools, distillation teachers), verified the same way.
-
-    With `step` None the newest readable step is used: a step Orbax cannot read
-    or whose checksums fail is skipped with a warning, falling back to the next
-    older one; a step removed while it is read (by a trainer's keep-N rotation)
-    makes the steps be listed again. Raises `CheckpointMismatchError` when the
-    parameter shapes differ from the checkpoint's and `CheckpointError` when no
+    With `step` None the newest readable, verified step (see the module doc). Raises
+    CheckpointMismatchError when the parameters do not fit and CheckpointError when no
     step can be used.
     """
     failures: List[Tuple[int, str]] = []
@@ -328,11 +275,13 @@ class Checkpointer:
     except Exception as err:  # pylint: disable=broad-except
       return None, f"its metadata is unreadable: {_short(err)}"
     if target is None:
-      load = lambda: restore_on_host(epath.Path(self.directory) / str(candidate) / DEFAULT_ITEM)
+      load = lambda: restore_on_host(self._path / str(candidate) / DEFAULT_ITEM)
     else:
       self._refuse_mismatch(stored, target, candidate)
+      abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(
+          x.shape, x.dtype, sharding=getattr(x, "sharding", None)), target)
       load = lambda: self._manager.restore(candidate, args=ocp.args.Composite(
-          **{DEFAULT_ITEM: ocp.args.StandardRestore(abstract_like(target))}))[DEFAULT_ITEM]
+          **{DEFAULT_ITEM: ocp.args.StandardRestore(abstract)}))[DEFAULT_ITEM]
     try:
       checksums = self._stored_checksums(candidate)
     except (OSError, ValueError) as err:
@@ -344,17 +293,29 @@ class Checkpointer:
     return restored, self._verify(candidate, checksums, restored)
 
   def _refuse_mismatch(self, stored: Any, target: Any, step: int) -> None:
-    """Raises CheckpointMismatchError when `target` does not fit the stored tree of `step`."""
-    params = stored["params"] if isinstance(stored, dict) and "params" in stored else stored
-    mismatch = _shape_mismatches(params, getattr(target, "params", target))
+    """Raises CheckpointMismatchError when `target` does not fit the stored tree of `step`.
+
+    Differing parameter shapes are listed; a train state whose other arrays sit under other
+    paths (another optimizer layout) is refused too: neither is damage.
+    """
+    where = f"checkpoint step {step} in {self.directory}"
+    has_params = isinstance(stored, dict) and "params" in stored
+    mismatch = _shape_mismatches(stored["params"] if has_params else stored,
+                                 getattr(target, "params", target))
     if mismatch:
-      shown = mismatch[:MAX_MISMATCH_LINES]
-      more = len(mismatch) - len(shown)
+      more = len(mismatch) - MAX_MISMATCH_LINES
       raise CheckpointMismatchError(
-          f"the model this config builds does not fit checkpoint step {step} in "
-          f"{self.directory}:\n  " + "\n  ".join(shown)
-          + (f"\n  ... and {more} more" if more else ""))
-    _refuse_other_layout(stored, target, step, self.directory)
+          f"the model this config builds does not fit {where}:\n  "
+          + "\n  ".join(mismatch[:MAX_MISMATCH_LINES])
+          + (f"\n  ... and {more} more" if more > 0 else ""))
+    have, want = set(_shapes(stored)), set(_shapes(target))
+    if has_params and have != want:
+      extra, missing = sorted(have - want), sorted(want - have)
+      raise CheckpointMismatchError(
+          f"the train state this config builds does not fit {where}: {len(extra)} stored arrays "
+          f"are not in it (first: {extra[0] if extra else '-'}) and {len(missing)} of its "
+          f"arrays are not stored (first: {missing[0] if missing else '-'}); the checkpoint was "
+          "written with other optimizer settings or by an older version")
 
   def _warn_fallback(self, step: int, reason: str, steps: List[int]) -> None:
     older = [s for s in steps if s < step]
@@ -365,30 +326,23 @@ class Checkpointer:
             f"{then}", file=sys.stderr, flush=True)
 
   def set_aside(self, steps: List[int], folder: str) -> List[str]:
-    """Moves whole steps of this run to `<workdir>/<folder>/<step>` (kept, never deleted).
-
-    Returns:
-      The new paths.
-    """
+    """Moves whole steps to `<workdir>/<folder>/<step>` (never deleted); returns the new paths."""
     self.wait()
     moved = []
     if jax.process_index() == 0:
-      aside = epath.Path(self.directory).parent / folder
+      aside = self._path.parent / folder
       aside.mkdir(parents=True, exist_ok=True)
       for step in steps:
         target = aside / str(step)
         if target.exists():
           target = aside / f"{step}.{len(list(aside.iterdir()))}"
-        (epath.Path(self.directory) / str(step)).rename(target)
+        (self._path / str(step)).rename(target)
         moved.append(str(target))
     self._manager.reload()
     return moved
 
   def set_aside_damaged(self) -> None:
-    """Moves the steps a restore skipped to `<workdir>/checkpoints_damaged/`, kept for study.
-
-    Training calls this after falling back, so that it can save those steps anew.
-    """
+    """Moves the steps a restore skipped to `<workdir>/checkpoints_damaged/` (kept for study)."""
     if not self.damaged_steps:
       return
     for step, path in zip(self.damaged_steps, self.set_aside(self.damaged_steps,
@@ -408,11 +362,7 @@ class Checkpointer:
 
 
 def _listing(function: Callable[[], Any]) -> Any:
-  """Runs an Orbax call that lists the steps, again when a step vanishes under it.
-
-  Orbax stats every step while it lists them; a trainer's keep-N rotation may
-  remove one in between, which is not an error of the reader.
-  """
+  """Runs an Orbax call that lists the steps, again when a step (rotated away) vanishes."""
   for _ in range(MAX_RELISTS - 1):
     try:
       return function()
@@ -432,10 +382,7 @@ def _is_disk_full(err: BaseException) -> bool:
 
 @contextlib.contextmanager
 def _orbax_quiet():
-  """Silences Orbax's own error logs (pages of traceback) while damaged steps are tried.
-
-  The fallback warnings say what happened, in one line each.
-  """
+  """Silences Orbax's pages of error logs while damaged steps are tried (warnings say why)."""
   previous, hook = logging.get_verbosity(), sys.excepthook
   if previous < logging.DEBUG:
     logging.set_verbosity(logging.FATAL)

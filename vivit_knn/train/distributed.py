@@ -13,13 +13,6 @@ import jax
 from absl import logging
 
 
-def cluster_detected() -> bool:
-  """Whether the environment describes a multi-process job JAX can auto-configure."""
-  slurm = int(os.environ.get("SLURM_NTASKS", "1")) > 1 and "SLURM_JOB_ID" in os.environ
-  tpu_pod = len(os.environ.get("TPU_WORKER_HOSTNAMES", "").split(",")) > 1
-  return slurm or tpu_pod
-
-
 def maybe_initialize(coordinator_address: Optional[str] = None,
                      num_processes: Optional[int] = None,
                      process_id: Optional[int] = None) -> bool:
@@ -29,13 +22,14 @@ def maybe_initialize(coordinator_address: Optional[str] = None,
   Returns whether the distributed runtime was started. Must run before any
   other JAX call touches the devices.
   """
-  explicit = coordinator_address is not None
-  if explicit:
+  slurm = int(os.environ.get("SLURM_NTASKS", "1")) > 1 and "SLURM_JOB_ID" in os.environ
+  tpu_pod = len(os.environ.get("TPU_WORKER_HOSTNAMES", "").split(",")) > 1
+  if coordinator_address is not None:
     if num_processes is None or process_id is None:
       raise ValueError("--coordinator_address needs --num_processes and --process_id too")
     if not 0 <= process_id < num_processes:
       raise ValueError(f"--process_id={process_id} must be in [0, {num_processes})")
-  elif not cluster_detected():
+  elif not (slurm or tpu_pod):
     return False
   if jax.config.jax_platforms in (None, "", "cpu") or os.environ.get("JAX_PLATFORMS") == "cpu":
     # CPU processes need an explicit cross-process collectives backend.

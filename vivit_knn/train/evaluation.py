@@ -1,7 +1,6 @@
-"""One evaluation pass and its report files, named by checkpoint step and view setting.
+"""One evaluation pass and its report files, `<kind>_step_<N>_<clips>x<crops>.<ext>`.
 
-Every file of one evaluation is named `<kind>_step_<N>_<clips>x<crops>.<ext>`, so
-evaluating the same checkpoint with other test views never overwrites a report.
+Named by checkpoint step and test views, so evaluating with other views overwrites nothing.
 """
 
 from __future__ import annotations
@@ -9,16 +8,18 @@ from __future__ import annotations
 import json
 import os
 import tempfile
-from typing import Any, Dict, Optional, Tuple
+from typing import Any, Callable, Dict, Optional, Tuple
 
 import jax
 import numpy as np
 from clu import metric_writers
 from etils import epath
+from jax.experimental import multihost_utils
 
 from vivit_knn.train import metrics, sharding, steps
 from vivit_knn.train.checkpoint import resolve
 from vivit_knn.train.experiment import Experiment
+from vivit_knn.train.objective_table import two_heads
 
 # A confusion-matrix picture of more classes than this is unreadable; it is skipped.
 PNG_MAX_CLASSES = metrics.DENSE_CONFUSION_MAX_CLASSES
@@ -35,30 +36,10 @@ def eval_views(exp: Experiment) -> Tuple[int, int]:
   return int(cfg.get("num_test_clips", 1)), int(cfg.get("num_test_crops", 1))
 
 
-def action_factors(config) -> Optional[Tuple[int, int]]:
-  """`(num_verbs, num_nouns)` of a two-head (verb, noun) model's classes, else None.
-
-  A CAST model with `model.cast.num_verbs > 0` scores the `num_verbs * num_nouns`
-  actions `verb * num_nouns + noun` (see `vivit_knn.train.multihead`).
-  """
-  model = config.model
-  cast = model.get("cast")
-  if model.get("name") != "cast" or cast is None:
-    return None
-  factors = int(cast.get("num_verbs", 0)), int(cast.get("num_nouns", 0))
-  return factors if min(factors) > 0 else None
-
-
-def report_suffix(step: int, views: Tuple[int, int]) -> str:
-  """`step_<N>_<clips>x<crops>`: the part every report file name of one eval shares."""
-  return f"step_{int(step)}_{int(views[0])}x{int(views[1])}"
-
-
 def _gather_host(x: np.ndarray) -> np.ndarray:
   """This host's slice of a global batch -> the whole global batch, in process order."""
   if jax.process_count() == 1:
     return x
-  from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
   return np.asarray(multihost_utils.process_allgather(x, tiled=True))
 
 
@@ -66,17 +47,19 @@ def run_eval(exp: Experiment, params: Any, eval_step=None) -> Dict[str, Any]:
   """Scores `params` on the eval split.
 
   Returns:
-    The :class:`metrics.EvalAccumulator` result (with `verb_top1`, `noun_top1` and
-    `action_top1` for a two-head model, see :func:`action_factors`), plus `views`
-    (`{'clips', 'crops'}`), `videos` (`{'listed', 'evaluated', 'skipped'}` test videos),
-    `skipped_videos` (one line per video skipped on this host: where and why)
-    and, with `eval.save_logits`, `logits` (`{'logits' [N, C], 'labels' [N],
-    'index' [N], 'videos' [N]}` for the evaluated videos, in eval order).
+    The :class:`metrics.EvalAccumulator` result (verb/noun/action top-1 for a two-head CAST),
+    plus `views` (`{'clips', 'crops'}`), `videos` (`{'listed', 'evaluated', 'skipped'}` test
+    videos), `skipped_videos` (one line per video skipped on this host: where and why) and,
+    with `eval.save_logits`, `logits` (`{'logits' [N, C], 'labels' [N], 'index' [N],
+    'videos' [N]}` of the evaluated videos, in eval order).
   """
   eval_step = eval_step or steps.make_eval_step(exp)
-  acc = metrics.EvalAccumulator(exp.num_classes, factors=action_factors(exp.config))
-  save_logits = bool(exp.config.eval.get("save_logits", False))
-  kept = {"logits": [], "labels": [], "index": []}
+  cast = exp.config.model.cast
+  factors = (cast.num_verbs, cast.num_nouns) if two_heads(exp.config) else None
+  acc = metrics.EvalAccumulator(exp.num_classes, factors=factors)
+  save_logits = bool(exp.config.eval.save_logits)
+  kept = {"logits": [np.zeros((0, exp.num_classes), np.float32)],
+          "labels": [np.zeros(0, np.int64)], "index": [np.zeros(0, np.int64)]}
   batches = exp.dataset.eval_batches(
       exp.config.eval.global_batch_size, process_index=jax.process_index(),
       process_count=jax.process_count())
@@ -100,38 +83,30 @@ def run_eval(exp: Experiment, params: Any, eval_step=None) -> Dict[str, Any]:
                       "skipped": max(listed - evaluated, 0)}
   result["skipped_videos"] = list(exp.dataset.skipped_sources("eval"))
   if save_logits:
-    index = np.concatenate(kept["index"]) if kept["index"] else np.zeros(0, np.int64)
-    result["logits"] = {
-        "logits": (np.concatenate(kept["logits"]) if kept["logits"]
-                   else np.zeros((0, exp.num_classes), np.float32)),
-        "labels": np.concatenate(kept["labels"]) if kept["labels"] else np.zeros(0, np.int64),
-        "index": index,
-        "videos": np.asarray([exp.dataset.describe_example("eval", i) for i in index], str),
-    }
+    result["logits"] = {k: np.concatenate(v) for k, v in kept.items()}
+    result["logits"]["videos"] = np.asarray(
+        [exp.dataset.describe_example("eval", i) for i in result["logits"]["index"]], str)
   return result
 
 
-def _write_png(exp: Experiment, result: Dict[str, Any], names, path: str, step: int) -> None:
-  with tempfile.TemporaryDirectory() as tmp:  # matplotlib writes local files only
-    local = metrics.save_confusion_matrix_png(
-        result["confusion_matrix"], names, os.path.join(tmp, "cm.png"),
-        title=f"{exp.config.experiment_name} step {step}")
+def _write_through_local(path: str, write: Callable[[str], Any]) -> None:
+  """`write(local_path)`, then a copy to `path`: matplotlib and numpy write local files only."""
+  with tempfile.TemporaryDirectory() as tmp:
+    local = os.path.join(tmp, os.path.basename(path))
+    write(local)
     epath.Path(path).write_bytes(epath.Path(local).read_bytes())
 
 
 def write_eval_report(exp: Experiment, result: Dict[str, Any], workdir: str, step: int,
                       writer: Optional[metric_writers.MetricWriter] = None) -> Dict[str, str]:
-  """Writes scalars, a per-class table, JSON results, the confusion-matrix PNG and lists.
+  """Writes the `eval/<name>` scalars and the report files of a `run_eval` result.
 
   Files go to `<workdir>/eval/<kind>_step_<step>_<clips>x<crops>.<ext>`: `results` (JSON:
-  metrics (with `verb_top1`, `noun_top1` and `action_top1` when the result has them,
-  also written as `eval/<name>` scalars), checkpoint step, views, listed/evaluated/skipped
-  videos, per-class accuracy),
-  `per_class` (text table), `confusion_matrix` (PNG, with `eval.confusion_matrix` and at most
-  `PNG_MAX_CLASSES` classes; otherwise a printed note, and the JSON says why), `skipped`
-  (the skipped test videos, when there are any) and, with `eval.save_logits`, `logits`
-  (npz: `logits`, `labels`, `index`, `videos`). The path of the skipped list is also
-  stored in `result['skipped_file']` for :func:`format_result`.
+  the scalar metrics, step, views, video counts, per-class accuracy), `per_class` (text
+  table), `confusion_matrix` (PNG, with `eval.confusion_matrix` and at most `PNG_MAX_CLASSES`
+  classes, else a printed note and the JSON says why), `skipped` (the skipped test videos,
+  if any; also stored in `result['skipped_file']`) and, with `eval.save_logits`, `logits`
+  (npz: `logits`, `labels`, `index`, `videos`).
 
   Returns:
     The paths written, by kind. Only process 0 writes (others return `{}`).
@@ -141,10 +116,9 @@ def write_eval_report(exp: Experiment, result: Dict[str, Any], workdir: str, ste
   out_dir = resolve(workdir) / "eval"
   out_dir.mkdir(parents=True, exist_ok=True)
   names = exp.dataset.info.class_names
-  views = result.get("views") or dict(zip(("clips", "crops"), eval_views(exp)))
-  suffix = report_suffix(step, (views["clips"], views["crops"]))
-  paths = {}
-  paths["per_class"] = str(out_dir / f"per_class_{suffix}.txt")
+  views, videos = result["views"], result["videos"]
+  suffix = f"step_{int(step)}_{int(views['clips'])}x{int(views['crops'])}"
+  paths = {"per_class": str(out_dir / f"per_class_{suffix}.txt")}
   epath.Path(paths["per_class"]).write_text(
       metrics.format_class_table(result["support"], result["correct"], names) + "\n")
   png_note = None
@@ -156,9 +130,10 @@ def write_eval_report(exp: Experiment, result: Dict[str, Any], workdir: str, ste
     print(f"confusion-matrix PNG {png_note}; the per-class table has every class")
   else:
     paths["confusion_matrix"] = str(out_dir / f"confusion_matrix_{suffix}.png")
-    _write_png(exp, result, names, paths["confusion_matrix"], step)
-  videos = result.get("videos")
-  if videos and videos["skipped"]:
+    title = f"{exp.config.experiment_name} step {step}"
+    _write_through_local(paths["confusion_matrix"], lambda local: metrics.save_confusion_matrix_png(
+        result["confusion_matrix"], names, local, title=title))
+  if videos["skipped"]:
     paths["skipped"] = str(out_dir / f"skipped_{suffix}.txt")
     lines = result.get("skipped_videos") or []
     missing = videos["skipped"] - len(lines)
@@ -168,18 +143,13 @@ def write_eval_report(exp: Experiment, result: Dict[str, Any], workdir: str, ste
     result["skipped_file"] = paths["skipped"]
   if "logits" in result:
     paths["logits"] = str(out_dir / f"logits_{suffix}.npz")
-    with tempfile.TemporaryDirectory() as tmp:
-      local = os.path.join(tmp, "logits.npz")
-      np.savez(local, **result["logits"])
-      epath.Path(paths["logits"]).write_bytes(epath.Path(local).read_bytes())
-  scalars = _scalar_keys(result)
+    _write_through_local(paths["logits"], lambda local: np.savez(local, **result["logits"]))
+  scalars = ("top1", "top5", "loss") + tuple(k for k in metrics.FACTOR_METRICS if k in result)
   summary = {k: float(result[k]) for k in scalars}
-  summary["num_examples"] = int(result["num_examples"])
-  summary["step"] = int(step)
-  summary["views"] = {"clips": int(views["clips"]), "crops": int(views["crops"])}
-  if videos:
-    summary["videos"] = {k: int(v) for k, v in videos.items()}
-  summary["files"] = {k: os.path.basename(v) for k, v in paths.items()}
+  summary.update(num_examples=int(result["num_examples"]), step=int(step),
+                 views={"clips": int(views["clips"]), "crops": int(views["crops"])},
+                 videos={k: int(v) for k, v in videos.items()},
+                 files={k: os.path.basename(v) for k, v in paths.items()})
   if png_note:
     summary["confusion_matrix_png"] = png_note
   summary["per_class_accuracy"] = {
@@ -193,49 +163,27 @@ def write_eval_report(exp: Experiment, result: Dict[str, Any], workdir: str, ste
   return paths
 
 
-def _scalar_keys(result: Dict[str, Any]) -> Tuple[str, ...]:
-  """The scalar metrics of `result`: top-1, top-5, loss, then any verb/noun/action top-1."""
-  return ("top1", "top5", "loss") + tuple(k for k in metrics.FACTOR_METRICS if k in result)
-
-
-def videos_line(result: Dict[str, Any]) -> Optional[str]:
-  """`evaluated X of Y listed test videos (Z skipped, see <file>)`, or None if not counted."""
-  videos = result.get("videos")
-  if not videos:
-    return None
-  line = (f"evaluated {videos['evaluated']} of {videos['listed']} listed test videos "
-          f"({videos['skipped']} skipped")
-  if videos["skipped"] and result.get("skipped_file"):
-    line += f", see {result['skipped_file']}"
-  return line + ")"
-
-
 def format_result(result: Dict[str, Any], class_names) -> str:
-  """Human-readable summary: top-1/top-5/loss, views, video counts and the per-class table.
+  """Human-readable `run_eval` result: the metrics, views, video counts and per-class table.
 
-  A two-head model's result also has `verb_top1`, `noun_top1` and `action_top1` on the
-  `eval:` line.
-
-  The table is left out above `PRINTED_MAX_CLASSES` classes (it is always in the
-  per-class file `write_eval_report` writes).
+  The table is left out above `PRINTED_MAX_CLASSES` classes (the per_class file has it).
   """
   head = (f"eval: top1={result['top1']:.4f} top5={result['top5']:.4f} "
           f"loss={result['loss']:.4f}")
   for key in metrics.FACTOR_METRICS:
     if key in result:
       head += f" {key}={result[key]:.4f}"
-  head += f" examples={int(result['num_examples'])}"
-  views = result.get("views")
-  if views:
-    head += f" views={views['clips']}x{views['crops']} (clips x crops)"
-  lines = [head]
-  counted = videos_line(result)
-  if counted:
-    lines.append(counted)
+  views, videos = result["views"], result["videos"]
+  head += (f" examples={int(result['num_examples'])} "
+           f"views={views['clips']}x{views['crops']} (clips x crops)")
+  counted = (f"evaluated {videos['evaluated']} of {videos['listed']} listed test videos "
+             f"({videos['skipped']} skipped")
+  if videos["skipped"] and result.get("skipped_file"):
+    counted += f", see {result['skipped_file']}"
+  lines = [head, counted + ")"]
   if len(class_names) <= PRINTED_MAX_CLASSES:
     lines.append(metrics.format_class_table(result["support"], result["correct"], class_names))
   else:
     lines.append(f"per-class accuracy of {len(class_names)} classes: see the per_class file "
-                 "of this eval (not printed above "
-                 f"{PRINTED_MAX_CLASSES} classes)")
+                 f"of this eval (not printed above {PRINTED_MAX_CLASSES} classes)")
   return "\n".join(lines)

@@ -42,8 +42,8 @@ class Experiment:
   optimizer: optax.GradientTransformation
   schedule: Callable[[Any], Any]
   total_steps: int
-  objective: Objective = dataclasses.field(default_factory=Objective)
-  plan: Optional[optim.StepPlan] = None
+  objective: Objective
+  plan: optim.StepPlan
 
   @property
   def num_classes(self) -> int:
@@ -87,22 +87,10 @@ class Experiment:
 def build_experiment(config: ml_collections.ConfigDict,
                      devices: Optional[Sequence[jax.Device]] = None,
                      training: bool = True) -> Experiment:
-  """Validates `config` and builds the run's parts on `devices` (default: all).
+  """Validates `config` (ValueError naming the field) and builds the run on `devices` (all).
 
-  Epoch-based settings (`train.num_epochs`, `optimizer.warmup_epochs`) become steps
-  here, from the dataset's actual train-split size (`Experiment.plan`).
-
-  Args:
-    config: the experiment config.
-    devices: the devices of the mesh (default: all).
-    training: False for evaluation and inference: the training schedule is then
-      never an error (see `vivit_knn.train.optim.plan_steps`).
-
-  Returns:
-    The experiment.
-
-  Raises:
-    ValueError: naming the field, before any data or model is built.
+  Epoch-based settings become steps from the dataset's train-split size (`Experiment.plan`);
+  with `training=False` (evaluation, inference) the schedule is never an error.
   """
   mesh = sharding.make_mesh(config.mesh, devices)
   config_lib.validate(config, num_devices=sharding.data_parallel_size(mesh),

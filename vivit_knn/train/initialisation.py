@@ -1,17 +1,12 @@
-"""Where a run's first state comes from, in one order: resume, configured checkpoints, scratch.
+"""Where a run's first state comes from, in this order: resume, configured checkpoints, scratch.
 
-1. `--workdir` holds a checkpoint: the newest one is restored (configured
-   checkpoints are not read again, so a resumed run never re-initialises).
-2. Else, when `config.init_from` names checkpoints, a fresh model is built and
-   the parts they provide are placed into it: `init_from.checkpoint_path` (an
-   image ViT, a video model of ours or scenic's, a released classifier; see
-   `vivit_knn.weights.init_from`) and, for CAST, the two experts
-   (`init_from.spatial_expert`, `init_from.temporal_expert`).
+1. `--workdir` holds a checkpoint: the newest one is restored (`init_from` is not read again).
+2. `config.init_from` names checkpoints: a fresh model gets the parts they provide
+   (`init_from.checkpoint_path`, see `vivit_knn.weights.init_from`, and CAST's two experts).
 3. Else the fresh random initialisation.
 
-Every run reports which one happened in an `InitSummary`: parameters restored,
-inflated, copied, zeroed and left fresh, per top-level module. The trainer
-prints it and writes it to `<workdir>/init_summary.json`.
+The `InitSummary` says which, with the parameters restored, inflated, copied, zeroed and left
+fresh per top-level module; the trainer prints it and writes `<workdir>/init_summary.json`.
 """
 
 from __future__ import annotations
@@ -41,9 +36,8 @@ EXPERTS = ("spatial_expert", "temporal_expert")
 class InitSummary:
   """What the initial state was made of.
 
-  `source`: 'resume', 'checkpoints' or 'scratch'. `sources`: the configured
-  files used, as `(config field, path, format)`. `modules`: top-level module ->
-  category (`init_lib.CATEGORIES`) -> number of parameters (scalars).
+  `source`: 'resume', 'checkpoints' or 'scratch'. `sources`: the configured files used, as
+  `(config field, path, format)`. `modules`: module -> category -> number of parameters.
   """
 
   source: str
@@ -119,15 +113,12 @@ def _with_experts(params: Any, config: ml_collections.ConfigDict,
 
 
 def initial_params(exp: Experiment, rng: jax.Array) -> Tuple[Any, InitSummary]:
-  """Fresh parameters with every configured checkpoint applied (host numpy arrays).
+  """Fresh host parameters with every configured checkpoint applied.
 
-  For a config that names checkpoints (`configured_sources`). Raises (before
-  anything trains) when a configured file is missing, in an unknown format, or
-  does not fit the model (listing the keys).
+  Raises when a configured file is missing, in an unknown format, or does not fit the model.
   """
   config = exp.config
   params = jax.tree.map(np.asarray, jax.device_get(exp.init_params(rng)))
-  sources = configured_sources(config)
   report: Dict[str, str] = {}
   init = config.init_from
   if init.checkpoint_path:
@@ -135,10 +126,8 @@ def initial_params(exp: Experiment, rng: jax.Array) -> Tuple[Any, InitSummary]:
                              num_heads=config.model.num_heads, field="init_from")
     params, report = init_lib.initialise_with_report(params, source, config)
   params = _with_experts(params, config, report)
-  summary = InitSummary("checkpoints", "fresh model, then the configured checkpoints",
-                        sources=sources)
-  summary.modules = _module_counts(params, report)
-  return params, summary
+  return params, InitSummary("checkpoints", "fresh model, then the configured checkpoints",
+                             configured_sources(config), _module_counts(params, report))
 
 
 def state_from_params(exp: Experiment, params: Any) -> TrainState:
@@ -163,17 +152,13 @@ def initial_state(exp: Experiment, ckpt: checkpoint.Checkpointer,
     return state, InitSummary("resume", detail)
   if not configured_sources(exp.config):
     state = exp.init_state(rng)
-    summary = InitSummary("scratch", f"random initialisation, seed {exp.config.seed}")
-    summary.modules = _module_counts(state.params, {})
-    return state, summary
+    return state, InitSummary("scratch", f"random initialisation, seed {exp.config.seed}",
+                              modules=_module_counts(state.params, {}))
   params, summary = initial_params(exp, rng)
   return state_from_params(exp, params), summary
 
 
 def write_summary(workdir: str, summary: InitSummary) -> str:
   """Writes `summary` to `<workdir>/init_summary.json`; returns the path."""
-  path = checkpoint.resolve(workdir) / SUMMARY_FILE
-  path.parent.mkdir(parents=True, exist_ok=True)
-  path.write_text(json.dumps(summary.to_json(), indent=2))
-  return str(path)
+  return checkpoint.write_file(workdir, SUMMARY_FILE, json.dumps(summary.to_json(), indent=2))
 

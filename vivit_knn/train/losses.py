@@ -1,8 +1,4 @@
-"""Classification losses and mixup augmentation.
-
-Everything here is pure ``jax.numpy``: the functions can be traced inside
-``jax.jit`` and operate on sharded arrays without host round trips.
-"""
+"""Classification and distillation losses and mixup, in pure `jax.numpy` (jit-able)."""
 
 from __future__ import annotations
 
@@ -11,34 +7,9 @@ from typing import Optional
 import jax
 import jax.numpy as jnp
 
-__all__ = [
-    "one_hot",
-    "softmax_cross_entropy",
-    "mixup",
-    "mixup_with_lambda",
-    "distillation_kl",
-    "feature_mse",
-    "ofa_loss",
-]
-
 
 def one_hot(labels: jax.Array, num_classes: int, *, label_smoothing: float = 0.0) -> jax.Array:
-  """Encodes integer labels as (optionally smoothed) one-hot float32 targets.
-
-  Args:
-    labels: integer class ids of shape ``[B]`` (any leading shape works).
-    num_classes: number of classes ``C``.
-    label_smoothing: ``ls`` in ``[0, 1)``. The true class gets
-      ``1 - ls + ls / C`` and every other class gets ``ls / C``, so each row
-      still sums to one.
-
-  Returns:
-    float32 array of shape ``labels.shape + (C,)``.
-  """
-  if num_classes <= 0:
-    raise ValueError(f"num_classes must be positive, got {num_classes}")
-  if not 0.0 <= label_smoothing < 1.0:
-    raise ValueError(f"label_smoothing must be in [0, 1), got {label_smoothing}")
+  """float32 targets `labels.shape + (C,)`: `1 - ls + ls / C` on the label, `ls / C` elsewhere."""
   hot = jax.nn.one_hot(labels, num_classes, dtype=jnp.float32)
   if label_smoothing > 0.0:
     off = label_smoothing / num_classes
@@ -49,20 +20,10 @@ def one_hot(labels: jax.Array, num_classes: int, *, label_smoothing: float = 0.0
 def softmax_cross_entropy(
     logits: jax.Array, targets: jax.Array, weights: Optional[jax.Array] = None
 ) -> jax.Array:
-  """Weighted mean softmax cross-entropy against soft targets.
+  """Weighted mean cross-entropy of `[B, C]` logits against soft `[B, C]` targets (float32).
 
-  Computes ``sum_i w_i * CE_i / max(sum_i w_i, 1e-8)`` where
-  ``CE_i = -sum_c targets[i, c] * log_softmax(logits)[i, c]``. Logits are
-  upcast to float32 before the softmax so bfloat16 models get a stable loss.
-
-  Args:
-    logits: ``[B, C]`` unnormalised scores.
-    targets: ``[B, C]`` target distributions (one-hot, smoothed or mixed).
-    weights: optional ``[B]`` per-example weights; ``None`` means all ones.
-      Zero weights drop padded examples from the mean.
-
-  Returns:
-    float32 scalar.
+  `sum_i w_i * CE_i / max(sum_i w_i, 1e-8)`, logits upcast to float32 first; `weights` `[B]`
+  default to ones, and zero weights drop padded examples.
   """
   logits = jnp.asarray(logits, jnp.float32)
   targets = jnp.asarray(targets, jnp.float32)
@@ -82,22 +43,11 @@ def softmax_cross_entropy(
 def mixup_with_lambda(
     rng: jax.Array, inputs: jax.Array, targets: jax.Array, alpha: float
 ) -> tuple[jax.Array, jax.Array, jax.Array]:
-  """Mixup that also returns the sampled mixing coefficient.
+  """Batch mixup: `(lam * x + (1 - lam) * flip(x), same for targets, lam)`.
 
-  One ``lam ~ Beta(alpha, alpha)`` is drawn for the whole batch and each
-  example ``i`` is blended with example ``B - 1 - i`` (the batch flipped along
-  axis 0): ``x = lam * x + (1 - lam) * flip(x)``, and the same for targets.
-
-  Args:
-    rng: PRNG key.
-    inputs: ``[B, ...]`` floating point inputs (e.g. video clips).
-    targets: ``[B, C]`` float targets (one-hot or smoothed), not integer ids.
-    alpha: Beta concentration, a Python float. ``alpha <= 0`` disables
-      mixup and returns the inputs unchanged with ``lam = 1``.
-
-  Returns:
-    ``(mixed_inputs, mixed_targets, lam)``; ``lam`` is a float32 scalar.
-    Mixed arrays keep the dtype of the corresponding argument.
+  One float32 `lam ~ Beta(alpha, alpha)` per batch; example `i` is blended with `B - 1 - i`
+  in float32, and the results keep their dtypes. `targets` are float `[B, C]`, not class ids.
+  `alpha <= 0` returns the inputs unchanged with `lam = 1`.
   """
   if not jnp.issubdtype(jnp.result_type(targets), jnp.floating):
     raise TypeError("mixup targets must be floating point one-hot/soft labels, not class ids")
@@ -108,34 +58,19 @@ def mixup_with_lambda(
   lam = jax.random.beta(rng, alpha, alpha, dtype=jnp.float32)
 
   def blend(x: jax.Array) -> jax.Array:
-    # Blend in float32 so bfloat16 inputs do not lose the small (1 - lam) term.
-    x32 = x.astype(jnp.float32)
-    mixed = lam * x32 + (1.0 - lam) * jnp.flip(x32, axis=0)
-    return mixed.astype(x.dtype)
+    x32 = x.astype(jnp.float32)  # bfloat16 would lose the small (1 - lam) term
+    return (lam * x32 + (1.0 - lam) * jnp.flip(x32, axis=0)).astype(x.dtype)
 
   return blend(inputs), blend(targets), lam
 
 
-def mixup(
-    rng: jax.Array, inputs: jax.Array, targets: jax.Array, alpha: float
-) -> tuple[jax.Array, jax.Array]:
-  """Batch mixup (see :func:`mixup_with_lambda`); returns ``(inputs, targets)``."""
-  mixed_inputs, mixed_targets, _ = mixup_with_lambda(rng, inputs, targets, alpha)
-  return mixed_inputs, mixed_targets
-
-
 def distillation_kl(student_logits: jax.Array, teacher_logits: jax.Array,
                     temperature: float = 1.0) -> jax.Array:
-  """KL(teacher || student) between the temperature-softened distributions, times tau^2.
+  """KL(teacher || student) of the `softmax(logits / tau)` distributions, batch mean, times tau^2.
 
-  ``tau^2 * mean_i sum_c p_t[i, c] * (log p_t[i, c] - log p_s[i, c])`` with
-  ``p = softmax(logits / tau)``. The ``tau^2`` factor (Hinton et al.) keeps the
-  gradient magnitude w.r.t. the student logits roughly independent of ``tau``, so
-  ``alpha`` balances CE and KD the same way at any temperature. The teacher gets
-  no gradient. Returns a float32 scalar.
+  The tau^2 factor (Hinton et al.) keeps the student's gradient magnitude independent of tau.
+  The teacher gets no gradient. Returns a float32 scalar.
   """
-  if temperature <= 0:
-    raise ValueError(f"temperature must be positive, got {temperature}")
   s = jnp.asarray(student_logits, jnp.float32) / temperature
   t = jax.lax.stop_gradient(jnp.asarray(teacher_logits, jnp.float32)) / temperature
   if s.shape != t.shape:
@@ -157,25 +92,12 @@ def feature_mse(student_features: jax.Array, teacher_features: jax.Array) -> jax
 
 def ofa_loss(student_logits: jax.Array, teacher_logits: jax.Array, targets: jax.Array,
              eta: float = 1.1) -> jax.Array:
-  """OFA-KD loss with adaptive target enhancement, averaged over the batch.
+  """OFA-KD loss with adaptive target enhancement, batch mean (float32 scalar).
 
-  For a one-hot target ``y``:
-  ``L = -(1 + p_t[y])^eta * log p_s[y] - sum_{c != y} p_t[c] * log p_s[c]``
-  (the paper's form). At ``eta = 1`` this is the cross-entropy against the soft
-  target ``onehot(y) + p_t``; ``eta > 1`` strengthens the target term more where
-  the teacher is confident. (The public OFA-KD code instead weights the classes by
-  ``(p_t + onehot)^eta - onehot``, which drops the plain CE term.) For smoothed or
-  mixed ``targets`` the per-class weight interpolates linearly:
-  ``w_c = t_c * (1 + p_t[c])^eta + (1 - t_c) * p_t[c]``.
-
-  Args:
-    student_logits: ``[B, C]`` student (branch) logits.
-    teacher_logits: ``[B, C]`` teacher logits (no gradient).
-    targets: ``[B, C]`` float targets (one-hot, smoothed or mixed).
-    eta: the modulating exponent, ``>= 1`` in the paper (1.1 by default).
-
-  Returns:
-    float32 scalar.
+  For a one-hot target `y`: `-(1 + p_t[y])^eta * log p_s[y] - sum_{c != y} p_t[c] log p_s[c]`
+  (the paper's form; at eta = 1 the cross-entropy against `onehot(y) + p_t`; the public OFA-KD
+  code instead weights classes by `(p_t + onehot)^eta - onehot`). Soft `targets` interpolate:
+  `w_c = t_c * (1 + p_t[c])^eta + (1 - t_c) * p_t[c]`. The teacher gets no gradient.
   """
   s = jnp.asarray(student_logits, jnp.float32)
   p_t = jax.nn.softmax(jax.lax.stop_gradient(jnp.asarray(teacher_logits, jnp.float32)), axis=-1)

@@ -1,8 +1,4 @@
-"""Classification metrics: top-k accuracy, confusion matrices and reports.
-
-:func:`topk_correct` is jit-able and meant for the device-side eval step; the
-rest runs on the host with numpy on gathered predictions.
-"""
+"""Classification metrics: top-k on device (jit-able); accumulation, tables and PNGs on the host."""
 
 from __future__ import annotations
 
@@ -13,18 +9,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-__all__ = [
-    "topk_correct",
-    "confusion_matrix",
-    "per_class_accuracy",
-    "save_confusion_matrix_png",
-    "format_per_class_report",
-    "format_class_table",
-    "EvalAccumulator",
-    "DENSE_CONFUSION_MAX_CLASSES",
-    "FACTOR_METRICS",
-]
-
 # Above this many classes the per-class tick labels overlap, so they are hidden.
 _MAX_TICK_LABELS = 50
 # Up to this many classes every cell is annotated with its value.
@@ -32,62 +16,11 @@ _MAX_ANNOTATED = 20
 
 
 def topk_correct(logits: jax.Array, labels: jax.Array, k: int) -> jax.Array:
-  """Whether each label is among the ``k`` highest logits.
-
-  Args:
-    logits: ``[B, C]`` scores.
-    labels: ``[B]`` integer class ids.
-    k: number of top predictions considered; clipped to ``C``.
-
-  Returns:
-    float32 ``[B]`` array of 0/1 values.
-  """
-  if k < 1:
-    raise ValueError(f"k must be >= 1, got {k}")
+  """float32 0/1 ``[B]``: whether each label is among the ``k`` highest of ``[B, C]`` logits."""
   k = min(int(k), logits.shape[-1])
   _, top = jax.lax.top_k(logits, k)
   hit = jnp.any(top == jnp.asarray(labels)[..., None].astype(top.dtype), axis=-1)
   return hit.astype(jnp.float32)
-
-
-def confusion_matrix(
-    preds: Any, labels: Any, num_classes: int, weights: Optional[Any] = None
-) -> np.ndarray:
-  """Counts (true, predicted) pairs.
-
-  Args:
-    preds: ``[N]`` predicted class ids.
-    labels: ``[N]`` true class ids.
-    num_classes: ``C``.
-    weights: optional ``[N]`` non-negative integer counts, typically a 0/1
-      validity mask; rows with weight 0 are ignored.
-
-  Returns:
-    ``np.int64`` array ``[C, C]``; rows are true classes, columns predictions.
-  """
-  preds = np.asarray(preds).reshape(-1).astype(np.int64)
-  labels = np.asarray(labels).reshape(-1).astype(np.int64)
-  if preds.shape != labels.shape:
-    raise ValueError(f"preds {preds.shape} and labels {labels.shape} differ in length")
-  if weights is None:
-    counts = np.ones(labels.shape, np.int64)
-  else:
-    w = np.asarray(weights).reshape(-1)
-    if w.shape != labels.shape:
-      raise ValueError(f"weights {w.shape} must match labels {labels.shape}")
-    if np.any(w < 0) or np.any(w != np.round(w)):
-      raise ValueError("confusion_matrix weights must be non-negative integers (e.g. a 0/1 mask)")
-    counts = w.astype(np.int64)
-  keep = counts > 0
-  preds, labels, counts = preds[keep], labels[keep], counts[keep]
-  for name, arr in (("labels", labels), ("preds", preds)):
-    if arr.size and (arr.min() < 0 or arr.max() >= num_classes):
-      raise ValueError(
-          f"{name} must lie in [0, {num_classes}), got range [{arr.min()}, {arr.max()}]")
-  # Integer counts: one int64 [C * C] array, no float copy.
-  flat = np.bincount(np.repeat(labels * num_classes + preds, counts),
-                     minlength=num_classes * num_classes)
-  return flat.astype(np.int64, copy=False).reshape(num_classes, num_classes)
 
 
 def _recall(correct: np.ndarray, support: np.ndarray) -> np.ndarray:
@@ -95,12 +28,6 @@ def _recall(correct: np.ndarray, support: np.ndarray) -> np.ndarray:
   with np.errstate(invalid="ignore", divide="ignore"):
     acc = np.asarray(correct, np.float64) / support
   return np.where(support > 0, acc, np.nan)
-
-
-def per_class_accuracy(cm: Any) -> np.ndarray:
-  """Recall per true class: ``cm[c, c] / cm[c].sum()``; ``nan`` where a class has no examples."""
-  cm = np.asarray(cm, np.float64)
-  return _recall(np.diag(cm), cm.sum(axis=1))
 
 
 def _class_names(class_names: Optional[Sequence[str]], num_classes: int) -> list[str]:
@@ -112,38 +39,19 @@ def _class_names(class_names: Optional[Sequence[str]], num_classes: int) -> list
   return names
 
 
-def save_confusion_matrix_png(
-    cm: Any,
-    class_names: Optional[Sequence[str]],
-    path: str | os.PathLike,
-    title: Optional[str] = None,
-) -> str:
-  """Renders a row-normalised confusion matrix heat map to a PNG file.
+def save_confusion_matrix_png(cm: Any, class_names: Optional[Sequence[str]],
+                              path: str | os.PathLike, title: Optional[str] = None) -> str:
+  """Renders the row-normalised heat map of ``[C, C]`` counts ``cm`` (rows true) to a PNG.
 
-  Each row is divided by its number of examples so colours show the
-  fraction of a true class assigned to each prediction. Class names label
-  the axes for up to 50 classes; for more they are hidden and only every
-  10th class index is marked. With at most 20 classes every cell is
-  annotated with its percentage and raw count.
-  Rendering uses the Agg canvas directly, so no display is needed and the
-  global pyplot backend is left untouched.
-
-  Args:
-    cm: ``[C, C]`` counts (rows true, columns predicted).
-    class_names: ``C`` names, or ``None`` to use class indices.
-    path: output file; parent directories are created.
-    title: optional figure title.
-
-  Returns:
-    ``path`` as a string.
+  Colours show the fraction of a true class given each prediction; cells are annotated up to
+  20 classes and axes named up to 50. Uses the Agg canvas (no display, pyplot untouched);
+  creates parent folders and returns ``path`` as a string.
   """
   # Imported lazily: matplotlib is only needed when a figure is written.
   from matplotlib.backends.backend_agg import FigureCanvasAgg
   from matplotlib.figure import Figure
 
   cm = np.asarray(cm)
-  if cm.ndim != 2 or cm.shape[0] != cm.shape[1]:
-    raise ValueError(f"confusion matrix must be square, got shape {cm.shape}")
   num_classes = cm.shape[0]
   names = _class_names(class_names, num_classes)
   support = cm.sum(axis=1, keepdims=True).astype(np.float64)
@@ -180,15 +88,8 @@ def save_confusion_matrix_png(
         if cm[i, j] == 0:
           continue
         value = normalised[i, j]
-        ax.text(
-            j,
-            i,
-            f"{100.0 * value:.0f}%\n({int(cm[i, j])})",
-            ha="center",
-            va="center",
-            fontsize=7,
-            color="white" if value > 0.5 else "black",
-        )
+        ax.text(j, i, f"{100.0 * value:.0f}%\n({int(cm[i, j])})", ha="center", va="center",
+                fontsize=7, color="white" if value > 0.5 else "black")
 
   fig.tight_layout()
   path = os.fspath(path)
@@ -199,29 +100,15 @@ def save_confusion_matrix_png(
   return path
 
 
-def format_per_class_report(cm: Any, class_names: Optional[Sequence[str]] = None) -> str:
-  """Plain-text table of per-class support and accuracy, in class-index order.
-
-  The last lines give the overall accuracy and the mean of the per-class
-  accuracies over classes that have examples.
-  """
-  cm = np.asarray(cm)
-  return format_class_table(cm.sum(axis=1), np.diag(cm), class_names)
-
-
 def format_class_table(support: Any, correct: Any,
                        class_names: Optional[Sequence[str]] = None) -> str:
-  """:func:`format_per_class_report` from per-class counts, without a ``[C, C]`` matrix.
+  """Plain-text table of support and top-1 accuracy per class from ``[C]`` counts.
 
-  Args:
-    support: ``[C]`` examples per true class.
-    correct: ``[C]`` top-1 hits per true class.
-    class_names: ``C`` names, or ``None`` for class indices.
+  The last lines give the overall accuracy and the mean per-class accuracy over the classes
+  that have examples.
   """
   support = np.asarray(support, np.int64).reshape(-1)
   correct = np.asarray(correct, np.int64).reshape(-1)
-  if support.shape != correct.shape:
-    raise ValueError(f"support {support.shape} and correct {correct.shape} differ")
   num_classes = support.shape[0]
   names = _class_names(class_names, num_classes)
   acc = _recall(correct, support)
@@ -232,17 +119,14 @@ def format_class_table(support: Any, correct: Any,
   lines = [header, "-" * len(header)]
   for c in range(num_classes):
     acc_text = "n/a" if np.isnan(acc[c]) else f"{acc[c]:.4f}"
-    lines.append(
-        f"{c:>{index_width}}  {names[c]:<{name_width}}  "
-        f"{int(support[c]):>{count_width}}  {acc_text:>8}"
-    )
+    lines.append(f"{c:>{index_width}}  {names[c]:<{name_width}}  "
+                 f"{int(support[c]):>{count_width}}  {acc_text:>8}")
   total = int(support.sum())
   overall = int(correct.sum()) / total if total else float("nan")
   present = acc[~np.isnan(acc)]
   mean_acc = float(present.mean()) if present.size else float("nan")
-  lines.append("-" * len(header))
-  lines.append(f"overall accuracy: {overall:.4f} over {total} examples")
-  lines.append(f"mean per-class accuracy: {mean_acc:.4f} over {present.size} classes")
+  lines += ["-" * len(header), f"overall accuracy: {overall:.4f} over {total} examples",
+            f"mean per-class accuracy: {mean_acc:.4f} over {present.size} classes"]
   return "\n".join(lines)
 
 
@@ -251,10 +135,8 @@ def _log_softmax(logits: np.ndarray) -> np.ndarray:
   return shifted - np.log(np.exp(shifted).sum(axis=-1, keepdims=True))
 
 
-# Up to this many classes the accumulator also returns the dense [C, C]
-# confusion matrix (8 MB of int64 at 1,000 classes); above it only the
-# non-zero (true, predicted) pairs are kept, so memory grows with the number
-# of examples, not with C squared.
+# Up to this many classes the accumulator also returns the dense [C, C] confusion matrix (8 MB
+# of int64 at 1,000 classes); above it only the non-zero (true, predicted) pairs are kept.
 DENSE_CONFUSION_MAX_CLASSES = 1000
 # Pending (true, predicted) codes are merged into counts past this many.
 _COMPACT_EVERY = 1 << 20
@@ -263,29 +145,15 @@ FACTOR_METRICS = ("verb_top1", "noun_top1", "action_top1")
 
 
 class EvalAccumulator:
-  """Accumulates classification statistics over evaluation batches on the host.
+  """Classification statistics over evaluation batches, on the host, in ``O(C + pairs)`` memory.
 
-  Call :meth:`update` with each batch's logits, integer labels and validity
-  mask (padding rows have mask 0 and are ignored), then :meth:`result`.
-
-  Memory is ``O(C + distinct (true, predicted) pairs)``: per-class support and
-  hits are ``[C]`` counts and the confusion matrix is kept sparse, as counts
-  of the codes ``true * C + predicted``. The dense ``[C, C]`` matrix is built
-  once, in :meth:`result`, and only when ``dense_confusion`` allows it.
-
-  With ``factors = (V, N)`` the classes are (verb, noun) actions, class
-  ``verb * N + noun``, and the logits are joint scores ``a[verb] + b[noun]``
-  (a two-head model's ``log p(verb) + log p(noun)``, also after averaging
-  views). Such scores are maximised by the verb and the noun that maximise
-  their own terms, so the predicted verb is the argmax over verbs of the best
-  score over nouns (likewise for nouns), and :meth:`result` also gives
-  ``verb_top1``, ``noun_top1`` and ``action_top1`` (the plain top-1).
-
-  Args:
-    num_classes: ``C``.
-    dense_confusion: whether :meth:`result` returns the dense confusion
-      matrix; ``None`` = when ``C <= DENSE_CONFUSION_MAX_CLASSES``.
-    factors: optional ``(num_verbs, num_nouns)`` whose product is ``C``.
+  The confusion matrix is kept as counts of the distinct codes ``true * C + predicted``; the
+  dense ``[C, C]`` one is built in :meth:`result` when ``dense_confusion`` (default: ``C <=
+  DENSE_CONFUSION_MAX_CLASSES``). With ``factors = (V, N)`` the classes are actions
+  ``verb * N + noun`` scored by joint logits ``a[verb] + b[noun]`` (a two-head model's
+  ``log p(verb) + log p(noun)``, also view-averaged), whose best verb is the argmax over verbs
+  of the best score over nouns (likewise for nouns): :meth:`result` adds ``verb_top1``,
+  ``noun_top1`` and ``action_top1``.
   """
 
   def __init__(self, num_classes: int, dense_confusion: Optional[bool] = None,
@@ -303,16 +171,8 @@ class EvalAccumulator:
         raise ValueError(f"factors {factors} must be positive with product "
                          f"num_classes={self.num_classes}")
     self.factors = factors
-    self.reset()
-
-  def reset(self) -> None:
-    """Clears all accumulated statistics."""
     self._count = 0
-    self._top1 = 0.0
-    self._top5 = 0.0
-    self._loss = 0.0
-    self._verb_top1 = 0.0
-    self._noun_top1 = 0.0
+    self._top1 = self._top5 = self._loss = self._verb_top1 = self._noun_top1 = 0.0
     self._support = np.zeros(self.num_classes, np.int64)
     self._hits = np.zeros(self.num_classes, np.int64)
     self._codes = np.zeros(0, np.int64)  # Distinct true * C + predicted.
@@ -321,13 +181,7 @@ class EvalAccumulator:
     self._num_pending = 0
 
   def update(self, logits: Any, labels: Any, mask: Optional[Any] = None) -> None:
-    """Adds a batch.
-
-    Args:
-      logits: ``[B, C]`` scores (numpy or a fully addressable jax array).
-      labels: ``[B]`` integer class ids.
-      mask: optional ``[B]`` validity mask; rows where it is 0 are skipped.
-    """
+    """Adds a batch: logits ``[B, C]``, integer labels ``[B]``, rows where ``mask`` is 0 skipped."""
     logits = np.asarray(logits, np.float64)
     labels = np.asarray(labels).reshape(-1).astype(np.int64)
     if logits.ndim != 2 or logits.shape[1] != self.num_classes:
@@ -379,10 +233,7 @@ class EvalAccumulator:
     self._pending, self._num_pending = [], 0
 
   def confusion_pairs(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """The non-zero cells of the confusion matrix: ``(true, predicted, count)``, int64 ``[P]``.
-
-    Sorted by true class, then predicted class.
-    """
+    """Non-zero confusion cells ``(true, predicted, count)``, int64 ``[P]``, sorted by cell."""
     self._compact()
     true, pred = np.divmod(self._codes, self.num_classes)
     return true, pred, self._code_counts.copy()
@@ -395,17 +246,13 @@ class EvalAccumulator:
     return flat.reshape(self.num_classes, self.num_classes)
 
   def result(self) -> dict[str, Any]:
-    """The metrics of every example seen so far.
+    """The metrics of every example seen so far (scalars ``nan`` when none was).
 
     Returns:
-      ``top1``, ``top5``, ``loss`` (mean unsmoothed cross-entropy),
-      ``num_examples``, ``support`` and ``correct`` (int64 ``[C]``: examples
-      and top-1 hits per true class), ``per_class_accuracy``,
-      ``confusion_pairs`` (see :meth:`confusion_pairs`) and
-      ``confusion_matrix``: the dense ``[C, C]`` counts when
-      ``dense_confusion``, else ``None``. With ``factors``, also
-      ``verb_top1``, ``noun_top1`` and ``action_top1`` (equal to ``top1``).
-      Scalar metrics are ``nan`` when no examples were seen.
+      ``top1``, ``top5``, ``loss`` (mean unsmoothed cross-entropy), ``num_examples``,
+      ``support`` and ``correct`` (int64 ``[C]`` examples and top-1 hits per true class),
+      ``per_class_accuracy``, ``confusion_pairs``, ``confusion_matrix`` (dense ``[C, C]``, or
+      None) and, with ``factors``, ``verb_top1``, ``noun_top1`` and ``action_top1`` (= ``top1``).
     """
     n = self._count
     scale = (1.0 / n) if n else float("nan")

@@ -1,19 +1,11 @@
 """The training objectives by name, and the one `config.loss.objective` selects.
 
-`OBJECTIVES` maps each name to a factory `(config, num_train_examples) -> Objective`
-that refuses a config it cannot train, naming the field:
-
-* 'classification': softmax cross-entropy on the model's logits (any model);
-* 'verb_noun': verb + noun cross-entropy from a two-head CAST
-  (`model.cast.num_verbs` > 0), each term logged (`vivit_knn.train.multihead`);
-* 'distill': two-stage distillation, `distill.method` 'fad' or 'fpld'
-  (`vivit_knn.train.distill`).
-
-`loss.objective=''` (the default) chooses: 'distill' when `distill.method` is
-set, else 'verb_noun' for a two-head CAST, else 'classification'.
-
-The table lives here, not beside the base class in `objectives`, because it
-imports the plug-ins, which import the base class.
+`OBJECTIVES` maps each name to a factory `(config, num_train_examples) -> Objective` that
+refuses a config it cannot train, naming the field: 'classification' (softmax cross-entropy,
+any model), 'verb_noun' (a two-head CAST's verb + noun terms, `multihead`) and 'distill'
+(two-stage distillation, `distill`). `loss.objective=''` (the default) chooses 'distill' when
+`distill.method` is set, else 'verb_noun' for a two-head CAST, else 'classification'. (The
+table is not beside the base class in `objectives` because the plug-ins import that.)
 """
 
 from __future__ import annotations
@@ -36,7 +28,8 @@ def _distill_method(config: ml_collections.ConfigDict) -> str:
   return distill.method if distill is not None else ""
 
 
-def _two_heads(config: ml_collections.ConfigDict) -> bool:
+def two_heads(config: ml_collections.ConfigDict) -> bool:
+  """Whether the model is a two-head (verb, noun) CAST, scoring actions `verb * N + noun`."""
   model = config.model
   return model.name == "cast" and model.cast.num_verbs > 0
 
@@ -50,7 +43,7 @@ def _classification(config: ml_collections.ConfigDict,
 def _verb_noun(config: ml_collections.ConfigDict,
                num_train_examples: Optional[int]) -> Objective:
   del num_train_examples
-  if not _two_heads(config):
+  if not two_heads(config):
     raise ValueError(
         f"{FIELD}='verb_noun' needs a two-head model: model.name='cast' with "
         f"model.cast.num_verbs > 0 (got model.name={config.model.name!r})")
@@ -73,24 +66,18 @@ OBJECTIVES: Dict[str, Factory] = {
 
 
 def objective_name(config: ml_collections.ConfigDict) -> str:
-  """The objective `config` trains with: `loss.objective`, or the automatic choice when empty.
-
-  Args:
-    config: the experiment config.
-
-  Returns:
-    A key of `OBJECTIVES`.
+  """The `OBJECTIVES` key `config` trains with: `loss.objective`, or the automatic choice.
 
   Raises:
-    ValueError: naming `loss.objective` for an unknown name (listing the choices),
-      or for a name other than 'distill' while `distill.method` is set.
+    ValueError: naming `loss.objective` for an unknown name (listing the choices), or for a
+      name other than 'distill' while `distill.method` is set.
   """
   name = config.loss.get("objective", "") or ""
   method = _distill_method(config)
   if not name:
     if method:
       return "distill"
-    return "verb_noun" if _two_heads(config) else "classification"
+    return "verb_noun" if two_heads(config) else "classification"
   if name not in OBJECTIVES:
     raise ValueError(f"{FIELD}={name!r} is unknown{keys.did_you_mean(name, OBJECTIVES)}; "
                      f"choose one of {sorted(OBJECTIVES)} (or '' to choose from the model)")
@@ -101,29 +88,14 @@ def objective_name(config: ml_collections.ConfigDict) -> str:
 
 
 def check_objective(config: ml_collections.ConfigDict) -> None:
-  """Fails before any data or model is built when the configured objective cannot train.
-
-  Args:
-    config: the experiment config.
-
-  Raises:
-    ValueError: naming the field (see `objective_name` and the factories).
-  """
+  """Raises ValueError naming the field, before anything is built, if the objective cannot train."""
   # The factories check the config and build nothing heavy (teachers load later).
   OBJECTIVES[objective_name(config)](config, None)
 
 
 def build_objective(config: ml_collections.ConfigDict,
                     num_train_examples: Optional[int] = None) -> Objective:
-  """The objective `config` selects (see the module doc).
-
-  Args:
-    config: the experiment config.
-    num_train_examples: the train split's size, which sizes distillation's
-      epoch-based stage 1 (looked up from the dataset when not given).
-
-  Returns:
-    The objective.
+  """The objective `config` selects; `num_train_examples` sizes an epoch-based distillation stage 1.
 
   Raises:
     ValueError: naming the field, for an unknown name or one that cannot apply.

@@ -1,11 +1,8 @@
 """Training objectives: the loss a train step minimises, as a plug-in of the one trainer.
 
-This module holds the base class, which the plug-ins (`multihead`, `distill`)
-extend; `objective_table` names them all and builds the configured one.
-
-An objective sees the student's forward pass (logits and intermediates) and may
-run frozen networks of its own (a distillation teacher). Frozen parameters live
-outside the train state: they are neither updated nor checkpointed with it.
+The base class here is extended by the plug-ins (`multihead`, `distill`); `objective_table`
+builds the configured one. An objective sees the student's forward pass and may run frozen
+networks of its own (a teacher), kept outside the train state: neither updated nor saved.
 """
 
 from __future__ import annotations
@@ -22,12 +19,9 @@ Terms = Dict[str, jax.Array]
 class Objective:
   """Base objective: softmax cross-entropy on (smoothed, mixed) one-hot targets.
 
-  Subclasses override `init_frozen` to load frozen networks and `__call__` to
-  add loss terms. Every term in the returned dict is logged separately.
-  An objective may change with training progress (distillation stages):
-  `phase(step)` names the phase, and the trainer re-initialises the frozen
-  networks and recompiles the step when it changes. A phase is a pure function
-  of the step, so a resumed run lands in the right one.
+  Subclasses override `init_frozen` to load frozen networks and `__call__` to add loss terms,
+  each logged. `phase(step)`, a pure function of the step, names the phase (distillation
+  stages): when it changes the trainer re-initialises the frozen networks and the step.
   """
 
   def phase(self, step: int) -> str:

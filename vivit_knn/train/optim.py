@@ -1,30 +1,15 @@
-"""Optimisers and learning-rate schedules built from an ``ml_collections`` config.
+"""Optimisers and the warmup-cosine learning-rate schedule from `config.optimizer`.
 
-Weight decay policy: decay is applied only to parameters with ``ndim > 1``
-(dense/conv kernels and embedding tables). Biases, LayerNorm scales/offsets
-and other 1-D or scalar parameters are never decayed. Positional embeddings
-are usually stored as ``[1, N, D]`` arrays and are therefore decayed; give them
-a 1-D shape if that is not wanted.
+Weight decay applies to parameters with `ndim > 1` only (kernels, embedding tables, `[1, N, D]`
+position embeddings), never to biases or norm scales. `sgd`: `clip -> add_decayed_weights ->
+sgd(momentum)` (decay added to the gradient, i.e. L2). `adamw`: `clip -> adamw`, decoupled decay
+scaled by the learning rate.
 
-* ``sgd``: ``clip -> add_decayed_weights(wd, mask) -> sgd(schedule, momentum)``.
-  The decay term is added to the gradient before momentum, i.e. the
-  conventional "SGD with weight decay" (equivalent to L2 regularisation).
-* ``adamw``: ``clip -> adamw(schedule, b1, b2, wd, mask)``: decoupled decay
-  applied after the Adam normalisation and scaled by the learning rate.
-
-Freezing: with ``trainable_patterns`` (regexes searched in '/'-joined parameter
-paths) only matching parameters train; the chain above runs on them alone (its
-clipping norm and optimiser state included), and every other parameter gets an
-exact zero update, so it stays bitwise unchanged and is never decayed. Empty
-means everything trains.
-
-Layer-wise learning-rate decay (``layer_decay`` < 1): the update of a parameter
-in layer ``l`` is scaled by ``layer_decay ** (L + 1 - l)``, where ``L`` is the
-number of blocks, ``l = i + 1`` for parameters under a ``*block_<i>`` module,
-``l = 0`` for the stem (patch embedding, class token, position embedding,
-``ln_pre``) and ``l = L + 1`` (scale 1) for everything else (final norms,
-heads). Block indices are read from the names, so the blocks of parallel
-stacks (CAST's two experts and its cross blocks) share a layer.
+`trainable_patterns` (regexes searched in '/'-joined parameter paths; empty: all) restricts that
+chain, its clipping norm and state included, to the matching parameters; every other one gets an
+exact zero update and no decay. `layer_decay` < 1 scales the update of layer `l` by
+`layer_decay ** (L + 1 - l)`: `l = i + 1` under a `*block_<i>` module (parallel stacks of CAST
+share a layer), 0 for the stem (each family's `stem_names`), `L + 1` for the rest (heads, norms).
 """
 
 from __future__ import annotations
@@ -42,16 +27,6 @@ import optax
 
 from vivit_knn.models import registry as model_registry
 from vivit_knn.weights.tree import key_name
-
-__all__ = [
-    "StepPlan",
-    "plan_steps",
-    "build_optimizer",
-    "weight_decay_mask",
-    "trainable_mask",
-    "zero_frozen",
-    "scale_by_layer_decay",
-]
 
 Schedule = Callable[[Any], jax.Array]
 
@@ -75,17 +50,9 @@ def _as_int(value: Any) -> int | None:
 
 @dataclasses.dataclass(frozen=True)
 class StepPlan:
-  """A run's length and warmup in steps, with the settings they came from.
+  """A run's length and warmup in steps, and the settings they came from (e.g. '2.5 epochs').
 
-  Attributes:
-    total_steps: optimisation steps of the whole run.
-    warmup_steps: linear-warmup steps.
-    steps_per_epoch: train examples / global batch (fractional: the schedule counts
-      epochs as examples seen, not as whole batches).
-    total_source: how `total_steps` was set, e.g. `'train.num_train_steps'` or
-      `'30 epochs'`.
-    warmup_source: how `warmup_steps` was set, e.g. `'optimizer.warmup_steps'` or
-      `'2.5 epochs'`.
+  `steps_per_epoch` is train examples / global batch, fractional: epochs count examples seen.
   """
 
   total_steps: int
@@ -104,26 +71,14 @@ def plan_steps(config: ml_collections.ConfigDict, num_train_examples: int,
                training: bool = True) -> StepPlan:
   """Turns `train.num_train_steps|num_epochs` and `optimizer.warmup_steps|warmup_epochs` into steps.
 
-  Epoch counts become steps from the train split's actual size and
-  `train.global_batch_size`: `ceil(epochs * num_train_examples / global_batch_size)`.
-  `optimizer.warmup_epochs` < 0 means warmup is given in steps.
-
-  Args:
-    config: the root experiment config.
-    num_train_examples: the train split's size.
-    training: False for evaluation and inference, which never fail on the
-      schedule: an ambiguous or too long warmup becomes 0 steps there.
-
-  Returns:
-    The plan.
-
-  Raises:
-    ValueError (when training): both warmup settings are given, or the warmup is not
-      shorter than the run; the message shows the effective numbers.
+  An epoch is `num_train_examples / train.global_batch_size` steps, rounded up; warmup_epochs
+  < 0 gives the warmup in steps. When `training`, both warmup settings, or a warmup not
+  shorter than the run, raise a ValueError showing the effective numbers; evaluation and
+  inference never fail on the schedule (the warmup becomes 0 steps).
   """
   tr, opt = config.train, config.optimizer
   batch = int(tr.global_batch_size)
-  per_epoch = num_train_examples / batch if batch > 0 else 0.0
+  per_epoch = num_train_examples / batch
   if tr.num_train_steps > 0:
     total, total_source = int(tr.num_train_steps), "train.num_train_steps"
   else:
@@ -167,27 +122,19 @@ def _refuse_epochs(cfg: Mapping[str, Any]) -> None:
 
 
 def _make_schedule(cfg: Mapping[str, Any], total_steps: int) -> Schedule:
-  """Linear warmup from 0 to ``base_learning_rate``, then a half cosine to ``end_learning_rate``.
-
-  The learning rate is ``base * step / warmup_steps`` for ``step < warmup_steps``,
-  follows the cosine from ``base_learning_rate`` (at ``warmup_steps``) to
-  ``end_learning_rate`` (at ``total_steps``) and stays there beyond.
-  """
-  total = _as_int(total_steps)
-  if total is None or total <= 0:
+  """``base * step / warmup`` up to ``warmup_steps``, then a half cosine to ``end`` at ``total``."""
+  if _as_int(total_steps) is None or total_steps <= 0:
     raise ValueError(f"total_steps must be a positive integer, got {total_steps!r}")
-  total_steps = total
+  total_steps = int(total_steps)
   base = _check_number(cfg, "base_learning_rate", minimum=0.0)
   end = _check_number(cfg, "end_learning_rate", minimum=0.0)
   warmup = _as_int(cfg["warmup_steps"])
   if warmup is None or warmup < 0:
-    raise ValueError(
-        f"optimizer.warmup_steps must be a non-negative integer, got {cfg['warmup_steps']!r}"
-    )
+    raise ValueError(f"optimizer.warmup_steps must be a non-negative integer, got "
+                     f"{cfg['warmup_steps']!r}")
   if warmup >= total_steps:
-    raise ValueError(
-        f"optimizer.warmup_steps ({warmup}) must be smaller than total_steps ({total_steps})"
-    )
+    raise ValueError(f"optimizer.warmup_steps ({warmup}) must be smaller than total_steps "
+                     f"({total_steps})")
   decay_steps = float(total_steps - warmup)
 
   def schedule(step: Any) -> jax.Array:
@@ -228,9 +175,8 @@ def trainable_mask(params: Any, patterns: Sequence[str]) -> Any:
 def zero_frozen(grads: Any, patterns: Sequence[str]) -> Any:
   """``grads`` with every leaf outside ``patterns`` replaced by constant zeros.
 
-  Applied to gradients inside the jitted step, it lets XLA drop the weight
-  gradients of frozen parameters (about a third of a frozen layer's backward
-  pass) and keeps them out of the logged gradient norm.
+  In the jitted step XLA then drops the frozen weights' gradient work, and they stay out of
+  the logged gradient norm.
   """
   if not patterns:
     return grads
@@ -265,41 +211,22 @@ def _layers(tree: Any) -> tuple[Any, int]:
 def scale_by_layer_decay(decay: float) -> optax.GradientTransformation:
   """Scales each update by ``decay ** (L + 1 - layer)`` (layers from the update tree's paths)."""
 
-  def update_fn(updates, state, params=None):
+  def scale(updates, params):
     del params
     ids, top = _layers(updates)
-    updates = jax.tree.map(lambda u, l: u * jnp.asarray(decay ** (top - l), u.dtype),
-                           updates, ids)
-    return updates, state
+    return jax.tree.map(lambda u, l: u * jnp.asarray(decay ** (top - l), u.dtype), updates, ids)
 
-  return optax.GradientTransformation(lambda params: optax.EmptyState(), update_fn)
+  return optax.stateless(scale)
 
 
 def build_optimizer(config: Any, total_steps: int, warmup_steps: int | None = None
                     ) -> tuple[optax.GradientTransformation, Schedule]:
-  """Builds the gradient transformation and its learning-rate schedule.
+  """``(tx, schedule)`` of ``config.optimizer`` (see the module doc) for ``total_steps``.
 
-  Chain: optional global-norm clipping (``grad_clip_norm``; ``None`` or
-  ``<= 0`` disables it), weight decay on ``ndim > 1`` parameters (see the
-  module docstring for how it differs between ``sgd`` and ``adamw``), then
-  the optimiser driven by the warmup-cosine schedule; restricted to
-  ``trainable_patterns`` and followed by the ``layer_decay`` scaling when those
-  are set.
-
-  Args:
-    config: the checked ``config.optimizer`` section (a ``ConfigDict`` or mapping with
-      every key of ``vivit_knn.config.optimizer_config``).
-    total_steps: total number of optimisation steps.
-    warmup_steps: the warmup in steps when the run computed it (see
-      :func:`plan_steps`); it replaces ``warmup_steps`` and ``warmup_epochs``.
-      None: the config's ``warmup_steps``, and ``warmup_epochs`` must be unset.
-
-  Returns:
-    ``(tx, schedule)``; ``schedule(step)`` gives the learning rate used for
-    the update with optimiser step count ``step`` (0-based).
-
-  Raises:
-    ValueError: for an unknown ``optimizer.name`` or invalid field values.
+  ``warmup_steps``: the run's warmup (:func:`plan_steps`), replacing the config's
+  ``warmup_steps`` and ``warmup_epochs`` (None: ``warmup_steps``, with ``warmup_epochs``
+  unset). ``grad_clip_norm`` None or <= 0 disables clipping. ``schedule(step)`` is the learning
+  rate of the update at optimiser step ``step`` (0-based). Raises ValueError naming the field.
   """
   cfg = dict(config.items())
   if warmup_steps is not None:
@@ -325,29 +252,15 @@ def build_optimizer(config: Any, total_steps: int, warmup_steps: int | None = No
       raise ValueError(f"optimizer.momentum must be < 1, got {momentum}")
     if weight_decay > 0:
       parts.append(optax.add_decayed_weights(weight_decay, mask=weight_decay_mask))
-    parts.append(
-        optax.sgd(
-            schedule,
-            momentum=momentum if momentum > 0 else None,
-            nesterov=bool(cfg["nesterov"]),
-        )
-    )
+    parts.append(optax.sgd(schedule, momentum=momentum if momentum > 0 else None,
+                           nesterov=bool(cfg["nesterov"])))
   else:
-    beta1 = _check_number(cfg, "beta1", minimum=0.0)
-    beta2 = _check_number(cfg, "beta2", minimum=0.0)
-    if beta1 >= 1.0:
-      raise ValueError(f"optimizer.beta1 must be < 1, got {beta1}")
-    if beta2 >= 1.0:
-      raise ValueError(f"optimizer.beta2 must be < 1, got {beta2}")
-    parts.append(
-        optax.adamw(
-            schedule,
-            b1=beta1,
-            b2=beta2,
-            weight_decay=weight_decay,
-            mask=weight_decay_mask,
-        )
-    )
+    betas = [_check_number(cfg, field, minimum=0.0) for field in ("beta1", "beta2")]
+    for field, beta in zip(("beta1", "beta2"), betas):
+      if beta >= 1.0:
+        raise ValueError(f"optimizer.{field} must be < 1, got {beta}")
+    parts.append(optax.adamw(schedule, b1=betas[0], b2=betas[1], weight_decay=weight_decay,
+                             mask=weight_decay_mask))
   tx = optax.chain(*parts)
   patterns = tuple(cfg["trainable_patterns"] or ())
   if not all(isinstance(p, str) for p in patterns):

@@ -1,12 +1,9 @@
-"""What to do after training stopped on a non-finite loss: advice that works when followed.
+"""Advice that works after training stopped on a non-finite loss.
 
-The finite guard never saves a NaN, but a learning rate that is too high makes
-the parameters grow for many steps before anything overflows, so the newest
-kept checkpoint may already hold values around 1e29, from which no resume can
-recover. `nonfinite_advice` therefore looks at the kept checkpoints, newest
-first, for one whose parameters are still sane, and names the exact flags that
-go back to it with a lower learning rate and gradient clipping (optimizer
-settings a resume may change, see `run_config.RESUMABLE_OPTIMIZER_FIELDS`).
+A too high learning rate can make the parameters grow for many steps before anything
+overflows, so the newest kept checkpoint may hold values around 1e29, beyond recovery. The
+advice names the newest kept checkpoint with sane parameters and the flags that go back to
+it with a lower learning rate and clipping (`run_config.RESUMABLE_OPTIMIZER_FIELDS`).
 """
 
 from __future__ import annotations
@@ -62,16 +59,7 @@ def _suggested_flags(optimizer: ml_collections.ConfigDict) -> Tuple[str, str]:
 
 def nonfinite_advice(workdir: str, ckpt: Checkpointer,
                      optimizer: ml_collections.ConfigDict) -> str:
-  """Sentences that say which checkpoint to go on from, and with which flags.
-
-  Args:
-    workdir: the run's directory.
-    ckpt: its checkpointer (its saves finished).
-    optimizer: the run's `config.optimizer`.
-
-  Returns:
-    The advice, to follow the one-line error of the non-finite stop.
-  """
+  """Sentences saying which checkpoint of `ckpt` (saves done) to go on from, with which flags."""
   flags, now = _suggested_flags(optimizer)
   steps = ckpt.all_steps()
   if not steps:

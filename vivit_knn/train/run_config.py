@@ -1,12 +1,9 @@
-"""The config a run was trained with: stored in its workdir, reused by eval, infer and resume.
+"""The config a run was trained with: `<workdir>/config.json`, reused by eval, infer and resume.
 
-Training writes the resolved config to `<workdir>/config.json`. Later commands on the workdir
-(`--mode=eval`, `--mode=infer`, a resumed training, the tools) start from it; one line names
-the `--config` file's values left unused. Their own `--config.<field>=<value>` overrides apply
-where `ALLOWED_OVERRIDES` lists the field; any other that differs from the stored value is
-refused in one line. A checkpoint that does not fit the config is refused by the restore.
-The file holds the config as plain JSON, plus the dotted paths of the values that were tuples,
-so that it loads back exactly (tuples, None, floats vs ints).
+Later commands on the workdir start from the stored config; their `--config.<field>` overrides
+apply where `ALLOWED_OVERRIDES` lists the field, any other that differs from the stored value
+is refused in one line. The file is plain JSON plus the dotted paths of the values that were
+tuples, so that it loads back exactly (tuples, None, floats vs ints).
 """
 
 from __future__ import annotations
@@ -14,22 +11,20 @@ from __future__ import annotations
 import fnmatch
 import functools
 import json
-import os
 from typing import Any, Dict, Iterable, List, Optional
 
 import jax
 import ml_collections
 from absl import flags
+from flax.traverse_util import flatten_dict
 from ml_collections import config_flags
 
-from vivit_knn.train.checkpoint import has_checkpoints, resolve
+from vivit_knn.train.checkpoint import has_checkpoints, resolve, write_file
 
 ConfigDict = ml_collections.ConfigDict
 RUN_CONFIG = "config.json"
 FORMAT_VERSION = 1
 _ABSENT = object()
-# Fault injections for tests act on one command only: always taken from the command line.
-PER_COMMAND_FIELDS = ("train.debug_kill_after_step", "train.debug_nan_loss_at_step")
 # Optimizer settings a resume may change (e.g. with --restart_from_step after a non-finite
 # stop): they shape neither the parameters nor the optimizer state.
 RESUMABLE_OPTIMIZER_FIELDS = ("optimizer.base_learning_rate", "optimizer.end_learning_rate",
@@ -76,32 +71,17 @@ def _decode(value: Any, path: str, tuples: set) -> Any:
 
 
 def save_run_config(workdir: str, config: ConfigDict) -> str:
-  """Writes `config` to `<workdir>/config.json` (process 0 only; atomically).
-
-  Returns:
-    The file's path (also on processes that do not write it).
-
-  Raises:
-    ValueError: naming a field whose value JSON cannot hold.
-  """
+  """Writes `<workdir>/config.json` (process 0); ValueError names a value JSON cannot hold."""
   tree = config.to_dict()
   text = json.dumps({"format_version": FORMAT_VERSION, "config": tree,
                      "tuple_paths": _tuple_paths(tree, "")}, indent=2) + "\n"
-  path = resolve(workdir) / RUN_CONFIG
   if jax.process_index() == 0:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.parent / f".{RUN_CONFIG}.tmp-{os.getpid()}"
-    tmp.write_text(text)
-    tmp.replace(path)
-  return str(path)
+    return write_file(workdir, RUN_CONFIG, text)
+  return str(resolve(workdir) / RUN_CONFIG)
 
 
 def load_run_config(workdir: str) -> Optional[ConfigDict]:
-  """The config stored in `<workdir>/config.json` (locked), or None when there is none.
-
-  Raises:
-    ValueError: the file is not a run config written by training.
-  """
+  """The config in `<workdir>/config.json` (locked), None without one; ValueError if foreign."""
   path = resolve(workdir) / RUN_CONFIG
   if not path.exists():
     return None
@@ -120,14 +100,6 @@ def load_run_config(workdir: str) -> Optional[ConfigDict]:
   return config
 
 
-def _flat(tree: Dict[str, Any], prefix: str = "") -> Dict[str, Any]:
-  out: Dict[str, Any] = {}
-  for key, value in tree.items():
-    out.update(_flat(value, f"{prefix}{key}.") if isinstance(value, dict)
-               else {f"{prefix}{key}": value})
-  return out
-
-
 def _on_schema(stored: Dict[str, Any], schema: Dict[str, Any]) -> Dict[str, Any]:
   # Keys added since the run was stored take the schema's values, removed ones go: an older
   # run's config.json still loads.
@@ -140,22 +112,13 @@ def resolve_run_config(flag_config: ConfigDict, workdir: str, *,
                        overridden: Optional[Iterable[str]] = None) -> ConfigDict:
   """The config for a command on `workdir`: its stored config plus this command's overrides.
 
-  Args:
-    flag_config: the config the command line built (config file plus overrides).
-    workdir: the run's directory.
-    use_config_file: whether the command line accepts the `--config` file for a workdir with
-      checkpoints but no stored config (None: the command has no such flag).
-    overridden: the fields the command line set (default: the parsed `--config.<field>`
-      flags); their values are read from `flag_config`.
-
-  Returns:
-    `flag_config` when the workdir stores no config (and has no checkpoints, or
-    `use_config_file`); else the stored config with the overrides applied (locked).
-
-  Raises:
-    ValueError: one line, for overrides outside `ALLOWED_OVERRIDES` that differ from the
-      stored values, one of a field the stored config lacks, or a workdir with checkpoints
-      but no stored config.
+  `overridden`: the fields the command line set (default: the parsed `--config.<field>` flags).
+  `use_config_file`: whether the command accepts the `--config` file for a workdir with
+  checkpoints but no stored config (None: it has no such flag). Returns `flag_config` when the
+  workdir stores no config (and has no checkpoints, or `use_config_file`), else the stored
+  config with the overrides applied, locked. Raises a one-line ValueError for overrides outside
+  `ALLOWED_OVERRIDES` that change stored values, for a field the stored config lacks, and for
+  checkpoints without a stored config.
   """
   stored = load_run_config(workdir)
   if stored is None:
@@ -173,7 +136,7 @@ def resolve_run_config(flag_config: ConfigDict, workdir: str, *,
   if stored.dataset.name != schema["dataset"].get("name"):
     schema["dataset"] = stored.dataset.to_dict()  # another dataset's fields: kept as stored
   kept = _on_schema(stored.to_dict(), schema)
-  given, old = _flat(flag_config.to_dict()), _flat(kept)
+  given, old = flatten_dict(flag_config.to_dict(), sep="."), flatten_dict(kept, sep=".")
   # In command-line order; an override may set a whole block.
   fields = list(dict.fromkeys(f for o in overridden for f in given
                               if f == o or f.startswith(o + ".")))

@@ -1,16 +1,10 @@
 """Device mesh `(data, fsdp, tensor)` and rule-based shardings of params and batches.
 
-Every parameter gets logical axis names from its path and shape (`embed`,
-`heads`, `mlp`, ...; see `logical_axes`). `config.mesh.rules` maps logical names
-to mesh axes, so one table gives data parallelism (everything replicated),
-FSDP (`embed` over `fsdp`) and Megatron-style tensor parallelism (attention
-heads and the MLP hidden dimension over `tensor`: column-parallel first layers,
-row-parallel second layers). XLA's partitioner derives the activation layouts
-and collectives from these placements under `jax.jit`.
-
-A logical axis is only mapped when the dimension divides evenly by the mesh
-axes it maps to, and small tensors (< `fsdp_min_param_size` elements) are not
-FSDP-sharded; otherwise that dimension stays replicated.
+Every parameter gets logical axis names from its path and shape (`logical_axes`);
+`config.mesh.rules` maps them to mesh axes: data parallelism, FSDP (`embed` over `fsdp`) and
+Megatron-style tensor parallelism (heads and the MLP hidden dimension over `tensor`). XLA
+derives activation layouts and collectives under `jax.jit`. A dimension stays replicated
+unless it divides evenly, and tensors under `fsdp_min_param_size` elements are not FSDP-sharded.
 """
 
 from __future__ import annotations
@@ -68,7 +62,6 @@ def logical_axes(path: str, ndim: int) -> Tuple[Optional[str], ...]:
     if re.search(pattern, path) and len(axes) == ndim:
       return axes
   return (None,) * ndim
-
 
 
 def param_spec(path: str, shape: Sequence[int], mesh: Mesh, rules: Dict[str, Any],

@@ -17,22 +17,14 @@ from vivit_knn.train.experiment import Experiment, TrainState
 FINITE = "state_finite"  # metrics key: 1.0 when every updated parameter and moment is finite
 
 
-def all_finite(tree: Any) -> jax.Array:
-  """1.0 when every floating-point leaf of `tree` is finite, else 0.0 (float32 scalar)."""
-  flags = [jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)
-           if jnp.issubdtype(jnp.asarray(x).dtype, jnp.inexact)]
-  return jnp.all(jnp.stack(flags)).astype(jnp.float32) if flags else jnp.float32(1.0)
-
-
-@jax.jit
-def _finite_flags(tree: Any) -> Any:
-  return jax.tree.map(lambda x: jnp.all(jnp.isfinite(x))
-                      if jnp.issubdtype(x.dtype, jnp.inexact) else jnp.bool_(True), tree)
+def _finite(x: jax.Array) -> jax.Array:
+  return jnp.all(jnp.isfinite(x)) if jnp.issubdtype(x.dtype, jnp.inexact) else jnp.bool_(True)
 
 
 def first_nonfinite_leaf(tree: Any) -> Optional[str]:
   """The '/'-joined path of the first leaf of `tree` holding a NaN or inf, or None."""
-  for key_path, ok in jax.tree_util.tree_leaves_with_path(jax.device_get(_finite_flags(tree))):
+  flags = jax.device_get(jax.jit(lambda t: jax.tree.map(_finite, t))(tree))
+  for key_path, ok in jax.tree_util.tree_leaves_with_path(flags):
     if not bool(ok):
       return key_name(key_path)
   return None
@@ -42,10 +34,9 @@ def make_train_step(exp: Experiment, frozen: Any = None, phase: str = "main") ->
     [TrainState, Dict, jax.Array, Any], Tuple[TrainState, Dict]]:
   """Returns `step(state, batch, rng, frozen) -> (state, metrics)`, jitted, state donated.
 
-  `frozen` holds the objective's frozen parameters (e.g. a teacher) for
-  `phase`; pass the same tree at every call. The step's randomness (mixup, dropout, objective) is
-  `fold_in(rng, state.step)`, so a resumed run draws exactly what the
-  uninterrupted run would have. Each objective term is reported as `loss/<name>`.
+  `frozen`: the objective's frozen parameters (a teacher) for `phase`, the same tree at every
+  call. All randomness comes from `fold_in(rng, state.step)`, so a resumed run draws what the
+  uninterrupted one would have. Each objective term is reported as `loss/<name>`.
   """
   cfg = exp.config
   num_classes = exp.num_classes
@@ -60,7 +51,8 @@ def make_train_step(exp: Experiment, frozen: Any = None, phase: str = "main") ->
                              label_smoothing=cfg.loss.label_smoothing)
     inputs = batch["inputs"]
     if cfg.loss.mixup_alpha > 0:
-      inputs, targets = losses.mixup(mix_rng, inputs, targets, cfg.loss.mixup_alpha)
+      inputs, targets, _ = losses.mixup_with_lambda(mix_rng, inputs, targets,
+                                                    cfg.loss.mixup_alpha)
 
     def loss_fn(params, micro):
       inputs, targets, index = micro
@@ -91,7 +83,8 @@ def make_train_step(exp: Experiment, frozen: Any = None, phase: str = "main") ->
         "grad_norm": optax.tree.norm(grads),
         **{f"loss/{name}": value for name, value in terms.items()},
         # A cheap reduction over the updated state: only finite states may be saved.
-        FINITE: all_finite((params, opt_state)),
+        FINITE: jnp.all(jnp.stack([_finite(x) for x in jax.tree.leaves((params, opt_state))])
+                        ).astype(jnp.float32),
     }
     return TrainState(step=state.step + 1, params=params, opt_state=opt_state), out
 
@@ -150,13 +143,10 @@ def predict_views(exp: Experiment, params, inputs: jax.Array) -> jax.Array:
   The views of each video are folded into the batch, so any number of views
   fits any batch size; their logits are averaged before scoring.
   """
-  if inputs.ndim == 6:
-    b, v = inputs.shape[:2]
-    logits, _ = exp.model.apply({"params": params}, inputs.reshape((b * v,) + inputs.shape[2:]),
-                                train=False)
-    return average_view_logits(logits.astype(jnp.float32), v)
-  logits, _ = exp.model.apply({"params": params}, inputs, train=False)
-  return logits.astype(jnp.float32)
+  views = inputs.shape[1] if inputs.ndim == 6 else 0
+  clips = inputs.reshape((-1,) + inputs.shape[2:]) if views else inputs
+  logits = exp.model.apply({"params": params}, clips, train=False)[0].astype(jnp.float32)
+  return average_view_logits(logits, views) if views else logits
 
 
 def make_eval_step(exp: Experiment) -> Callable[[object, Dict], Dict]:

@@ -16,17 +16,11 @@ from typing import TYPE_CHECKING, Any, Optional, TextIO
 if TYPE_CHECKING:
   from clu import metric_writers
 
-__all__ = ["ProgressBar", "open_writer"]
-
 
 def open_writer(logdir: str | os.PathLike, enabled: bool = True) -> metric_writers.MetricWriter:
-  """clu's TensorBoard writer (`metric_writers.SummaryWriter`) for event files in `logdir`.
+  """clu's TensorBoard writer for `logdir` (its event file is created at once).
 
-  Its event file is created at once, so open it when there is something to write.
-
-  Args:
-    logdir: the folder of the event files (created if missing).
-    enabled: False (processes other than 0) gives a writer that writes nothing.
+  `enabled=False` (processes other than 0) gives a writer that writes nothing.
   """
   from clu import metric_writers
 
@@ -61,96 +55,54 @@ def _is_terminal(stream: TextIO) -> bool:
 
 
 class ProgressBar:
-  """Console progress of a loop: a live bar on a terminal, plain lines otherwise.
+  """Console progress of a loop: a ``tqdm`` bar on a terminal, plain lines otherwise.
 
-  On a terminal it is a ``tqdm`` bar (ETA and rate) with scalar values in the
-  postfix. Written to a file or pipe (a batch job's log), a bar's carriage
-  returns would pile up into one huge line, so it prints a plain line instead
-  after the first count (its time includes compilation), at every tenth of
-  ``total``, at least every ``log_every_s`` seconds, and at the end, e.g.::
+  In a file or pipe (a batch job's log) it prints a plain line after the first count (its
+  time includes compilation), at every tenth of ``total``, at least every ``log_every_s``
+  seconds, and at the end, e.g.::
 
     synthetic_dk: step 40/200 (20%) loss=1.414 top1=0.19 0.31 s/step 206 clips/s eta 0:00:50
 
-  It also measures the step time (see :meth:`rates`). With ``enabled=False``
-  nothing is printed, but rates are still measured.
+  ``interactive`` (default: whether ``file``, default stderr, is a terminal) forces either.
+  Step time (and clips/s with ``clips_per_step``) is measured over the last ``window``
+  counts, also with ``enabled=False``, which prints nothing (processes other than 0).
   """
 
-  def __init__(
-      self,
-      total: Optional[int],
-      initial: int = 0,
-      desc: Optional[str] = None,
-      enabled: bool = True,
-      *,
-      unit: str = "step",
-      file: Optional[TextIO] = None,
-      clips_per_step: Optional[int] = None,
-      interactive: Optional[bool] = None,
-      log_every_s: float = 60.0,
-      window: int = 50,
-  ):
-    """Creates the bar.
-
-    Args:
-      total: the count at which the loop ends (None if unknown).
-      initial: the starting count when resuming.
-      desc: a label printed before the count (e.g. the experiment name).
-      enabled: print anything at all (False on non-zero processes).
-      unit: what one count is, in the bar and the lines.
-      file: the stream (default: ``sys.stderr``).
-      clips_per_step: examples per count; given, :meth:`rates` and the console
-        also report clips per second.
-      interactive: a live bar (True) or plain lines (False); default: whether
-        ``file`` is a terminal.
-      log_every_s: plain lines only: the longest gap between two lines.
-      window: the number of recent counts the rates average over.
-    """
+  def __init__(self, total: Optional[int], initial: int = 0, desc: Optional[str] = None,
+               enabled: bool = True, *, unit: str = "step", file: Optional[TextIO] = None,
+               clips_per_step: Optional[int] = None, interactive: Optional[bool] = None,
+               log_every_s: float = 60.0, window: int = 50):
     self.enabled = bool(enabled)
     self.total, self.desc, self.unit = total, desc, unit
     self._file = file if file is not None else sys.stderr
-    self._interactive = (_is_terminal(self._file) if interactive is None
-                         else bool(interactive))
+    interactive = _is_terminal(self._file) if interactive is None else interactive
     self._clips_per_step = clips_per_step
     self._log_every_s = float(log_every_s)
     self._n = self._initial = int(initial)
     self._postfix: dict[str, str] = {}
-    # (time, count) of the latest synchronised updates after the first one (whose
-    # interval holds compilation); rates are measured between these marks only.
+    # (time, count) of the latest synchronised updates from the end of the first (compiled) one.
     self._marks: collections.deque = collections.deque(maxlen=max(1, int(window)) + 1)
-    self._last_update: Optional[float] = None
     self._first_step_s: Optional[float] = None
     self._last_line_time = self._created = time.perf_counter()
     self._last_line_n = self._n
     self._closed = False
     self._bar = None
-    if self.enabled and self._interactive:
+    if self.enabled and interactive:
       from tqdm import tqdm
 
       self._bar = tqdm(total=total, initial=initial, desc=desc, unit=unit,
                        dynamic_ncols=True, file=self._file)
 
-  @property
-  def n(self) -> int:
-    """Current count."""
-    return self._n
-
-  @property
-  def interactive(self) -> bool:
-    """Whether the progress is a live bar (True) or plain lines (False)."""
-    return self._interactive
-
   def update(self, n: int = 1, *, synced: bool = True, **postfix: Any) -> None:
     """Advances by ``n`` and shows ``postfix`` (e.g. ``loss=..., lr=...``).
 
-    ``synced=False`` says the loop has not waited for this count's work to finish
-    (asynchronous dispatch returns at once), so its time is not a measurement:
-    rates are taken between synchronised updates only.
+    ``synced=False``: the loop has not waited for this count's work (asynchronous dispatch),
+    so its time is no measurement; rates are taken between synchronised updates only.
     """
     now = time.perf_counter()
-    first = self._last_update is None
+    first = self._first_step_s is None
     if first:
       self._first_step_s = now - self._created
-    self._last_update = now
     self._n += n
     if first or synced:  # the first count's end (after compilation) starts the measurement
       self._marks.append((now, self._n))
@@ -172,11 +124,9 @@ class ProgressBar:
   def rates(self) -> dict[str, float]:
     """``{"step_time_s", "clips_per_s"}`` over the recent window; ``{}`` until measured.
 
-    The time of a count is the wall time between the oldest and the newest of the
-    last ``window`` synchronised updates, divided by the counts between them (not a
-    median: with asynchronous dispatch only a synchronised total is the true
-    throughput). The first update, which includes compilation, only starts the
-    measurement. ``clips_per_s`` is present only when ``clips_per_step`` was given.
+    The wall time between the oldest and newest of the last ``window`` synchronised updates
+    over the counts between them (with asynchronous dispatch only a synchronised total is the
+    true throughput); the first update (compilation) only starts the measurement.
     """
     if len(self._marks) < 2:
       return {}
@@ -199,7 +149,7 @@ class ProgressBar:
         return True
     return now - self._last_line_time >= self._log_every_s
 
-  def line(self) -> str:
+  def _line(self) -> str:
     """The plain progress line for the current count (what a log file gets)."""
     parts = [f"{self.desc}:"] if self.desc else []
     if self.total:
@@ -219,17 +169,8 @@ class ProgressBar:
     return " ".join(parts)
 
   def _print_line(self, now: float) -> None:
-    print(self.line(), file=self._file, flush=True)
+    print(self._line(), file=self._file, flush=True)
     self._last_line_time, self._last_line_n = now, self._n
-
-  def write(self, message: str) -> None:
-    """Prints a line without breaking the bar."""
-    if not self.enabled:
-      return
-    if self._bar is not None:
-      self._bar.write(message, file=self._file)
-    else:
-      print(message, file=self._file, flush=True)
 
   def close(self) -> None:
     """Closes the bar; plain lines end with the count reached, if not yet printed."""

@@ -20,44 +20,31 @@ from vivit_knn.train.run_info import write_run_info
 from vivit_knn.train.summary import ProgressBar, open_writer
 
 
-def _rngs(seed: int):
-  init_rng, train_rng = jax.random.split(jax.random.key(seed))
-  return init_rng, train_rng
+def _rngs(seed: int) -> jax.Array:
+  return jax.random.split(jax.random.key(seed))  # (init, train)
 
 
-def restore_or_init(exp: Experiment, ckpt: checkpoint.Checkpointer,
-                    workdir: Optional[str] = None) -> TrainState:
-  """The run's first state: resume, else the configured checkpoints, else scratch.
-
-  Prints and logs the initialisation summary; a fresh (not resumed) one is also
-  written to `<workdir>/init_summary.json`.
-  """
-  state, summary = initialisation.initial_state(exp, ckpt, _rngs(exp.config.seed)[0])
-  if jax.process_index() == 0:
-    text = "\n".join(summary.lines())
-    print(text, flush=True)
-    logging.info("%s", text)
-    if workdir is not None and summary.source != "resume":
-      initialisation.write_summary(workdir, summary)
-  return state
-
-
-def _report_run_summary(exp: Experiment, workdir: str) -> None:
-  """Prints the run summary and writes `<workdir>/run_summary.json` (call on process 0)."""
-  summary = run_summary.summarize_experiment(exp)
-  path = run_summary.write_run_summary(workdir, summary)
-  text = f"{run_summary.format_run_summary(summary)}\n  (written to {path})"
+def _report(text: str) -> None:
   print(text, flush=True)
   logging.info("%s", text)
+
+
+def _restore_or_init(exp: Experiment, ckpt: checkpoint.Checkpointer, workdir: str) -> TrainState:
+  """The run's first state (`initialisation.initial_state`), its summary printed and kept."""
+  state, summary = initialisation.initial_state(exp, ckpt, _rngs(exp.config.seed)[0])
+  if jax.process_index() == 0:
+    _report("\n".join(summary.lines()))
+    if summary.source != "resume":
+      initialisation.write_summary(workdir, summary)
+  return state
 
 
 def _check_finite(history, step: int, ckpt: checkpoint.Checkpointer, state, workdir: str,
                   optimizer: ml_collections.ConfigDict) -> None:
   """Stops the run, keeping the last good checkpoint, if a recent loss or state is not finite.
 
-  The state check covers the parameters and optimiser moments after each update,
-  so a step whose update overflowed is never saved. The message says which kept
-  checkpoint to go on from and with which flags (`recovery.nonfinite_advice`).
+  The state (parameters and optimiser moments) is checked after each update, so an overflowed
+  one is never saved; the message says how to go on (`recovery.nonfinite_advice`).
   """
   host = jax.device_get(history)
   losses = np.asarray([h["loss"] for h in host])
@@ -73,11 +60,7 @@ def _check_finite(history, step: int, ckpt: checkpoint.Checkpointer, state, work
 
 
 def _mean_metrics(history) -> Dict[str, float]:
-  """Each metric's mean over the steps that logged it.
-
-  A window can span a change of objective (distillation's stage 1 to stage 2),
-  after which some terms are no longer logged.
-  """
+  """Each metric's mean over the steps that logged it (a window can span a change of objective)."""
   host = jax.device_get(history)
   names = dict.fromkeys(k for h in host for k in h if k != steps.FINITE)
   return {k: float(np.mean([h[k] for h in host if k in h])) for k in names}
@@ -105,10 +88,9 @@ def _check_resume_step(ckpt: checkpoint.Checkpointer, exp: Experiment, workdir: 
   """Refuses a run whose end lies before its newest checkpoint: a resume never goes back."""
   latest = ckpt.latest_step()
   if latest is not None and latest > exp.total_steps:
-    source = exp.plan.total_source if exp.plan else "train.num_train_steps"
     raise ValueError(
         f"--workdir={workdir} already holds checkpoint step {latest}, beyond the end of this "
-        f"run at step {exp.total_steps} ({source}): set "
+        f"run at step {exp.total_steps} ({exp.plan.total_source}): set "
         f"train.num_train_steps to at least {latest}, go back with --restart_from_step=<step>, "
         "or train in another --workdir")
 
@@ -132,10 +114,9 @@ def train(config: ml_collections.ConfigDict, workdir: str,
           strict: bool = False) -> Dict[str, Any]:
   """Trains to `exp.total_steps`, checkpointing into `workdir`; resumes if it holds one.
 
-  Holds the workdir's training lock throughout. `restart_from_step` goes on from
-  that kept step, setting newer ones aside; `strict` refuses checkpoints without
-  checksums. Returns the last logged train metrics and, when
-  `train.eval_at_end`, the eval result.
+  Holds the workdir's training lock throughout. `restart_from_step` goes on from that kept
+  step, setting newer ones aside; `strict` refuses checkpoints without checksums. Returns the
+  last logged train metrics and, when `train.eval_at_end`, the eval result.
   """
   lock = _lock(workdir)
   try:
@@ -162,8 +143,10 @@ def _train_locked(config: ml_collections.ConfigDict, workdir: str, exp: Optional
   save_run_config(workdir, config)  # process 0 writes it
   if is_chief:
     write_run_info(workdir, exp.dataset.info.class_names, exp.dataset.info.input_shape)
-    _report_run_summary(exp, workdir)
-  state = restore_or_init(exp, ckpt, workdir)
+    summary = run_summary.summarize_experiment(exp)
+    path = run_summary.write_run_summary(workdir, summary)
+    _report(f"{run_summary.format_run_summary(summary)}\n  (written to {path})")
+  state = _restore_or_init(exp, ckpt, workdir)
   start = int(jax.device_get(state.step))
   phase, frozen, train_step = None, None, None
   train_rng = _rngs(config.seed)[1]
@@ -214,7 +197,14 @@ def _train_locked(config: ml_collections.ConfigDict, workdir: str, exp: Optional
       # On several processes the stop flag is agreed on by a collective: only on log and
       # save steps, so that ordinary steps never wait for other hosts.
       if (due_log or due_save or jax.process_count() == 1) and stop.requested():
-        return _preempted(history, done, ckpt, state, workdir, config, result, last)
+        if history:
+          _check_finite(history, done, ckpt, state, workdir, config.optimizer)
+        ckpt.save(done, state, force=True)  # unless saved already
+        ckpt.close()
+        logging.warning("Preempted: saved step %d in %s; rerun the same command to resume.",
+                        done, ckpt.directory)
+        result.update(train=last, step=done, state=state, preempted=True)
+        return result
     # The final save runs with stop signals still deferred: a signal now is served
     # once the checkpoint is complete. (The last step, a log step, was checked finite.)
     ckpt.save(exp.total_steps, state, force=True)
@@ -239,20 +229,6 @@ def _train_locked(config: ml_collections.ConfigDict, workdir: str, exp: Optional
     stop.release()
 
 
-def _preempted(history, done: int, ckpt: checkpoint.Checkpointer, state, workdir: str,
-               config: ml_collections.ConfigDict, result: Dict[str, Any],
-               last: Dict[str, float]) -> Dict[str, Any]:
-  """Saves step `done` (unless saved already) after a stop signal; the result says so."""
-  if history:
-    _check_finite(history, done, ckpt, state, workdir, config.optimizer)
-  ckpt.save(done, state, force=True)
-  ckpt.close()
-  logging.warning("Preempted: saved step %d in %s; rerun the same command to resume.",
-                  done, ckpt.directory)
-  result.update(train=last, step=done, state=state, preempted=True)
-  return result
-
-
 def _report_dir(workdir: str, output_dir: Optional[str]) -> str:
   """Where eval reports go: `output_dir`, else the workdir when it can be written."""
   if output_dir:
@@ -268,14 +244,11 @@ def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str,
                         step: Optional[int] = None,
                         output_dir: Optional[str] = None, strict: bool = False
                         ) -> Dict[str, Any]:
-  """Restores a checkpoint from `workdir` (latest by default) and evaluates it.
+  """Restores a checkpoint from `workdir` (the newest readable by default) and evaluates it.
 
-  A workdir without checkpoints evaluates the weights `config.init_from` configures
-  (e.g. a released classifier with `init_from.restore_head`), reported as step 0,
-  without training; with nothing configured that is an error, and nothing is
-  created. Reports go to `output_dir` (default: the workdir), so a finished run in
-  a read-only folder can be evaluated. Needs no lock: a trainer may save and
-  rotate steps in the same workdir meanwhile (the newest step still there is used).
+  Without checkpoints it evaluates the weights `config.init_from` configures, as step 0 (with
+  nothing configured that is an error, and nothing is created). Reports go to `output_dir`
+  (default: the workdir). Takes no lock: a trainer may save and rotate steps meanwhile.
   """
   reports = _report_dir(workdir, output_dir)
   exp = build_experiment(config, training=False)

@@ -1,16 +1,10 @@
-"""One trainer per workdir: an exclusive lock on `<workdir>/train.lock`.
+"""One trainer per workdir: an exclusive `fcntl.flock` on `<workdir>/train.lock`.
 
-The lock is an `fcntl.flock` on the file, which the kernel releases when the
-holding process ends in any way (`kill -9` included), so a lock left by a
-killed run is never mistaken for a live one. The file's text names the holder
-(host, pid, start time) for the message a second trainer prints; a text left
-behind by a run that did not end cleanly is reported once when a new run takes
-the lock over. The file itself is never removed: removing a locked file lets a
-third process lock a new file of the same name while the second still holds the
-old one.
-
-Remote workdirs (`gs://...`) cannot be flock-ed; there no lock is taken and a
-warning says so. In a multi-process run, process 0 takes the lock for all.
+The kernel releases the lock when its process ends in any way (`kill -9` included). The file's
+text names the holder (host, pid, start) for a second trainer's message; a text left by a run
+that did not end cleanly is reported when a new run takes over. The file is never removed
+(a third process could then lock a new file of the same name). Remote workdirs (`gs://...`)
+cannot be locked: a warning says so. In a multi-process run, process 0 locks for all.
 """
 
 from __future__ import annotations
@@ -34,23 +28,15 @@ def _describe(holder: dict) -> str:
 
 
 class WorkdirLock:
-  """The exclusive training lock of one workdir (a context manager)."""
+  """The exclusive training lock of one workdir."""
 
   def __init__(self, workdir: str):
     self.workdir = workdir
     self.path = os.path.join(os.path.abspath(workdir), LOCK_FILE)
     self._fd: Optional[int] = None
-    self.taken_over: Optional[dict] = None
 
   def acquire(self) -> "WorkdirLock":
-    """Takes the lock, or raises WorkdirBusyError naming the live holder.
-
-    Returns:
-      self.
-
-    Raises:
-      WorkdirBusyError: another process holds the lock.
-    """
+    """Takes the lock and returns self; WorkdirBusyError names another live holder."""
     os.makedirs(os.path.dirname(self.path), exist_ok=True)
     fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
     try:
@@ -64,7 +50,6 @@ class WorkdirLock:
     self._fd = fd
     left = _read(fd)
     if left:
-      self.taken_over = left
       print(f"note: took over the training lock of a run that did not end cleanly "
             f"({_describe(left)})", file=sys.stderr, flush=True)
     holder = {"host": socket.gethostname(), "pid": os.getpid(),
@@ -82,12 +67,6 @@ class WorkdirLock:
     fcntl.flock(self._fd, fcntl.LOCK_UN)
     os.close(self._fd)
     self._fd = None
-
-  def __enter__(self) -> "WorkdirLock":
-    return self.acquire()
-
-  def __exit__(self, *exc) -> None:
-    self.release()
 
 
 def _read(fd: int) -> dict:

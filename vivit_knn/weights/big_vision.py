@@ -1,20 +1,11 @@
 """big_vision ViT `.npz` checkpoints -> our image ViT tree.
 
-big_vision stores the position embedding at the top level (`pos_embedding`,
-`[1, N, D]`, patches only) and concatenates the CLS (`cls`) after adding it, so
-the CLS has no position embedding. Our tree adds the embedding after the
-concatenation, so the conversion prepends a zero row for the CLS, which gives
-the same function. Blocks are `Transformer/encoderblock_i/...` (linen names),
-or, for models trained with `scan=True`, one `Transformer/encoderblock/...`
-whose arrays are stacked over layers (axis 0); those are split.
-
-A training `checkpoint.npz` prefixes every key with `params/`, a two-tower
-model (SigLIP, LiT) its image tower with `params/img/`; the prefix is detected
-and stripped, and bf16 arrays (stored as 2-byte void) are read as float32
-(`vivit_knn.weights.npz`).
-
-Only CLS-token models (`pool_type='tok'`) map onto our CLS-based models; a
-`gap` or `map` model is rejected with its unmatched keys listed.
+big_vision keeps the position embedding at the top level (`pos_embedding`,
+patches only) and adds it before prepending the CLS (`cls`); our tree adds it
+after, so a zero CLS row is prepended, which gives the same function. Models
+trained with `scan=True` stack the blocks over layers in one
+`Transformer/encoderblock/...`; those are split. Only CLS-token models
+(`pool_type='tok'`) map onto ours; a `gap` or `map` model is rejected.
 """
 
 from __future__ import annotations
@@ -25,10 +16,7 @@ import numpy as np
 
 from vivit_knn.weights import npz
 from vivit_knn.weights.image_vit import check_image_tree
-from vivit_knn.weights.npz import load_npz
 from vivit_knn.weights.tree import Flat, raise_unmatched, unflatten
-
-__all__ = ["load_npz", "convert_big_vision"]
 
 _SCANNED = "Transformer/encoderblock/"
 

@@ -1,9 +1,4 @@
-"""Converted expert trees placed into a CAST model's parameters.
-
-`init_from.spatial_expert` (a CLIP image tower) and `init_from.temporal_expert`
-(a VideoMAE encoder), once converted to our naming, go under the model's
-`spatial` and `temporal` subtrees.
-"""
+"""Converted CLIP / VideoMAE expert trees placed under a CAST model's `spatial` / `temporal`."""
 
 from __future__ import annotations
 
@@ -18,20 +13,12 @@ from vivit_knn.weights.tree import flatten, raise_unmatched, unflatten
 
 def merge_expert_params(params: Mapping[str, Any], spatial: Optional[Mapping[str, Any]] = None,
                         temporal: Optional[Mapping[str, Any]] = None) -> Dict[str, Any]:
-  """Returns `params` (numpy) with converted expert trees placed under `spatial` / `temporal`.
+  """A new copy of `params` (numpy, its dtypes) with the given expert trees placed in it.
 
   Every leaf of a given expert tree must exist in `params` with the same shape,
   and every frozen leaf of that expert (one no `TRAINABLE_PATTERNS` entry matches)
-  must be given; trainable leaves that are not given (adapters, a missing
-  `fc_norm`) keep their values.
-
-  Args:
-    params: the CAST model's parameters (not modified).
-    spatial: the converted CLIP expert tree, or None to keep the spatial expert.
-    temporal: the converted VideoMAE expert tree, or None to keep the temporal expert.
-
-  Returns:
-    A new nested dict of numpy arrays, in the dtypes of `params`.
+  must be given; trainable leaves not given (adapters, a missing `fc_norm`) keep
+  their values. An expert given as None is kept.
 
   Raises:
     UnmatchedKeysError: listing every leaf with no place, missing or with the wrong shape.

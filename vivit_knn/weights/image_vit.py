@@ -25,6 +25,7 @@ from typing import Any, Mapping, Optional, Sequence
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+from flax import traverse_util
 
 from vivit_knn.models.encoder import Encoder
 from vivit_knn.weights.tree import Flat, flatten, raise_unmatched
@@ -103,17 +104,7 @@ def expected_shapes(arch: ImageViTArch, num_patches: int) -> Flat:
   ph, pw = arch.patch_size
   images = jnp.zeros((1, side * ph, side * pw, 3))
   shapes = jax.eval_shape(lambda: ImageViT(arch).init(jax.random.key(0), images))["params"]
-  return _flatten_structs(shapes)
-
-
-def _flatten_structs(tree, prefix=""):
-  out = {}
-  for key, value in tree.items():
-    if isinstance(value, Mapping):
-      out.update(_flatten_structs(value, f"{prefix}{key}/"))
-    else:
-      out[f"{prefix}{key}"] = value
-  return out
+  return traverse_util.flatten_dict(shapes, sep="/")
 
 
 def check_image_tree(tree: Mapping[str, Any], what: str,

@@ -15,14 +15,11 @@ def inflate_kernel(kernel: np.ndarray, t: int, method: str) -> np.ndarray:
   'average_frame_initializer' (filter inflation): the 2D kernel in every slice,
   divided by t. Either way a static clip gives the image's patch embedding.
   """
-  if method == "central_frame_initializer":
-    out = np.zeros((t,) + kernel.shape, kernel.dtype)
-    out[t // 2] = kernel
-    return out
   if method == "average_frame_initializer":
     return np.repeat(kernel[None] / t, t, axis=0).astype(kernel.dtype)
-  raise ValueError(f"init_from.kernel_init_method must be 'central_frame_initializer' or "
-                   f"'average_frame_initializer', got {method!r}")
+  out = np.zeros((t,) + kernel.shape, kernel.dtype)
+  out[t // 2] = kernel
+  return out
 
 
 def resize_grid(grid: np.ndarray, size: Tuple[int, int]) -> np.ndarray:

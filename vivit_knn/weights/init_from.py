@@ -1,27 +1,17 @@
 """Initialises a fresh video model's parameters from a pretrained checkpoint (`config.init_from`).
 
-From an image ViT (our image tree, or any format `load_checkpoint` converts),
-by the model family's `INIT_RULES` (`vivit_knn.models.init_rules`):
-
-* `embedding/kernel` `(h, w, C, D)` -> `(t, h, w, C, D)` by
-  `init_from.kernel_init_method` (central frame, or filter inflation);
-* `cls` -> the CLS of the family's image encoder;
-* `Transformer/posembed_input` -> that encoder's position embedding, its patch
-  rows resized (bilinear) when the grid differs and tiled over the time
-  positions the encoder has (`init_from.positional_embed_size_change`);
-* encoder blocks and `encoder_norm` by name; the family's block modules that
-  start from spatial ones are copies of them (or the checkpoint's own weights
-  when it has them, e.g. a converted TimeSformer's `temporal_attn`);
-* the family's time embedding and zeroed block modules are the checkpoint's
-  (the time embedding interpolated over frames if needed) or, from an image
-  model, zeros (whatever the model's own init options say);
-* kept as initialised: `output_projection` (the source `head` and
-  `pre_logits` are never restored) and the family's new modules.
-
-Source blocks beyond the target's depth and temporal weights the target has no
-place for are skipped (logged). From a checkpoint of the same video model
-(5-D `embedding/kernel`) every parameter but `output_projection` is copied.
-Anything else that does not match raises `UnmatchedKeysError` listing the keys.
+From an image ViT tree, by the model family's `INIT_RULES`
+(`vivit_knn.models.init_rules`): the patch kernel is inflated to 3D
+(`init_from.kernel_init_method`); `cls`, the position embedding (patch rows
+resized and tiled over time, `init_from.positional_embed_size_change`), blocks and
+`encoder_norm` go to the family's image encoder; block modules that start from
+spatial ones are copies of them (or the checkpoint's own, e.g. a converted
+TimeSformer's `temporal_attn`); the time embedding and zeroed modules are the
+checkpoint's or zeros; `output_projection` and the family's new modules keep their
+initial values. From a checkpoint of the same video model (5-D `embedding/kernel`)
+every parameter but `output_projection` is copied. Source blocks beyond the
+target's depth and temporal weights with no place are skipped (logged); anything
+else that does not match raises `UnmatchedKeysError` listing the keys.
 """
 
 from __future__ import annotations
@@ -71,10 +61,6 @@ def initialise_with_report(params: Any, source: Any,
   return unflatten(out), report
 
 
-def _rules(config: ml_collections.ConfigDict) -> InitRules:
-  return family(config.model.name).init_rules
-
-
 def _grid(config: ml_collections.ConfigDict) -> Tuple[int, int]:
   ph, pw, _ = config.model.patch_size
   size = config.dataset.image_size
@@ -105,17 +91,14 @@ def _head_rule(init: ml_collections.ConfigDict, src: Flat, path: str, value: np.
 class _VideoMapper:
   """A checkpoint of a video model with our names (scenic, or a run of this project).
 
-  Every parameter is copied by name. Position embeddings whose time length
-  differs (e.g. a 32-frame Kinetics model fine-tuned at 8 frames) are
-  interpolated over time; source blocks deeper than the target (ViViT-B FE's 12
-  spatial layers into Dk-ViViT's 8) are skipped and reported. The classifier is
-  restored only with `init_from.restore_head`.
+  Copied by name; position embeddings of another time length are interpolated
+  over time; source blocks deeper than the target are skipped and reported.
   """
 
   def __init__(self, target: Flat, src: Flat, config: ml_collections.ConfigDict):
     self.target, self.src, self.init = target, src, config.init_from
     self.grid = _grid(config)
-    self.time_encoders = dict(_rules(config).time_encoders)
+    self.time_encoders = dict(family(config.model.name).init_rules.time_encoders)
 
   def _posemb(self, path: str, value: np.ndarray) -> Optional[np.ndarray]:
     """The source position embedding interpolated over time, or None when it cannot fit.
@@ -194,7 +177,7 @@ class _ImageMapper:
     self.target, self.src = target, src
     self.init = config.init_from
     self.grid = _grid(config)
-    self.rules = _rules(config)
+    self.rules: InitRules = family(config.model.name).init_rules
     self.encoder, self.cls = self.rules.image_encoder(config.model)
     self.from_spatial = dict(self.rules.from_spatial)
     self.src_has_cls = "cls" in src

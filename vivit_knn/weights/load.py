@@ -1,21 +1,20 @@
 """The single reader of every checkpoint format (`formats.LOADABLE_FORMATS`) into a numpy tree.
 
-`load_checkpoint` serves `init_from` (the model formats), CAST's experts ('clip',
-'videomae', 'orbax') and the `convert` CLI. No reader runs code from a file:
-npz without pickles, torch files with `weights_only=True`, TorchScript and
-msgpack through restricted decoders.
+No reader runs code from a file: npz without pickles, torch files with
+`weights_only=True`, TorchScript and msgpack through restricted decoders.
 """
 
 from __future__ import annotations
 
 import os
-from typing import Any, Callable, Dict, Mapping, Optional, Tuple
+from typing import Any, Callable, Dict, Mapping, Optional
 
 import numpy as np
 import orbax.checkpoint as ocp
 
 from vivit_knn.weights import big_vision, clip, formats, npz, scenic, timm, videomae, vit_npz
-from vivit_knn.weights.tree import CheckpointFormatError
+from vivit_knn.weights.state_dict import read_state_dict
+from vivit_knn.weights.tree import CheckpointFormatError, first_line
 
 
 def save_orbax(path: str, tree: Mapping[str, Any]) -> str:
@@ -49,69 +48,39 @@ def _to_numpy(tree: Any) -> Any:
   return np.asarray(tree)
 
 
-def _read_orbax(path: str, num_heads: Optional[int]) -> Dict[str, Any]:
-  del num_heads
+def _read_orbax(path: str) -> Dict[str, Any]:
   if not os.path.isdir(path):
     raise CheckpointFormatError("an Orbax checkpoint is a directory, this is a file")
   try:
     return load_orbax(path)
   except (ValueError, OSError) as err:
-    reason = str(err).splitlines()[0][:160] if str(err) else type(err).__name__
-    raise CheckpointFormatError(f"Orbax cannot restore it ({reason})") from None
+    raise CheckpointFormatError(f"Orbax cannot restore it ({first_line(err, 160)})") from None
 
 
-def _read_vit_npz(path: str, num_heads: Optional[int]) -> Dict[str, Any]:
-  del num_heads
-  return vit_npz.convert_vit_npz(npz.load_npz(path))
-
-
-def _read_big_vision(path: str, num_heads: Optional[int]) -> Dict[str, Any]:
-  del num_heads
-  return big_vision.convert_big_vision(npz.load_npz(path))
-
-
-def _read_timm(path: str, num_heads: Optional[int]) -> Dict[str, Any]:
-  return timm.convert_timm(timm.load_torch_state_dict(path), num_heads)
-
-
-def _read_scenic(path: str, num_heads: Optional[int]) -> Dict[str, Any]:
-  del num_heads
-  return scenic.load_scenic(path)
-
-
-def _read_clip(path: str, num_heads: Optional[int]) -> Dict[str, Any]:
-  return clip.convert_clip(clip.load_clip_state_dict(path), num_heads)
-
-
-def _read_videomae(path: str, num_heads: Optional[int]) -> Dict[str, Any]:
-  return videomae.convert_videomae(videomae.load_videomae_state_dict(path), num_heads)
-
-
+# `(path, num_heads) -> tree`; only state dicts ('timm', 'clip', 'videomae') use num_heads.
 _READERS: Dict[str, Callable[[str, Optional[int]], Dict[str, Any]]] = {
-    "orbax": _read_orbax, "vit_npz": _read_vit_npz, "big_vision_npz": _read_big_vision,
-    "timm": _read_timm, "scenic": _read_scenic, "clip": _read_clip, "videomae": _read_videomae,
+    "orbax": lambda path, _: _read_orbax(path),
+    "vit_npz": lambda path, _: vit_npz.convert_vit_npz(npz.load_npz(path)),
+    "big_vision_npz": lambda path, _: big_vision.convert_big_vision(npz.load_npz(path)),
+    "timm": lambda path, heads: timm.convert_timm(read_state_dict(path, "a timm checkpoint"),
+                                                  heads),
+    "scenic": lambda path, _: scenic.load_scenic(path),
+    "clip": lambda path, heads: clip.convert_clip(clip.load_clip_state_dict(path), heads),
+    "videomae": lambda path, heads: videomae.convert_videomae(
+        videomae.load_videomae_state_dict(path), heads),
 }
 
 
 def load_checkpoint(path: str, checkpoint_format: str, num_heads: Optional[int] = None,
                     field: str = "init_from") -> Dict[str, Any]:
-  """Reads `path` in `checkpoint_format` and returns a tree in our naming (numpy arrays).
+  """Reads `path` (file or directory) in `checkpoint_format` as a tree in our naming (numpy).
 
-  Formats (`formats.LOADABLE_FORMATS`):
-    'orbax': a tree in our naming (`vivit_knn.weights.convert`'s output, or a
-      trainer checkpoint's `params`);
-    'vit_npz', 'big_vision_npz', 'timm': an image ViT (our image tree);
-    'scenic': a scenic / flax checkpoint file or workdir (its params as they are);
-    'clip': the `CLIPVisionExpert` tree; 'videomae': the `VideoMAEExpert` tree.
-
-  Args:
-    path: the checkpoint file or directory.
-    checkpoint_format: one of `formats.LOADABLE_FORMATS`.
-    num_heads: the head count for state dicts, which do not record it ('timm',
-      'clip', 'videomae'; by default read from the width).
-    field: the config field the path and format come from, for error messages
-      (e.g. 'init_from.spatial_expert': `<field>.checkpoint_path=...`); a flag
-      name such as '--from' is used as it is (the format then is `--format`).
+  'orbax' gives the tree as stored; 'vit_npz', 'big_vision_npz' and 'timm' an
+  image ViT tree; 'scenic' the params as they are; 'clip' and 'videomae' the
+  `CLIPVisionExpert` / `VideoMAEExpert` trees. `num_heads` is for state dicts,
+  which do not record it (default: from the width). Errors name
+  `<field>.checkpoint_path` / `.checkpoint_format`, or a flag `field` ('--from')
+  as it is with `--format`.
 
   Raises:
     ValueError: an unknown format (naming `<field>.checkpoint_format`).
@@ -120,7 +89,9 @@ def load_checkpoint(path: str, checkpoint_format: str, num_heads: Optional[int] 
       `<field>.checkpoint_path`, the path and the format).
     UnmatchedKeysError: the checkpoint's keys do not fit the target tree.
   """
-  path_label, format_label = _labels(field)
+  path_label, format_label = (
+      (field, "--format") if field.startswith("--")
+      else (f"{field}.checkpoint_path", f"{field}.checkpoint_format"))
   if checkpoint_format not in formats.LOADABLE_FORMATS:
     raise ValueError(f"{format_label} must be one of {formats.LOADABLE_FORMATS}, "
                      f"got {checkpoint_format!r}")
@@ -131,10 +102,3 @@ def load_checkpoint(path: str, checkpoint_format: str, num_heads: Optional[int] 
   except CheckpointFormatError as err:
     raise CheckpointFormatError(f"{path_label}={path} cannot be read as {checkpoint_format!r}: "
                                 f"{err}") from None
-
-
-def _labels(field: str) -> Tuple[str, str]:
-  """How errors name the path and the format: config fields, or the CLI's flags."""
-  if field.startswith("--"):
-    return field, "--format"
-  return f"{field}.checkpoint_path", f"{field}.checkpoint_format"

@@ -1,16 +1,10 @@
 """The one `.npz` reader of the weight converters (original ViT and big_vision files).
 
-* Never unpickles: `np.load(allow_pickle=False)`; a file that is not an `.npz`
-  archive of plain arrays raises `CheckpointFormatError` with a one-line reason.
-* bfloat16: big_vision writes bf16 arrays as 2-byte void (`|V2`, the raw bf16
-  bits, since numpy has no bf16 type). They are widened to float32 exactly: the
-  bf16 bits are the upper half of the float32 with the same value.
-* Prefixes: training files nest the parameters under a prefix
-  (`KNOWN_PREFIXES`): old vit_jax files `opt/target/`, a big_vision training
-  `checkpoint.npz` `params/`, big_vision two-tower models (SigLIP, LiT)
-  `params/img/` for the image tower. `strip_prefix` finds the one that leads to
-  `embedding/kernel` and keeps only the keys under it (dropping optimizer state
-  and the other tower).
+Never unpickles (`allow_pickle=False`). big_vision writes bfloat16 arrays as
+2-byte void (the raw bits); they are widened to float32 exactly. Training files
+nest the parameters under a prefix (`KNOWN_PREFIXES`: vit_jax `opt/target/`,
+big_vision `params/`, a two-tower model's image tower `params/img/`), which
+`strip_prefix` removes.
 """
 
 from __future__ import annotations
@@ -66,8 +60,7 @@ def load_npz(path: str) -> Flat:
         try:
           value = data[key]
         except (ValueError, OSError, EOFError, zipfile.BadZipFile, KeyError):
-          raise CheckpointFormatError(
-              f"member {key!r} is not a numpy array (a zip file, not an .npz archive?)") from None
+          value = None
         if not isinstance(value, np.ndarray):
           raise CheckpointFormatError(
               f"member {key!r} is not a numpy array (a zip file, not an .npz archive?)")
@@ -91,15 +84,10 @@ def common_prefix(keys: List[str]) -> str:
 
 
 def strip_prefix(flat: Mapping[str, np.ndarray], what: str) -> Flat:
-  """The parameters of `flat` with a known training-file prefix removed.
-
-  Keys are kept as they are when `embedding/kernel` is at the top level.
-  Otherwise the first of `KNOWN_PREFIXES` with `<prefix>embedding/kernel` in
-  `flat` is stripped and keys outside it are dropped.
+  """`flat`, or only what lies under the first of `KNOWN_PREFIXES` leading to `embedding/kernel`.
 
   Raises:
-    CheckpointFormatError: no prefix leads to `embedding/kernel`; names the
-      common prefix the keys have.
+    CheckpointFormatError: no prefix leads to `embedding/kernel` (naming the keys' prefix).
   """
   if ANCHOR in flat:
     return dict(flat)

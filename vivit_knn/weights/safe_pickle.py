@@ -1,22 +1,13 @@
 """Reads the tensors of a TorchScript archive without running anything from it (no torch needed).
 
-OpenAI released CLIP as TorchScript archives (`ViT-B-16.pt`, fp16). `torch.jit.load`
-would compile and run the archive's code, so it is never used on user files.
-An archive is a zip holding, under one root folder `<root>/`:
-
-  data.pkl        the module hierarchy, pickled: each module is an object of a
-                  `__torch__.*` class whose state is a dict of its attributes
-                  (submodules, tensors, plain values)
-  data/<key>      the raw bytes of each storage the tensors view
-  constants.pkl   constants of the compiled code (not needed here)
-  code/...        the compiled code (never read)
-  byteorder       'little' or 'big' (absent in old archives: little)
-
-`data.pkl` is read with a restricted unpickler that resolves only the few
-globals such a pickle uses (tensor rebuilding, `OrderedDict`, storage types,
-`torch.jit._pickle` list builders) to local, side-effect-free stand-ins, and
-makes every `__torch__.*` class an inert placeholder that merely records its
-state. Any other global (`os.system`, ...) stops the read with an error before
+OpenAI released CLIP as TorchScript archives (`ViT-B-16.pt`, fp16); `torch.jit.load`
+would run the archive's code. An archive is a zip with one root folder holding
+`data.pkl` (the module hierarchy: objects of `__torch__.*` classes whose state
+is a dict of submodules, tensors and plain values), `data/<key>` (the raw bytes
+of each storage), `byteorder` (absent in old archives: little) and code that is
+never read. `data.pkl` is read with an unpickler that resolves only the globals
+such a pickle uses, to local side-effect-free stand-ins, and makes every
+`__torch__.*` class an inert placeholder; any other global stops the read before
 anything is called. Tensors are rebuilt in numpy from their storage bytes after
 a bounds check.
 """
@@ -31,7 +22,7 @@ from typing import Any, Callable, Dict
 import numpy as np
 
 from vivit_knn.weights.npz import bfloat16_to_float32
-from vivit_knn.weights.tree import CheckpointFormatError, Flat
+from vivit_knn.weights.tree import CheckpointFormatError, Flat, first_line
 
 # Storage type -> numpy dtype of its elements ('bfloat16' is widened to float32).
 _STORAGE_DTYPES = {
@@ -82,8 +73,6 @@ class _Storage:
 class ScriptObject:
   """Inert stand-in for an object of a TorchScript class: it only keeps its pickled state."""
 
-  type_name = ""
-
   def __setstate__(self, state: Any) -> None:
     """Records the pickled state (for a module: the dict of its attributes)."""
     self.__dict__["_state"] = state
@@ -92,16 +81,6 @@ class ScriptObject:
   def state(self) -> Any:
     """The pickled state, or None when the pickle gave none."""
     return self.__dict__.get("_state")
-
-
-_PLACEHOLDERS: Dict[str, type] = {}
-
-
-def _placeholder(module: str, name: str) -> type:
-  full = f"{module}.{name}"
-  if full not in _PLACEHOLDERS:
-    _PLACEHOLDERS[full] = type("ScriptObject", (ScriptObject,), {"type_name": full})
-  return _PLACEHOLDERS[full]
 
 
 def _rebuild_tensor(storage: Any, offset: Any, size: Any, stride: Any, *unused: Any) -> np.ndarray:
@@ -134,11 +113,6 @@ def _rebuild_tensor(storage: Any, offset: Any, size: Any, stride: Any, *unused: 
   return bfloat16_to_float32(out) if storage.bf16 is True else out
 
 
-def _rebuild_parameter(data: Any, *unused: Any) -> Any:
-  del unused
-  return data
-
-
 def _identity(value: Any, *unused: Any) -> Any:
   del unused
   return value
@@ -153,14 +127,11 @@ def _ordered_dict(*args: Any) -> dict:
 _GLOBALS = {
     ("torch._utils", "_rebuild_tensor_v2"): _rebuild_tensor,
     ("torch._utils", "_rebuild_tensor"): _rebuild_tensor,
-    ("torch._utils", "_rebuild_parameter"): _rebuild_parameter,
+    ("torch._utils", "_rebuild_parameter"): _identity,
     ("collections", "OrderedDict"): _ordered_dict,
-    ("torch.jit._pickle", "build_intlist"): _identity,
-    ("torch.jit._pickle", "build_doublelist"): _identity,
-    ("torch.jit._pickle", "build_boollist"): _identity,
-    ("torch.jit._pickle", "build_tensorlist"): _identity,
-    ("torch.jit._pickle", "build_genericlist"): _identity,
-    ("torch.jit._pickle", "restore_type_tag"): _identity,
+    **{("torch.jit._pickle", name): _identity for name in (
+        "build_intlist", "build_doublelist", "build_boollist", "build_tensorlist",
+        "build_genericlist", "restore_type_tag")},
 }
 
 
@@ -175,7 +146,7 @@ class _Unpickler(pickle.Unpickler):
   def find_class(self, module: str, name: str) -> Any:
     """The local stand-in for `module.name`; raises for any global a weights file does not need."""
     if module == "__torch__" or module.startswith("__torch__."):
-      return _placeholder(module, name)
+      return ScriptObject
     if module == "torch" and name in _STORAGE_DTYPES:
       return _StorageType(name)
     if (module, name) in _GLOBALS:
@@ -262,8 +233,7 @@ def read_torchscript_tensors(path: str) -> Flat:
       raise
     except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError,
             IndexError, KeyError, RecursionError) as err:
-      reason = str(err).splitlines()[0][:120] if str(err) else type(err).__name__
-      raise CheckpointFormatError(f"cannot read its data.pkl ({reason})") from None
+      raise CheckpointFormatError(f"cannot read its data.pkl ({first_line(err)})") from None
   if not isinstance(module, ScriptObject):
     raise CheckpointFormatError("its data.pkl does not hold a TorchScript module")
   out: Flat = {}

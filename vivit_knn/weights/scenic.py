@@ -1,25 +1,13 @@
 """scenic (and other flax) training checkpoints -> their parameter tree.
 
 scenic saves its `TrainState` with `flax.training.checkpoints.save_checkpoint`:
-a msgpack file `<workdir>/checkpoint_<step>` (`flax.serialization.to_bytes` of the
-state dict). Two layouts of the train state are in circulation:
-
-  older scenic (e.g. the released ViViT Kinetics checkpoints):
-    {global_step, optimizer: {target: <params>, state: {...}}, model_state, rng,
-     accum_train_time}
-  newer scenic (optax):
-    {global_step, opt_state, params: <params>, model_state, rng, metadata}
-
-Recent flax versions save the same state with Orbax instead (a directory
-`checkpoint_<step>/`); such directories are read too. A bare parameter tree
-(top-level `embedding`) is accepted as well.
-
-scenic's parameter names are ours (`embedding`, `cls` / `cls_SpatialTransformer`,
-`Transformer/...` or `SpatialTransformer/...` + `TemporalTransformer/...`,
-`output_projection`), so the tree is returned as it is, as numpy arrays
-(bfloat16 / float16 widened to float32). The file is decoded with
-`flax.serialization.msgpack_restore`, which builds only dicts, numbers and
-arrays: nothing from the file is executed.
+a msgpack file `<workdir>/checkpoint_<step>`, or with recent flax an Orbax
+directory of that name. The params are under `optimizer/target` (older scenic,
+e.g. the released ViViT Kinetics checkpoints) or `params` (newer, optax); a bare
+tree (top-level `embedding`) is accepted too. scenic's names are ours, so the
+tree is returned as it is (numpy; bfloat16 / float16 widened to float32).
+`flax.serialization.msgpack_restore` builds only dicts, numbers and arrays:
+nothing from the file is executed.
 """
 
 from __future__ import annotations
@@ -30,7 +18,7 @@ from typing import Any, Dict, Mapping
 
 import numpy as np
 
-from vivit_knn.weights.tree import CheckpointFormatError
+from vivit_knn.weights.tree import CheckpointFormatError, first_line
 
 _STEP_FILE = re.compile(r"^checkpoint_(\d+)$")
 _BARE = "checkpoint"
@@ -40,9 +28,8 @@ _ORBAX_MARKERS = ("_METADATA", "_CHECKPOINT_METADATA", "manifest.ocdbt")
 def find_checkpoint(path: str) -> str:
   """The checkpoint `path` names: itself, or in a directory the newest `checkpoint_<N>`.
 
-  In a directory, the entry `checkpoint_<N>` with the largest N wins (a file,
-  or an Orbax directory written by recent flax); without any, a file named
-  `checkpoint`. A directory that is itself an Orbax checkpoint is returned as is.
+  Without any `checkpoint_<N>` (file or Orbax directory): a file named
+  `checkpoint`, or the directory itself when it is an Orbax checkpoint.
 
   Raises:
     CheckpointFormatError: a directory with no scenic checkpoint in it.
@@ -73,8 +60,7 @@ def _restore_msgpack(path: str) -> Any:
   try:
     return serialization.msgpack_restore(data)
   except (ValueError, TypeError, KeyError, IndexError, msgpack.UnpackException) as err:
-    reason = str(err).splitlines()[0][:120] if str(err) else type(err).__name__
-    raise CheckpointFormatError(f"not a flax msgpack checkpoint ({reason})") from None
+    raise CheckpointFormatError(f"not a flax msgpack checkpoint ({first_line(err)})") from None
 
 
 def _restore_orbax(path: str) -> Any:
@@ -83,8 +69,7 @@ def _restore_orbax(path: str) -> Any:
   try:
     return checkpointer.restore(os.path.abspath(path))
   except (ValueError, OSError) as err:
-    reason = str(err).splitlines()[0][:120] if str(err) else type(err).__name__
-    raise CheckpointFormatError(f"not a readable Orbax checkpoint ({reason})") from None
+    raise CheckpointFormatError(f"not a readable Orbax checkpoint ({first_line(err)})") from None
   finally:
     checkpointer.close()
 
@@ -102,12 +87,7 @@ def _numpy(tree: Any) -> Any:
 
 
 def params_of(state: Mapping[str, Any]) -> Dict[str, Any]:
-  """The parameter tree inside a scenic train state dict (either layout, or bare params).
-
-  Raises:
-    CheckpointFormatError: neither `optimizer/target`, `params` nor a bare tree
-      with `embedding` is there.
-  """
+  """The parameter tree in a scenic train state dict (either layout, or bare params)."""
   optimizer = state.get("optimizer")
   if isinstance(optimizer, Mapping) and isinstance(optimizer.get("target"), Mapping):
     return dict(optimizer["target"])
@@ -121,10 +101,9 @@ def params_of(state: Mapping[str, Any]) -> Dict[str, Any]:
 
 
 def load_scenic(path: str) -> Dict[str, Any]:
-  """Reads a scenic / flax checkpoint (file or workdir) and returns its parameter tree (numpy).
+  """The parameter tree (numpy) of a scenic / flax checkpoint file or workdir.
 
-  Raises:
-    CheckpointFormatError: not such a checkpoint.
+  Raises CheckpointFormatError when `path` is not such a checkpoint.
   """
   found = find_checkpoint(path)
   if os.path.isdir(found):

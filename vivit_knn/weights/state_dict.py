@@ -1,18 +1,11 @@
 """The one reader of PyTorch-side weight files (timm, CLIP, VideoMAE, torchvision ResNet).
 
-By what the file is:
-
-* `.safetensors` (by extension): `safetensors.numpy.load_file`; torch is not needed.
-* a TorchScript archive (OpenAI's CLIP `.pt`): its tensors are read by
-  `vivit_knn.weights.safe_pickle` without torch and without running its code.
-* anything else: `torch.load(weights_only=True)`, which rebuilds only tensors and
-  plain containers. The one class allowed besides is `argparse.Namespace`, the
-  `args` that VideoMAE's (and other DeiT-style) training scripts save beside
-  the weights. Any other class stops the read with an error that names it; its
-  code is never run.
-
-Every reader returns `{name: float32 numpy array}` of the state dict, unwrapped
-from a training checkpoint (`unwrap`).
+`.safetensors` (by extension) needs no torch; a TorchScript archive (OpenAI's
+CLIP `.pt`) is read by `safe_pickle` without torch and without running it;
+anything else by `torch.load(weights_only=True)`, which rebuilds only tensors,
+plain containers and `argparse.Namespace` (the `args` VideoMAE's and other
+DeiT-style training scripts save beside the weights): any other class stops the
+read with an error naming it, its code never run.
 """
 
 from __future__ import annotations
@@ -27,7 +20,7 @@ from typing import Any, Dict, Mapping
 import numpy as np
 
 from vivit_knn.weights import safe_pickle
-from vivit_knn.weights.tree import CheckpointFormatError, Flat
+from vivit_knn.weights.tree import CheckpointFormatError, Flat, first_line
 
 TORCH_REQUIREMENT = "torch==2.13.0"
 SAFETENSORS_SUFFIX = ".safetensors"
@@ -52,11 +45,6 @@ def unwrap(state: Mapping[str, Any]) -> Dict[str, Any]:
   return state
 
 
-def is_safetensors(path: str) -> bool:
-  """True when `path` names a `.safetensors` file (decided by the extension)."""
-  return path.lower().endswith(SAFETENSORS_SUFFIX)
-
-
 def _float32(state: Mapping[str, Any]) -> Flat:
   out = {}
   for key, value in state.items():
@@ -70,16 +58,11 @@ def _float32(state: Mapping[str, Any]) -> Flat:
 
 
 def _read_safetensors(path: str) -> Dict[str, Any]:
-  try:
-    import safetensors.numpy  # pylint: disable=import-outside-toplevel
-  except ImportError:
-    raise ImportError("reading a .safetensors file needs safetensors: pip install "
-                      "safetensors==0.8.0") from None
+  import safetensors.numpy  # pylint: disable=import-outside-toplevel
   try:
     return safetensors.numpy.load_file(path)
   except (safetensors.SafetensorError, OSError, ValueError, TypeError) as err:
-    reason = str(err).splitlines()[0][:120] if str(err) else type(err).__name__
-    raise CheckpointFormatError(f"not a .safetensors file ({reason})") from None
+    raise CheckpointFormatError(f"not a .safetensors file ({first_line(err)})") from None
 
 
 def _read_torch(path: str, what: str) -> Any:
@@ -112,19 +95,13 @@ def _not_torch(path: str, err: BaseException) -> str:
     has_pickle = any(name.endswith("/data.pkl") for name in archive.namelist())
   if not has_pickle:
     return "a zip file, but not one torch.save writes (it has no <name>/data.pkl)"
-  reason = str(err).splitlines()[0][:120] if str(err) else type(err).__name__
-  return f"a torch.save file that torch cannot read (truncated or corrupted?): {reason}"
+  return f"a torch.save file that torch cannot read (truncated or corrupted?): {first_line(err)}"
 
 
 def read_state_dict(path: str, what: str = "a PyTorch checkpoint") -> Flat:
-  """Reads a state dict (`.pth`/`.pt`/`.bin`, `.safetensors` or TorchScript) as float32 numpy.
+  """`{name: float32 array}` of a state dict file, unwrapped from a training checkpoint.
 
-  Args:
-    path: the file.
-    what: how error messages name the file's kind (e.g. 'a timm checkpoint').
-
-  Returns:
-    `{name: float32 array}`, unwrapped from a training checkpoint.
+  `what` names the file's kind in error messages (e.g. 'a timm checkpoint').
 
   Raises:
     CheckpointFormatError: the file is not one of these formats, or holds
@@ -133,7 +110,7 @@ def read_state_dict(path: str, what: str = "a PyTorch checkpoint") -> Flat:
   """
   if not os.path.isfile(path):
     raise CheckpointFormatError(f"{path} is not a file")
-  if is_safetensors(path):
+  if path.lower().endswith(SAFETENSORS_SUFFIX):
     state = _read_safetensors(path)
   elif safe_pickle.is_torchscript(path):
     state = safe_pickle.read_torchscript_tensors(path)

@@ -1,17 +1,10 @@
-"""torchvision ResNet state dicts -> `vivit_knn.models.resnet.ResNet` variables.
+"""torchvision ResNet state dicts -> `vivit_knn.models.resnet.ResNet` variables (float32 numpy).
 
-Names map as follows (`X` the stage 1-4, `j` the block):
-
-  conv1.weight                    -> params/conv1/kernel        ([O, I, kh, kw] -> [kh, kw, I, O])
-  bn1.{weight, bias}              -> params/bn1/{scale, bias}
-  bn1.{running_mean, running_var} -> batch_stats/bn1/{mean, var}
-  layerX.j.convK.weight           -> params/layerX_j/convK/kernel
-  layerX.j.bnK.*                  -> params|batch_stats/layerX_j/bnK/*
-  layerX.j.downsample.0.weight    -> params/layerX_j/downsample_conv/kernel
-  layerX.j.downsample.1.*         -> params|batch_stats/layerX_j/downsample_bn/*
-  fc.{weight, bias}               -> params/fc/{kernel ([out, in] -> [in, out]), bias}
-
-`num_batches_tracked` counters are dropped. Arrays are float32 numpy.
+`layerX.j.<module>` becomes `layerX_j/<module>` (`downsample.0` / `.1`:
+`downsample_conv` / `downsample_bn`); conv weights `[O, I, kh, kw]` become kernels
+`[kh, kw, I, O]`; a BatchNorm's `weight` / `bias` go to `params` as `scale` / `bias`,
+its `running_mean` / `running_var` to `batch_stats` as `mean` / `var`; `fc` is a
+Dense. `num_batches_tracked` counters are dropped.
 """
 
 from __future__ import annotations
@@ -80,8 +73,7 @@ def convert_torchvision_resnet(state: Mapping[str, Any]) -> Dict[str, Any]:
       unknown.append(name)
       continue
     out[collection][path] = _to_flax(name, np.asarray(value))
-  if unknown:
-    raise_unmatched("torchvision ResNet state dict", unknown=unknown)
+  raise_unmatched("torchvision ResNet state dict", unknown=unknown)
   return {k: unflatten(v) for k, v in out.items()}
 
 

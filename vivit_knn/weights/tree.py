@@ -1,49 +1,34 @@
-"""Flat `a/b/c` views of nested parameter dicts, and the unmatched-keys error."""
+"""Flat `a/b/c` views of nested parameter dicts, and the checkpoint errors."""
 
 from __future__ import annotations
 
 from typing import Any, Dict, Iterable, Mapping
 
+import jax
 import numpy as np
+from flax import traverse_util
 
 Flat = Dict[str, np.ndarray]
 
 
-def flatten(tree: Mapping[str, Any], prefix: str = "") -> Flat:
+def flatten(tree: Mapping[str, Any]) -> Flat:
   """`{'a': {'b': x}}` -> `{'a/b': np.asarray(x)}`."""
-  flat = {}
-  for key, value in tree.items():
-    path = f"{prefix}{key}"
-    if isinstance(value, Mapping):
-      flat.update(flatten(value, path + "/"))
-    else:
-      flat[path] = np.asarray(value)
-  return flat
+  return {k: np.asarray(v) for k, v in traverse_util.flatten_dict(tree, sep="/").items()}
 
 
 def unflatten(flat: Mapping[str, Any]) -> Dict[str, Any]:
   """Inverse of `flatten`."""
-  tree: Dict[str, Any] = {}
-  for path, value in flat.items():
-    *parents, leaf = path.split("/")
-    node = tree
-    for name in parents:
-      node = node.setdefault(name, {})
-    node[leaf] = value
-  return tree
+  return traverse_util.unflatten_dict(dict(flat), sep="/")
 
 
 def key_name(key_path) -> str:
   """'/'-joined names of a pytree key path (dict keys, attributes, sequence indices)."""
-  parts = []
-  for k in key_path:
-    for attr in ("key", "name", "idx"):
-      if hasattr(k, attr):
-        parts.append(str(getattr(k, attr)))
-        break
-    else:
-      parts.append(str(k))
-  return "/".join(parts)
+  return jax.tree_util.keystr(key_path, simple=True, separator="/")
+
+
+def first_line(err: BaseException, width: int = 120) -> str:
+  """The first line of `err`'s message (at most `width` characters), or its type's name."""
+  return str(err).splitlines()[0][:width] if str(err) else type(err).__name__
 
 
 class UnmatchedKeysError(ValueError):
@@ -61,15 +46,12 @@ def raise_unmatched(what: str, unknown: Iterable[str] = (), missing: Iterable[st
   if not (unknown or missing or bad_shapes):
     return
   lines = [f"{what}: the checkpoint does not match."]
-  if unknown:
-    lines.append(f"{len(unknown)} checkpoint keys with no place in the target:")
-    lines += [f"  {k}" for k in unknown]
-  if missing:
-    lines.append(f"{len(missing)} target keys the checkpoint does not provide:")
-    lines += [f"  {k}" for k in missing]
-  if bad_shapes:
-    lines.append(f"{len(bad_shapes)} keys with the wrong shape:")
-    lines += [f"  {k}" for k in bad_shapes]
+  for keys, title in ((unknown, "checkpoint keys with no place in the target"),
+                      (missing, "target keys the checkpoint does not provide"),
+                      (bad_shapes, "keys with the wrong shape")):
+    if keys:
+      lines.append(f"{len(keys)} {title}:")
+      lines += [f"  {k}" for k in keys]
   raise UnmatchedKeysError("\n".join(lines))
 
 

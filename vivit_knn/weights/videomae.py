@@ -1,25 +1,14 @@
 """VideoMAE ViT (PyTorch state dict) -> `VideoMAEExpert` parameter tree.
 
-Prefixes `encoder.` (pre-training checkpoints) and `backbone.` are stripped, after
-the usual `module.`/`model.` unwrapping. Names (`i` the block index; torch
-`Linear` weights are `[out, in]`; LayerNorm `weight` is our `scale`):
-
-  patch_embed.proj.weight / bias -> patch_embed/kernel ([D, C, t, h, w] -> [t, h, w, C, D]) / bias
-  blocks.i.norm1                 -> encoderblock_i/LayerNorm_0
-  blocks.i.attn.qkv.weight       -> .../MultiHeadDotProductAttention_0/{query,key,value}/kernel
-  blocks.i.attn.q_bias / v_bias  -> .../query/bias, .../value/bias (key/bias = 0)
-  blocks.i.attn.qkv.bias         -> .../{query,key,value}/bias (checkpoints with a full qkv bias)
-  blocks.i.attn.proj             -> .../MultiHeadDotProductAttention_0/out
-  blocks.i.norm2                 -> .../LayerNorm_1
-  blocks.i.mlp.fc1 / fc2         -> .../MlpBlock_0/Dense_0 / Dense_1
-  fc_norm                        -> fc_norm (optional: CAST trains it from scratch otherwise)
-
-VideoMAE has no key bias; the zero key bias we store is exactly equivalent (a key
-bias adds the same `q . b` to every logit of a query, which softmax ignores).
-Dropped on purpose: `head.*` (the old classifier), `norm.*` (the per-token final
-norm of the variant without mean pooling), `mask_token`, `decoder.*`,
-`encoder_to_decoder.*` (pre-training only) and `pos_embed` when it is the fixed
-sinusoid table (it is recomputed; a learned one is an error).
+After the usual unwrapping, prefixes `encoder.` (pre-training) and `backbone.` are
+stripped. `patch_embed.proj` becomes `patch_embed` (kernel `[t, h, w, C, D]`),
+`blocks.i` `encoderblock_i` (`_NORMS`, `_DENSES`, and `attn` as
+`MultiHeadDotProductAttention_0`; conventions: `qkv`), `fc_norm` is optional
+(CAST trains it from scratch otherwise). Checkpoints with `q_bias` / `v_bias` get
+a zero key bias, which is exactly equivalent (it adds the same `q . b` to every
+logit of a query, which softmax ignores). Dropped on purpose: `_DROPPED`, and a
+`pos_embed` that is the fixed sinusoid table (recomputed; a learned one is an
+error).
 """
 
 from __future__ import annotations
@@ -30,9 +19,8 @@ from typing import Any, Dict, Mapping, Optional
 import numpy as np
 
 from vivit_knn.models.experts import sinusoid_table
-from vivit_knn.weights.qkv import split_out, split_qkv
+from vivit_knn.weights.qkv import Mapper, standard_heads
 from vivit_knn.weights.state_dict import read_state_dict, unwrap
-from vivit_knn.weights.timm import STANDARD_HEADS
 from vivit_knn.weights.tree import Flat, raise_unmatched, unflatten
 
 _PREFIXES = ("encoder.", "backbone.")
@@ -44,23 +32,8 @@ _ATTN = "MultiHeadDotProductAttention_0"
 
 
 def load_videomae_state_dict(path: str) -> Flat:
-  """Reads a VideoMAE checkpoint as `{name: float32 numpy array}`.
-
-  Accepts VideoMAE's own training files (`{'model': ..., 'args': Namespace,
-  'optimizer': ..., 'epoch': ...}`; torch reads them with only
-  `argparse.Namespace` allowed beside tensors), plain state dicts, and
-  `.safetensors` files (no torch needed).
-  """
+  """Reads a VideoMAE checkpoint (its training files, a state dict or `.safetensors`) as float32."""
   return read_state_dict(path, "a VideoMAE checkpoint")
-
-
-def _strip(state: Mapping[str, Any]) -> Dict[str, np.ndarray]:
-  state = unwrap(state)
-  for prefix in _PREFIXES:
-    if any(k.startswith(prefix) for k in state):
-      # Pre-training checkpoints also hold a decoder; only the encoder is kept.
-      state = {k[len(prefix):] if k.startswith(prefix) else k: v for k, v in state.items()}
-  return {k: np.asarray(v, np.float32) for k, v in state.items()}
 
 
 def convert_videomae(state: Mapping[str, Any],
@@ -71,66 +44,39 @@ def convert_videomae(state: Mapping[str, Any],
   ViT-B). Raises `UnmatchedKeysError` listing keys with no mapping, expected keys
   that are missing, and a `pos_embed` that is not the sinusoid table.
   """
-  src = _strip(state)
+  state = unwrap(state)
+  for prefix in _PREFIXES:
+    if any(k.startswith(prefix) for k in state):
+      state = {k[len(prefix):] if k.startswith(prefix) else k: v for k, v in state.items()}
+  src = {k: np.asarray(v, np.float32) for k, v in state.items()}
   if "patch_embed.proj.weight" not in src:
     raise_unmatched("VideoMAE", unknown=src, missing=["patch_embed.proj.weight"])
   d = src["patch_embed.proj.weight"].shape[0]
-  if num_heads is None:
-    if d not in STANDARD_HEADS:
-      raise ValueError(f"VideoMAE: cannot tell the head count of width {d}; pass num_heads")
-    num_heads = STANDARD_HEADS[d]
-  out: Flat = {}
-  used, missing, bad = set(), [], []
-
-  def take(key: str, required: bool = True) -> Optional[np.ndarray]:
-    if key not in src:
-      if required:
-        missing.append(key)
-      return None
-    used.add(key)
-    return src[key]
-
-  def norm(name: str, dst: str, required: bool = True) -> None:
-    for theirs, ours in (("weight", "scale"), ("bias", "bias")):
-      value = take(f"{name}.{theirs}", required)
-      if value is not None:
-        out[f"{dst}/{ours}"] = value
-
-  out["patch_embed/kernel"] = take("patch_embed.proj.weight").transpose(2, 3, 4, 1, 0)
-  bias = take("patch_embed.proj.bias")
-  if bias is not None:
-    out["patch_embed/bias"] = bias
-  norm("fc_norm", "fc_norm", required=False)
+  num_heads = standard_heads(d, "VideoMAE") if num_heads is None else num_heads
+  m, bad = Mapper(src), []
+  m.put("patch_embed/kernel", m.take("patch_embed.proj.weight").transpose(2, 3, 4, 1, 0))
+  m.put("patch_embed/bias", m.take("patch_embed.proj.bias"))
+  m.norm("fc_norm", "fc_norm", required=False)
   if "pos_embed" in src:
-    used.add("pos_embed")
+    m.used.add("pos_embed")
     table = src["pos_embed"].reshape(-1, d)
     if not np.allclose(table, sinusoid_table(table.shape[0], d), atol=1e-5):
       bad.append("pos_embed: a learned position embedding; the expert uses the fixed sinusoid "
                  "table")
-  blocks = sorted({int(m.group(1)) for m in map(_BLOCK.match, src) if m})
+  blocks = sorted({int(match.group(1)) for match in map(_BLOCK.match, src) if match})
   for i in blocks:
     block, dst = f"blocks.{i}", f"encoderblock_{i}"
     for name, ours in _NORMS.items():
-      norm(f"{block}.{name}", f"{dst}/{ours}")
+      m.norm(f"{block}.{name}", f"{dst}/{ours}")
     for name, ours in _DENSES.items():
-      for theirs, leaf in (("weight", "kernel"), ("bias", "bias")):
-        value = take(f"{block}.{name}.{theirs}")
-        if value is not None:
-          out[f"{dst}/{ours}/{leaf}"] = value.T if leaf == "kernel" else value
-    qkv = take(f"{block}.attn.qkv.weight")
-    full_bias = take(f"{block}.attn.qkv.bias", required=False)
+      m.dense(f"{block}.{name}", f"{dst}/{ours}")
+    qkv = m.take(f"{block}.attn.qkv.weight")
+    full_bias = m.take(f"{block}.attn.qkv.bias", required=False)
     if full_bias is None:
-      q_bias, v_bias = take(f"{block}.attn.q_bias"), take(f"{block}.attn.v_bias")
+      q_bias, v_bias = m.take(f"{block}.attn.q_bias"), m.take(f"{block}.attn.v_bias")
       if q_bias is not None and v_bias is not None:
         full_bias = np.concatenate([q_bias, np.zeros_like(q_bias), v_bias])
-    if qkv is not None:
-      for key, value in split_qkv(qkv, full_bias, num_heads).items():
-        out[f"{dst}/{_ATTN}/{key}"] = value
-    proj, proj_bias = take(f"{block}.attn.proj.weight"), take(f"{block}.attn.proj.bias")
-    if proj is not None:
-      out[f"{dst}/{_ATTN}/out/kernel"] = split_out(proj, num_heads)
-    if proj_bias is not None:
-      out[f"{dst}/{_ATTN}/out/bias"] = proj_bias
-  unknown = [k for k in set(src) - used if not _DROPPED.match(k)]
-  raise_unmatched("VideoMAE", unknown=unknown, missing=missing, bad_shapes=bad)
-  return unflatten(out)
+    m.attention(f"{dst}/{_ATTN}", qkv, full_bias, f"{block}.attn.proj", num_heads)
+  unknown = [k for k in m.unused() if not _DROPPED.match(k)]
+  raise_unmatched("VideoMAE", unknown=unknown, missing=m.missing, bad_shapes=bad)
+  return unflatten(m.out)

@@ -1,16 +1,9 @@
 """Original ViT `.npz` checkpoints (google-research/vision_transformer) -> our image ViT tree.
 
-Keys are `/`-joined paths: `embedding/kernel`, `cls`,
-`Transformer/posembed_input/pos_embedding`, `Transformer/encoderblock_i/...`,
-`Transformer/encoder_norm`, `head`, optionally `pre_logits`. Checkpoints saved
-before Flax linen number a block's modules globally (`LayerNorm_0`,
-`MultiHeadDotProductAttention_1`, `LayerNorm_2`, `MlpBlock_3`); linen numbers
-them per type (`LayerNorm_0`, `MultiHeadDotProductAttention_0`, `LayerNorm_1`,
-`MlpBlock_0`). Both are accepted: inside a block each type is renumbered 0, 1, ...
-in index order.
-
-Training files prefix every key with `opt/target/` (and hold the optimizer state
-beside it); the prefix is detected and stripped (`vivit_knn.weights.npz`).
+Keys are our image tree's (`image_vit`). Checkpoints saved before Flax linen
+number a block's modules globally (`LayerNorm_0`, `MultiHeadDotProductAttention_1`,
+`LayerNorm_2`, `MlpBlock_3`), linen per type (`LayerNorm_0`,
+`MultiHeadDotProductAttention_0`, `LayerNorm_1`, `MlpBlock_0`); both are accepted.
 """
 
 from __future__ import annotations
@@ -25,11 +18,6 @@ from vivit_knn.weights.image_vit import check_image_tree
 from vivit_knn.weights.tree import Flat, unflatten
 
 _BLOCK_MODULE = re.compile(r"^(Transformer/encoderblock_\d+)/([A-Za-z]+)_(\d+)/(.*)$")
-
-
-def load_npz(path: str) -> Flat:
-  """Reads an `.npz` into `{path: array}` (the shared reader: no pickles, bf16 as float32)."""
-  return npz.load_npz(path)
 
 
 def renumber_block_modules(flat: Mapping[str, np.ndarray]) -> Flat:

@@ -1,47 +1,22 @@
 """Converting videos as published into DMVR TFRecord shards, on Apache Beam.
 
-  python -m vivit_knn.data.convert --format=ucf101 --root=<UCF101 dir> --split=1 --out=<dir>
-  python -m vivit_knn.data.convert --format=hmdb51 --root=<HMDB51 dir> --split=1 --out=<dir>
+  python -m vivit_knn.data.convert --format=ucf101|hmdb51 --root=<dir> --split=1 --out=<dir>
   python -m vivit_knn.data.convert --format=folder --root=<dir> --out=<dir>
-  python -m vivit_knn.data.convert --format=kinetics --annotations=<CSV or folder> \
+  python -m vivit_knn.data.convert --format=kinetics|ssv2|ek100 --annotations=<files> \
       --root=<videos> --out=<dir>
-  python -m vivit_knn.data.convert --format=ssv2 --annotations=<labels folder> \
-      --root=<videos> --out=<dir>
-  python -m vivit_knn.data.convert --format=ek100 --annotations=<folder of EPIC_100_*.csv> \
-      --root=<EPIC-KITCHENS folder> --out=<dir>
 
-A format reader lists the examples of each split (see :mod:`.listing` and the
-readers :mod:`vivit_knn.data.splits`, :mod:`.kinetics`, :mod:`.ssv2`,
-:mod:`.ek100`); one Beam pipeline (:mod:`.pipeline`) decodes them, downscales
-every frame to ``--short_side``, and writes ``train.tfrecord-*`` and
-``test.tfrecord-*`` (one ``SequenceExample`` per video or segment, all its
-frames as JPEG), plus ``classes.txt`` and ``metadata.json``. ``test`` holds
-the split a dataset is evaluated on: the official test list of UCF101 and
-HMDB51, the validation set of the others. Train examples are shuffled once
-(``--seed``) before sharding so every shard mixes classes; test examples keep
-the annotations' order.
+A format reader lists each split's examples (:mod:`.listing`); one Beam pipeline
+(:mod:`.pipeline`, any runner, locally ``--num_workers`` processes) decodes them,
+downscales every frame to ``--short_side`` and writes ``train.tfrecord-*`` and
+``test.tfrecord-*`` (one ``SequenceExample`` per video or segment, frames as
+JPEG; ``test`` is the official test list of UCF101 and HMDB51, the validation
+set of the others), ``classes.txt`` and ``metadata.json``. Train examples are
+shuffled once (``--seed``); the records do not depend on the runner or workers.
 
-``--runner=direct`` (the default) runs locally on ``--num_workers`` processes;
-any other Beam runner takes its own pipeline options on the same command line
-(``--runner=DataflowRunner --project=... --region=... --temp_location=gs://...``).
-The records do not depend on the runner or the number of workers.
-
-``--format=folder`` reads ``<root>/<class>/<video>``. If ``<root>`` has
-``train/`` and ``test/`` (or ``val/``) folders of classes, those are the
-splits; otherwise ``--eval_fraction`` of each class's videos (picked by a
-hash of the file path, so stable) form the test split.
-
-The conversion is resumable: re-running the same command skips finished
-shards. ``<out>/conversion.json``, written before the first shard, records
-every option and a hash of the listed examples (see :mod:`.manifest`): a rerun
-with other options or sources stops with one line naming each difference,
-unless ``overwrite`` (``--overwrite``) removes the earlier conversion first;
-it removes only the converter's own outputs, never other files in ``<out>``.
-Shards are written under a temporary name and renamed when complete, so a
-half-written shard is never read or resumed. Videos that are missing or
-cannot be decoded are skipped, counted and listed at the end and in
-``metadata.json``. Point training at the output with
-``--config.dataset.data_dir=<out>``.
+A rerun resumes, skipping finished shards; ``<out>/conversion.json``
+(:mod:`.manifest`) refuses a rerun with other options or sources unless
+``--overwrite``. Videos that are missing or cannot be decoded are skipped,
+counted and listed. Train on the output with ``--config.dataset.data_dir=<out>``.
 """
 
 from __future__ import annotations
@@ -167,19 +142,15 @@ def convert(fmt: str, root: str, out: str, *, annotations: str = "", split: int 
             pipeline_args: tuple[str, ...] = (), quiet: bool = True) -> dict:
   """Converts the dataset at ``root`` into shards in ``out``; returns the metadata written.
 
-  Args are the command line's flags (see ``python -m vivit_knn.data.convert
-  --help``); ``progress`` shows a bar on a terminal and plain lines otherwise;
-  ``pipeline_args`` are further Beam pipeline options; ``quiet`` keeps Beam's log
-  lines off the terminal unless the pipeline fails.
+  Args are the command line's flags; ``progress`` shows a bar on a terminal and
+  plain lines otherwise; ``pipeline_args`` are further Beam pipeline options;
+  ``quiet`` keeps Beam's log lines off the terminal unless the pipeline fails.
 
   Raises:
     FileNotFoundError: for a missing root or annotation file.
-    ValueError: for malformed annotations (naming the file); for an ``out``
-      that is a file or lies under one; for an ``out`` that holds a conversion
-      with other options or sources, or unrecorded shards, unless
-      ``overwrite``; for an ``out`` holding files named like the converter's
-      outputs that it did not write (see :mod:`.manifest`); for a pipeline
-      option Beam does not know.
+    ValueError: for malformed annotations, a bad option, an ``out`` that is (or
+      lies under) a file or that :func:`.manifest.prepare` refuses, or a
+      pipeline option Beam does not know.
   """
   _check_options(fmt, root, annotations, {
       "num_shards": (num_shards, 0, None), "short_side": (short_side, 0, None),

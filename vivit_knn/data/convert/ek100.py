@@ -1,25 +1,16 @@
 """EPIC-KITCHENS-100 action recognition as published: the CSV files and videos.
 
-``annotations`` is the folder of ``EPIC_100_train.csv`` and
-``EPIC_100_validation.csv`` (a file in it also works); columns are found by
-header name, so the leading ``uid`` column of some versions is accepted.
-Each row is one action segment ``[start_timestamp, stop_timestamp]``
-(``HH:MM:SS.ff``) of the untrimmed video ``video_id``, found at
-``<root>/<participant_id>/videos/<video_id>.MP4`` (the download's layout) or
-``<root>/<video_id>.MP4``, either with a lower-case ``.mp4`` too.
-
-Classes: verb and noun names are the ``key`` column of
-``EPIC_100_verb_classes.csv`` and ``EPIC_100_noun_classes.csv`` in the same
-folder, by ``id``; without a class file a set's names are ``verb_<id>`` (or
-``noun_<id>``) for ids up to the largest in the train and validation files.
-The converted label is the action ``verb * num_nouns + noun``, named
-``"<verb> <noun>"``; the verb and noun are kept as the label sets ``verb``
-and ``noun``.
-
-``EPIC_100_test_timestamps.csv`` has no labels and is not converted. The
-validation set is the converted ``test`` split. A segment whose video is
-absent is listed in ``missing`` once per segment, as
-``<root>/<participant_id>/videos/<video_id>.MP4``.
+``annotations`` is the folder (or a file in it) of ``EPIC_100_train.csv`` and
+``EPIC_100_validation.csv``, columns found by header name. Each row is a segment
+``[start_timestamp, stop_timestamp]`` (``HH:MM:SS.ff``) of video ``video_id`` at
+``<root>/<participant_id>/videos/<video_id>.MP4`` or ``<root>/<video_id>.MP4``
+(``.mp4`` too); an absent one is listed as missing once per segment, by the
+first path. Verb and noun names are the ``key`` column of
+``EPIC_100_{verb,noun}_classes.csv`` by ``id``, else ``verb_<id>`` up to the
+largest id seen. The label is the action ``verb * num_nouns + noun``, named
+``"<verb> <noun>"``, with the label sets ``verb`` and ``noun`` kept. The
+unlabelled ``EPIC_100_test_timestamps.csv`` is not converted; validation is the
+``test`` split.
 """
 
 from __future__ import annotations
@@ -80,18 +71,7 @@ def _video_path(root: str, participant: str, video_id: str) -> str | None:
 
 
 def read(annotations: str, root: str) -> Listing:
-  """Lists EPIC-KITCHENS-100 (see the module docstring for the layout).
-
-  Args:
-    annotations: Folder holding ``EPIC_100_train.csv`` and
-      ``EPIC_100_validation.csv`` (and optionally the class files), or a
-      file in that folder.
-    root: Folder holding the videos.
-
-  Returns:
-    The train split and the validation split (as ``test``), one example per
-    segment, labelled with its action; verb and noun names in
-    ``label_sets``.
+  """Lists EPIC-KITCHENS-100 (see the module docstring): one example per segment.
 
   Raises:
     FileNotFoundError: naming a missing annotation file or ``root``.

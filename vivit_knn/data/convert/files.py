@@ -1,9 +1,7 @@
-"""File access for the annotation readers: local folders and remote storage alike.
+"""File access for the annotation readers through TensorFlow's file systems.
 
-The Kinetics, Something-Something v2 and EPIC-KITCHENS-100 readers list and
-read through TensorFlow's file systems, so ``--annotations`` and ``--root``
-may be ``gs://`` paths as well as local folders (the driver loads TensorFlow
-anyway, for the output folder's records).
+So ``--annotations`` and ``--root`` of Kinetics, Something-Something v2 and
+EPIC-KITCHENS-100 may be ``gs://`` paths as well as local folders.
 """
 
 from __future__ import annotations
@@ -11,19 +9,12 @@ from __future__ import annotations
 import csv
 import io
 import os
-from collections.abc import Iterator
 
 import tensorflow as tf
 
-
-def exists(path: str) -> bool:
-  """Whether ``path`` names a file or a folder."""
-  return tf.io.gfile.exists(path)
-
-
-def isdir(path: str) -> bool:
-  """Whether ``path`` is a folder."""
-  return tf.io.gfile.isdir(path)
+isdir = tf.io.gfile.isdir
+# ``(folder, subfolders, files)`` top down; sorting ``subfolders`` in place orders the walk.
+walk = tf.io.gfile.walk
 
 
 def isfile(path: str) -> bool:
@@ -36,14 +27,6 @@ def listdir(path: str) -> list[str]:
   return [name.rstrip("/") for name in tf.io.gfile.listdir(path)]
 
 
-def walk(root: str) -> Iterator[tuple[str, list[str], list[str]]]:
-  """``(folder, subfolders, files)`` of every folder under ``root``, top down.
-
-  Sorting ``subfolders`` in place orders the folders visited next, as with ``os.walk``.
-  """
-  yield from tf.io.gfile.walk(root)
-
-
 def open_text(path: str) -> io.StringIO:
   """The text of ``path`` (UTF-8, a byte-order mark dropped), as a file for csv/json."""
   with tf.io.gfile.GFile(path, "rb") as f:
@@ -53,8 +36,7 @@ def open_text(path: str) -> io.StringIO:
 def csv_rows(path: str, required) -> list[tuple[int, dict[str, str]]]:
   """``(line number, row)`` of every data row of a CSV file with a header.
 
-  Columns are found by name (extra ones are kept), values stripped, blank
-  lines skipped.
+  Columns are found by name (extra ones kept), values stripped, blank lines skipped.
 
   Raises:
     ValueError: naming the file and line of a missing ``required`` column or

@@ -1,34 +1,19 @@
 """Kinetics-400/600/700 as published: the DeepMind CSV files and the videos.
 
-``annotations`` is one CSV file or a folder of them. In a folder the train
-file is ``train.csv``, the validation file ``validate.csv`` (DeepMind's name),
-``val.csv`` or ``validation.csv``; a prefix such as ``kinetics_400_train.csv``
-or ``kinetics700_2020_validate.csv`` is allowed. A test CSV is not converted
-(it has no labels). A single CSV file is split by its ``split`` column
-(``train``; ``val``/``validate``/``validation`` -> the test split; ``test``
-rows are left out).
+``annotations`` is one CSV file, split by its ``split`` column (``train``;
+``val``/``validate``/``validation`` -> test; ``test`` rows, unlabelled, left
+out), or a folder of ``train.csv`` and ``validate.csv`` (or ``val.csv``,
+``validation.csv``), optionally prefixed (``kinetics_400_train.csv``); a test
+CSV is not converted. Columns are found by header name: ``label``,
+``youtube_id``, ``time_start``, ``time_end`` (and ``split`` in a single file).
+Class ``i`` is the ``i``-th train label in sorted order, as published
+checkpoints use.
 
-Columns are found by header name, so K400's trailing ``is_cc`` column, its
-label-less ``test.csv`` and K700-2020's files without ``is_cc`` all read the
-same way. Needed: ``label``, ``youtube_id``, ``time_start``, ``time_end``
-(and ``split`` in a single file).
-
-Class ``i`` is the ``i``-th of the train rows' labels in sorted order (the
-order published Kinetics checkpoints use).
-
-Videos are found anywhere under ``root`` (one walk):
-
-* a trimmed clip ``<youtube_id>_<start:06d>_<end:06d>.<ext>`` is used whole;
-* otherwise an untrimmed ``<youtube_id>.<ext>`` is cut to
-  ``[time_start, time_end]`` seconds by the pipeline (``Example.start_s`` and
-  ``end_s``);
-* otherwise the row is missing, listed as ``<root>/<clip id>.mp4`` (the
-  trimmed name at the top of ``root``, although any subfolder and any of the
-  accepted extensions would have been found).
-
-Missing videos are normal for Kinetics (YouTube takedowns): they are counted
-and listed, never an error. When two files under ``root`` share a name, the
-first in sorted walk order is used.
+Videos are found anywhere under ``root`` (the first in sorted walk order when
+names repeat): a trimmed ``<youtube_id>_<start:06d>_<end:06d>.<ext>`` is used
+whole, else an untrimmed ``<youtube_id>.<ext>`` is cut to ``[time_start,
+time_end]``, else the row is missing, listed as ``<root>/<clip id>.mp4``.
+Missing videos (YouTube takedowns) are counted and listed, never an error.
 """
 
 from __future__ import annotations
@@ -41,24 +26,17 @@ from vivit_knn.data.convert import files as fs
 from vivit_knn.data.convert.listing import SPLITS, Example, Listing
 
 VIDEO_EXTENSIONS = (".mp4", ".mkv", ".webm", ".avi", ".mov")
-# Role of each CSV in a folder, by the end of its name (after an optional
-# prefix such as ``kinetics_400_``).
-_TRAIN_NAMES = ("train",)
-_VALIDATION_NAMES = ("validate", "val", "validation")
-_TEST_NAMES = ("test",)
-# ``split`` column values of a single CSV file -> converted split (None: left
-# out).
+# Role of each CSV in a folder, by the end of its name (after an optional prefix).
+_ROLES = {"train": "train", "validate": "validation", "val": "validation",
+          "validation": "validation", "test": "test"}
+# ``split`` column values of a single CSV file -> converted split (None: left out).
 _SPLIT_VALUES = {"train": "train", "val": "test", "validate": "test",
                  "validation": "test", "test": None}
 _REQUIRED = ("label", "youtube_id", "time_start", "time_end")
 
 
 def clip_id(youtube_id: str, start: float, end: float) -> str:
-  """``<youtube_id>_<start:06d>_<end:06d>``, the published clip name.
-
-  Fractional seconds are truncated, as the official download script's
-  ``'%06d'`` formatting does.
-  """
+  """``<youtube_id>_<start:06d>_<end:06d>``, the published clip name (seconds truncated)."""
   return f"{youtube_id}_{int(start):06d}_{int(end):06d}"
 
 
@@ -68,12 +46,9 @@ def _role(filename: str) -> str | None:
   if ext.lower() != ".csv":
     return None
   stem = stem.lower()
-  for role, names in (("train", _TRAIN_NAMES),
-                      ("validation", _VALIDATION_NAMES),
-                      ("test", _TEST_NAMES)):
-    for name in names:
-      if stem == name or re.search(rf"[_\-. ]{name}$", stem):
-        return role
+  for name, role in _ROLES.items():
+    if stem == name or re.search(rf"[_\-. ]{name}$", stem):
+      return role
   return None
 
 
@@ -167,16 +142,7 @@ def _rows_by_split(annotations: str):
 
 
 def read(annotations: str, root: str) -> Listing:
-  """Lists a Kinetics dataset (see the module docstring for the layout).
-
-  Args:
-    annotations: A Kinetics CSV file, or a folder holding the train and
-      validation CSV files.
-    root: Folder holding the videos, trimmed or untrimmed, in any subfolder.
-
-  Returns:
-    The train split and the validation split (as ``test``); rows whose video
-    is absent are in ``missing``, as ``<root>/<clip id>.mp4``.
+  """Lists a Kinetics dataset (see the module docstring): train, and validation as ``test``.
 
   Raises:
     FileNotFoundError: naming a missing annotations file, CSV or ``root``.
@@ -185,8 +151,6 @@ def read(annotations: str, root: str) -> Listing:
   """
   if not fs.isdir(root):
     raise FileNotFoundError(f"Kinetics video folder {root} does not exist")
-  if not fs.exists(annotations):
-    raise FileNotFoundError(f"Kinetics annotations {annotations} do not exist")
   rows, notes = _rows_by_split(annotations)
   for path, number, row in rows["train"] + rows["test"]:
     if not row["label"]:

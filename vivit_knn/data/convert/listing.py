@@ -1,19 +1,14 @@
 """What a format reader hands the conversion pipeline: the examples of each split.
 
-Every input format (UCF101, HMDB51, class folders, Kinetics, Something-Something
-v2, EPIC-KITCHENS-100) is read by a function that returns a :class:`Listing`;
-one pipeline (:mod:`.pipeline`) then decodes, encodes and writes the shards of
-any listing the same way. Listing never decodes a video: it reads annotation
-files and checks which video files exist.
+Listing reads annotation files and checks which videos exist; it decodes nothing.
 """
 
 from __future__ import annotations
 
 import dataclasses
 
-# The two splits the converter writes. `test` holds the split a dataset is
-# evaluated on: the official test list of UCF101/HMDB51, the validation set of
-# Kinetics, Something-Something v2 and EPIC-KITCHENS-100.
+# `test` is the split a dataset is evaluated on: the official test list of
+# UCF101/HMDB51, the validation set of the others.
 SPLITS = ("train", "test")
 
 
@@ -23,18 +18,15 @@ class Example:
 
   Attributes:
     path: The video file (a local path or a ``gs://`` style URL).
-    label: The class index, stored as ``clip/label/index``.
-    label_text: The class name, stored as ``clip/label/text``.
-    name: The example's name, unique within its split, stored as
-      ``video/filename`` (a path relative to ``--root``, or a dataset id such
-      as a Something-Something video id or an EPIC-KITCHENS narration id).
-    start_s: With ``end_s``: only the frames shown from ``start_s`` to
-      ``end_s`` seconds are kept (a segment of an untrimmed video); None keeps
-      the whole video.
-    end_s: End of the segment in seconds (see ``start_s``).
-    label_sets: Further labels, ``(set, index, text)`` each, e.g.
-      ``("verb", 3, "open")``; stored as ``clip/label/<set>/index`` and
-      ``clip/label/<set>/text``.
+    label: The class index (``clip/label/index``).
+    label_text: The class name (``clip/label/text``).
+    name: Unique within its split (``video/filename``): the path relative to
+      ``--root``, or a dataset id (SSv2 video id, EPIC-KITCHENS narration id).
+    start_s: With ``end_s``, keeps only the frames shown between them, in
+      seconds (a segment of an untrimmed video); None keeps the whole video.
+    end_s: End of the segment in seconds.
+    label_sets: Further labels ``(set, index, text)``, e.g. ``("verb", 3, "open")``
+      (``clip/label/<set>/index`` and ``/text``).
   """
 
   path: str
@@ -52,15 +44,11 @@ class Listing:
 
   Attributes:
     class_names: Name of each class index.
-    splits: ``{'train': [...], 'test': [...]}`` examples in their listed order
-      (the pipeline shuffles train once, with a fixed seed).
-    missing: ``{split: [video file, ...]}`` listed by the annotations but
-      absent; counted and reported as skipped, never an error.
-    label_sets: ``{set: [name of each index]}`` of the further labels the
-      examples carry (e.g. EPIC-KITCHENS ``verb`` and ``noun``); recorded in
-      ``metadata.json``.
-    notes: Lines for the conversion summary (e.g. annotation rows left out,
-      and why).
+    splits: ``{'train': [...], 'test': [...]}`` examples in their listed order.
+    missing: ``{split: [video file, ...]}`` listed but absent; reported as skipped.
+    label_sets: ``{set: [name of each index]}`` of the further labels (e.g.
+      EPIC-KITCHENS ``verb`` and ``noun``), recorded in ``metadata.json``.
+    notes: Lines for the conversion summary (e.g. rows left out, and why).
   """
 
   class_names: list[str]

@@ -1,20 +1,12 @@
 """The record of what an output folder was converted from: ``<out>/conversion.json``.
 
-Written before the first shard, it holds every option that shapes the shards
-and a hash of the source videos (paths relative to ``--root``, labels, sizes,
-modification times, segments, labels and the class names). A rerun into
-the same folder resumes only when both match; otherwise it stops with one line
-naming each differing option with both values, unless ``--overwrite`` is given,
-which removes the folder's previous conversion first. A folder holding shards
-and the ``metadata.json`` of an older converter but no record is refused the
-same way.
-
-``--overwrite`` deletes only this converter's own outputs: shards named
-``train|test.tfrecord-NNNNN-of-NNNNN``, the ``.shards`` stats, ``classes.txt``,
-``metadata.json`` and ``conversion.json``, and only in a folder whose
-``conversion.json`` or ``metadata.json`` the converter wrote. Any other file in
-``--out`` is left alone, and a folder holding files named like those outputs
-without such a record is refused, with or without ``--overwrite``.
+Written before the first shard: every option that shapes the shards and a hash
+of the sources. A rerun resumes only when both match, else it stops naming each
+difference unless ``--overwrite``, which first removes only the converter's own
+outputs (shards, ``.shards`` stats, ``classes.txt``, ``metadata.json``,
+``conversion.json``) and only where its ``conversion.json`` or ``metadata.json``
+says it wrote them. Shards with no record, or files merely named like the
+outputs, are refused.
 """
 
 from __future__ import annotations
@@ -32,19 +24,14 @@ from vivit_knn.data.convert import shards
 from vivit_knn.data.convert.listing import SPLITS, Listing
 
 MANIFEST_FILE = "conversion.json"
-# The options of the record, in the order differences are reported.
-OPTIONS = ("format", "root", "annotations", "split", "eval_fraction", "num_shards",
-           "short_side", "jpeg_quality", "seed")
 
 
 def options(fmt: str, root: str, *, annotations: str, split: int, eval_fraction: float,
             num_shards: int, short_side: int, jpeg_quality: int, seed: int) -> dict:
-  """The conversion's options as recorded (flag name -> value).
+  """The conversion's options as recorded (flag name -> value), in the order differences are named.
 
-  Options a format does not use are recorded as None, so they never count as a
-  difference (``--split`` beyond UCF101/HMDB51, ``--eval_fraction`` beyond
-  class folders). Local folders are recorded as absolute paths. The runner and
-  the number of workers are not recorded: they do not change the records.
+  Options the format does not use are None; local folders are absolute paths.
+  The runner and workers are left out: they do not change the records.
   """
   def folder(path):
     return path if not path or "://" in path else os.path.abspath(path)
@@ -76,9 +63,8 @@ def _relative(path: str, root: str) -> str:
 def source_record(listing: Listing, root: str) -> dict:
   """``{'sha256', 'videos': {split: count}}`` of the listed examples and their files.
 
-  The hash covers each example's file (path relative to ``root``, size and
-  modification time), segment, labels and name, the class names, and the
-  files listed but missing.
+  The hash covers each example's file (path relative to ``root``, size,
+  modification time), segment, labels and name, the class names and the missing files.
   """
   record = {"class_names": list(listing.class_names), "label_sets": listing.label_sets}
   for split in SPLITS:
@@ -104,7 +90,7 @@ def differences(recorded: Mapping, current: Mapping) -> list[str]:
   """One phrase per difference between two manifests, recorded value first."""
   out = []
   old_options, new_options = recorded.get("options", {}), current["options"]
-  for name in OPTIONS:
+  for name in new_options:
     old, new = old_options.get(name), new_options.get(name)
     if old != new:
       out.append(f"--{name}={_show(old)} (now {_show(new)})")
@@ -146,11 +132,7 @@ def read(out_dir: str) -> dict | None:
 
 
 def is_own(out_dir: str) -> bool:
-  """Whether ``out_dir`` holds a conversion of this converter.
-
-  That is, its ``conversion.json``, or the ``metadata.json`` of a converter that
-  wrote no record yet; files merely named like the converter's are not enough.
-  """
+  """Whether ``out_dir`` holds this converter's ``conversion.json`` or ``metadata.json``."""
   if read(out_dir) is not None:
     return True
   meta = _json_object(os.path.join(out_dir, tfrecord.METADATA_FILE))
@@ -177,10 +159,9 @@ def previous_outputs(out_dir: str) -> list[str]:
 
 
 def remove_previous(out_dir: str) -> None:
-  """Deletes an earlier conversion's shards, stats and sidecars (nothing else).
+  """Deletes an earlier conversion's shards, stats and sidecars; nothing else.
 
-  Only files named as this converter names them go; the stats folder is removed
-  when nothing else is left in it.
+  A stats folder that still holds other files stays.
   """
   for path in previous_outputs(out_dir):
     if not tf.io.gfile.isdir(path):
@@ -194,15 +175,9 @@ def remove_previous(out_dir: str) -> None:
 
 
 def prepare(out_dir: str, current: Mapping, overwrite: bool) -> bool:
-  """Checks ``out_dir`` against ``current`` and records it; True when resuming.
+  """Checks ``out_dir`` against manifest ``current`` and records it; True when resuming.
 
-  Args:
-    out_dir: the output folder (``--out``).
-    current: this conversion's manifest (:func:`manifest`).
-    overwrite: remove an earlier conversion in ``out_dir`` instead of refusing it.
-
-  Returns:
-    Whether finished shards of an earlier run with the same manifest are kept.
+  ``overwrite`` removes an earlier conversion in ``out_dir`` instead of refusing it.
 
   Raises:
     ValueError: ``out_dir`` holds a conversion with other options or sources

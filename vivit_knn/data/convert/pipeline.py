@@ -1,22 +1,11 @@
 """The conversion pipeline, on Apache Beam: one element per shard.
 
-The driver (:func:`vivit_knn.data.convert.convert`) lists the examples, fixes
-their order and splits each split into shards; every shard that is not
-already finished becomes one element of a Beam ``PCollection``. A worker turns
-an element into a finished shard file: it decodes each video (or the segment
-of it the annotations name), downscales and JPEG-encodes every frame, and
-writes the records under a temporary name that it renames when the shard is
-complete (:func:`.shards.write_shard`). So:
-
-* the output does not depend on the runner or the number of workers: a shard's
-  bytes are a function of its examples and the encoding options only;
-* an interrupted conversion (or a failed worker that the runner retries)
-  leaves no partial shard behind, and a rerun resumes from the finished ones;
-* a worker holds one decoded video at a time, whatever the shard size.
-
-The same pipeline runs locally (Beam's DirectRunner, ``--runner=direct``: one
-process per ``--num_workers``) or on any other Beam runner (Dataflow, Flink,
-Spark), whose own pipeline options pass through unchanged.
+Every unfinished shard of the driver's (:func:`vivit_knn.data.convert.convert`)
+becomes one element; a worker decodes each of its videos (or segments),
+downscales and JPEG-encodes every frame, and writes the shard under a temporary
+name renamed when complete (:func:`.shards.write_shard`). So a shard's bytes
+depend only on its examples and the encoding, an interrupted run (or retried
+worker) leaves no partial shard, and a worker holds one decoded video at a time.
 """
 
 from __future__ import annotations
@@ -78,11 +67,7 @@ def encode_jpeg(frame: np.ndarray, quality: int = DEFAULT_QUALITY) -> bytes:
 
 
 def resize_short_side(frame: np.ndarray, short_side: int) -> np.ndarray:
-  """Downscales ``frame`` so its short side is ``short_side``; never enlarges.
-
-  Uses Pillow's antialiased bilinear filter; ``short_side <= 0`` keeps the
-  frame as is.
-  """
+  """Downscales ``frame`` to short side ``short_side`` (bilinear); never enlarges, 0 keeps it."""
   height, width = frame.shape[:2]
   short = min(height, width)
   if short_side <= 0 or short <= short_side:
@@ -122,8 +107,7 @@ def _frames(example: Example) -> Iterator[np.ndarray]:
 def transcode(example: Example, encoding: Encoding) -> tuple:
   """``('ok', serialized record)`` of ``example``, or ``('skip', reason, detail)``.
 
-  A video that cannot give frames (missing, corrupt, truncated, nothing in its
-  segment) is a skip with its reason; any other error is a bug and propagates.
+  Only a video that cannot give frames is a skip; any other error propagates.
   """
   try:
     jpegs = [encode_jpeg(resize_short_side(frame, encoding.short_side), encoding.jpeg_quality)
@@ -151,8 +135,7 @@ class WriteShard(beam.DoFn):
 def pipeline_options(runner: str, num_workers: int, extra_args: Sequence[str]) -> beam_options.PipelineOptions:
   """Beam options: ``direct`` runs locally on ``num_workers`` processes (0 = all cores).
 
-  Any other ``runner`` (a Beam runner name, e.g. ``DataflowRunner``) is passed
-  on with ``extra_args``, its own flags (``--project``, ``--temp_location``...).
+  Any other ``runner`` (e.g. ``DataflowRunner``) gets ``extra_args``, its own flags.
 
   Raises:
     ValueError: naming the arguments that are no Beam pipeline option.
@@ -187,11 +170,10 @@ def pipeline_options(runner: str, num_workers: int, extra_args: Sequence[str]) -
 
 @contextlib.contextmanager
 def _worker_output_to_file(tail_lines: int = 20):
-  """Sends file descriptor 2 (the workers' and Beam's log lines) to a file.
+  """Sends file descriptor 2 (Beam's and its local workers' log lines) to a file.
 
-  Beam's local worker processes log their start-up and every bundle to the
-  standard error they inherit, which would bury the converter's own progress
-  lines. If the pipeline fails, the last ``tail_lines`` of that log are shown.
+  They would bury the progress lines; if the pipeline fails, its last
+  ``tail_lines`` are shown.
   """
   sys.stderr.flush()
   saved = os.dup(2)
@@ -215,11 +197,7 @@ def _worker_output_to_file(tail_lines: int = 20):
 
 def run(jobs: Sequence[ShardJob], encoding: Encoding, options: beam_options.PipelineOptions,
         quiet: bool = True) -> None:
-  """Writes every shard of ``jobs`` with Beam; returns when all are written.
-
-  ``quiet`` keeps Beam's and its local workers' log lines off the terminal
-  (shown only if the pipeline fails).
-  """
+  """Writes every shard of ``jobs`` with Beam; ``quiet`` sends Beam's log lines to a file."""
   if not jobs:
     return
   with _worker_output_to_file() if quiet else contextlib.nullcontext():

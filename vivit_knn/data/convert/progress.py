@@ -26,14 +26,7 @@ class Progress:
 
   def __init__(self, total: int, enabled: bool = True, *, file: Optional[TextIO] = None,
                every_s: float = 30.0):
-    """Creates the progress display.
-
-    Args:
-      total: the number of videos.
-      enabled: print anything at all.
-      file: the stream (default: ``sys.stderr``).
-      every_s: plain lines only: the longest gap between two lines.
-    """
+    """Progress of ``total`` videos on ``file`` (stderr); ``every_s``: longest gap between lines."""
     self.total, self.enabled, self.done, self.resumed = total, enabled, 0, 0
     self._file = file if file is not None else sys.stderr
     self._every_s = every_s

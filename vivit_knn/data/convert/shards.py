@@ -1,11 +1,8 @@
 """Writing DMVR TFRecord shards resumably, and their sidecar files.
 
-A shard is written to a temporary file and renamed when complete; its stats
-(record offsets, skipped videos) go to ``<out>/.shards/<shard>.json`` just
-before the rename. A shard whose final file and stats both exist is never
-written again, so an interrupted conversion resumes where it stopped. The
-sidecar files (``classes.txt``, ``metadata.json``; see
-:mod:`vivit_knn.data.tfrecord`) are written last.
+A shard is written to a temporary file, its stats (record offsets, skipped
+videos) to ``<out>/.shards/<shard>.json``, then it is renamed; a shard with both
+is never written again. The sidecars (:mod:`vivit_knn.data.tfrecord`) come last.
 """
 
 from __future__ import annotations
@@ -22,18 +19,9 @@ from vivit_knn.data import record_format
 # Files go through Beam's file systems (local disk, gs:// and the others Beam
 # knows), so a worker on any runner writes the same way and imports no TensorFlow.
 
-
-def _exists(path: str) -> bool:
-  return FileSystems.exists(path)
-
-
-def _size(path: str) -> int:
-  return FileSystems.match([path])[0].metadata_list[0].size_in_bytes
-
-
-def _makedirs(path: str) -> None:
-  if not FileSystems.exists(path):
-    FileSystems.mkdirs(path)
+STATS_DIR = ".shards"
+# The name of every shard this converter writes (see `shard_names`).
+SHARD_NAME = re.compile(r"(train|test)\.tfrecord-\d{5}-of-\d{5}")
 
 
 def _write(path: str, data: bytes) -> None:
@@ -42,18 +30,6 @@ def _write(path: str, data: bytes) -> None:
   with FileSystems.create(tmp, mime_type="application/octet-stream") as f:
     f.write(data)
   FileSystems.rename([tmp], [path])
-
-
-def read_json(path: str) -> dict:
-  """The JSON object in file ``path``."""
-  with FileSystems.open(path, mime_type="application/json") as f:
-    return json.loads(f.read().decode())
-
-STATS_DIR = ".shards"
-
-
-# The name of every shard this converter writes (see `shard_names`).
-SHARD_NAME = re.compile(r"(train|test)\.tfrecord-\d{5}-of-\d{5}")
 
 
 def shard_names(split: str, num_shards: int) -> list[str]:
@@ -75,10 +51,11 @@ def _stats_path(out_dir: str, name: str) -> str:
 def finished_stats(out_dir: str, name: str) -> dict | None:
   """Stats of shard ``name`` if it was completely written, else None."""
   path, stats_path = os.path.join(out_dir, name), _stats_path(out_dir, name)
-  if not (_exists(path) and _exists(stats_path)):
+  if not (FileSystems.exists(path) and FileSystems.exists(stats_path)):
     return None
-  stats = read_json(stats_path)
-  if _size(path) != stats["bytes"]:
+  with FileSystems.open(stats_path, mime_type="application/json") as f:
+    stats = json.loads(f.read().decode())
+  if FileSystems.match([path])[0].metadata_list[0].size_in_bytes != stats["bytes"]:
     return None
   return stats
 
@@ -95,7 +72,8 @@ def write_shard(out_dir: str, name: str, results: Iterable[Result]) -> dict:
   outside the shard namespace so a glob never picks up a partial shard, and
   renamed when complete, after its stats.
   """
-  _makedirs(os.path.join(out_dir, STATS_DIR))
+  if not FileSystems.exists(os.path.join(out_dir, STATS_DIR)):
+    FileSystems.mkdirs(os.path.join(out_dir, STATS_DIR))
   tmp = os.path.join(out_dir, STATS_DIR, name + ".tmp")
   offsets, skipped, offset = [], {}, 0
   with FileSystems.create(tmp, mime_type="application/octet-stream") as writer:
@@ -151,14 +129,8 @@ def write_json(path: str, content: dict) -> None:
   _write(path, json.dumps(content, indent=1).encode())
 
 
-def write_class_names(directory: str, class_names) -> str:
-  """Writes ``classes.txt``; returns its path."""
-  path = os.path.join(directory, record_format.CLASSES_FILE)
-  _write(path, "".join(f"{name}\n" for name in class_names).encode())
-  return path
-
-
 def write_sidecars(out_dir: str, meta: dict) -> None:
   """Writes ``classes.txt`` and ``metadata.json`` beside the shards."""
-  write_class_names(out_dir, meta["class_names"])
+  _write(os.path.join(out_dir, record_format.CLASSES_FILE),
+         "".join(f"{name}\n" for name in meta["class_names"]).encode())
   write_json(os.path.join(out_dir, record_format.METADATA_FILE), meta)

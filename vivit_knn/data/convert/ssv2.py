@@ -1,21 +1,13 @@
 """Something-Something v2 as published: the ``labels/`` JSON files and videos.
 
-``annotations`` is the download's ``labels/`` folder (a file in it also
-works): ``labels.json``, ``train.json``, ``validation.json`` and
-``test.json``, or the same names prefixed ``something-something-v2-``.
-
-* ``labels.json`` maps each template without its square brackets to its
-  class index, as a string: ``{"Approaching something with your camera":
-  "0", ...}``; the indices must be 0..N-1.
-* ``train.json`` and ``validation.json`` list ``{"id", "label", "template",
-  "placeholders"}`` entries; the class is the entry's ``template`` with
-  ``[`` and ``]`` removed (``"Holding [something] next to [something]"`` ->
-  ``"Holding something next to something"``).
-* ``test.json`` lists ids only: not converted.
-
-Video ``<id>`` is ``<root>/<id>.webm`` (or under
-``<root>/20bn-something-something-v2/``, the archive's folder). The
-validation set is the converted ``test`` split.
+``annotations`` is the ``labels/`` folder (or a file in it): ``labels.json``
+maps each template without square brackets to its class index, a string
+(``{"Approaching something with your camera": "0", ...}``, indices 0..N-1);
+``train.json`` and ``validation.json`` list ``{"id", "label", "template",
+"placeholders"}`` entries whose class is the ``template`` without ``[`` and
+``]``; ``test.json`` (ids only) is not converted. Names may carry the prefix
+``something-something-v2-``. Video ``<id>`` is ``<root>/<id>.webm`` (or under
+``<root>/20bn-something-something-v2/``). Validation is the ``test`` split.
 """
 
 from __future__ import annotations
@@ -83,15 +75,7 @@ def _entries(path: str) -> list[dict]:
 
 
 def read(annotations: str, root: str) -> Listing:
-  """Lists Something-Something v2 (see the module docstring for the layout).
-
-  Args:
-    annotations: The ``labels/`` folder of the download, or a file in it.
-    root: Folder holding ``<id>.webm``.
-
-  Returns:
-    The train split and the validation split (as ``test``); entries whose
-    video is absent are in ``missing``, as ``<video folder>/<id>.webm``.
+  """Lists Something-Something v2 (see the module docstring); absent videos in ``missing``.
 
   Raises:
     FileNotFoundError: naming a missing annotation file or ``root``.

@@ -1,23 +1,12 @@
 """Converts a public checkpoint to an Orbax checkpoint of its tree in our naming.
 
-The command line (`__main__.py`):
-
     python -m vivit_knn.weights.convert --from=ViT-B_16.npz --format=vit_npz --to=vit_b16.orbax
 
-The result is a valid source of format 'orbax' (`--config.init_from.checkpoint_path=
-vit_b16.orbax`, or a CAST expert's checkpoint). Formats: 'vit_npz' (original
-ViT), 'big_vision_npz', 'timm' (`.pth`/`.bin` need torch, `.safetensors` does
-not), 'scenic' (a scenic/flax checkpoint file or workdir), 'clip' (OpenAI CLIP
-image tower, TorchScript or state dict), 'videomae', 'orbax'. `--num_heads`
-for timm / CLIP / VideoMAE widths whose head count cannot be guessed.
-
-Beside the Orbax files the folder holds `vivit_knn_weights.json`, naming the
-source and its format. An existing `--to` is refused unless `--overwrite` is
-given, and even then it is replaced only when every file in it is one this
-converter writes (that record, or Orbax checkpoint files): a folder holding
-anything else, or a plain file, is never deleted. The new checkpoint is written
-beside `--to` first and swapped in when complete. Errors are printed as one
-`error: ...` message on stderr, with exit status 2.
+The result is a source of format 'orbax' (`init_from.checkpoint_path`, or a CAST
+expert's). Beside the Orbax files the folder holds `vivit_knn_weights.json`,
+naming the source and its format. An existing `--to` is replaced only with
+`--overwrite`, and only when every file in it is one this converter writes; the
+new checkpoint is written beside `--to` and swapped in when complete.
 """
 
 from __future__ import annotations
@@ -27,7 +16,7 @@ import os
 import re
 import shutil
 import tempfile
-from typing import Any, Mapping, Optional
+from typing import Any, Callable, Mapping, Optional
 
 from vivit_knn.weights import load
 from vivit_knn.weights.image_vit import infer_arch
@@ -63,19 +52,12 @@ def _json_object(path: str) -> Optional[dict]:
 
 
 def foreign_file(path: str) -> Optional[str]:
-  """The first file at `path` this converter did not write, or None when there is none.
+  """The first entry of an existing `--to` this converter did not write (relative), or None.
 
   A folder is ours when every file in it (at any depth) is the converter's record
   or a file of an Orbax checkpoint, and it holds that record or Orbax's own
   `_CHECKPOINT_METADATA`; an empty folder holds nothing to lose. A plain file or a
-  link is never ours.
-
-  Args:
-    path: an existing `--to`.
-
-  Returns:
-    None, or the first foreign entry's path relative to `path` (its own name for a
-    plain file or a link).
+  link is never ours (its own name is returned).
   """
   if os.path.islink(path) or not os.path.isdir(path):
     return os.path.basename(path)
@@ -119,15 +101,10 @@ def _check_destination(dst: str, overwrite: bool) -> None:
 
 def convert(src: str, checkpoint_format: str, dst: str, overwrite: bool = False,
             num_heads: Optional[int] = None) -> str:
-  """Converts `src` (in `checkpoint_format`) to an Orbax checkpoint at `dst`.
+  """Converts `src` (a file or scenic workdir in `checkpoint_format`) to Orbax at `dst`.
 
-  Args:
-    src: the checkpoint file (or scenic workdir).
-    checkpoint_format: one of `formats.LOADABLE_FORMATS`.
-    dst: the Orbax checkpoint directory to write.
-    overwrite: replace an existing `dst` that holds only this converter's output
-      (written beside it first, then swapped in).
-    num_heads: the head count, for widths whose count cannot be guessed.
+  `overwrite` replaces an existing `dst` that holds only this converter's output;
+  `num_heads` is for widths whose head count cannot be guessed.
 
   Returns:
     A one-line summary of what was written.
@@ -142,20 +119,35 @@ def convert(src: str, checkpoint_format: str, dst: str, overwrite: bool = False,
   _check_destination(dst, overwrite)
   tree = load.load_checkpoint(src, checkpoint_format, num_heads=num_heads, field="--from")
   summary = describe(tree)
-  parent = os.path.dirname(dst)
-  os.makedirs(parent, exist_ok=True)
-  # A folder of our own beside `dst`: a failed write leaves `dst` as it was, and
-  # cleaning up removes only what this run created.
-  work = tempfile.mkdtemp(prefix=f".{os.path.basename(dst)}.converting-", dir=parent)
-  try:
+
+  def write(work: str) -> str:
     written = load.save_orbax(os.path.join(work, "checkpoint"), tree)
     with open(os.path.join(written, MARKER_FILE), "w") as f:
       json.dump({"written_by": WRITER, "from": os.path.abspath(src),
                  "format": checkpoint_format, "num_heads": num_heads, "summary": summary},
                 f, indent=1)
+    return written
+
+  swap_in(dst, "converting", write, lambda: _check_destination(dst, overwrite))
+  return f"wrote {dst}: {summary}"
+
+
+def swap_in(dst: str, tag: str, write: Callable[[str], str], recheck: Callable[[], None]) -> None:
+  """Writes a new `dst` in a folder beside it, then swaps it in for any existing `dst`.
+
+  `write(folder)` writes into a fresh folder beside `dst` and returns the path of
+  what it wrote there; `recheck()` runs again just before an existing `dst` is
+  moved away (files may have been added meanwhile). A failed write leaves `dst`
+  as it was, and cleaning up removes only what this call created.
+  """
+  parent = os.path.dirname(dst)
+  os.makedirs(parent, exist_ok=True)
+  work = tempfile.mkdtemp(prefix=f".{os.path.basename(dst)}.{tag}-", dir=parent)
+  try:
+    written = write(work)
     previous = None
     if os.path.lexists(dst):
-      _check_destination(dst, overwrite)  # again: files may have been added meanwhile
+      recheck()
       previous = os.path.join(work, "previous")
       os.rename(dst, previous)
     try:
@@ -166,4 +158,3 @@ def convert(src: str, checkpoint_format: str, dst: str, overwrite: bool = False,
       raise
   finally:
     shutil.rmtree(work)
-  return f"wrote {dst}: {summary}"

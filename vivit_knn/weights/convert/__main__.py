@@ -1,8 +1,4 @@
-"""Command line of the weight converter: `python -m vivit_knn.weights.convert --help`.
-
-See `vivit_knn.weights.convert` for the formats it reads and what it writes.
-Installed as a package, the same command is `vivit-knn-convert-weights`.
-"""
+"""Command line of the weight converter (`vivit-knn-convert-weights`); see `--help`."""
 
 from __future__ import annotations
 
@@ -25,20 +21,15 @@ _NUM_HEADS = flags.DEFINE_integer("num_heads", None,
                                   "Heads (timm, clip, videomae; default from the width).")
 
 
-class _UsageError(ValueError):
-  """A bad command line."""
-
-
 def main(argv: Sequence[str]) -> None:
   """Converts --from to --to and prints what was written (errors: see `vivit_knn.cli`)."""
-  if len(argv) > 1:
-    raise _UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+  del argv  # `cli.run` refuses stray arguments
   for flag in (_FROM, _FORMAT, _TO):
     if not flag.value:
-      raise _UsageError(f"--{flag.name} is required")
+      raise ValueError(f"--{flag.name} is required")
   if _FORMAT.value not in formats.LOADABLE_FORMATS:
-    raise _UsageError(f"--format must be one of {', '.join(formats.LOADABLE_FORMATS)}, got "
-                      f"{_FORMAT.value!r}")
+    raise ValueError(f"--format must be one of {', '.join(formats.LOADABLE_FORMATS)}, got "
+                     f"{_FORMAT.value!r}")
   print(convert(_FROM.value, _FORMAT.value, _TO.value, _OVERWRITE.value, _NUM_HEADS.value))
 
 
