@@ -6,10 +6,13 @@
 `kill_after_step=N`: the process SIGKILLs itself right after step N (once that step's
 checkpoint save, if it had one, is complete), as a hard preemption would.
 `nan_loss_at_step=N`: the loss of step N (1-based) is NaN, so its gradients and update are too.
+`storage_error_reading_step=N`: every read of checkpoint step N fails with EIO, as a failing
+disk or bucket does. `memory_error_reading_step=N`: reading it raises MemoryError.
 The rest of the command line goes to `vivit_knn.main` unchanged.
 """
 
 import dataclasses
+import errno
 import os
 import signal
 import sys
@@ -58,7 +61,30 @@ def nan_loss_at_step(n):
   steps.make_train_step = make_poisoned_step
 
 
-FAULTS = {"kill_after_step": kill_after_step, "nan_loss_at_step": nan_loss_at_step}
+def _failing_restore(n, error):
+  import orbax.checkpoint as ocp
+
+  restore = ocp.CheckpointManager.restore
+
+  def failing(self, step, *args, **kwargs):
+    if step == n:
+      raise error
+    return restore(self, step, *args, **kwargs)
+
+  ocp.CheckpointManager.restore = failing
+
+
+def storage_error_reading_step(n):
+  _failing_restore(n, OSError(errno.EIO, "Input/output error", f"checkpoints/{n}/default"))
+
+
+def memory_error_reading_step(n):
+  _failing_restore(n, MemoryError(f"reading checkpoint step {n}"))
+
+
+FAULTS = {"kill_after_step": kill_after_step, "nan_loss_at_step": nan_loss_at_step,
+          "storage_error_reading_step": storage_error_reading_step,
+          "memory_error_reading_step": memory_error_reading_step}
 
 
 if __name__ == "__main__":

@@ -1,4 +1,5 @@
-"""Resume after a hard kill: N steps straight equals N/2, SIGKILL, resume to N (bitwise on CPU)."""
+"""Resume after a hard kill: N steps straight equals N/2, SIGKILL, resume to N (bitwise on CPU),
+with batches prefetched to the devices."""
 
 import signal
 
@@ -11,7 +12,8 @@ MAIN = ["-m", "vivit_knn.main"]
 KILL_AFTER_6 = ["-m", "tests.faults", "kill_after_step=6"]  # the same command, SIGKILLed
 ARGS = ["--config=configs/synthetic_tiny.py", "--config.train.num_train_steps=8",
         "--config.train.checkpoint_every_steps=4", "--config.train.eval_at_end=False",
-        "--config.loss.mixup_alpha=0.2", "--config.model.dropout_rate=0.1"]
+        "--config.loss.mixup_alpha=0.2", "--config.model.dropout_rate=0.1",
+        "--config.train.prefetch_batches=2"]
 
 
 def _params(workdir, step):

@@ -17,7 +17,7 @@ from vivit_knn import keys
 from vivit_knn.data.registry import DATASET_DEFAULTS, clip_shape
 from vivit_knn.keys import require
 from vivit_knn.models import registry as model_registry
-from vivit_knn.models import resnet
+from vivit_knn.models import partitioning, resnet
 from vivit_knn.models.attention import attention_config
 from vivit_knn.weights import formats
 
@@ -162,12 +162,14 @@ def base_config() -> ConfigDict:
           "grad_accum_steps": 1,
           "checkpoint_every_steps": 500,
           "keep_checkpoints": 3,
+          # Global batches built and sent to the devices ahead of the step (0 = none).
+          "prefetch_batches": 2,
           "eval_at_end": True,
       },
       "eval": {"global_batch_size": 32, "confusion_matrix": True, "save_logits": False},
       # Mesh axes (data, fsdp, tensor); data=-1 takes the remaining devices. `rules` maps
-      # logical param axes to mesh axes as (name, axis) pairs; empty = the defaults in
-      # vivit_knn/train/sharding.py (embed->fsdp, heads->tensor, mlp->tensor).
+      # logical axes of parameters and activations to mesh axes as (name, axis) pairs; empty =
+      # the defaults in vivit_knn/models/partitioning.py (embed->fsdp, heads/mlp->tensor).
       "mesh": {"data": -1, "fsdp": 1, "tensor": 1, "fsdp_min_param_size": 2**18,
                "rules": ()},
   })
@@ -315,6 +317,9 @@ def check_training(config: ConfigDict, num_devices: int, process_count: int = 1)
   require(tr.keep_checkpoints >= 1, "train.keep_checkpoints", "must be >= 1")
   require(tr.log_every_steps >= 1, "train.log_every_steps", "must be >= 1")
   require(tr.grad_accum_steps >= 1, "train.grad_accum_steps", "must be >= 1")
+  require(tr.prefetch_batches >= 0, "train.prefetch_batches",
+          f"must be >= 0 (0 = build each batch when the step needs it), got {tr.prefetch_batches}")
+  partitioning.rules_table(config.mesh.rules)  # ValueError naming mesh.rules
   require(tr.global_batch_size % (tr.grad_accum_steps * num_devices) == 0,
           "train.grad_accum_steps",
           f"global_batch_size={tr.global_batch_size} must split into {tr.grad_accum_steps} "

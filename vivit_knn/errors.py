@@ -19,3 +19,7 @@ class DiskFullError(UserError):
 
 class CheckpointError(UserError):
   """No checkpoint in a run's folder could be read and verified (or strict checking refused)."""
+
+
+class CheckpointReadError(UserError):
+  """Storage kept failing while a checkpoint was read; the checkpoint itself may be intact."""

@@ -69,6 +69,17 @@ def install() -> bool:
   return True
 
 
+def rearm() -> None:
+  """Takes the signals back after a library replaced their handlers (armed ones only).
+
+  `jax.distributed.initialize` installs the preemption notifier of JAX's coordination
+  service on SIGTERM; the trainer acts on stop signals itself (`train/preemption.py`).
+  """
+  if _previous and threading.current_thread() is threading.main_thread():
+    for sig in SIGNALS:
+      signal.signal(sig, _handle)
+
+
 def uninstall() -> None:
   """Puts back the handlers that were there before `install`."""
   for sig, handler in _previous.items():

@@ -1,13 +1,18 @@
 """Orbax checkpoints of the train state: periodic saves, keep-N, verified restore with fallback.
 
+One restore path (`Checkpointer.restore`) serves training, eval, inference, the tools and
+distillation teachers.
+
 Orbax records no checksum of array values, so each save also stores, as the item `checksums`
 of the same save, two wrapping 32-bit sums per array of its raw bits (plain and weighted by
 position), computed on device. A step is complete only with its checksums. A restore
-recomputes them; a step Orbax cannot read or that fails verification is skipped with a
-one-line warning for the next older one. A step without checksums (an older version) restores
-with a warning, or is refused with `strict`. Parameter shapes that differ from the config's are
-refused as a mismatch, not damage; a step removed while it is read (keep-N rotation of a
-trainer in the same folder) makes the steps be listed again.
+recomputes them; a damaged step (a checksum mismatch, array data that does not decode,
+metadata that does not parse) is skipped with a one-line warning for the next older one. A
+storage error is retried, then stops the command with nothing moved (`CheckpointReadError`).
+A step without checksums (an older version) restores with a warning, or is refused with
+`strict`. Parameter shapes that differ from the config's are refused as a mismatch, not
+damage; a step removed while it is read (keep-N rotation of a trainer in the same folder)
+makes the steps be listed again.
 """
 
 from __future__ import annotations
@@ -27,7 +32,7 @@ import orbax.checkpoint as ocp
 from absl import logging
 from etils import epath
 
-from vivit_knn.errors import CheckpointError, DiskFullError
+from vivit_knn.errors import CheckpointError, CheckpointReadError, DiskFullError
 from vivit_knn.weights.tree import key_name
 
 DEFAULT_ITEM, CHECKSUMS_ITEM = "default", "checksums"
@@ -269,13 +274,19 @@ class Checkpointer:
         + "; ".join(f"step {s}: {r}" for s, r in failures))
 
   def _try_restore(self, candidate: int, target: Any) -> Tuple[Any, Optional[str]]:
-    """`(state, None)`, or `(None, why the step cannot be used)`; `target` None: host arrays."""
+    """`(state, None)`, or `(None, the damage that makes the step unusable)`.
+
+    Only recognised damage is returned (`_damage`); a storage error is retried
+    (`_read_with_retries`) and then raised, like any other error: nothing that may be intact
+    is given up. `target` None restores host arrays.
+    """
+    step_dir = self._path / str(candidate)
     try:
-      stored = self._stored_tree(candidate)
-    except Exception as err:  # pylint: disable=broad-except
-      return None, f"its metadata is unreadable: {_short(err)}"
+      stored = _read_with_retries(lambda: self._stored_tree(candidate), step_dir)
+    except _METADATA_DAMAGE as err:
+      return None, f"its metadata does not parse: {_short(err)}"
     if target is None:
-      load = lambda: restore_on_host(self._path / str(candidate) / DEFAULT_ITEM)
+      load = lambda: restore_on_host(step_dir / DEFAULT_ITEM)
     else:
       self._refuse_mismatch(stored, target, candidate)
       abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(
@@ -283,13 +294,16 @@ class Checkpointer:
       load = lambda: self._manager.restore(candidate, args=ocp.args.Composite(
           **{DEFAULT_ITEM: ocp.args.StandardRestore(abstract)}))[DEFAULT_ITEM]
     try:
-      checksums = self._stored_checksums(candidate)
-    except (OSError, ValueError) as err:
+      checksums = _read_with_retries(lambda: self._stored_checksums(candidate), step_dir)
+    except _METADATA_DAMAGE as err:
       return None, f"its checksums are missing or damaged: {_short(err)}"
     try:
-      restored = load()
-    except Exception as err:  # pylint: disable=broad-except
-      return None, f"its array data is unreadable: {_short(err)}"
+      restored = _read_with_retries(load, step_dir)
+    except Exception as err:  # pylint: disable=broad-except  # Orbax wraps TensorStore's errors
+      reason = _damage(err)
+      if reason is None:
+        raise
+      return None, f"its array data is unreadable: {reason}"
     return restored, self._verify(candidate, checksums, restored)
 
   def _refuse_mismatch(self, stored: Any, target: Any, step: int) -> None:
@@ -359,6 +373,76 @@ class Checkpointer:
     """Waits for pending saves and releases the manager."""
     self.wait()
     self._manager.close()
+
+
+# What a step's unparsable metadata raises: its files missing, not JSON, or not the layout.
+_METADATA_DAMAGE = (FileNotFoundError, ValueError, KeyError)
+# TensorStore reports errors as `ValueError("<STATUS>: ...")`. These statuses mean the stored
+# bytes are bad (a short file, data that does not decode, a missing chunk); the others
+# (UNAVAILABLE, DEADLINE_EXCEEDED, PERMISSION_DENIED, ...) are the storage's, not the step's.
+_DAMAGE_STATUSES = frozenset({"OUT_OF_RANGE", "FAILED_PRECONDITION", "DATA_LOSS", "NOT_FOUND",
+                              "INVALID_ARGUMENT"})
+_TRANSIENT_STATUSES = frozenset({"UNAVAILABLE", "DEADLINE_EXCEEDED", "ABORTED", "UNKNOWN",
+                                 "INTERNAL", "RESOURCE_EXHAUSTED"})
+READ_TRIES = 3
+_RETRY_WAIT_S = 1.0  # doubled after each failed try
+
+
+def _causes(err: BaseException):
+  """`err` and the errors it was raised from, outermost first."""
+  seen = set()
+  while err is not None and id(err) not in seen:
+    seen.add(id(err))
+    yield err
+    err = err.__cause__ or err.__context__
+
+
+def _status(err: BaseException) -> str:
+  return str(err).split(":", 1)[0].strip() if isinstance(err, ValueError) else ""
+
+
+def _damage(err: BaseException) -> Optional[str]:
+  """Why the step's stored data is bad, when `err` (or its cause) says so; else None."""
+  for cause in _causes(err):
+    if isinstance(cause, FileNotFoundError) or _status(cause) in _DAMAGE_STATUSES:
+      return _short(cause)
+  return None
+
+
+def _transient(err: BaseException) -> bool:
+  """Whether `err` is a storage error a later try may not meet (an OSError, not ENOENT)."""
+  for cause in _causes(err):
+    if isinstance(cause, FileNotFoundError) or _status(cause) in _DAMAGE_STATUSES:
+      return False
+    if isinstance(cause, OSError) or _status(cause) in _TRANSIENT_STATUSES:
+      return True
+  return False
+
+
+def _read_with_retries(read: Callable[[], Any], step_dir: epath.Path) -> Any:
+  """`read()`, tried again after a transient storage error (`_transient`), `READ_TRIES` times.
+
+  Raises CheckpointReadError when every try failed: the step may well be intact, so it is
+  neither set aside nor passed over for an older one.
+  """
+  wait = _RETRY_WAIT_S
+  for attempt in range(1, READ_TRIES + 1):
+    try:
+      return read()
+    except Exception as err:  # pylint: disable=broad-except  # re-raised unless transient
+      if not _transient(err):
+        raise
+      if attempt == READ_TRIES:
+        raise CheckpointReadError(
+            f"checkpoint step {step_dir.name} in {step_dir.parent} could not be read after "
+            f"{READ_TRIES} tries ({_short(err)}): the storage failed, not the checkpoint, so "
+            "nothing was moved and no older step was used; rerun when the storage is "
+            "healthy") from err
+      logging.warning("reading %s failed (%s); trying again in %.0f s", step_dir,
+                      _short(err), wait)
+      time.sleep(wait)
+      wait *= 2
+  return None  # not reached: the last try returns or raises
 
 
 def _listing(function: Callable[[], Any]) -> Any:

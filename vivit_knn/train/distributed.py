@@ -12,6 +12,8 @@ from typing import Optional
 import jax
 from absl import logging
 
+from vivit_knn import stop_signals
+
 
 def maybe_initialize(coordinator_address: Optional[str] = None,
                      num_processes: Optional[int] = None,
@@ -36,6 +38,7 @@ def maybe_initialize(coordinator_address: Optional[str] = None,
     jax.config.update("jax_cpu_collectives_implementation", "gloo")
   jax.distributed.initialize(coordinator_address=coordinator_address,
                              num_processes=num_processes, process_id=process_id)
+  stop_signals.rearm()
   logging.info("Process %d of %d, %d local / %d global devices", jax.process_index(),
                jax.process_count(), jax.local_device_count(), jax.device_count())
   return True

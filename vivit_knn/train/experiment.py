@@ -44,6 +44,7 @@ class Experiment:
   total_steps: int
   objective: Objective
   plan: optim.StepPlan
+  _abstract: Optional[TrainState] = dataclasses.field(default=None, init=False, repr=False)
 
   @property
   def num_classes(self) -> int:
@@ -63,20 +64,25 @@ class Experiment:
     return TrainState(step=jnp.zeros((), jnp.int32), params=params,
                       opt_state=self.optimizer.init(params))
 
+  def abstract_state(self) -> TrainState:
+    """Shapes, dtypes and shardings of the train state, without allocating it.
+
+    The model init is traced for it once per experiment; later calls reuse the result.
+    """
+    if self._abstract is None:
+      shapes = jax.eval_shape(self._init_state, jax.random.key(0))
+      mesh_cfg = self.config.mesh
+      shardings = TrainState(
+          step=sharding.replicated(self.mesh),
+          params=sharding.tree_shardings(shapes.params, self.mesh, mesh_cfg),
+          opt_state=sharding.tree_shardings(shapes.opt_state, self.mesh, mesh_cfg))
+      self._abstract = jax.tree.map(
+          lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), shapes, shardings)
+    return self._abstract
+
   def state_shardings(self) -> TrainState:
     """Shardings of every leaf of the train state on the mesh."""
-    abstract = jax.eval_shape(self._init_state, jax.random.key(0))
-    mesh_cfg = self.config.mesh
-    return TrainState(
-        step=sharding.replicated(self.mesh),
-        params=sharding.tree_shardings(abstract.params, self.mesh, mesh_cfg),
-        opt_state=sharding.tree_shardings(abstract.opt_state, self.mesh, mesh_cfg))
-
-  def abstract_state(self) -> TrainState:
-    """Shapes, dtypes and shardings of the train state, without allocating it."""
-    abstract = jax.eval_shape(self._init_state, jax.random.key(0))
-    return jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
-                        abstract, self.state_shardings())
+    return jax.tree.map(lambda a: a.sharding, self.abstract_state())
 
   def init_state(self, rng: jax.Array) -> TrainState:
     """Creates the initial train state directly in its sharded layout."""

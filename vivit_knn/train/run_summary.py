@@ -28,7 +28,7 @@ def summarize_experiment(exp: Any) -> Dict[str, Any]:
   """
   config, info, plan = exp.config, exp.dataset.info, exp.plan
   shape = tuple(info.input_shape)
-  params = jax.eval_shape(exp.init_params, jax.random.key(0))
+  params = exp.abstract_state().params
   note = ""
   try:
     stats = model_stats(config.model, shape, info.num_classes)

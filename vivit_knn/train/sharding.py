@@ -1,36 +1,27 @@
 """Device mesh `(data, fsdp, tensor)` and rule-based shardings of params and batches.
 
 Every parameter gets logical axis names from its path and shape (`logical_axes`);
-`config.mesh.rules` maps them to mesh axes: data parallelism, FSDP (`embed` over `fsdp`) and
-Megatron-style tensor parallelism (heads and the MLP hidden dimension over `tensor`). XLA
-derives activation layouts and collectives under `jax.jit`. A dimension stays replicated
-unless it divides evenly, and tensors under `fsdp_min_param_size` elements are not FSDP-sharded.
+`config.mesh.rules` maps them to mesh axes through the one table of
+`models/partitioning.py`, which also lays out the activations the modules name (`layout`).
+A dimension stays replicated unless it divides evenly, and tensors under
+`fsdp_min_param_size` elements are not FSDP-sharded.
 """
 
 from __future__ import annotations
 
+import contextlib
 import re
 from typing import Any, Dict, Optional, Sequence, Tuple
 
+import flax.linen as nn
 import jax
 import ml_collections
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from vivit_knn.models import registry as model_registry
+from vivit_knn.models.partitioning import BATCH_AXES, MESH_AXES, rules_table
 from vivit_knn.weights.tree import key_name
-
-MESH_AXES = ("data", "fsdp", "tensor")
-BATCH_AXES = ("data", "fsdp")
-
-# Default logical -> mesh axis rules (overridable with config.mesh.rules).
-DEFAULT_RULES = (
-    ("embed", "fsdp"),
-    ("heads", "tensor"),
-    ("mlp", "tensor"),
-    ("kv", None),
-    ("vocab", None),
-)
 
 # (path regex, logical axes by rank). First match wins; paths are '/'-joined. The rules
 # of the attention and MLP layers and of each model family (`registry.param_axes`).
@@ -90,18 +81,14 @@ def param_spec(path: str, shape: Sequence[int], mesh: Mesh, rules: Dict[str, Any
 
 def mesh_rules(cfg: ml_collections.ConfigDict) -> Dict[str, Any]:
   """The logical -> mesh axis table from `config.mesh.rules` (pairs), or the defaults."""
-  rules = cfg.get("rules") or DEFAULT_RULES
-  table = {}
-  for pair in rules:
-    if len(pair) != 2:
-      raise ValueError(f"mesh.rules entries must be (logical_name, mesh_axis), got {pair!r}")
-    name, axis = pair
-    for a in np.atleast_1d(axis) if axis is not None else ():
-      if a not in MESH_AXES:
-        raise ValueError(f"mesh.rules maps {name!r} to unknown mesh axis {a!r}; "
-                         f"mesh axes are {MESH_AXES}")
-    table[name] = axis
-  return table
+  return rules_table(cfg.get("rules"))
+
+
+@contextlib.contextmanager
+def layout(mesh: Mesh, cfg: ml_collections.ConfigDict):
+  """Traces under `mesh` with `config.mesh.rules` bound, so activations follow the same table."""
+  with jax.set_mesh(mesh), nn.logical_axis_rules(tuple(mesh_rules(cfg).items())):
+    yield
 
 
 def tree_shardings(tree: Any, mesh: Mesh, cfg: ml_collections.ConfigDict) -> Any:

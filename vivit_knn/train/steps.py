@@ -97,12 +97,12 @@ def make_train_step(exp: Experiment, frozen: Any = None, phase: str = "main") ->
                    out_shardings=(state_sh, rep), donate_argnums=(0,))
 
   def train_step(state, batch, rng, frozen_params=None):
-    with jax.set_mesh(exp.mesh):  # lets the model pin activation layouts by logical name
+    with sharding.layout(exp.mesh, exp.config.mesh):  # activations follow mesh.rules too
       return jitted(state, batch, rng, frozen if frozen_params is None else frozen_params)
 
   def lower(state, batch, rng, frozen_params=None):
     """The step lowered for these arguments (for its compiled HLO and memory analysis)."""
-    with jax.set_mesh(exp.mesh):
+    with sharding.layout(exp.mesh, exp.config.mesh):
       return jitted.lower(state, batch, rng, frozen if frozen_params is None else frozen_params)
 
   train_step.lower = lower
@@ -157,5 +157,11 @@ def make_eval_step(exp: Experiment) -> Callable[[object, Dict], Dict]:
     return {"logits": logits, "label": batch["label"], "mask": batch["mask"]}
 
   batch_sh = sharding.batch_sharding(exp.mesh)
-  return jax.jit(step_fn, in_shardings=(exp.state_shardings().params, batch_sh),
-                 out_shardings=sharding.replicated(exp.mesh))
+  jitted = jax.jit(step_fn, in_shardings=(exp.state_shardings().params, batch_sh),
+                   out_shardings=sharding.replicated(exp.mesh))
+
+  def eval_step(params, batch):
+    with sharding.layout(exp.mesh, exp.config.mesh):
+      return jitted(params, batch)
+
+  return eval_step

@@ -13,8 +13,9 @@ from jax.experimental import multihost_utils
 
 from vivit_knn.errors import WorkdirBusyError
 from vivit_knn.train import (checkpoint, evaluation, initialisation, preemption, recovery,
-                             run_summary, sharding, steps, workdir_lock)
+                             run_summary, steps, workdir_lock)
 from vivit_knn.train.experiment import Experiment, TrainState, build_experiment
+from vivit_knn.train.prefetch import DevicePrefetcher
 from vivit_knn.train.run_config import load_run_config, save_run_config
 from vivit_knn.train.run_info import write_run_info
 from vivit_knn.train.summary import ProgressBar, open_writer
@@ -150,9 +151,10 @@ def _train_locked(config: ml_collections.ConfigDict, workdir: str, exp: Optional
   start = int(jax.device_get(state.step))
   phase, frozen, train_step = None, None, None
   train_rng = _rngs(config.seed)[1]
-  batches = exp.dataset.train_batches(
+  batches = DevicePrefetcher(exp.dataset.train_batches(
       cfg.global_batch_size, start_step=start, seed=config.seed,
-      process_index=jax.process_index(), process_count=jax.process_count())
+      process_index=jax.process_index(), process_count=jax.process_count()),
+      exp.mesh, cfg.prefetch_batches)
 
   logdir = os.path.join(workdir, "train")
   writer = None  # opened at the first write: a run stopped before it leaves no event file
@@ -169,8 +171,7 @@ def _train_locked(config: ml_collections.ConfigDict, workdir: str, exp: Optional
         logging.info("Objective phase %r from step %d", phase, step)
         frozen = exp.objective.init_frozen(exp, phase)
         train_step = steps.make_train_step(exp, frozen, phase)
-      batch = sharding.shard_batch(next(batches), exp.mesh)
-      state, step_metrics = train_step(state, batch, train_rng, frozen)
+      state, step_metrics = train_step(state, next(batches), train_rng, frozen)
       history.append(step_metrics)
       done = step + 1
       due_log = done % cfg.log_every_steps == 0 or done == exp.total_steps
@@ -222,6 +223,7 @@ def _train_locked(config: ml_collections.ConfigDict, workdir: str, exp: Optional
       result["eval_paths"] = paths
     return result
   finally:
+    batches.close()
     # Errors and Ctrl-C end the bar's line first, so the message stands on its own line.
     bar.close()
     if writer is not None:
