@@ -147,7 +147,8 @@ def perturb(params, seed=0, scale=0.3):
 
 def family_config(name, **model):
   """The tiny synthetic config as `name` with dense attention and `(8, 8, 1)` patches."""
-  config = tiny_config(model.pop("model_type", "factorized_encoder"), knn=False)
+  config = tiny_config(model.pop("model_type", "factorized_encoder" if name == "vivit" else "spacetime"),
+                      knn=False)
   m = config.model
   m.name = name
   if name != "vivit":

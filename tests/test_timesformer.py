@@ -102,7 +102,7 @@ def to_numpy(tree):
 
 
 def timesformer_config(attention_type="divided_space_time", **model):
-  config = tiny_config(knn=False)
+  config = tiny_config("spacetime", knn=False)  # one encoder: no factorised-encoder keys
   m = config.model
   m.name, m.attention_type, m.patch_size, m.classifier = "timesformer", attention_type, (8, 8, 1), "token"
   m.num_layers = 2

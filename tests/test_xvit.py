@@ -84,7 +84,7 @@ def test_queries_are_not_shifted():
 
 
 def xvit_config(attention_type="space_time_mixing", **model):
-  config = tiny_config(knn=False)
+  config = tiny_config("spacetime", knn=False)  # one encoder: no factorised-encoder keys
   m = config.model
   m.name, m.attention_type, m.patch_size, m.classifier = "xvit", attention_type, (8, 8, 1), "token"
   m.num_layers = 2

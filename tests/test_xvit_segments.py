@@ -111,7 +111,7 @@ def test_no_information_crosses_a_segment_border_in_one_block():
 
 
 def xvit_config(**model):
-  config = tiny_config(knn=False)
+  config = tiny_config("spacetime", knn=False)  # one encoder: no factorised-encoder keys
   m = config.model
   m.name, m.patch_size, m.xvit_div, m.num_layers = "xvit", (8, 8, 1), 4, 2
   for k, v in model.items():
