@@ -43,12 +43,10 @@ _VERBOSE = flags.DEFINE_bool(
 
 def verbose(argv: Optional[Sequence[str]] = None) -> bool:
   """Whether tracebacks were asked for (before or after flag parsing)."""
-  if os.environ.get(VERBOSE_ENV, "") not in ("", "0"):
+  if os.environ.get(VERBOSE_ENV, "") not in ("", "0") or any(
+      a in ("--verbose", "--verbose=true", "--verbose=True") for a in argv or ()):
     return True
-  if argv is not None and any(a in ("--verbose", "--verbose=true", "--verbose=True")
-                              for a in argv):
-    return True
-  return bool(_VERBOSE.present and _VERBOSE.value) if flags.FLAGS.is_parsed() else False
+  return bool(flags.FLAGS.is_parsed() and _VERBOSE.present and _VERBOSE.value)
 
 
 def _chain(err: BaseException) -> List[BaseException]:
@@ -60,10 +58,7 @@ def _chain(err: BaseException) -> List[BaseException]:
 
 
 def _config_file(argv: Sequence[str]) -> str:
-  for a in argv:
-    if a.startswith("--config="):
-      return a.split("=", 1)[1]
-  return "--config"
+  return next((a.split("=", 1)[1] for a in argv if a.startswith("--config=")), "--config")
 
 
 def _override_suggestion(message: str, argv: Sequence[str]) -> Optional[str]:
@@ -218,23 +213,18 @@ def describe_error(err: BaseException) -> tuple:
     return EXIT_BAD_INPUT, f"no space left on the device writing {err.filename or 'a file'}"
   if isinstance(err, PermissionError):
     return EXIT_BAD_INPUT, f"permission denied: {err.filename or err} (is the folder writable?)"
-  if isinstance(err, (NotADirectoryError, FileExistsError)) and err.filename is None:
-    return EXIT_BAD_INPUT, str(err)  # raised by our code, with the whole message
-  if isinstance(err, (NotADirectoryError, FileExistsError)):
-    return EXIT_BAD_INPUT, f"{err.strerror or err}: {err.filename} (a file stands where a " \
-                           "folder is needed)"
+  if isinstance(err, (NotADirectoryError, FileExistsError)) and err.filename is not None:
+    return EXIT_BAD_INPUT, (f"{err.strerror or err}: {err.filename} (a file stands where a "
+                            "folder is needed)")
   if isinstance(err, (ValueError, app.UsageError, ImportError, OSError)):
-    return EXIT_BAD_INPUT, str(err)
+    return EXIT_BAD_INPUT, str(err)  # ours (e.g. FileExistsError) carry the whole message
   first = str(err).splitlines()[0] if str(err) else ""
   return EXIT_UNEXPECTED, (f"unexpected {type(err).__name__}: {first}"
                            " (rerun with --verbose for the traceback)")
 
 
 def _list_flags_in_help(main: Callable) -> None:
-  """Makes `--help` list the tool's own flags and `--verbose`, also from a console script.
-
-  absl's `--help` lists the flags of the module named by `sys.argv[0]`.
-  """
+  """Makes `--help` (absl: the flags of module `sys.argv[0]`) list the tool's flags, `--verbose`."""
   module = getattr(main, "__module__", "__main__")
   own = [] if module == "__main__" else flags.FLAGS.get_key_flags_for_module(module)
   for flag in own + [flags.FLAGS[_VERBOSE.name]]:

@@ -31,12 +31,7 @@ TOP_K = 5
 
 
 class Predictor:
-  """Class probabilities of single videos from the newest checkpoint of the run in `workdir`.
-
-  Raises:
-    FileNotFoundError: the workdir has no `run_info.json` or no checkpoint.
-    ValueError: `config` does not fit the run (unknown keys, model vs clip shape).
-  """
+  """Class probabilities of single videos from the newest checkpoint of the run in `workdir`."""
 
   def __init__(self, config: ml_collections.ConfigDict, workdir: str):
     config_lib.check_keys(config)
@@ -56,10 +51,7 @@ class Predictor:
     self._probabilities = probabilities
 
   def probabilities(self, video: str) -> np.ndarray:
-    """float32 `[C]` softmax of the view-averaged logits of the video file `video`.
-
-    Raises FileNotFoundError or ValueError (it cannot be decoded) naming `video`.
-    """
+    """float32 `[C]` softmax of the view-averaged logits of the video file `video`."""
     views = np.asarray(load_video_views(video, self._dataset_config), np.float32)
     return np.asarray(self._probabilities(self.params, views))
 
@@ -84,12 +76,9 @@ def list_videos(folder: str) -> Tuple[List[str], List[str]]:
 
 def predict_folder(predictor: Predictor, folder: str, videos: Sequence[str], out_csv: str,
                    progress: bool) -> Tuple[int, List[str]]:
-  """Writes the top-5 of each of `videos` (paths relative to `folder`) to `out_csv`.
+  """Writes the top-5 of each of `videos` (relative to `folder`) to `out_csv` (`repr` floats).
 
-  Probabilities are written with `repr`; a file that cannot be decoded is left out.
-
-  Returns:
-    `(number of rows written, skipped lines 'file: why')`.
+  Returns `(rows written, lines 'file: why')`; a file that cannot be decoded is skipped.
   """
   k = min(TOP_K, len(predictor.class_names))
   skipped, rows = [], 0
@@ -104,10 +93,7 @@ def predict_folder(predictor: Predictor, folder: str, videos: Sequence[str], out
       except (ValueError, FileNotFoundError) as err:
         skipped.append(f"{rel}: {err}")
       else:
-        row = [rel]
-        for name, prob in predictor.top_k(probs, k):
-          row += [name, repr(prob)]
-        writer.writerow(row)
+        writer.writerow([rel] + [v for c, p in predictor.top_k(probs, k) for v in (c, repr(p))])
         rows += 1
       bar.update()
   return rows, skipped
@@ -119,11 +105,6 @@ def run_infer(config: ml_collections.ConfigDict, workdir: str, video: str) -> No
   For a folder: `<workdir>/predictions/<folder name>_step_<N>.csv` (one row per
   readable video; a progress bar on a terminal), the unreadable files with the
   reason in `<csv stem>_skipped.txt`, and a summary line.
-
-  Raises:
-    FileNotFoundError: naming `video` if it does not exist, or the workdir lacks a run.
-    ValueError: naming `video` if a single file cannot be decoded, or if a folder holds
-      no video file.
   """
   if not os.path.exists(video):
     raise FileNotFoundError(f"--video={video} does not exist")

@@ -22,12 +22,7 @@ def did_you_mean(name: str, choices: Iterable[str], prefix: str = "") -> str:
 
 
 def overlay_known(section: Optional[Mapping[str, Any]], defaults: Any, field: str) -> Any:
-  """Sets the values of `section` on `defaults` (a ConfigDict, changed in place) and returns it.
-
-  Raises:
-    ValueError: `unknown key(s) in <field>: <field>.<key> (did you mean ...?); ...`,
-      naming every key of `section` that `defaults` lacks.
-  """
+  """Sets `section` on the ConfigDict `defaults` (in place, returned); unknown keys: ValueError."""
   if section is None:
     return defaults
   known, prefix = list(defaults.keys()), f"{field}." if field else ""

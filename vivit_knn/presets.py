@@ -11,25 +11,14 @@ KNN_FRACTION = 2 / 3
 def synthetic_run(name: str, *, image_size: int, learning_rate: float, num_train_steps: int,
                   checkpoint_every_steps: int, global_batch_size: int = 32,
                   eval_batch_size: int = 64, warmup_steps: int = 30):
-  """A run on the built-in synthetic motion task: 8 frames, 2048 train / 512 eval clips.
-
-  AdamW with linear warmup and cosine decay; the model block is left to the caller.
-  """
+  """A synthetic-task run (8 frames, 2048 / 512 clips, AdamW warmup-cosine); no model settings."""
   config = base_config()
   config.experiment_name = name
-  d = config.dataset
-  d.num_frames, d.image_size, d.num_train, d.num_eval = 8, image_size, 2048, 512
-  o = config.optimizer
-  o.name = "adamw"
-  o.base_learning_rate = learning_rate
-  o.warmup_steps = warmup_steps
-  o.weight_decay = 1e-4
-  o.grad_clip_norm = 1.0
-  t = config.train
-  t.global_batch_size = global_batch_size
-  t.num_train_steps = num_train_steps
-  t.log_every_steps = 50
-  t.checkpoint_every_steps = checkpoint_every_steps
+  config.dataset.update(num_frames=8, image_size=image_size, num_train=2048, num_eval=512)
+  config.optimizer.update(name="adamw", base_learning_rate=learning_rate,
+                          warmup_steps=warmup_steps, weight_decay=1e-4, grad_clip_norm=1.0)
+  config.train.update(global_batch_size=global_batch_size, num_train_steps=num_train_steps,
+                      log_every_steps=50, checkpoint_every_steps=checkpoint_every_steps)
   config.eval.global_batch_size = eval_batch_size
   return config
 
@@ -46,11 +35,9 @@ def vivit_b16x2(model_type: str, knn_spatial: bool, knn_temporal: bool):
 
   The recipe of every `configs/ucf101_*.py` and `configs/hmdb51_*.py`: initialised
   from a Kinetics-400 ViViT-B/16x2 scenic checkpoint of the same layout (required:
-  pass `--config.init_from.checkpoint_path`, or `--config.init_from.required=False`);
-  mixup 0.3, label smoothing 0.1, stochastic depth 0.1, SGD with momentum 0.9,
-  cosine schedule after 2.5 epochs of linear warmup; k-NN attention keeps k = 2n/3
-  of the keys. The factorised encoder has Ls=8 spatial and Lt=4 temporal layers;
-  the other layouts one encoder of L=12, whose attention `knn_spatial` sets.
+  pass `--config.init_from.checkpoint_path`, or `--config.init_from.required=False`).
+  Layouts other than the factorised encoder have one encoder, whose attention
+  `knn_spatial` sets.
 
   Deviations from the paper: 30 epochs at batch 64 and learning rate 0.05 (this
   project's schedule for UCF101/HMDB51); colour jitter 0.8 and RandAugment 2 ops
@@ -60,9 +47,8 @@ def vivit_b16x2(model_type: str, knn_spatial: bool, knn_temporal: bool):
   """
   config = base_config()
   m = config.model
-  m.model_type = model_type
-  m.hidden_size, m.num_heads, m.mlp_dim = 768, 12, 3072
-  m.patch_size = (16, 16, 2)
+  m.update(model_type=model_type, hidden_size=768, num_heads=12, mlp_dim=3072,
+           patch_size=(16, 16, 2))
   kind = lambda on: attention_config("knn" if on else "dense", KNN_FRACTION)
   # Only the keys the layout reads: setting the others is an error (they could not take effect).
   if model_type == "factorized_encoder":
@@ -73,26 +59,14 @@ def vivit_b16x2(model_type: str, knn_spatial: bool, knn_temporal: bool):
   else:
     m.num_layers = 12
     m.attention = kind(knn_spatial)
-  m.classifier = "token"
-  m.dropout_rate = 0.0
-  m.stochastic_depth = 0.1
-  m.kernel_init_method = "central_frame_initializer"
-  config.init_from.checkpoint_format = "scenic"
-  config.init_from.required = True
-
-  config.optimizer.name = "sgd"
-  config.optimizer.momentum = 0.9
-  config.optimizer.base_learning_rate = 0.05
-  config.optimizer.grad_clip_norm = 1.0
-  config.optimizer.warmup_steps = 0
-  config.optimizer.warmup_epochs = KNN_VIVIT_WARMUP_EPOCHS
-  config.loss.label_smoothing = 0.1
-  config.loss.mixup_alpha = 0.3
-  config.train.global_batch_size = 64
-  config.train.num_train_steps = 0
-  config.train.num_epochs = 30.0
-  config.train.log_every_steps = 100
-  config.train.checkpoint_every_steps = 1000
+  m.update(classifier="token", dropout_rate=0.0, stochastic_depth=0.1,
+           kernel_init_method="central_frame_initializer")
+  config.init_from.update(checkpoint_format="scenic", required=True)
+  config.optimizer.update(name="sgd", momentum=0.9, base_learning_rate=0.05, grad_clip_norm=1.0,
+                          warmup_steps=0, warmup_epochs=KNN_VIVIT_WARMUP_EPOCHS)
+  config.loss.update(label_smoothing=0.1, mixup_alpha=0.3)
+  config.train.update(global_batch_size=64, num_train_steps=0, num_epochs=30.0,
+                      log_every_steps=100, checkpoint_every_steps=1000)
   # Videos per eval step; each brings num_test_clips x num_test_crops views into the batch.
   config.eval.global_batch_size = 8
   return config
@@ -101,18 +75,15 @@ def vivit_b16x2(model_type: str, knn_spatial: bool, knn_temporal: bool):
 def set_dataset(config, name: str, augment: bool = True):
   """Points `config.dataset` at a real dataset's defaults, 8x224x224; warmup 2.5 epochs.
 
-  With `augment`, training clips get colour jitter and RandAugment
-  (`KNN_VIVIT_COLOR_JITTER`, `KNN_VIVIT_RANDAUGMENT`).
+  With `augment`, training clips get colour jitter and RandAugment (`KNN_VIVIT_*`).
   """
   config.dataset = DATASET_DEFAULTS[name]()
-  config.dataset.num_frames = 8
-  config.dataset.image_size = 224
+  config.dataset.update(num_frames=8, image_size=224)
   if augment:
     config.dataset.color_jitter = KNN_VIVIT_COLOR_JITTER
     config.dataset.randaugment_num_layers, config.dataset.randaugment_magnitude = (
         KNN_VIVIT_RANDAUGMENT)
-  config.optimizer.warmup_steps = 0
-  config.optimizer.warmup_epochs = KNN_VIVIT_WARMUP_EPOCHS
+  config.optimizer.update(warmup_steps=0, warmup_epochs=KNN_VIVIT_WARMUP_EPOCHS)
   config.experiment_name = name
   return config
 
@@ -129,39 +100,26 @@ def cast_b16(name: str, *, num_train: int, num_classes: int, epochs: int,
   """
   config = base_config()
   m = config.model
-  m.name = "cast"
-  m.hidden_size, m.num_heads, m.mlp_dim, m.num_layers = 768, 12, 3072, 12
-  m.patch_size = (16, 16, 2)
+  m.update(name="cast", hidden_size=768, num_heads=12, mlp_dim=3072, num_layers=12,
+           patch_size=(16, 16, 2), stochastic_depth=stochastic_depth)
   m.attention.kind = "dense"
-  m.cast.cross_dim, m.cast.adapter_dim, m.cast.mlp_adapter_scale = 384, 192, 0.5
-  m.stochastic_depth = stochastic_depth
+  m.cast.update(cross_dim=384, adapter_dim=192, mlp_adapter_scale=0.5)
 
-  config.train.global_batch_size = 64
-  config.train.num_train_steps = 0
-  config.train.num_epochs = float(epochs)
-  config.train.log_every_steps = 100
-  config.train.checkpoint_every_steps = 2000
+  batch = 64  # the learning rates scale with it (x / 256)
+  config.train.update(global_batch_size=batch, num_train_steps=0, num_epochs=float(epochs),
+                      log_every_steps=100, checkpoint_every_steps=2000)
   config.eval.global_batch_size = 64
-
-  o = config.optimizer
-  o.name = "adamw"
-  o.base_learning_rate = 1e-3 * config.train.global_batch_size / 256
-  o.end_learning_rate = 1e-6 * config.train.global_batch_size / 256
-  o.weight_decay = 0.05
-  o.grad_clip_norm = 0.0
-  o.trainable_patterns = TRAINABLE_PATTERNS
-  o.layer_decay = 0.75
-  config.loss.label_smoothing = 0.1
-  config.loss.mixup_alpha = 0.8
+  config.optimizer.update(name="adamw", base_learning_rate=1e-3 * batch / 256,
+                          end_learning_rate=1e-6 * batch / 256, weight_decay=0.05,
+                          grad_clip_norm=0.0, trainable_patterns=TRAINABLE_PATTERNS,
+                          layer_decay=0.75)
+  config.loss.update(label_smoothing=0.1, mixup_alpha=0.8)
 
   set_dataset(config, "tfrecord", augment=False)
-  d = config.dataset
-  d.num_classes = num_classes
-  d.num_train = num_train
-  d.num_frames, d.frame_stride, d.image_size = 16, frame_stride, 224
-  d.normalization = "imagenet"
-  d.num_test_clips, d.num_test_crops = num_test_clips, 3
-  o.warmup_steps, o.warmup_epochs = 0, float(warmup_epochs)
+  config.dataset.update(num_classes=num_classes, num_train=num_train, num_frames=16,
+                        frame_stride=frame_stride, image_size=224, normalization="imagenet",
+                        num_test_clips=num_test_clips, num_test_crops=3)
+  config.optimizer.update(warmup_steps=0, warmup_epochs=float(warmup_epochs))
   # The experts are the point of CAST: refuse random ones unless asked for.
   config.init_from.required = True
   config.experiment_name = name

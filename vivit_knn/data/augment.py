@@ -70,10 +70,8 @@ def color_jitter(x: tf.Tensor, strength: float, seed: tf.Tensor) -> tf.Tensor:
   def factor(s):
     return tf.random.stateless_uniform([], s, 1.0 - amount, 1.0 + amount)
 
-  brightness, contrast, saturation = (factor(s) for s in tf.unstack(
-      seeds[:3]))
-  hue = tf.random.stateless_uniform([], seeds[3], -0.1 * strength,
-                                    0.1 * strength)
+  brightness, contrast, saturation = (factor(s) for s in tf.unstack(seeds[:3]))
+  hue = tf.random.stateless_uniform([], seeds[3], -0.1 * strength, 0.1 * strength)
   colour = _saturation_matrix(saturation) @ _hue_matrix(hue)
   offset = (1.0 - contrast) * brightness * _frame_luma_mean(x)
   return _mix(x, brightness * contrast * colour, offset @ colour)
@@ -113,14 +111,11 @@ def _equalize(x):
   hist = tf.reshape(tf.math.bincount(tf.reshape(keys, [-1]), minlength=768,
                                      maxlength=768), [3, 256])
   # Count of the brightest occupied level of each channel.
-  last_level = 255 - tf.argmax(tf.reverse(hist, [1]) > 0, axis=1,
-                               output_type=tf.int32)
+  last_level = 255 - tf.argmax(tf.reverse(hist, [1]) > 0, axis=1, output_type=tf.int32)
   last = tf.gather(hist, last_level, batch_dims=1)
   step = (tf.reduce_sum(hist, axis=1) - last) // 255
-  lut = (tf.cumsum(hist, axis=1) - hist + step[:, None] // 2) // tf.maximum(
-      step[:, None], 1)
-  lut = tf.where(step[:, None] > 0, tf.clip_by_value(lut, 0, 255),
-                 tf.range(256)[None])
+  lut = (tf.cumsum(hist, axis=1) - hist + step[:, None] // 2) // tf.maximum(step[:, None], 1)
+  lut = tf.where(step[:, None] > 0, tf.clip_by_value(lut, 0, 255), tf.range(256)[None])
   return tf.cast(tf.gather(tf.reshape(lut, [-1]), keys), tf.float32)
 
 
@@ -178,8 +173,7 @@ def _apply_op(x, index, level, sign):
   return tf.switch_case(index, branches)
 
 
-def randaugment(x: tf.Tensor, num_layers: int, magnitude: float,
-                seed: tf.Tensor) -> tf.Tensor:
+def randaugment(x: tf.Tensor, num_layers: int, magnitude: float, seed: tf.Tensor) -> tf.Tensor:
   """RandAugment for a clip: ``num_layers`` random ops at ``magnitude``/10.
 
   Each layer draws its op and direction once for the whole clip.
@@ -187,9 +181,7 @@ def randaugment(x: tf.Tensor, num_layers: int, magnitude: float,
   level = magnitude / 10.0
   seeds = tf.random.experimental.stateless_split(seed, 2 * num_layers)
   for i in range(num_layers):
-    index = tf.random.stateless_uniform([], seeds[2 * i], 0,
-                                        NUM_RANDAUGMENT_OPS, dtype=tf.int32)
-    sign = tf.where(tf.random.stateless_uniform([], seeds[2 * i + 1]) < 0.5,
-                    -1.0, 1.0)
+    index = tf.random.stateless_uniform([], seeds[2 * i], 0, NUM_RANDAUGMENT_OPS, dtype=tf.int32)
+    sign = tf.where(tf.random.stateless_uniform([], seeds[2 * i + 1]) < 0.5, -1.0, 1.0)
     x = _apply_op(x, index, level, sign)
   return tf.clip_by_value(x, 0.0, 255.0)

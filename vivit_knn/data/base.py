@@ -24,27 +24,18 @@ DecodeFn = Callable[..., dict[str, Any]]
 
 @dataclasses.dataclass(frozen=True)
 class DatasetInfo:
-  """Static description of a dataset.
-
-  Attributes:
-    num_classes: Number of target classes.
-    class_names: Human-readable name of each class, indexed by label.
-    num_train_examples: Size of the train split.
-    num_eval_examples: Size of the eval split.
-    input_shape: ``(T, H, W, C)`` of one model input clip.
-  """
+  """Static description of a dataset; ``input_shape`` is ``(T, H, W, C)`` of one input clip."""
 
   num_classes: int
-  class_names: tuple[str, ...]
+  class_names: tuple[str, ...]  # Indexed by label.
   num_train_examples: int
   num_eval_examples: int
   input_shape: tuple[int, int, int, int]
 
   def __post_init__(self):
     if len(self.class_names) != self.num_classes:
-      raise ValueError(
-          f"class_names has {len(self.class_names)} entries but "
-          f"num_classes is {self.num_classes}")
+      raise ValueError(f"class_names has {len(self.class_names)} entries but num_classes is "
+                       f"{self.num_classes}")
 
 
 SPLITS = ("train", "eval")
@@ -60,8 +51,13 @@ def check_split(split: str) -> str:
 class VideoDataset(abc.ABC):
   """Interface consumed by the trainer: :attr:`info` and tf.data train / eval pipelines.
 
-  Batches are dicts of numpy arrays holding this host's slice of the global batch.
+  Batches are dicts of numpy arrays holding this host's slice of the global batch. A
+  source gives the ``decode_fn`` of :func:`make_train_dataset` and :func:`make_eval_dataset`,
+  called as the class attributes ``decode_batched`` and ``decode_with_position`` say.
   """
+
+  decode_batched = False
+  decode_with_position = False
 
   @property
   @abc.abstractmethod
@@ -69,19 +65,31 @@ class VideoDataset(abc.ABC):
     """Static description of the dataset."""
 
   @abc.abstractmethod
-  def train_dataset(self, global_batch_size: int, *, start_step: int = 0,
-                    seed: int = 0, process_index: int = 0,
-                    process_count: int = 1) -> tf.data.Dataset:
-    """The pipeline behind :meth:`train_batches`."""
+  def _train_decode_fn(self, seed: int) -> DecodeFn:
+    """The ``decode_fn`` of the train pipeline of a run seeded with ``seed``."""
 
   @abc.abstractmethod
+  def _eval_decode_fn(self) -> DecodeFn:
+    """The ``decode_fn`` of the eval pipeline."""
+
+  def train_dataset(self, global_batch_size: int, *, start_step: int = 0, seed: int = 0,
+                    process_index: int = 0, process_count: int = 1) -> tf.data.Dataset:
+    """The pipeline behind :meth:`train_batches`."""
+    return make_train_dataset(
+        self.info.num_train_examples, global_batch_size, self._train_decode_fn(seed),
+        seed=seed, start_step=start_step, process_index=process_index,
+        process_count=process_count, decode_batched=self.decode_batched,
+        decode_with_position=self.decode_with_position)
+
   def eval_dataset(self, global_batch_size: int, *, process_index: int = 0,
                    process_count: int = 1) -> tf.data.Dataset:
     """The pipeline behind :meth:`eval_batches`."""
+    return make_eval_dataset(self.info.num_eval_examples, global_batch_size,
+                             self._eval_decode_fn(), process_index=process_index,
+                             process_count=process_count, decode_batched=self.decode_batched)
 
-  def train_batches(self, global_batch_size: int, *, start_step: int = 0,
-                    seed: int = 0, process_index: int = 0,
-                    process_count: int = 1) -> Iterator[dict]:
+  def train_batches(self, global_batch_size: int, *, start_step: int = 0, seed: int = 0,
+                    process_index: int = 0, process_count: int = 1) -> Iterator[dict]:
     """Infinite stream of this host's slice of each global train batch.
 
     Each element is ``{'inputs': float32 [b, T, H, W, C], 'label': int32 [b]}``
@@ -98,9 +106,10 @@ class VideoDataset(abc.ABC):
                    process_count: int = 1) -> Iterator[dict]:
     """One pass over the eval split in fixed order.
 
-    Each element holds ``'inputs'``, ``'label'``, ``'mask'`` (float32, 1 for
-    real examples, 0 for padding) and ``'index'`` (int32 example id, -1 for
-    padding). The last global batch is padded to full size.
+    Each element holds ``'inputs'`` (``[b, V, T, H, W, C]`` for ``V > 1`` views per
+    video), ``'label'``, ``'mask'`` (float32, 1 for real examples, 0 for padding) and
+    ``'index'`` (int32 example id, -1 for padding). The last global batch is padded
+    to full size.
     """
     return self.eval_dataset(
         global_batch_size, process_index=process_index,
@@ -118,10 +127,8 @@ class VideoDataset(abc.ABC):
     is ``listed - skipped`` once every listed video was read, None before. This
     default is for sources that cannot meet bad data.
     """
-    if check_split(split) == "train":
-      listed = self.info.num_train_examples
-    else:
-      listed = self.info.num_eval_examples
+    train = check_split(split) == "train"
+    listed = self.info.num_train_examples if train else self.info.num_eval_examples
     return {"listed": listed, "readable": None, "skipped": 0}
 
   def describe_example(self, split: str, index: int) -> str:
@@ -134,39 +141,31 @@ class VideoDataset(abc.ABC):
     return []
 
 
-def check_batch_args(global_batch_size: int, process_index: int,
-                     process_count: int) -> int:
+def check_batch_args(global_batch_size: int, process_index: int, process_count: int) -> int:
   """The per-host batch size; ValueError for host arguments or a batch size that do not fit."""
   if process_count < 1:
     raise ValueError(f"process_count must be >= 1, got {process_count}")
   if not 0 <= process_index < process_count:
-    raise ValueError(
-        f"process_index must be in [0, {process_count}), got "
-        f"{process_index}")
+    raise ValueError(f"process_index must be in [0, {process_count}), got {process_index}")
   if global_batch_size < 1 or global_batch_size % process_count:
-    raise ValueError(
-        f"global_batch_size must be >= 1 and divisible by process_count="
-        f"{process_count}, got {global_batch_size}")
+    raise ValueError(f"global_batch_size must be >= 1 and divisible by process_count="
+                     f"{process_count}, got {global_batch_size}")
   return global_batch_size // process_count
 
 
-def _is_host_position(position: tf.Tensor, global_batch_size: int,
-                      local_batch_size: int, process_index: int) -> tf.Tensor:
-  """Whether stream position ``position`` belongs to this host's slice."""
-  return tf.equal((position % global_batch_size) // local_batch_size,
-                  process_index)
+def _host_batches(ds: tf.data.Dataset, decode_fn: DecodeFn, global_batch_size: int,
+                  process_index: int, process_count: int, decode_batched: bool):
+  """This host's slice of each global batch of ``ds``, decoded into host-local batches.
 
-
-def _decode_to_batches(ds: tf.data.Dataset, decode_fn: DecodeFn,
-                       local_batch_size: int, decode_batched: bool) -> tf.data.Dataset:
-  """Decodes a stream of records and groups it into host-local batches."""
+  ``decode_fn`` gets each element's position in ``ds`` and the element.
+  """
+  local_batch_size = global_batch_size // process_count
+  ds = ds.enumerate().filter(
+      lambda pos, _: tf.equal((pos % global_batch_size) // local_batch_size, process_index))
   if decode_batched:
     ds = ds.batch(local_batch_size, drop_remainder=True)
-    return ds.map(decode_fn, num_parallel_calls=tf.data.AUTOTUNE,
-                  deterministic=True)
-  ds = ds.map(decode_fn, num_parallel_calls=tf.data.AUTOTUNE,
-              deterministic=True)
-  return ds.batch(local_batch_size, drop_remainder=True)
+  ds = ds.map(decode_fn, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+  return ds if decode_batched else ds.batch(local_batch_size, drop_remainder=True)
 
 
 def _cast_outputs(batch: dict[str, tf.Tensor]) -> dict[str, tf.Tensor]:
@@ -177,11 +176,11 @@ def _cast_outputs(batch: dict[str, tf.Tensor]) -> dict[str, tf.Tensor]:
   return batch
 
 
-def _with_options(ds: tf.data.Dataset) -> tf.data.Dataset:
-  """Pins the element order regardless of parallel map timing."""
+def _finish(ds: tf.data.Dataset, finalize: Callable) -> tf.data.Dataset:
+  """``ds`` mapped by ``finalize``, prefetched, its element order pinned against map timing."""
   options = tf.data.Options()
   options.deterministic = True
-  return ds.with_options(options)
+  return ds.map(finalize).prefetch(_PREFETCH).with_options(options)
 
 
 def _shuffled_epoch(num_records: int, seed: int, epoch: tf.Tensor) -> tf.data.Dataset:
@@ -190,16 +189,14 @@ def _shuffled_epoch(num_records: int, seed: int, epoch: tf.Tensor) -> tf.data.Da
   A stateless permutation, unlike ``Dataset.shuffle``, does not depend on
   TensorFlow's global seed (``tf.random.set_seed`` elsewhere).
   """
-  epoch_seed = tf.stack([tf.constant(seed, tf.int64),
-                         tf.cast(epoch, tf.int64)])
+  epoch_seed = tf.stack([tf.constant(seed, tf.int64), tf.cast(epoch, tf.int64)])
   return tf.data.Dataset.from_tensor_slices(tf.random.experimental.stateless_shuffle(
       tf.range(num_records, dtype=tf.int64), seed=epoch_seed))
 
 
 def make_train_dataset(num_records: int, global_batch_size: int, decode_fn: DecodeFn, *,
-                       seed: int = 0, start_step: int = 0,
-                       process_index: int = 0, process_count: int = 1,
-                       decode_batched: bool = False,
+                       seed: int = 0, start_step: int = 0, process_index: int = 0,
+                       process_count: int = 1, decode_batched: bool = False,
                        decode_with_position: bool = False) -> tf.data.Dataset:
   """The infinite, deterministic, resumable, host-sliced train pipeline over examples ``0..n-1``.
 
@@ -215,44 +212,33 @@ def make_train_dataset(num_records: int, global_batch_size: int, decode_fn: Deco
   uninterrupted global stream (``step * global_batch_size + slot``): unique per
   draw and the same after a resume, so it can seed augmentation.
 
-  Raises:
-    ValueError: on invalid batch/host arguments, a negative ``start_step``,
-      or fewer examples than one global batch.
+  ValueError on invalid batch/host arguments, a negative ``start_step``, or fewer examples
+  than one global batch.
   """
-  local_batch_size = check_batch_args(global_batch_size, process_index,
-                                      process_count)
+  check_batch_args(global_batch_size, process_index, process_count)
   if start_step < 0:
     raise ValueError(f"start_step must be >= 0, got {start_step}")
   steps_per_epoch = num_records // global_batch_size
   if steps_per_epoch < 1:
-    raise ValueError(
-        f"global_batch_size={global_batch_size} exceeds the number of "
-        f"train examples ({num_records})")
+    raise ValueError(f"global_batch_size={global_batch_size} exceeds the number of train "
+                     f"examples ({num_records})")
   records_per_epoch = steps_per_epoch * global_batch_size
   first_epoch, step_in_epoch = divmod(start_step, steps_per_epoch)
 
   def epoch_records(epoch):
     return _shuffled_epoch(num_records, seed, epoch).take(records_per_epoch)
 
-  ds = epoch_records(tf.constant(first_epoch, tf.int64)).skip(
-      step_in_epoch * global_batch_size)
-  ds = ds.concatenate(
-      tf.data.Dataset.range(first_epoch + 1, _MAX_EPOCHS).flat_map(
-          epoch_records))
-  # Every epoch (and the skipped prefix) is a whole number of global
-  # batches, so the running position modulo the global batch size is the
-  # position inside the current global batch.
-  ds = ds.enumerate().filter(
-      lambda pos, _: _is_host_position(pos, global_batch_size,
-                                       local_batch_size, process_index))
+  ds = epoch_records(tf.constant(first_epoch, tf.int64)).skip(step_in_epoch * global_batch_size)
+  ds = ds.concatenate(tf.data.Dataset.range(first_epoch + 1, _MAX_EPOCHS).flat_map(epoch_records))
+  # Every epoch (and the skipped prefix) is a whole number of global batches, so
+  # the running position modulo the global batch size is the slot in the batch.
   if decode_with_position:
     first_position = tf.constant(start_step * global_batch_size, tf.int64)
     decode = lambda pos, record: decode_fn(record, pos + first_position)
   else:
     decode = lambda _, record: decode_fn(record)
-  ds = _decode_to_batches(ds, decode, local_batch_size, decode_batched)
-  ds = ds.map(_cast_outputs).prefetch(_PREFETCH)
-  return _with_options(ds)
+  ds = _host_batches(ds, decode, global_batch_size, process_index, process_count, decode_batched)
+  return _finish(ds, _cast_outputs)
 
 
 def make_eval_dataset(num_records: int, global_batch_size: int, decode_fn: DecodeFn, *,
@@ -265,27 +251,18 @@ def make_eval_dataset(num_records: int, global_batch_size: int, decode_fn: Decod
   ``decode_fn`` marks ``'valid' = False`` (an undecodable video) becomes such
   padding. Each host decodes only its slice; arguments as in :func:`make_train_dataset`.
   """
-  local_batch_size = check_batch_args(global_batch_size, process_index,
-                                      process_count)
+  check_batch_args(global_batch_size, process_index, process_count)
   if num_records < 1:
     raise ValueError("the eval split is empty")
   num_padding = -num_records % global_batch_size
 
   records = tf.data.Dataset.range(num_records)
   real = records.enumerate().map(lambda i, r: (tf.cast(i, tf.int32), r))
-  padding = tf.data.Dataset.zip(
-      tf.data.Dataset.from_tensors(tf.constant(-1, tf.int32)),
-      records.take(1)).repeat(num_padding)
-  ds = real.concatenate(padding).enumerate().filter(
-      lambda pos, _: _is_host_position(pos, global_batch_size,
-                                       local_batch_size, process_index))
-  ds = ds.map(lambda _, item: item)
-
-  def decode_with_index(index, record):
-    return {"features": decode_fn(record), "index": index}
-
-  ds = _decode_to_batches(ds, decode_with_index, local_batch_size,
-                          decode_batched)
+  padding = tf.data.Dataset.zip(tf.data.Dataset.from_tensors(tf.constant(-1, tf.int32)),
+                                records.take(1)).repeat(num_padding)
+  ds = _host_batches(real.concatenate(padding),
+                     lambda _, item: {"features": decode_fn(item[1]), "index": item[0]},
+                     global_batch_size, process_index, process_count, decode_batched)
 
   def finalize(item):
     index = item["index"]
@@ -299,11 +276,9 @@ def make_eval_dataset(num_records: int, global_batch_size: int, decode_fn: Decod
       keep = tf.reshape(valid, [-1] + [1] * (x.shape.rank - 1))
       return tf.where(keep, x, tf.zeros_like(x))
 
-    batch = tf.nest.map_structure(zero_padding, features)
-    batch = _cast_outputs(batch)
+    batch = _cast_outputs(tf.nest.map_structure(zero_padding, features))
     batch["index"] = index
     batch["mask"] = tf.cast(valid, tf.float32)
     return batch
 
-  ds = ds.map(finalize).prefetch(_PREFETCH)
-  return _with_options(ds)
+  return _finish(ds, finalize)

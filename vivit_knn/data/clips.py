@@ -34,8 +34,7 @@ _OP_NOISE = re.compile(r"\{\{[^}]*\}\}\s*|\s*\[Op:\w+\]")
 def check_data_dir(data_dir: str) -> None:
   """Raises FileNotFoundError naming ``dataset.data_dir`` if it is set but absent."""
   if data_dir and not tf.io.gfile.isdir(data_dir):
-    raise FileNotFoundError(
-        f"dataset.data_dir={data_dir} does not exist or is not a directory")
+    raise FileNotFoundError(f"dataset.data_dir={data_dir} does not exist or is not a directory")
 
 
 def decode_frames(encoded: Sequence[bytes], source: str) -> np.ndarray:
@@ -49,12 +48,10 @@ def decode_frames(encoded: Sequence[bytes], source: str) -> np.ndarray:
         image = tf.io.decode_image(data, channels=3, expand_animations=False)
     except (tf.errors.InvalidArgumentError, ValueError) as err:
       detail = _OP_NOISE.sub("", getattr(err, "message", str(err)))
-      raise skips.BadVideoError(skips.BAD_JPEG, source,
-                                f"frame {i}: {detail}") from err
+      raise skips.BadVideoError(skips.BAD_JPEG, source, f"frame {i}: {detail}") from err
     frames.append(image.numpy())
   if len({f.shape for f in frames}) > 1:
-    raise skips.BadVideoError(skips.BAD_JPEG, source,
-                              "frames differ in size")
+    raise skips.BadVideoError(skips.BAD_JPEG, source, "frames differ in size")
   return np.stack(frames)
 
 
@@ -129,28 +126,29 @@ class ClipDataset(base.VideoDataset):
   source skipped while listing files.
   """
 
+  decode_with_position = True
+
   def __init__(self, train: ExampleTable, eval_: ExampleTable,
                class_names: Sequence[str], spec: ProcessSpec,
                counter: skips.SkipCounter | None = None):
-    if not len(train):
-      raise ValueError("the train split has no examples")
-    if not len(eval_):
-      raise ValueError("the eval split has no examples")
-    self._train, self._eval = train, eval_
-    self._spec = spec
+    for name, table in (("train", train), ("eval", eval_)):
+      if not len(table):
+        raise ValueError(f"the {name} split has no examples")
+    self._train, self._eval, self._spec = train, eval_, spec
     self._counter = counter or skips.SkipCounter()
     # Example numbers read at least once per split, to know when every
     # listed video has been tried (see split_counts).
     self._tried: dict[str, set[int]] = {"train": set(), "eval": set()}
-    self._info = base.DatasetInfo(
-        num_classes=len(class_names), class_names=tuple(class_names),
-        num_train_examples=len(train), num_eval_examples=len(eval_),
-        input_shape=spec.clip_shape)
+    self._info = base.DatasetInfo(len(class_names), tuple(class_names), len(train), len(eval_),
+                                  spec.clip_shape)
 
   @property
   def info(self) -> base.DatasetInfo:
     """Static description of the dataset."""
     return self._info
+
+  def _table(self, split: str) -> ExampleTable:
+    return self._train if base.check_split(split) == "train" else self._eval
 
   def skipped_examples(self) -> dict[str, int]:
     """Distinct examples skipped so far, by reason."""
@@ -158,7 +156,7 @@ class ClipDataset(base.VideoDataset):
 
   def split_counts(self, split: str) -> dict[str, int | None]:
     """See :meth:`base.VideoDataset.split_counts`; absent files and damaged record tails count."""
-    table = self._train if base.check_split(split) == "train" else self._eval
+    table = self._table(split)
     pre_listing = (self._counter.split_count(split, skips.LISTING_MISSING) +
                    self._counter.split_count(split, skips.LISTING_FILE))
     listed = len(table) + pre_listing
@@ -169,8 +167,7 @@ class ClipDataset(base.VideoDataset):
 
   def describe_example(self, split: str, index: int) -> str:
     """The file (or record location) of example ``index`` of ``split``."""
-    table = self._train if base.check_split(split) == "train" else self._eval
-    return table.describe(int(index))
+    return self._table(split).describe(int(index))
 
   def skipped_sources(self, split: str) -> list[str]:
     """See :meth:`base.VideoDataset.skipped_sources`."""
@@ -185,9 +182,8 @@ class ClipDataset(base.VideoDataset):
     try:
       frames, label = table.load(i, select)
       if not 0 <= label < self._info.num_classes:
-        raise skips.BadVideoError(
-            skips.BAD_LABEL, table.describe(i),
-            f"label {label} not in [0, {self._info.num_classes})")
+        raise skips.BadVideoError(skips.BAD_LABEL, table.describe(i),
+                                  f"label {label} not in [0, {self._info.num_classes})")
       return frames, np.int32(label)
     except skips.BadVideoError as err:
       self._counter.record(key, err)
@@ -196,45 +192,29 @@ class ClipDataset(base.VideoDataset):
           skips.CORRUPT, table.describe(i), f"{type(err).__name__}: {err}"))
     return None
 
-  def load_train_example(self, index: int, seed: int,
-                         position: int) -> tuple[np.ndarray, np.int32]:
-    """Sampled uint8 frames and label for train slot ``position`` (the next example if bad).
-
-    Raises:
-      RuntimeError: if no train example at all can be decoded.
-    """
-    spec, table = self._spec, self._train
+  def load_train_example(self, index: int, seed: int, position: int) -> tuple[np.ndarray, np.int32]:
+    """Sampled uint8 frames and label for train slot ``position`` (the next example if bad)."""
+    table = self._train
     rng = np.random.default_rng([seed & _SEED_MASK, position])
-
-    def select(n):
-      return processors.clip_indices(spec, n, rng)
-
     for attempt in range(len(table)):
       loaded = self._load("train", table, (index + attempt) % len(table),
-                          select)
+                          lambda n: processors.clip_indices(self._spec, n, rng))
       if loaded is not None:
         return loaded
-    raise RuntimeError(
-        f"none of the {len(table)} train videos could be decoded; the "
-        "warnings above name the files")
+    raise RuntimeError(f"none of the {len(table)} train videos could be decoded; the warnings "
+                       "above name the files")
 
   def load_eval_example(self, index: int):
-    """``(num_test_clips * num_frames sampled frames, label, valid)`` of eval example ``index``.
+    """``(num_test_clips * num_frames frames, label, valid)`` of eval example ``index``.
 
     A bad example gives black frames and ``valid = False``.
     """
     spec = self._spec
-
-    def select(n):
-      return processors.view_indices(spec, n)
-
-    loaded = self._load("eval", self._eval, index, select)
-    if loaded is None:
-      size = spec.image_size
-      blank = np.zeros((spec.num_test_clips * spec.num_frames, size, size, 3),
-                       np.uint8)
-      return blank, np.int32(0), False
-    return loaded[0], loaded[1], True
+    loaded = self._load("eval", self._eval, index, lambda n: processors.view_indices(spec, n))
+    if loaded is not None:
+      return loaded[0], loaded[1], True
+    shape = (spec.num_test_clips * spec.num_frames, spec.image_size, spec.image_size, 3)
+    return np.zeros(shape, np.uint8), np.int32(0), False
 
   def _train_decode_fn(self, seed: int):
     """tf.data map function: (example number, stream position) -> clip."""
@@ -247,8 +227,7 @@ class ClipDataset(base.VideoDataset):
           [index, position], (tf.uint8, tf.int32), stateful=False)
       frames.set_shape([spec.num_frames, None, None, 3])
       label.set_shape([])
-      clip = processors.train_clip(frames, tf.stack([seed_word, position]),
-                                   spec)
+      clip = processors.train_clip(frames, tf.stack([seed_word, position]), spec)
       return {"inputs": clip, "label": label}
 
     return decode
@@ -258,36 +237,12 @@ class ClipDataset(base.VideoDataset):
     spec = self._spec
 
     def decode(index):
-      frames, label, valid = tf.numpy_function(
-          lambda i: self.load_eval_example(int(i)), [index],
-          (tf.uint8, tf.int32, tf.bool), stateful=False)
-      frames.set_shape([spec.num_test_clips * spec.num_frames, None, None,
-                        3])
+      frames, label, valid = tf.numpy_function(lambda i: self.load_eval_example(int(i)), [index],
+                                               (tf.uint8, tf.int32, tf.bool), stateful=False)
+      frames.set_shape([spec.num_test_clips * spec.num_frames, None, None, 3])
       label.set_shape([])
       valid.set_shape([])
       views = processors.test_views(frames, spec)
-      if spec.num_views == 1:
-        views = views[0]
-      return {"inputs": views, "label": label, "valid": valid}
+      return {"inputs": views[0] if spec.num_views == 1 else views, "label": label, "valid": valid}
 
     return decode
-
-  def train_dataset(self, global_batch_size: int, *, start_step: int = 0,
-                    seed: int = 0, process_index: int = 0,
-                    process_count: int = 1) -> tf.data.Dataset:
-    """The tf.data pipeline behind :meth:`train_batches`."""
-    return base.make_train_dataset(
-        len(self._train), global_batch_size, self._train_decode_fn(seed),
-        seed=seed, start_step=start_step, process_index=process_index,
-        process_count=process_count, decode_with_position=True)
-
-  def eval_dataset(self, global_batch_size: int, *, process_index: int = 0,
-                   process_count: int = 1) -> tf.data.Dataset:
-    """The tf.data pipeline behind :meth:`eval_batches`.
-
-    ``inputs`` is ``[b, T, H, W, C]`` for one view per video and
-    ``[b, V, T, H, W, C]`` for ``V > 1`` views.
-    """
-    return base.make_eval_dataset(
-        len(self._eval), global_batch_size, self._eval_decode_fn(),
-        process_index=process_index, process_count=process_count)

@@ -48,31 +48,25 @@ def _folder_dataset(dataset: NamedVideoSet, cfg, spec) -> clips.ClipDataset:
           skips.MISSING, path, "listed in the split files"))
   sizes = (len(lists.train.paths), len(lists.test.paths))
   if cfg.split == 1 and sizes != dataset.split1_sizes:  # Partial data.
-    logging.warning(
-        "%s split 1 has %d train / %d test videos here; the official split "
-        "has %d / %d", dataset.title, *sizes, *dataset.split1_sizes)
-  return clips.ClipDataset(
-      clips.VideoFileTable(lists.train.paths, lists.train.labels),
-      clips.VideoFileTable(lists.test.paths, lists.test.labels),
-      lists.class_names, spec, counter)
+    logging.warning("%s split 1 has %d train / %d test videos here; the official split has "
+                    "%d / %d", dataset.title, *sizes, *dataset.split1_sizes)
+  return clips.ClipDataset(clips.VideoFileTable(lists.train.paths, lists.train.labels),
+                           clips.VideoFileTable(lists.test.paths, lists.test.labels),
+                           lists.class_names, spec, counter)
 
 
 def _record_dataset(dataset: NamedVideoSet, cfg, spec) -> clips.ClipDataset:
   try:
     return tfrecord.build_record_dataset(
-        data_dir=cfg.data_dir, train_pattern=cfg.train_pattern,
-        eval_pattern=cfg.eval_pattern, num_classes=0,
-        class_names_file=options.resolve_path(cfg.class_names_file,
-                                              cfg.data_dir),
-        num_train=0, num_eval=0, spec=spec,
+        data_dir=cfg.data_dir, train_pattern=cfg.train_pattern, eval_pattern=cfg.eval_pattern,
+        spec=spec, class_names_file=options.resolve_path(cfg.class_names_file, cfg.data_dir),
         fallback_num_classes=dataset.num_classes, expected_split=cfg.split)
   except FileNotFoundError as err:
     if os.path.isdir(os.path.join(cfg.data_dir, dataset.splits_dir)):
       raise FileNotFoundError(
-          f"{err}. {cfg.data_dir} looks like a raw {dataset.title} folder: "
-          "set --config.dataset.format=folder, or convert it with `python -m "
-          f"vivit_knn.data.convert --format={dataset.name} "
-          f"--root={cfg.data_dir} --out=<dir>`") from None
+          f"{err}. {cfg.data_dir} looks like a raw {dataset.title} folder: set "
+          "--config.dataset.format=folder, or convert it with `python -m vivit_knn.data.convert "
+          f"--format={dataset.name} --root={cfg.data_dir} --out=<dir>`") from None
     raise
 
 
@@ -81,28 +75,21 @@ def _tfds_dataset(dataset: NamedVideoSet, cfg, spec) -> clips.ClipDataset:
     raise ValueError(f"{dataset.title} has no TFDS builder: use "
                      "dataset.format='folder' or 'tfrecord'")
   return tfds_source.build_tfds_dataset(
-      builder=dataset.tfds_builder.format(split=cfg.split),
-      data_dir=cfg.data_dir, manual_dir="", download=False,
-      train_split="train", eval_split="test", video_key="video",
-      label_key="label", spec=spec)
+      builder=dataset.tfds_builder.format(split=cfg.split), data_dir=cfg.data_dir, spec=spec)
 
 
 def build(dataset: NamedVideoSet, cfg: ml_collections.ConfigDict) -> clips.ClipDataset:
   """Builds ``dataset`` (:data:`UCF101` or :data:`HMDB51`) from its config."""
   if cfg.format not in FORMATS:
-    raise ValueError(
-        f"dataset.format must be one of {FORMATS}, got {cfg.format!r}")
-  if cfg.split not in (1, 2, 3):
-    raise ValueError(f"dataset.split must be 1, 2 or 3, got {cfg.split}")
+    raise ValueError(f"dataset.format must be one of {FORMATS}, got {cfg.format!r}")
+  splits.check_split(cfg.split)
   if not cfg.data_dir:
     raise ValueError(
-        f"dataset.data_dir is empty: {dataset.title} needs its videos or "
-        "TFRecords on disk. Pass --config.dataset.data_dir=<dir> (a "
-        f"{dataset.title} folder with {dataset.splits_dir}/ together with "
-        "--config.dataset.format=folder, or TFRecords written by `python -m "
-        f"vivit_knn.data.convert --format={dataset.name}`).")
+        f"dataset.data_dir is empty: {dataset.title} needs its videos or TFRecords on disk. "
+        f"Pass --config.dataset.data_dir=<dir> (a {dataset.title} folder with "
+        f"{dataset.splits_dir}/ together with --config.dataset.format=folder, or TFRecords "
+        f"written by `python -m vivit_knn.data.convert --format={dataset.name}`).")
   clips.check_data_dir(cfg.data_dir)
   spec = options.ProcessSpec.from_config(cfg)
-  build_fn = {"folder": _folder_dataset, "tfrecord": _record_dataset,
-              "tfds": _tfds_dataset}[cfg.format]
-  return build_fn(dataset, cfg, spec)
+  build_fn = {"folder": _folder_dataset, "tfrecord": _record_dataset, "tfds": _tfds_dataset}
+  return build_fn[cfg.format](dataset, cfg, spec)

@@ -153,20 +153,12 @@ class ProcessSpec:
   @classmethod
   def from_config(cls, cfg: ml_collections.ConfigDict) -> "ProcessSpec":
     """Reads and checks the processing fields of a dataset config (ValueError names the field)."""
-    jitter = tuple(float(v) for v in cfg.scale_jitter)
-    min_resize = int(cfg.min_resize) or round(cfg.image_size *
-                                              AUTO_RESIZE_RATIO)
-    spec = cls(
-        num_frames=int(cfg.num_frames), frame_stride=int(cfg.frame_stride),
-        image_size=int(cfg.image_size), min_resize=min_resize,
-        scale_jitter=jitter, random_flip=bool(cfg.random_flip),
-        color_jitter=float(cfg.color_jitter),
-        randaugment_num_layers=int(cfg.randaugment_num_layers),
-        randaugment_magnitude=float(cfg.randaugment_magnitude),
-        normalization=str(cfg.normalization),
-        num_test_clips=int(cfg.num_test_clips),
-        num_test_crops=int(cfg.num_test_crops),
-        frame_sampling=str(cfg.frame_sampling))
+    casts = {"int": int, "float": float, "bool": bool, "str": str}
+    values = {f.name: casts[f.type](cfg[f.name]) for f in dataclasses.fields(cls)
+              if f.type in casts}
+    values["scale_jitter"] = tuple(float(v) for v in cfg.scale_jitter)
+    values["min_resize"] = values["min_resize"] or round(cfg.image_size * AUTO_RESIZE_RATIO)
+    spec = cls(**values)
     spec.check()
     return spec
 
@@ -200,10 +192,8 @@ class ProcessSpec:
         value = getattr(self, field)
         raise ValueError(f"dataset.{field}: {message}, got {value!r}")
     if self.frame_sampling == "segments" and self.frame_stride != 1:
-      raise ValueError(
-          f"dataset.frame_stride={self.frame_stride} cannot take effect with "
-          "dataset.frame_sampling='segments' (one frame per segment): set it "
-          "to 1")
+      raise ValueError(f"dataset.frame_stride={self.frame_stride} cannot take effect with "
+                       "dataset.frame_sampling='segments' (one frame per segment): set it to 1")
 
   @property
   def num_views(self) -> int:

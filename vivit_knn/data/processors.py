@@ -38,15 +38,11 @@ def train_indices(num_available: int, num_frames: int, stride: int,
   In a video shorter than the clip it starts anywhere and wraps around.
   """
   span = clip_span(num_frames, stride)
-  if num_available >= span:
-    start = rng.integers(0, num_available - span + 1)
-  else:
-    start = rng.integers(0, num_available)
+  start = rng.integers(0, num_available - span + 1 if num_available >= span else num_available)
   return (start + np.arange(num_frames) * stride) % num_available
 
 
-def test_indices(num_available: int, num_frames: int, stride: int,
-                 num_clips: int) -> np.ndarray:
+def test_indices(num_available: int, num_frames: int, stride: int, num_clips: int) -> np.ndarray:
   """int64 ``[num_clips * num_frames]``: clips starting at ``floor(linspace(0, last, n))``.
 
   A single clip is centred in time.
@@ -75,8 +71,7 @@ def segment_train_indices(num_available: int, num_frames: int,
   return positions * num_available // num_frames
 
 
-def segment_test_indices(num_available: int, num_frames: int,
-                         num_clips: int) -> np.ndarray:
+def segment_test_indices(num_available: int, num_frames: int, num_clips: int) -> np.ndarray:
   """int64 ``[num_clips * num_frames]``, one frame per segment for each clip.
 
   With ``tick = n / num_frames``, frame ``x`` of clip ``c`` is ``int(tick * x +
@@ -90,8 +85,7 @@ def segment_test_indices(num_available: int, num_frames: int,
   return np.minimum(np.concatenate(clips).astype(np.int64), num_available - 1)
 
 
-def clip_indices(spec: ProcessSpec, num_available: int,
-                 rng: np.random.Generator) -> np.ndarray:
+def clip_indices(spec: ProcessSpec, num_available: int, rng: np.random.Generator) -> np.ndarray:
   """int64 ``[num_frames]`` frame indices of one train clip of a video of ``num_available``."""
   if spec.frame_sampling == "segments":
     return segment_train_indices(num_available, spec.num_frames, rng)
@@ -101,10 +95,8 @@ def clip_indices(spec: ProcessSpec, num_available: int,
 def view_indices(spec: ProcessSpec, num_available: int) -> np.ndarray:
   """int64 ``[num_test_clips * num_frames]`` indices of the test clips, clip-major."""
   if spec.frame_sampling == "segments":
-    return segment_test_indices(num_available, spec.num_frames,
-                                spec.num_test_clips)
-  return test_indices(num_available, spec.num_frames, spec.frame_stride,
-                      spec.num_test_clips)
+    return segment_test_indices(num_available, spec.num_frames, spec.num_test_clips)
+  return test_indices(num_available, spec.num_frames, spec.frame_stride, spec.num_test_clips)
 
 
 def normalize(x: tf.Tensor, kind: str) -> tf.Tensor:
@@ -134,14 +126,12 @@ def _window(scale, short, size: int) -> tf.Tensor:
 def _crop_resize(frames: tf.Tensor, y0, x0, window, size: int) -> tf.Tensor:
   """``frames[:, y0:y0 + window, x0:x0 + window]`` resized to ``size`` (if not that size)."""
   crop = frames[:, y0:y0 + window, x0:x0 + window]
-  x = tf.cond(tf.equal(window, size),
-              lambda: tf.cast(crop, tf.float32),
+  x = tf.cond(tf.equal(window, size), lambda: tf.cast(crop, tf.float32),
               lambda: tf.image.resize(crop, [size, size]))
   return tf.ensure_shape(x, [None, size, size, 3])
 
 
-def train_clip(frames: tf.Tensor, seed: tf.Tensor,
-               spec: ProcessSpec) -> tf.Tensor:
+def train_clip(frames: tf.Tensor, seed: tf.Tensor, spec: ProcessSpec) -> tf.Tensor:
   """float32 ``[T, image_size, image_size, 3]``: uint8 ``frames`` cropped, augmented, normalised.
 
   ``seed`` (int ``[2]``, stateless) is drawn from once per clip, so every frame
@@ -156,10 +146,8 @@ def train_clip(frames: tf.Tensor, seed: tf.Tensor,
     scale *= tf.random.stateless_uniform([], seeds[0], low, high)
   window = _window(scale, short, size)
   corner_seeds = tf.random.experimental.stateless_split(seeds[1], 2)
-  y0 = tf.random.stateless_uniform([], corner_seeds[0], 0,
-                                   height - window + 1, dtype=tf.int32)
-  x0 = tf.random.stateless_uniform([], corner_seeds[1], 0,
-                                   width - window + 1, dtype=tf.int32)
+  y0 = tf.random.stateless_uniform([], corner_seeds[0], 0, height - window + 1, dtype=tf.int32)
+  x0 = tf.random.stateless_uniform([], corner_seeds[1], 0, width - window + 1, dtype=tf.int32)
   x = _crop_resize(frames, y0, x0, window, size)
   if spec.random_flip:
     flip = tf.random.stateless_uniform([], seeds[2]) < 0.5
@@ -167,8 +155,7 @@ def train_clip(frames: tf.Tensor, seed: tf.Tensor,
   if spec.color_jitter > 0:
     x = augment.color_jitter(x, spec.color_jitter, seeds[3])
   if spec.randaugment_num_layers > 0:
-    x = augment.randaugment(x, spec.randaugment_num_layers,
-                            spec.randaugment_magnitude, seeds[4])
+    x = augment.randaugment(x, spec.randaugment_num_layers, spec.randaugment_magnitude, seeds[4])
   return normalize(x, spec.normalization)
 
 
@@ -179,20 +166,16 @@ def _test_corners(height, width, window, num_crops: int):
     return [(centre_y, centre_x)]
   portrait = height > width
   corners = []
-  for y, x in ((0, 0), (centre_y, centre_x),
-               (height - window, width - window)):
-    corners.append((tf.where(portrait, y, centre_y),
-                    tf.where(portrait, centre_x, x)))
+  for y, x in ((0, 0), (centre_y, centre_x), (height - window, width - window)):
+    corners.append((tf.where(portrait, y, centre_y), tf.where(portrait, centre_x, x)))
   return corners
 
 
 def test_views(frames: tf.Tensor, spec: ProcessSpec) -> tf.Tensor:
-  """All test views of one video from the uint8 frames of :func:`view_indices`.
+  """float32 ``[V, T, size, size, 3]`` test views from the frames of :func:`view_indices`.
 
-  Returns:
-    float32 ``[V, T, image_size, image_size, 3]``, ``V = num_test_clips *
-    num_test_crops``, normalised; view ``c * num_test_crops + k`` is clip ``c``,
-    crop ``k``.
+  ``V = num_test_clips * num_test_crops``; view ``c * num_test_crops + k`` is clip ``c``,
+  crop ``k``.
   """
   t, size = spec.num_frames, spec.image_size
   clips, crops = spec.num_test_clips, spec.num_test_crops
@@ -201,31 +184,22 @@ def test_views(frames: tf.Tensor, spec: ProcessSpec) -> tf.Tensor:
   views = [_crop_resize(frames, y0, x0, window, size)
            for y0, x0 in _test_corners(height, width, window, crops)]
   x = tf.reshape(tf.stack(views, axis=1), [clips, t, crops, size, size, 3])
-  x = tf.reshape(tf.transpose(x, [0, 2, 1, 3, 4, 5]),
-                 [clips * crops, t, size, size, 3])
+  x = tf.reshape(tf.transpose(x, [0, 2, 1, 3, 4, 5]), [clips * crops, t, size, size, 3])
   return normalize(x, spec.normalization)
 
 
 def average_view_logits(logits: Any, num_views: int) -> Any:
   """``[b, C]`` mean of each video's ``num_views`` view logits (numpy or JAX, jit-safe).
 
-  Args:
-    logits: ``[b * V, C]`` with a video's ``V`` views adjacent (``inputs`` of
-      shape ``[b, V, ...]`` reshaped to ``[b * V, ...]``), or ``[b, V, C]``.
-    num_views: ``V``.
-
-  Raises:
-    ValueError: if the shape does not match ``num_views``.
+  ``logits`` is ``[b, V, C]``, or ``[b * V, C]`` with a video's ``V`` views adjacent
+  (``inputs`` of shape ``[b, V, ...]`` reshaped to ``[b * V, ...]``).
   """
   if logits.ndim == 3:
     if logits.shape[1] != num_views:
-      raise ValueError(
-          f"logits of shape {tuple(logits.shape)} have {logits.shape[1]} "
-          f"views, expected {num_views}")
+      raise ValueError(f"logits of shape {tuple(logits.shape)} have {logits.shape[1]} "
+                       f"views, expected {num_views}")
     return logits.mean(axis=1)
   if logits.ndim != 2 or logits.shape[0] % num_views:
-    raise ValueError(
-        f"logits must be [b * {num_views}, C] or [b, {num_views}, C], got "
-        f"shape {tuple(logits.shape)}")
-  return logits.reshape(
-      (logits.shape[0] // num_views, num_views, logits.shape[1])).mean(axis=1)
+    raise ValueError(f"logits must be [b * {num_views}, C] or [b, {num_views}, C], got "
+                     f"shape {tuple(logits.shape)}")
+  return logits.reshape((logits.shape[0] // num_views, num_views, logits.shape[1])).mean(axis=1)

@@ -24,19 +24,14 @@ _SHARD_SPEC = re.compile(r"^(?P<base>.+)@(?P<count>\d+)$")
 
 
 def expand_files(pattern: str) -> list[str]:
-  """Files named by ``name@N`` (``name-00000-of-0000N`` ...) or a glob.
-
-  Raises:
-    FileNotFoundError: naming the pattern that matches nothing or a missing shard.
-  """
+  """Files named by ``name@N`` (``name-00000-of-0000N``...) or a glob; FileNotFoundError if none."""
   match = _SHARD_SPEC.match(pattern)
   if match:
     count = int(match["count"])
     files = [f"{match['base']}-{i:05d}-of-{count:05d}" for i in range(count)]
     for name in files:
       if not tf.io.gfile.exists(name):
-        raise FileNotFoundError(
-            f"shard {name} of the sharded file spec {pattern} does not exist")
+        raise FileNotFoundError(f"shard {name} of the sharded file spec {pattern} does not exist")
     return files
   files = sorted(tf.io.gfile.glob(pattern))
   if not files:
@@ -44,8 +39,7 @@ def expand_files(pattern: str) -> list[str]:
   return files
 
 
-def _read_at(path: str, offset: int, length: int, fds: dict,
-             lock: threading.Lock) -> bytes:
+def _read_at(path: str, offset: int, length: int, fds: dict, lock: threading.Lock) -> bytes:
   """``length`` bytes of ``path`` at ``offset`` (pread for local files)."""
   if "://" not in path:
     with lock:
@@ -92,35 +86,29 @@ class RecordIndex:
   example in ``counter``, for ``split`` ('train', 'eval' or '' for none).
   """
 
-  def __init__(self, files: list[str],
-               known_offsets: dict[str, list[int]] | None = None,
+  def __init__(self, files: list[str], known_offsets: dict[str, list[int]] | None = None,
                counter: skips.SkipCounter | None = None, split: str = ""):
     known_offsets = known_offsets or {}
     counter = counter or skips.SkipCounter()
-    paths, offsets, ordinals, lengths = [], [], [], []
-    for file_id, path in enumerate(files):
+    offsets, ends = [np.zeros(0, np.int64)], [np.zeros(0, np.int64)]
+    for path in files:
       if path in known_offsets:
-        file_offsets = list(known_offsets[path])
-        end = tf.io.gfile.stat(path).length
+        file_offsets, end = known_offsets[path], tf.io.gfile.stat(path).length
       else:
         file_offsets, end, problem = scan_offsets(path)
         if problem:
           key = (split, skips.LISTING_FILE, path) if split else ("file", path)
-          counter.record(key, skips.BadVideoError(
-              problem, path, f"damaged after record {len(file_offsets)}; "
-              "the records before it are used"))
-      file_offsets = np.asarray(file_offsets, np.int64)
-      ends = np.append(file_offsets[1:], end)
-      paths.append(np.full(len(file_offsets), file_id, np.int32))
-      offsets.append(file_offsets)
-      lengths.append(ends[:len(file_offsets)] - file_offsets - _HEADER -
-                     _FOOTER)
-      ordinals.append(np.arange(len(file_offsets), dtype=np.int64))
+          detail = f"damaged after record {len(file_offsets)}; the records before it are used"
+          counter.record(key, skips.BadVideoError(problem, path, detail))
+      offsets.append(np.asarray(file_offsets, np.int64))
+      ends.append(np.append(offsets[-1][1:], end)[:len(file_offsets)])
     self._files = list(files)
-    self._file_ids = np.concatenate(paths or [np.zeros(0, np.int32)])
-    self._offsets = np.concatenate(offsets or [np.zeros(0, np.int64)])
-    self._lengths = np.concatenate(lengths or [np.zeros(0, np.int64)])
-    self._ordinals = np.concatenate(ordinals or [np.zeros(0, np.int64)])
+    self._counts = [len(o) for o in offsets[1:]]
+    self._file_ids = np.repeat(np.arange(len(files), dtype=np.int32), self._counts)
+    self._offsets = np.concatenate(offsets)
+    self._lengths = np.concatenate(ends) - self._offsets - _HEADER - _FOOTER
+    first = np.cumsum([0] + self._counts)[:-1]
+    self._ordinals = np.arange(len(self._offsets)) - np.repeat(first, self._counts)
     self._fds: dict[str, int] = {}
     self._lock = threading.Lock()
 
@@ -134,8 +122,7 @@ class RecordIndex:
 
   def file_starts(self) -> list[int]:
     """Number of the first record of each file."""
-    counts = np.bincount(self._file_ids, minlength=len(self._files))
-    return [0] + np.cumsum(counts)[:-1].tolist()
+    return [0] + np.cumsum(self._counts)[:-1].tolist()
 
   def describe(self, i: int) -> str:
     """``'<file> (record <k>)'`` for record ``i``."""
@@ -147,8 +134,7 @@ class RecordIndex:
     data = _read_at(self._files[self._file_ids[i]], int(self._offsets[i]) + _HEADER,
                     length, self._fds, self._lock)
     if len(data) != length:
-      raise skips.BadVideoError(skips.TRUNCATED, self.describe(i),
-                                "file ended inside the record")
+      raise skips.BadVideoError(skips.TRUNCATED, self.describe(i), "file ended inside the record")
     return data
 
   def close(self) -> None:

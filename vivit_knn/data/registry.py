@@ -48,21 +48,15 @@ def _constructor(name: str) -> Callable[[ml_collections.ConfigDict], base.VideoD
 
 
 def build_dataset(config: ml_collections.ConfigDict) -> base.VideoDataset:
-  """Builds the dataset named by ``config.name`` from a checked ``config.dataset``.
-
-  Raises:
-    ValueError: for an unknown ``dataset.name`` or a field the dataset rejects.
-  """
+  """Builds the dataset named by ``config.name`` from a checked ``config.dataset``."""
   name = config.get("name")
   if name not in DATASET_DEFAULTS:
-    raise ValueError(
-        f"unknown dataset.name {name!r}; known names: "
-        f"{', '.join(sorted(DATASET_DEFAULTS))}")
+    raise ValueError(f"unknown dataset.name {name!r}; known names: "
+                     f"{', '.join(sorted(DATASET_DEFAULTS))}")
   return _constructor(name)(config)
 
 
-def _process_spec(
-    dataset_config: ml_collections.ConfigDict) -> options.ProcessSpec:
+def _process_spec(dataset_config: ml_collections.ConfigDict) -> options.ProcessSpec:
   """Processing settings of a checked dataset config.
 
   For ``synthetic``: one clip of consecutive frames from the middle of the
@@ -72,20 +66,15 @@ def _process_spec(
     return options.ProcessSpec.from_config(dataset_config)
   fields = options.processing_fields()
   fields.update(num_frames=dataset_config.num_frames, frame_stride=1,
-                image_size=dataset_config.image_size,
-                min_resize=dataset_config.image_size,
-                normalization="zero_centered", num_test_clips=1,
-                num_test_crops=1)
+                image_size=dataset_config.image_size, min_resize=dataset_config.image_size,
+                normalization="zero_centered", num_test_clips=1, num_test_crops=1)
   return options.ProcessSpec.from_config(ml_collections.ConfigDict(fields))
 
 
-def load_video_views(path: str,
-                     dataset_config: ml_collections.ConfigDict) -> np.ndarray:
+def load_video_views(path: str, dataset_config: ml_collections.ConfigDict) -> np.ndarray:
   """float32 ``[V, T, H, W, C]`` eval views of the video file ``path``, as the run makes them.
 
-  Raises:
-    FileNotFoundError: naming ``path`` if it does not exist.
-    ValueError: naming ``path`` if it is corrupt, truncated or has no frames.
+  Raises FileNotFoundError or (for a corrupt, truncated or empty video) ValueError naming ``path``.
   """
   # pylint: disable=g-import-not-at-top
   import tensorflow as tf
@@ -95,18 +84,12 @@ def load_video_views(path: str,
   spec = _process_spec(dataset_config)
   if not os.path.isfile(path):
     raise FileNotFoundError(f"video file {path} does not exist")
-
-  def select(n):
-    return processors.view_indices(spec, n)
-
   try:
-    frames = video_io.read_video(path, select)
+    frames = video_io.read_video(path, lambda n: processors.view_indices(spec, n))
   except skips.BadVideoError as err:
     if err.reason == skips.MISSING:
       raise FileNotFoundError(f"video file {path} does not exist") from err
-    raise ValueError(f"cannot read video {path}: "
-                     f"{err.reason.replace('_', ' ')}"
-                     f"{' (' + err.detail + ')' if err.detail else ''}"
-                     ) from err
+    detail = f" ({err.detail})" if err.detail else ""
+    raise ValueError(f"cannot read video {path}: {err.reason.replace('_', ' ')}{detail}") from err
   views = processors.test_views(tf.constant(frames), spec)
   return views.numpy().astype(np.float32)

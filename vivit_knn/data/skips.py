@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import collections
 import threading
 
 from absl import logging
@@ -60,8 +61,7 @@ class SkipCounter:
 
   def _split_keys(self, split: str, kind: str | None = None) -> list:
     """Keys attributed to ``split`` (optionally only ``(split, kind, ...)``)."""
-    return [k for k in self._reasons
-            if isinstance(k, tuple) and k and k[0] == split
+    return [k for k in self._reasons if isinstance(k, tuple) and k and k[0] == split
             and (kind is None or (len(k) > 1 and k[1] == kind))]
 
   def split_count(self, split: str, kind: str | None = None) -> int:
@@ -82,7 +82,4 @@ class SkipCounter:
   def counts(self) -> dict[str, int]:
     """``{reason: number of distinct examples}`` for reasons seen so far."""
     with self._lock:
-      out: dict[str, int] = {}
-      for reason in self._reasons.values():
-        out[reason] = out.get(reason, 0) + 1
-      return dict(sorted(out.items()))
+      return dict(sorted(collections.Counter(self._reasons.values()).items()))

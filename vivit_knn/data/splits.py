@@ -11,8 +11,7 @@ import os
 
 UCF101_SPLITS_DIR = "ucfTrainTestlist"
 HMDB51_SPLITS_DIR = "testTrainMulti_7030_splits"
-VIDEO_EXTENSIONS = (".avi", ".mp4", ".mkv", ".webm", ".mov", ".mpg", ".mpeg",
-                    ".m4v")
+VIDEO_EXTENSIONS = (".avi", ".mp4", ".mkv", ".webm", ".mov", ".mpg", ".mpeg", ".m4v")
 # HMDB51 split files mark each video 1 = train, 2 = test, 0 = unused.
 _HMDB_TRAIN, _HMDB_TEST = "1", "2"
 
@@ -43,7 +42,8 @@ class VideoSplits:
   test: VideoList
 
 
-def _check_split(split: int) -> None:
+def check_split(split: int) -> None:
+  """Raises ValueError unless ``split`` is an official split: 1, 2 or 3."""
   if split not in (1, 2, 3):
     raise ValueError(f"dataset.split must be 1, 2 or 3, got {split}")
 
@@ -64,12 +64,8 @@ def ucf101(data_dir: str, split: int, splits_dir: str = "") -> VideoSplits:
 
   ``splits_dir`` (default ``<data_dir>/ucfTrainTestlist``) holds ``classInd.txt``,
   ``trainlist0<split>.txt`` and ``testlist0<split>.txt``.
-
-  Raises:
-    FileNotFoundError: naming a missing split file.
-    ValueError: naming the file and line of a malformed line or unknown class.
   """
-  _check_split(split)
+  check_split(split)
   splits_dir = splits_dir or os.path.join(data_dir, UCF101_SPLITS_DIR)
   class_file = os.path.join(splits_dir, "classInd.txt")
   _require_file(class_file, "UCF101 class index")
@@ -77,8 +73,7 @@ def ucf101(data_dir: str, split: int, splits_dir: str = "") -> VideoSplits:
   for number, line in _lines(class_file):
     parts = line.split()
     if len(parts) != 2 or not parts[0].isdigit():
-      raise ValueError(f"{class_file}:{number}: expected '<index> <class>', "
-                       f"got {line!r}")
+      raise ValueError(f"{class_file}:{number}: expected '<index> <class>', got {line!r}")
     names[int(parts[0])] = parts[1]
   if sorted(names) != list(range(1, len(names) + 1)):
     raise ValueError(f"{class_file}: class indices must be 1..{len(names)}")
@@ -96,9 +91,8 @@ def ucf101(data_dir: str, split: int, splits_dir: str = "") -> VideoSplits:
       relpath = line.split()[0]
       class_dir = relpath.split("/")[0]
       if "/" not in relpath or class_dir.lower() not in by_name:
-        raise ValueError(
-            f"{list_file}:{number}: class {class_dir!r} of {relpath!r} is "
-            f"not in {class_file}")
+        raise ValueError(f"{list_file}:{number}: class {class_dir!r} of {relpath!r} is not in "
+                         f"{class_file}")
       videos.add(os.path.join(root, relpath), by_name[class_dir.lower()])
     lists[kind] = videos
   return VideoSplits(class_names, lists["train"], lists["test"])
@@ -108,39 +102,29 @@ def hmdb51(data_dir: str, split: int, splits_dir: str = "") -> VideoSplits:
   """HMDB51 ``<class>/<name>.avi`` with ``<class>_test_split<k>.txt`` files.
 
   Classes are the split files' classes, sorted; each class folder needs its file.
-
-  Raises:
-    FileNotFoundError: naming the splits folder or a class's missing split
-      file.
-    ValueError: naming the file and line of a malformed entry.
   """
-  _check_split(split)
+  check_split(split)
   splits_dir = splits_dir or os.path.join(data_dir, HMDB51_SPLITS_DIR)
   if not os.path.isdir(splits_dir):
-    raise FileNotFoundError(f"HMDB51 splits folder {splits_dir} does not "
-                            "exist")
+    raise FileNotFoundError(f"HMDB51 splits folder {splits_dir} does not exist")
   suffix = f"_test_split{split}.txt"
-  class_names = sorted(f[:-len(suffix)] for f in os.listdir(splits_dir)
-                       if f.endswith(suffix))
+  class_names = sorted(f[:-len(suffix)] for f in os.listdir(splits_dir) if f.endswith(suffix))
   if not class_names:
-    raise FileNotFoundError(
-        f"no HMDB51 split file <class>{suffix} in {splits_dir}")
+    raise FileNotFoundError(f"no HMDB51 split file <class>{suffix} in {splits_dir}")
   for entry in sorted(os.listdir(data_dir)):
     has_videos = os.path.isdir(os.path.join(data_dir, entry)) and any(
         f.lower().endswith(VIDEO_EXTENSIONS)
         for f in os.listdir(os.path.join(data_dir, entry)))
     if has_videos and entry not in class_names:
-      raise FileNotFoundError(
-          f"HMDB51 split file {os.path.join(splits_dir, entry + suffix)} "
-          f"for class directory {entry!r} does not exist")
+      raise FileNotFoundError(f"HMDB51 split file {os.path.join(splits_dir, entry + suffix)} "
+                              f"for class directory {entry!r} does not exist")
   train, test = VideoList(), VideoList()
   for label, name in enumerate(class_names):
     split_file = os.path.join(splits_dir, name + suffix)
     for number, line in _lines(split_file):
       parts = line.split()
       if len(parts) != 2 or parts[1] not in ("0", "1", "2"):
-        raise ValueError(f"{split_file}:{number}: expected '<video> 0|1|2', "
-                         f"got {line!r}")
+        raise ValueError(f"{split_file}:{number}: expected '<video> 0|1|2', got {line!r}")
       path = os.path.join(data_dir, name, parts[0])
       if parts[1] == _HMDB_TRAIN:
         train.add(path, label)
@@ -175,10 +159,6 @@ def class_folders(root: str, eval_fraction: float = 0.1) -> VideoSplits:
   splits. Otherwise each class holds out ``round(eval_fraction * n)`` of its
   ``n`` videos (at least one if ``eval_fraction > 0`` and ``n > 1``), chosen by
   a hash of the relative path: stable, and kept when videos are added.
-
-  Raises:
-    FileNotFoundError: if ``root`` has no class folder with videos.
-    ValueError: for ``eval_fraction`` outside [0, 1).
   """
   if not 0.0 <= eval_fraction < 1.0:
     raise ValueError(f"eval_fraction must be in [0, 1), got {eval_fraction}")

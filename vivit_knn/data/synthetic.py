@@ -23,10 +23,7 @@ from vivit_knn.data import base, options
 NUM_CHANNELS = 3
 MIN_SPEED = 2
 SPLIT_IDS = {"train": 0, "eval": 1}
-CLASS_NAMES = {
-    4: ("left_up", "left_down", "right_up", "right_down"),
-    2: ("left", "right"),
-}
+CLASS_NAMES = {4: ("left_up", "left_down", "right_up", "right_down"), 2: ("left", "right")}
 # Stream id used to derive the frame-permutation generator from an example's
 # seed, so the permutation never perturbs the draws that define the clip.
 _PERMUTATION_STREAM = 1
@@ -36,34 +33,31 @@ _PERMUTATION_STREAM = 1
 default_config = options.synthetic_config
 
 
+def _phase_len(cfg: ml_collections.ConfigDict) -> int:
+  return cfg.num_frames // 2 if cfg.num_classes == 4 else cfg.num_frames
+
+
 def _validate(cfg: ml_collections.ConfigDict) -> None:
-  """Raises ValueError naming the offending ``dataset.*`` field."""
-  if cfg.num_classes not in CLASS_NAMES:
-    raise ValueError(
-        f"dataset.num_classes must be 4 (direction pairs) or 2 "
-        f"(horizontal only), got {cfg.num_classes}")
-  if cfg.num_frames < 4 or cfg.num_frames % 2:
-    raise ValueError(
-        f"dataset.num_frames must be even and >= 4, got {cfg.num_frames}")
-  if cfg.square_size < 1:
-    raise ValueError(
-        f"dataset.square_size must be >= 1, got {cfg.square_size}")
-  phase_len = cfg.num_frames // 2 if cfg.num_classes == 4 else cfg.num_frames
+  """Raises ValueError naming the first invalid ``dataset.*`` field."""
+  phase_len = _phase_len(cfg)
   # Two start positions at minimum speed; otherwise the start is fixed.
   min_size = cfg.square_size + (phase_len - 1) * MIN_SPEED + 1
-  if cfg.image_size < min_size:
-    raise ValueError(
-        f"dataset.image_size must be >= {min_size} for square_size="
-        f"{cfg.square_size} moving {MIN_SPEED} px over {phase_len} "
-        f"frames, got {cfg.image_size}")
-  if not 0.0 <= cfg.noise < 1.0:
-    raise ValueError(f"dataset.noise must be in [0, 1), got {cfg.noise}")
-  if cfg.num_train < 1:
-    raise ValueError(f"dataset.num_train must be >= 1, got {cfg.num_train}")
-  if cfg.num_eval < 1:
-    raise ValueError(f"dataset.num_eval must be >= 1, got {cfg.num_eval}")
-  if cfg.seed < 0:
-    raise ValueError(f"dataset.seed must be >= 0, got {cfg.seed}")
+  rules = [
+      (cfg.num_classes in CLASS_NAMES, "num_classes must be 4 (direction pairs) or 2 "
+       f"(horizontal only), got {cfg.num_classes}"),
+      (cfg.num_frames >= 4 and not cfg.num_frames % 2,
+       f"num_frames must be even and >= 4, got {cfg.num_frames}"),
+      (cfg.square_size >= 1, f"square_size must be >= 1, got {cfg.square_size}"),
+      (cfg.image_size >= min_size, f"image_size must be >= {min_size} for square_size="
+       f"{cfg.square_size} moving {MIN_SPEED} px over {phase_len} frames, got {cfg.image_size}"),
+      (0.0 <= cfg.noise < 1.0, f"noise must be in [0, 1), got {cfg.noise}"),
+      (cfg.num_train >= 1, f"num_train must be >= 1, got {cfg.num_train}"),
+      (cfg.num_eval >= 1, f"num_eval must be >= 1, got {cfg.num_eval}"),
+      (cfg.seed >= 0, f"seed must be >= 0, got {cfg.seed}"),
+  ]
+  for ok, message in rules:
+    if not ok:
+      raise ValueError(f"dataset.{message}")
 
 
 class SyntheticMotionDataset(base.VideoDataset):
@@ -71,32 +65,25 @@ class SyntheticMotionDataset(base.VideoDataset):
 
   Example ``i`` of split ``s`` is a pure function of ``(config.seed, s, i)``,
   generated in the tf.data pipeline after shuffling, skipping and host slicing.
-
-  Args:
-    config: Fields of :func:`default_config`; missing ones take their defaults.
-
-  Raises:
-    ValueError: for unknown or invalid fields, naming ``dataset.<field>``.
+  ``config`` sets fields of :func:`default_config`; ValueError names an unknown or invalid one.
   """
+
+  decode_batched = True
 
   def __init__(self, config: ml_collections.ConfigDict | None = None):
     cfg = keys.overlay_known(config, default_config(), "dataset")
     _validate(cfg)
     self.config = cfg
-    self._phase_len = cfg.num_frames // 2 if cfg.num_classes == 4 else cfg.num_frames
+    self._phase_len = _phase_len(cfg)
     room = cfg.image_size - cfg.square_size
     # At least MIN_SPEED px/frame, else a phase spans at most half of the free
     # range, leaving many start positions.
     self._speed = max(MIN_SPEED, room // (2 * (self._phase_len - 1)))
     self._num_starts = room - (self._phase_len - 1) * self._speed + 1
     self._info = base.DatasetInfo(
-        num_classes=cfg.num_classes,
-        class_names=CLASS_NAMES[cfg.num_classes],
-        num_train_examples=cfg.num_train,
-        num_eval_examples=cfg.num_eval,
-        input_shape=(cfg.num_frames, cfg.image_size, cfg.image_size,
-                     NUM_CHANNELS),
-    )
+        num_classes=cfg.num_classes, class_names=CLASS_NAMES[cfg.num_classes],
+        num_train_examples=cfg.num_train, num_eval_examples=cfg.num_eval,
+        input_shape=(cfg.num_frames, cfg.image_size, cfg.image_size, NUM_CHANNELS))
 
   @property
   def info(self) -> base.DatasetInfo:
@@ -115,14 +102,12 @@ class SyntheticMotionDataset(base.VideoDataset):
     return self._speed
 
   def generate(self, split: str,
-               indices: Sequence[int] | np.ndarray) -> tuple[np.ndarray,
-                                                             np.ndarray]:
+               indices: Sequence[int] | np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """float32 ``[n, T, H, W, 3]`` clips in [-1, 1] and int32 ``[n]`` labels of ``indices``."""
     cfg = self.config
     split_id = SPLIT_IDS[split]
     indices = np.asarray(indices, dtype=np.int64).reshape(-1)
-    n, t, size, s = (len(indices), cfg.num_frames, cfg.image_size,
-                     cfg.square_size)
+    n, t, size, s = len(indices), cfg.num_frames, cfg.image_size, cfg.square_size
     num_classes = cfg.num_classes
     labels = (indices % num_classes).astype(np.int32)
     frame_shape = (t, size, size, NUM_CHANNELS)
@@ -135,11 +120,9 @@ class SyntheticMotionDataset(base.VideoDataset):
       fixed[j] = rng.integers(size - s + 1, size=2)
       # Raw bytes are several times cheaper to draw than floats; 256
       # noise levels are plenty for a background.
-      noise_bytes[j] = np.frombuffer(
-          rng.bytes(noise_bytes[j].size), np.uint8).reshape(frame_shape)
+      noise_bytes[j] = np.frombuffer(rng.bytes(noise_bytes[j].size), np.uint8).reshape(frame_shape)
     # Background in [0, noise], mapped to [-1, 1] like the whole clip.
-    clips = np.multiply(noise_bytes, np.float32(2.0 * cfg.noise / 255.0),
-                        dtype=np.float32)
+    clips = np.multiply(noise_bytes, np.float32(2.0 * cfg.noise / 255.0), dtype=np.float32)
     clips -= 1.0
 
     steps = np.arange(self._phase_len) * self._speed
@@ -148,15 +131,11 @@ class SyntheticMotionDataset(base.VideoDataset):
     else:
       forward_h, forward_v = labels == 1, np.zeros(n, bool)
     # Moving right/down walks the trajectory forwards, left/up backwards.
-    traj_h = starts[:, :1] + np.where(forward_h[:, None], steps,
-                                      steps[::-1])
-    traj_v = starts[:, 1:] + np.where(forward_v[:, None], steps,
-                                      steps[::-1])
+    traj_h = starts[:, :1] + np.where(forward_h[:, None], steps, steps[::-1])
+    traj_v = starts[:, 1:] + np.where(forward_v[:, None], steps, steps[::-1])
     if num_classes == 4:
-      cols = np.concatenate(
-          [traj_h, np.repeat(fixed[:, 1:], self._phase_len, 1)], 1)
-      rows = np.concatenate(
-          [np.repeat(fixed[:, :1], self._phase_len, 1), traj_v], 1)
+      cols = np.concatenate([traj_h, np.repeat(fixed[:, 1:], self._phase_len, 1)], 1)
+      rows = np.concatenate([np.repeat(fixed[:, :1], self._phase_len, 1), traj_v], 1)
     else:
       cols, rows = traj_h, np.repeat(fixed[:, :1], t, 1)
     # Slice assignment beats a broadcast boolean mask by ~5x here.
@@ -187,20 +166,9 @@ class SyntheticMotionDataset(base.VideoDataset):
 
     return decode
 
-  def train_dataset(self, global_batch_size: int, *, start_step: int = 0,
-                    seed: int = 0, process_index: int = 0,
-                    process_count: int = 1) -> tf.data.Dataset:
-    """The tf.data pipeline behind :meth:`train_batches`."""
-    return base.make_train_dataset(
-        self._info.num_train_examples, global_batch_size,
-        self._decode_fn("train"), seed=seed, start_step=start_step,
-        process_index=process_index, process_count=process_count,
-        decode_batched=True)
+  def _train_decode_fn(self, seed: int):
+    del seed  # Example i is a function of config.seed alone.
+    return self._decode_fn("train")
 
-  def eval_dataset(self, global_batch_size: int, *, process_index: int = 0,
-                   process_count: int = 1) -> tf.data.Dataset:
-    """The tf.data pipeline behind :meth:`eval_batches`."""
-    return base.make_eval_dataset(
-        self._info.num_eval_examples, global_batch_size,
-        self._decode_fn("eval"), process_index=process_index,
-        process_count=process_count, decode_batched=True)
+  def _eval_decode_fn(self):
+    return self._decode_fn("eval")

@@ -27,12 +27,8 @@ class _Reader:
     return self._size
 
 
-def _tfrecord_reader(builder, split: str, counter: skips.SkipCounter,
-                     role: str):
-  """Reader over the TFRecord shards of ``split`` (honouring slices).
-
-  Damaged shards are counted in ``counter`` for ``role`` ('train'/'eval').
-  """
+def _tfrecord_reader(builder, split: str, counter: skips.SkipCounter, role: str):
+  """Reader over the TFRecord shards of ``split`` (honouring slices); damaged ones counted."""
   instructions = builder.info.splits[split].file_instructions
   paths = []
   for ins in instructions:
@@ -53,30 +49,25 @@ def _tfrecord_reader(builder, split: str, counter: skips.SkipCounter,
 
 def _not_prepared(builder, download: bool) -> FileNotFoundError:
   hint = "" if download else (
-      f": run `tfds build {builder.name} --data_dir=<dir>` or set "
-      "dataset.download=True (and dataset.manual_dir if it needs manually "
-      "downloaded files)")
-  return FileNotFoundError(f"TFDS dataset {builder.info.full_name} is not "
-                           f"prepared in {builder.data_dir}{hint}")
+      f": run `tfds build {builder.name} --data_dir=<dir>` or set dataset.download=True (and "
+      "dataset.manual_dir if it needs manually downloaded files)")
+  return FileNotFoundError(
+      f"TFDS dataset {builder.info.full_name} is not prepared in {builder.data_dir}{hint}")
 
 
-def _reader(builder, split: str, counter: skips.SkipCounter, download: bool,
-            role: str):
+def _reader(builder, split: str, counter: skips.SkipCounter, download: bool, role: str):
   """Random-access reader of ``split``, whatever the prepared file format."""
   import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
   try:
     source = builder.as_data_source(
         split, deserialize_method=tfds.decode.DeserializeMethod.RAW_BYTES)
-    return _Reader(len(source), lambda i: source[i],
-                   lambda i: f"{builder.name}:{split}[{i}]")
-  except NotImplementedError:  # Not ArrayRecord: maybe prepared as TFRecord.
-    if builder.is_prepared():
+    return _Reader(len(source), lambda i: source[i], lambda i: f"{builder.name}:{split}[{i}]")
+  except Exception as err:
+    if not builder.is_prepared():
+      raise _not_prepared(builder, download) from None
+    if isinstance(err, NotImplementedError):  # Not ArrayRecord: prepared as TFRecord.
       return _tfrecord_reader(builder, split, counter, role)
-    raise _not_prepared(builder, download) from None
-  except Exception:
-    if builder.is_prepared():
-      raise
-    raise _not_prepared(builder, download) from None
+    raise
 
 
 def example_parser(video_key: str, label_key: str):
@@ -98,10 +89,10 @@ def example_parser(video_key: str, label_key: str):
   return parse
 
 
-def build_tfds_dataset(*, builder: str, data_dir: str, manual_dir: str,
-                       download: bool, train_split: str, eval_split: str,
-                       video_key: str, label_key: str,
-                       spec: options.ProcessSpec) -> clips.ClipDataset:
+def build_tfds_dataset(*, builder: str, data_dir: str, spec: options.ProcessSpec,
+                       manual_dir: str = "", download: bool = False,
+                       train_split: str = "train", eval_split: str = "test",
+                       video_key: str = "video", label_key: str = "label") -> clips.ClipDataset:
   """A :class:`ClipDataset` over a TFDS video builder, prepared first if ``download``."""
   clips.check_data_dir(data_dir)
   import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
@@ -116,8 +107,7 @@ def build_tfds_dataset(*, builder: str, data_dir: str, manual_dir: str,
                        f"; its features are {sorted(features.keys())}")
   label = features[label_key]
   if not hasattr(label, "names"):
-    raise ValueError(f"dataset.label_key={label_key!r} of {builder} is not a "
-                     "ClassLabel")
+    raise ValueError(f"dataset.label_key={label_key!r} of {builder} is not a ClassLabel")
   counter = skips.SkipCounter()
   parse = example_parser(video_key, label_key)
   train, eval_ = (clips.RecordTable(_reader(tfds_builder, split, counter, download, role), parse)
@@ -126,14 +116,8 @@ def build_tfds_dataset(*, builder: str, data_dir: str, manual_dir: str,
 
 
 def build(cfg: ml_collections.ConfigDict) -> clips.ClipDataset:
-  """Builds the ``tfds`` dataset from its config (every key of ``options.tfds_config()``).
-
-  Raises:
-    ValueError: for an invalid processing field, naming ``dataset.<field>``.
-    FileNotFoundError: for an unprepared dataset (not to be downloaded) or ``data_dir``.
-  """
-  return build_tfds_dataset(
-      builder=cfg.builder, data_dir=cfg.data_dir, manual_dir=cfg.manual_dir,
-      download=cfg.download, train_split=cfg.train_split,
-      eval_split=cfg.eval_split, video_key=cfg.video_key,
-      label_key=cfg.label_key, spec=options.ProcessSpec.from_config(cfg))
+  """Builds the ``tfds`` dataset from its config (every key of ``options.tfds_config()``)."""
+  fields = ("builder", "data_dir", "manual_dir", "download", "train_split", "eval_split",
+            "video_key", "label_key")
+  return build_tfds_dataset(**{key: cfg[key] for key in fields},
+                            spec=options.ProcessSpec.from_config(cfg))

@@ -66,23 +66,19 @@ def parse_sequence_example(raw: bytes, source: str,
 
   The label is ``clip/label/index``; with ``num_nouns`` it is the action ``verb *
   num_nouns + noun`` of ``clip/label/verb/index`` and ``clip/label/noun/index``.
-
-  Raises:
-    BadVideoError: ``corrupt`` (unparsable or unlabelled) or ``zero_frames``.
+  BadVideoError ``corrupt`` (unparsable or unlabelled) or ``zero_frames`` otherwise.
   """
   try:
     example = tf.train.SequenceExample.FromString(raw)
   except message.DecodeError as err:
-    raise skips.BadVideoError(skips.CORRUPT, source,
-                              f"not a SequenceExample: {err}") from err
+    raise skips.BadVideoError(skips.CORRUPT, source, f"not a SequenceExample: {err}") from err
   if num_nouns:
     verb = _int_feature(example, record_format.label_set_keys("verb")[0], source)
     label = verb * num_nouns + _int_feature(
         example, record_format.label_set_keys("noun")[0], source)
   else:
     label = _int_feature(example, record_format.LABEL_KEY, source)
-  frames = _LazyFrames(
-      example.feature_lists.feature_list[record_format.FRAMES_KEY].feature)
+  frames = _LazyFrames(example.feature_lists.feature_list[record_format.FRAMES_KEY].feature)
   if not frames:
     raise skips.BadVideoError(skips.ZERO_FRAMES, source)
   return frames, label
@@ -112,12 +108,7 @@ def read_metadata(directory: str) -> dict | None:
 
 
 def read_class_names(path: str) -> list[str]:
-  """Class names from a file with one per line (blank lines ignored).
-
-  Raises:
-    FileNotFoundError: naming ``path`` if it does not exist.
-    ValueError: if it names no class or a class twice.
-  """
+  """Class names, one per line of ``path`` (blanks ignored); ValueError if none or repeated."""
   if not tf.io.gfile.exists(path):
     raise FileNotFoundError(f"class names file {path} does not exist")
   with tf.io.gfile.GFile(path, "r") as f:
@@ -154,76 +145,62 @@ def index_records(pattern: str, counter: skips.SkipCounter,
   index = records.RecordIndex(files, known, counter, split=split)
   scanned = len(files) - len(known)
   if scanned:
-    logging.warning(
-        "%s split: counted %d records by scanning the headers of %d of %d "
-        "files (no up-to-date %s beside them)", split, len(index), scanned,
-        len(files), METADATA_FILE)
+    logging.warning("%s split: counted %d records by scanning the headers of %d of %d files (no "
+                    "up-to-date %s beside them)", split, len(index), scanned, len(files),
+                    METADATA_FILE)
   else:
-    logging.info("%s split: %d records in %d files", split, len(index),
-                 len(files))
+    logging.info("%s split: %d records in %d files", split, len(index), len(files))
   return index, meta
 
 
-def class_names_for(num_classes: int, class_names_file: str,
-                    meta: dict | None, directory: str,
+def class_names_for(num_classes: int, class_names_file: str, meta: dict | None, directory: str,
                     fallback_num_classes: int = 0) -> list[str]:
   """Class names from the file, the metadata or ``classes.txt``, in that order.
 
   Without any, ``class_<i>`` for ``num_classes`` (or ``fallback_num_classes``) classes.
-
-  Raises:
-    ValueError: if nothing gives the classes, or ``num_classes`` disagrees.
+  ValueError if nothing gives the classes, or ``num_classes`` disagrees.
   """
-  names = None
+  classes_file = os.path.join(directory, CLASSES_FILE)
   if class_names_file:
     names = read_class_names(class_names_file)
   elif meta and meta.get("class_names"):
     names = list(meta["class_names"])
-  elif tf.io.gfile.exists(os.path.join(directory, CLASSES_FILE)):
-    names = read_class_names(os.path.join(directory, CLASSES_FILE))
-  if names is None:
+  elif tf.io.gfile.exists(classes_file):
+    names = read_class_names(classes_file)
+  else:
     num_classes = num_classes or fallback_num_classes
     if num_classes < 1:
-      raise ValueError(
-          "dataset.num_classes is 0 and no class names were found: set "
-          "dataset.num_classes or dataset.class_names_file (or keep the "
-          f"converter's {METADATA_FILE} next to the shards)")
+      raise ValueError("dataset.num_classes is 0 and no class names were found: set "
+                       "dataset.num_classes or dataset.class_names_file (or keep the "
+                       f"converter's {METADATA_FILE} next to the shards)")
     return [f"class_{i}" for i in range(num_classes)]
   if num_classes and num_classes != len(names):
-    raise ValueError(
-        f"dataset.num_classes={num_classes} but {len(names)} class names "
-        "were found")
+    raise ValueError(f"dataset.num_classes={num_classes} but {len(names)} class names were found")
   return names
 
 
 def _check_count(field: str, expected: int, found: int) -> None:
   if expected and expected != found:
-    logging.warning("dataset.%s=%d but %d records were found; using the "
-                    "records found", field, expected, found)
+    logging.warning("dataset.%s=%d but %d records were found; using the records found",
+                    field, expected, found)
 
 
-def build_record_dataset(*, data_dir: str, train_pattern: str,
-                         eval_pattern: str, num_classes: int,
-                         class_names_file: str, num_train: int, num_eval: int,
-                         spec: options.ProcessSpec,
-                         fallback_num_classes: int = 0,
-                         expected_split: int | None = None,
-                         label_source: str = "index",
-                         ) -> clips.ClipDataset:
+def build_record_dataset(*, data_dir: str, train_pattern: str, eval_pattern: str,
+                         spec: options.ProcessSpec, class_names_file: str = "",
+                         num_classes: int = 0, num_train: int = 0, num_eval: int = 0,
+                         fallback_num_classes: int = 0, expected_split: int | None = None,
+                         label_source: str = "index") -> clips.ClipDataset:
   """A :class:`ClipDataset` over DMVR TFRecords (shared by named datasets).
 
   ``expected_split`` must match the split in the converter's metadata, if both
   are there. ``label_source='verb_noun'`` labels records with their action.
   """
   if label_source not in LABEL_SOURCES:
-    raise ValueError(f"dataset.label_source must be one of {LABEL_SOURCES}, got "
-                     f"{label_source!r}")
+    raise ValueError(f"dataset.label_source must be one of {LABEL_SOURCES}, got {label_source!r}")
   clips.check_data_dir(data_dir)
   counter = skips.SkipCounter()
-  train_index, meta = index_records(
-      options.resolve_path(train_pattern, data_dir), counter, "train")
-  eval_index, _ = index_records(
-      options.resolve_path(eval_pattern, data_dir), counter, "eval")
+  train_index, meta = index_records(options.resolve_path(train_pattern, data_dir), counter, "train")
+  eval_index, _ = index_records(options.resolve_path(eval_pattern, data_dir), counter, "eval")
   directory = os.path.dirname(train_index.files[0])
   if (expected_split is not None and meta and meta.get("split") and
       meta["split"] != expected_split):
@@ -242,26 +219,17 @@ def build_record_dataset(*, data_dir: str, train_pattern: str,
       raise ValueError(f"dataset.num_classes={num_classes} but the records hold "
                        f"{len(meta['label_sets']['verb'])} verbs x "
                        f"{len(meta['label_sets']['noun'])} nouns = {len(names)} actions")
-    parse = functools.partial(parse_sequence_example,
-                              num_nouns=len(meta["label_sets"]["noun"]))
+    parse = functools.partial(parse_sequence_example, num_nouns=len(meta["label_sets"]["noun"]))
   else:
-    names = class_names_for(num_classes, class_names_file, meta, directory,
-                            fallback_num_classes)
+    names = class_names_for(num_classes, class_names_file, meta, directory, fallback_num_classes)
   return clips.ClipDataset(clips.RecordTable(train_index, parse),
                            clips.RecordTable(eval_index, parse), names, spec, counter)
 
 
 def build(cfg: ml_collections.ConfigDict) -> clips.ClipDataset:
-  """Builds the ``tfrecord`` dataset from its config (every key of ``options.tfrecord_config()``).
-
-  Raises:
-    ValueError: for an invalid processing field, naming ``dataset.<field>``.
-    FileNotFoundError: naming a missing directory, pattern or shard.
-  """
+  """Builds the ``tfrecord`` dataset from its config (the keys of ``options.tfrecord_config()``)."""
   return build_record_dataset(
-      data_dir=cfg.data_dir, train_pattern=cfg.train_pattern,
-      eval_pattern=cfg.eval_pattern, num_classes=cfg.num_classes,
-      class_names_file=options.resolve_path(cfg.class_names_file,
-                                            cfg.data_dir),
-      num_train=cfg.num_train, num_eval=cfg.num_eval,
-      spec=options.ProcessSpec.from_config(cfg), label_source=cfg.label_source)
+      data_dir=cfg.data_dir, train_pattern=cfg.train_pattern, eval_pattern=cfg.eval_pattern,
+      spec=options.ProcessSpec.from_config(cfg), num_classes=cfg.num_classes,
+      class_names_file=options.resolve_path(cfg.class_names_file, cfg.data_dir),
+      num_train=cfg.num_train, num_eval=cfg.num_eval, label_source=cfg.label_source)

@@ -66,11 +66,8 @@ def read_video(path: str, select: FrameSelector | None = None) -> np.ndarray:
   """uint8 ``[k, H, W, 3]`` RGB frames of the local video file ``path`` (any FFmpeg format).
 
   ``select`` maps the number of frames ``n`` to the ``k`` indices to return (in
-  ``[0, n)``, any order, repeats allowed); default: all frames.
-
-  Raises:
-    BadVideoError: ``missing`` file, ``corrupt`` data, ``truncated`` stream
-      or ``zero_frames``.
+  ``[0, n)``, any order, repeats allowed); default: all frames. BadVideoError for a
+  ``missing`` file, ``corrupt`` data, a ``truncated`` stream or ``zero_frames``.
   """
   select = select or np.arange
   if not os.path.exists(path):
@@ -81,8 +78,7 @@ def read_video(path: str, select: FrameSelector | None = None) -> np.ndarray:
       if not packets:
         raise skips.BadVideoError(skips.ZERO_FRAMES, path)
       shortfall = declared - len(packets)
-      if declared > 0 and shortfall > max(2,
-                                          _TRUNCATION_TOLERANCE * declared):
+      if declared > 0 and shortfall > max(2, _TRUNCATION_TOLERANCE * declared):
         raise skips.BadVideoError(
             skips.TRUNCATED, path,
             f"{len(packets)} of {declared} declared frames present")
@@ -93,8 +89,7 @@ def read_video(path: str, select: FrameSelector | None = None) -> np.ndarray:
       # Fewer decodable frames than packets: sample again from what decodes.
       container, codec, packets, _ = _open(path)
       with container:
-        every = _decode(codec, packets, set(range(len(packets))),
-                        len(packets))
+        every = _decode(codec, packets, set(range(len(packets))), len(packets))
       if not every:
         raise skips.BadVideoError(skips.CORRUPT, path, "no frame decodes")
       frames = dict(enumerate(every[i] for i in sorted(every)))
@@ -103,8 +98,7 @@ def read_video(path: str, select: FrameSelector | None = None) -> np.ndarray:
   except skips.BadVideoError:
     raise
   except (av.FFmpegError, OSError, ValueError, MemoryError) as err:
-    raise skips.BadVideoError(skips.CORRUPT, path,
-                              f"{type(err).__name__}: {err}") from err
+    raise skips.BadVideoError(skips.CORRUPT, path, f"{type(err).__name__}: {err}") from err
 
 
 def iter_segment(path: str, start_s: float, end_s: float,
@@ -113,11 +107,8 @@ def iter_segment(path: str, start_s: float, end_s: float,
 
   Seeks to the key frame before ``start_s`` and decodes up to ``end_s`` only. A
   frame's time counts from the stream's first frame. ``opener`` returns a binary
-  file object for ``path`` (remote storage); default: FFmpeg opens the path.
-
-  Raises:
-    BadVideoError: ``missing`` file, ``corrupt`` data, or ``zero_frames`` when
-      no frame lies in the segment (the detail names the video's length).
+  file object for ``path`` (remote storage); default: FFmpeg opens the path. BadVideoError
+  for a ``missing`` file, ``corrupt`` data, or ``zero_frames`` in the segment.
   """
   if opener is None and not os.path.exists(path):
     raise skips.BadVideoError(skips.MISSING, path, "no such file")
@@ -144,7 +135,8 @@ def iter_segment(path: str, start_s: float, end_s: float,
   except (av.FFmpegError, OSError, ValueError, MemoryError) as err:
     raise skips.BadVideoError(skips.CORRUPT, path, f"{type(err).__name__}: {err}") from err
   if not count:
-    ends = f"its last frame is at {last_time:.2f} s" if last_time is not None else "no frame decodes"
+    ends = (f"its last frame is at {last_time:.2f} s" if last_time is not None
+            else "no frame decodes")
     raise skips.BadVideoError(skips.ZERO_FRAMES, path,
                               f"no frame between {start_s:.2f} s and {end_s:.2f} s ({ends})")
 

@@ -1,8 +1,7 @@
 """Bottleneck adapters (AIM / CAST style) for frozen transformer experts.
 
-`Dense(D -> bottleneck) -> GELU -> Dense(-> D)` with a zero second layer, so a new
-adapter changes nothing: on an attention output with a skip (`skip=True`), beside
-an MLP on its input, scaled (`skip=False, scale=0.5`), or alone on pooled features.
+A zero second layer makes a new adapter change nothing: on an attention output with a
+skip, beside an MLP on its input (`skip=False, scale=0.5`), or alone on pooled features.
 """
 
 from __future__ import annotations
@@ -20,10 +19,7 @@ Dtype = Any
 
 
 class Adapter(nn.Module):
-  """`skip * x + scale * up(gelu(down(x)))`, `up` zero-initialised; drop path on the branch only.
-
-  `bottleneck` is the hidden width (192 for ViT-B in CAST).
-  """
+  """`skip * x + scale * up(gelu(down(x)))`, `up` zero-initialised; drop path on the branch only."""
 
   bottleneck: int
   skip: bool = True
@@ -34,11 +30,10 @@ class Adapter(nn.Module):
   @nn.compact
   def __call__(self, x: jax.Array, *, deterministic: bool = True) -> jax.Array:
     """Applies the adapter to `[..., D]` features; returns `[..., D]`."""
-    y = nn.Dense(self.bottleneck, dtype=self.dtype,
-                 kernel_init=nn.initializers.truncated_normal(stddev=0.02), name="down")(x)
-    y = exact_gelu(y)
-    y = nn.Dense(x.shape[-1], dtype=self.dtype, kernel_init=nn.initializers.zeros,
-                 name="up")(y)
+    y = exact_gelu(nn.Dense(self.bottleneck, dtype=self.dtype,
+                            kernel_init=nn.initializers.truncated_normal(stddev=0.02),
+                            name="down")(x))
+    y = nn.Dense(x.shape[-1], dtype=self.dtype, kernel_init=nn.initializers.zeros, name="up")(y)
     if self.scale != 1.0:
       y = self.scale * y
     y = drop_path(self, y, self.droppath_rate, deterministic)

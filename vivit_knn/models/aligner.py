@@ -1,8 +1,6 @@
 """Feature aligner: student tokens `[B, t, h, w, D]` -> a CNN teacher's maps `[B, t, H', W', C']`.
 
-Per frame: bilinear resize of the token grid, a conv to `C'` channels, LayerNorm
-and ReLU (the teacher's maps are post-ReLU); compared with the teacher's maps
-averaged over each tubelet's frames.
+Ends in ReLU as the teacher's maps, with which it is compared averaged over each tubelet's frames.
 """
 
 from __future__ import annotations

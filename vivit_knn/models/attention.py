@@ -37,8 +37,7 @@ __all__ = ["ATTENTION_KINDS", "DENSE", "PARAM_AXES", "AttentionKind", "Attention
 class AttentionSpec:
   """Which attention a block uses: `kind` (a key of `ATTENTION_KINDS`) and its options.
 
-  `knn_k`: the 'knn' kind's k, an int count or a float fraction of the keys. `impl`:
-  the evaluation path, one of `attention_backends.IMPLS` (see that module).
+  `knn_k`: the 'knn' kind's k, a count or a fraction of the keys; `impl`: `backends.IMPLS`.
   """
 
   kind: str = "dense"
@@ -51,13 +50,9 @@ DENSE = AttentionSpec()
 
 @dataclasses.dataclass(frozen=True)
 class AttentionKind:
-  """One attention kind.
+  """One kind: `attend` as `dense_attention`, `check(spec, num_keys, field)` raising ValueError.
 
-  Attributes:
-    attend: `(query, key, value, spec, **options) -> output`, as `dense_attention`.
-    check: `(spec, num_keys, field) -> None`; raises ValueError naming `field` when the
-      spec cannot work for `num_keys` keys.
-    takes_knn_k: whether a config's `knn_k` is this kind's option (else dropped).
+  `takes_knn_k`: whether a config's `knn_k` is this kind's option (else dropped).
   """
 
   attend: Callable[..., Array]
@@ -70,8 +65,7 @@ ATTENTION_KINDS: Dict[str, AttentionKind] = {
     "knn": AttentionKind(backends.knn_attention, check=backends.check_knn, takes_knn_k=True),
 }
 
-# Logical axes of the projections' parameters (see `vivit_knn.train.sharding`):
-# (path regex, axes by rank).
+# (path regex, logical axes by rank) of the projections (see `vivit_knn.train.sharding`).
 PARAM_AXES = (
     (r"(^|/)(query|key|value)/kernel$", ("embed", "heads", "kv")),
     (r"(^|/)(query|key|value)/bias$", ("heads", "kv")),
@@ -100,10 +94,7 @@ def attention_spec(cfg: ml_collections.ConfigDict) -> AttentionSpec:
 
 
 def check_attention_spec(spec: AttentionSpec, num_keys: int, field: str) -> None:
-  """Raises ValueError naming `field` unless `spec`'s kind, impl and options fit `num_keys` keys.
-
-  `field` is the block's config field, e.g. `'model.spatial_transformer.attention'`.
-  """
+  """Raises ValueError naming `field` (the block's config field) unless `spec` fits `num_keys`."""
   if spec.kind not in ATTENTION_KINDS:
     raise ValueError(f"{field}.kind must be one of {tuple(ATTENTION_KINDS)}, got {spec.kind!r}")
   backends.check_impl(spec.impl, f"{field}.impl")
@@ -118,14 +109,8 @@ def dot_product_attention(query: Array, key: Array, value: Array,
                           precision: PrecisionLike = None) -> Array:
   """Scaled dot-product attention of the kind `attention` names, e.g. `AttentionSpec('knn', 2 / 3)`.
 
-  Logits `q.k / sqrt(d)` (+ `bias`, with `mask=False` entries masked), all
-  broadcastable to `[..., H, Nq, Nk]`, are soft-maxed in float32; 'knn' first sets
-  each row's entries below its k-th largest logit to -inf (ties kept). `dropout_rate`
-  drops attention weights with `dropout_rng` unless `deterministic`; `dtype` is the
-  output's (default: the query's).
-
-  Raises:
-    ValueError: for an unknown kind, a bad `knn_k`, or dropout without a key.
+  Logits `q.k / sqrt(d)` (+ `bias`, `mask=False` masked) are soft-maxed in float32; 'knn'
+  first sets each row's entries below its k-th largest logit to -inf (ties kept).
   """
   if attention.kind not in ATTENTION_KINDS:
     raise ValueError(f"kind must be one of {tuple(ATTENTION_KINDS)}, got {attention.kind!r}")
@@ -142,10 +127,7 @@ def factorized_dot_product_attention(query: Array, key: Array, value: Array,
                                      precision: PrecisionLike = None) -> Array:
   """ViViT model 4 on `[B, T, S, H, d]`: heads `[0, H/2)` attend along T, `[H/2, H)` along S.
 
-  Each half uses `attention` (a k-NN `knn_k` is resolved against T and S separately).
-
-  Raises:
-    ValueError: if the head count H (`num_heads`) is odd.
+  A k-NN `knn_k` is resolved against T and S separately; an odd H raises ValueError.
   """
   heads = query.shape[-2]
   if heads % 2:
@@ -176,16 +158,9 @@ class MultiHeadAttention(nn.Module):
   Projections `query`, `key`, `value` (kernels `[D, H, D/H]`) and `out` (`[H, D/H,
   out_features]`), so scenic checkpoints map one to one. With
   `mutable=['intermediates']` it also records its attention (`attention_record`).
-
-  Attributes:
-    num_heads: number of heads; must divide `qkv_features` (default: the input width).
-    out_features: output width (default: the input width).
-    attention: the attention kind and its options (`AttentionSpec`).
-    factorized: ViViT model 4 (`factorized_dot_product_attention`) on `[B, T, S, D]`.
-    dropout_rate: dropout on the attention weights (rng stream 'dropout').
-    dtype, kernel_init, use_bias: of all projections (`dtype` also of the attention).
-    qkv_transform: optional hook `(q, k, v) -> (q, k, v)` on the projected
-      `[..., N, H, D/H]` tensors (e.g. X-ViT's frame shift).
+  `qkv_features`, `out_features` default to the input width; `factorized`: ViViT model 4
+  on `[B, T, S, D]`; `qkv_transform`: a hook `(q, k, v) -> (q, k, v)` on the projected
+  `[..., N, H, D/H]` tensors (e.g. X-ViT's frame shift).
   """
 
   num_heads: int
@@ -222,7 +197,6 @@ class MultiHeadAttention(nn.Module):
     if self.qkv_transform is not None:
       query, key, value = self.qkv_transform(query, key, value)
     if self.is_mutable_collection(attention_record.COLLECTION):
-      # Only when asked: `model.apply(..., mutable=['intermediates'])`.
       attention_record.sow_attention(self, query, key, self.attention, bias=bias, mask=mask,
                                      factorized=self.factorized)
 

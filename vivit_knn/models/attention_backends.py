@@ -1,8 +1,7 @@
 """Dense and exact k-NN scaled dot-product attention, and the choice of evaluation path.
 
-Layout (as in flax): query `[..., Nq, H, d]`, key/value `[..., Nk, H, d]`, output
-`[..., Nq, H, d]`. k-NN attention keeps, per query, the keys whose logits are at
-least the query's k-th largest logit (`kth_largest`) and masks the rest to -inf.
+Layout as in flax (`attention`). k-NN attention keeps, per query, the keys whose logits
+are at least its k-th largest logit (`kth_largest`) and masks the rest to -inf.
 
 Paths (`AttentionSpec.impl`, see `choose_impl`): 'xla' (cuDNN flash attention for
 plain half-precision dense attention on GPU; on CPU blocks of (batch x head) rows
@@ -48,13 +47,10 @@ AUTO_BLOCKED_BYTES = 64 << 20
 
 
 def resolve_knn_k(k: KnnK, num_keys: int) -> int:
-  """The number of keys each query keeps for `knn_k=k` out of `num_keys` keys.
+  """The keys each query keeps for `knn_k=k` of `num_keys`; ValueError naming `knn_k` if bad.
 
   An int `k` in `[1, num_keys]` as is; a float in `(0, 1]` as `floor(k * num_keys + 0.5)`
   clamped to `[1, num_keys]` (1.0: all keys).
-
-  Raises:
-    ValueError: naming `knn_k` and the token count for any other `k`.
   """
   num_keys = int(num_keys)
   if num_keys < 1:
@@ -105,10 +101,7 @@ def _global_attention(query, key, value, *, knn, bias, mask, dropout_rng, dropou
 
 def _plan_blocks(num_bh: int, num_q: int, width: int, block_elems: int,
                  min_q_block: int) -> Tuple[int, int, int, int]:
-  """`(group, num_bh_pad, q_block, num_q_pad)`: `group` items of `q_block` queries per block.
-
-  Items and queries are padded when no divisor gives a fair block size.
-  """
+  """`(group, num_bh_pad, q_block, num_q_pad)`: `group` items of `q_block` queries per block."""
   if num_q * width <= block_elems:  # several whole heads per block
     limit = block_elems // (num_q * width)
     group = kth.block_size(num_bh, limit)
@@ -123,10 +116,7 @@ def _plan_blocks(num_bh: int, num_q: int, width: int, block_elems: int,
                                              "min_q_block"))
 def _blockwise_attention(query, key, value, *, knn, out_dtype, precision, block_elems,
                          min_q_block):
-  """The attention in `lax.map` blocks of at most `block_elems` logits.
-
-  A block holds several heads, or a query block (at least `min_q_block` rows) of one head.
-  """
+  """The attention in `lax.map` blocks of at most `block_elems` logits (heads or query rows)."""
   batch = query.shape[:-3]
   num_q, heads, depth = query.shape[-3:]
   num_k = key.shape[-3]
@@ -189,10 +179,8 @@ def choose_impl(impl: str, query: Array, key: Array, knn: Optional[int], *,
                 plain: bool) -> str:
   """The evaluation path for `impl`: 'xla', 'blocked', 'pallas' or 'pallas_interpret'.
 
-  `plain`: no bias, mask or attention dropout, and q, k, v share leading axes and heads.
-
-  Raises:
-    ValueError: naming `impl` if unknown, forced without `plain`, or 'pallas' off TPU/GPU.
+  `plain`: no bias, mask or attention dropout, and q, k, v share leading axes and heads;
+  ValueError naming `impl` if unknown, forced without `plain`, or 'pallas' off TPU/GPU.
   """
   check_impl(impl)
   if impl == "xla":
@@ -255,8 +243,7 @@ def flash_dense_attention(query: Array, key: Array, value: Array, *,
                           implementation: Optional[str] = "cudnn", pad_to: int = 8) -> Array:
   """Dense attention through `jax.nn.dot_product_attention` (cuDNN flash attention on GPU).
 
-  Token counts are padded to a multiple of `pad_to`; padded keys are excluded with
-  `key_value_seq_lengths`. `implementation=None` or 'xla' runs on any backend.
+  Tokens are padded to a multiple of `pad_to`; `implementation=None` or 'xla': any backend.
   """
   lead = query.shape[:-3]
   nq, nk = query.shape[-3], key.shape[-3]

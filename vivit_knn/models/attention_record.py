@@ -65,9 +65,8 @@ def layer_order(names: Iterable[str]) -> List[str]:
 def attention_layers(intermediates: Mapping[str, Any]) -> Dict[str, Dict[str, Array]]:
   """`{layer name: record}` from an `intermediates` collection, in `layer_order`.
 
-  A name is the module path joined by '/', e.g.
-  `SpatialTransformer/encoderblock_0/MultiHeadDotProductAttention_0`; model 4's halves
-  end in `:time` and `:space`; a module's later calls get `#1`, `#2`, ...
+  A name is the module path joined by '/' (`Transformer/encoderblock_0/...`); model 4's
+  halves end in `:time` and `:space`; a module's later calls get `#1`, `#2`, ...
   """
   layers: Dict[str, Dict[str, Array]] = {}
 

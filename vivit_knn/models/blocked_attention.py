@@ -6,8 +6,7 @@ sum of the values; blocks hold whole rows, so the softmax is exact in one step. 
 backward pass (`jax.custom_vjp`, as in flash attention) keeps only the inputs and
 each row's log-sum-exp and threshold, and recomputes every block's logits, so the
 kept set is the forward's and memory grows linearly in N. The threshold carries no
-gradient; ties at it are kept. No bias, mask or dropout (`attention_backends`
-evaluates those in one piece).
+gradient; ties at it are kept. No bias, mask or dropout.
 """
 
 from __future__ import annotations
@@ -35,11 +34,7 @@ MAX_Q_BLOCK = 512
 
 @dataclasses.dataclass(frozen=True)
 class Plan:
-  """Static description of one blocked attention call (hashable, for `custom_vjp`).
-
-  `knn`: keys kept per query (None: dense); `num_k` real keys of `width` after padding;
-  `backward_q_block`: the backward pass's block size (None: `q_block`).
-  """
+  """Static, hashable (for `custom_vjp`) plan of one call; `knn`: kept keys (None: dense)."""
 
   knn: Optional[int]
   num_k: int
@@ -85,10 +80,7 @@ def block_threshold(logits: Array, plan: Plan) -> Array:
 
 
 def forward_block(q: Array, k: Array, v: Array, plan: Plan) -> Tuple[Array, Array, Array]:
-  """One query block: `(out [BH, qb, dv], lse [BH, qb], thresh [BH, qb])`.
-
-  `thresh` is -inf for dense attention (every key kept).
-  """
+  """One query block: `(out [BH, qb, dv], lse [BH, qb], thresh [BH, qb])` (-inf: dense)."""
   logits = _logits(q, k, plan)
   thresh = None if plan.knn is None else block_threshold(logits, plan)
   keep = _keep(logits, thresh, plan)
@@ -110,8 +102,7 @@ def _split(x: Array, q_block: int) -> Array:
   return jnp.swapaxes(x.reshape((x.shape[0], -1, q_block) + x.shape[2:]), 0, 1)
 
 
-def _merge(x: Array) -> Array:
-  """Inverse of `_split`."""
+def _merge(x: Array) -> Array:  # the inverse of `_split`
   x = jnp.swapaxes(x, 0, 1)
   return x.reshape((x.shape[0], -1) + x.shape[3:])
 
@@ -200,10 +191,10 @@ def prepare(query: Array, key: Array, value: Array, knn: Optional[int], *,
             dtype: Any = None, precision: Any = None, q_block: Optional[int] = None,
             key_multiple: Optional[int] = None,
             backward_q_block: Optional[int] = None) -> Tuple[Array, Array, Array, Plan]:
-  """Heads-major `(q, k, v, plan)`, keys and queries zero-padded (padding is dropped).
+  """Heads-major `(q, k, v, plan)`, zero-padded (the padding is dropped from the output).
 
-  Keys are padded to a multiple of `key_multiple` (default: the k-NN row length),
-  queries to the block size. `backward_q_block=-1`: `plan_q_block`'s choice.
+  Keys to a multiple of `key_multiple` (default: the k-NN row length), queries to the
+  block size. `backward_q_block=-1`: `plan_q_block`'s choice.
   """
   num_q, heads = query.shape[-3:-1]
   num_k = key.shape[-3]
@@ -240,9 +231,7 @@ def blocked_attention(query: Array, key: Array, value: Array, knn: Optional[int]
                       backward_q_block: Optional[int] = None) -> Array:
   """Dense (`knn` None) or k-NN (`knn` keys kept) attention in query blocks, recomputing VJP.
 
-  Query `[..., Nq, H, d]`, key `[..., Nk, H, d]` and value `[..., Nk, H, dv]` share
-  leading axes and heads; returns `[..., Nq, H, dv]`. `q_block` defaults to
-  `plan_q_block`'s choice, `backward_q_block` to `q_block`.
+  Query, key and value `[..., N, H, d]` share leading axes and heads; see `prepare`.
   """
   return evaluate(_blocked, query, key, value, knn, dtype=dtype, precision=precision,
                   q_block=q_block, backward_q_block=backward_q_block)

@@ -12,9 +12,6 @@ random: normal 0.02). EPIC-Kitchens (`num_verbs`, `num_nouns` > 0): `noun_head` 
 the spatial and `verb_head` on the temporal features; the logits are the joint
 `log p(verb) + log p(noun)`, verb-major `[B, num_verbs * num_nouns]`, so softmax
 cross-entropy on actions `verb * num_nouns + noun` is the sum of the two losses.
-
-`FAMILY` is the 'cast' family (its own key: the `cast` block); the paper trains
-`TRAINABLE_PATTERNS` (set through `optimizer.trainable_patterns`).
 """
 
 from __future__ import annotations
@@ -30,21 +27,16 @@ import ml_collections
 from vivit_knn.models.adapters import Adapter
 from vivit_knn.models.attention import MultiHeadAttention
 from vivit_knn.models.encoder import drop_path, exact_gelu
-from vivit_knn.models.experts import CLIPVisionExpert, Expert, VideoMAEExpert
+from vivit_knn.models.experts import CLIPVisionExpert, ExpertFields, VideoMAEExpert
 from vivit_knn.models.family import COMMON_KEYS, DTYPES, ModelFamily, require
 from vivit_knn.models.video_transformer import droppath_ramp, maybe_remat
 
 Dtype = Any
 
-# Regexes on '/'-joined paths: the B-CAST blocks (and their *_pos), adapters, norms, heads.
-TRAINABLE_PATTERNS = (
-    r"(^|/)cross_",
-    r"_pos$",
-    r"adapter",
-    r"(^|/)ln_post/",
-    r"(^|/)fc_norm/",
-    r"(^|/)(\w+_)?head/",
-)
+# What the paper trains (`optimizer.trainable_patterns`), as regexes on '/'-joined paths:
+# the B-CAST blocks (and their *_pos), adapters, norms, heads.
+TRAINABLE_PATTERNS = (r"(^|/)cross_", r"_pos$", r"adapter", r"(^|/)ln_post/", r"(^|/)fc_norm/",
+                      r"(^|/)(\w+_)?head/")
 
 _TRUNC = nn.initializers.truncated_normal(stddev=0.02)
 
@@ -56,10 +48,9 @@ class BCASTBlock(nn.Module):
   projected to `cross_dim` and normalised. T2S (`t2s`): each spatial patch attends
   along time to the temporal tokens at its grid position (the spatial CLS only
   passes the bottleneck, as in the public code); S2T (`s2t`): each temporal token
-  attends to its frame's P spatial patches. Queries and keys get learned
-  `*_time_pos` `[T', cross_dim]` / `*_space_pos` `[P, cross_dim]` embeddings. Each
-  result goes through GELU and a zero-initialised up-projection added to its
-  stream, so the block starts as the identity.
+  attends to its frame's P spatial patches. Queries and keys get learned `*_time_pos`
+  / `*_space_pos` embeddings; each result goes through GELU and a zero-initialised
+  up-projection added to its stream, so the block starts as the identity.
   """
 
   num_heads: int
@@ -106,30 +97,19 @@ class BCASTBlock(nn.Module):
     return s, v
 
 
-class CAST(nn.Module):
-  """CAST with ViT experts of equal width, returning `(logits, intermediates)`.
+class CAST(ExpertFields, kw_only=True):
+  """CAST with ViT experts of equal width (its fields), returning `(logits, intermediates)`.
 
-  `intermediates`: `spatial_features`, `temporal_features` (`[B, D]`),
-  `spatial_encoded` (`[B, T', 1 + P, D]`), `temporal_encoded` (`[B, T'*P, D]`), and
-  `pre_logits` or (EPIC-Kitchens) `verb_logits` / `noun_logits`.
+  `intermediates`: `{spatial,temporal}_{features,encoded}` and `pre_logits` or
+  (EPIC-Kitchens) `verb_logits` / `noun_logits`.
   """
 
   num_classes: int
-  hidden_size: int = 768
-  num_heads: int = 12
-  mlp_dim: int = 3072
-  num_layers: int = 12
   patch_size: Sequence[int] = (16, 16, 2)
   cross_dim: int = 384
   adapter_dim: int = 192
-  mlp_adapter_scale: float = 0.5
   num_verbs: int = 0
   num_nouns: int = 0
-  dropout_rate: float = 0.0
-  attention_dropout_rate: float = 0.0
-  stochastic_depth: float = 0.0
-  remat: bool = False
-  dtype: Dtype = jnp.float32
 
   @property
   def multihead(self) -> bool:
@@ -137,13 +117,11 @@ class CAST(nn.Module):
     return self.num_verbs > 0 and self.num_nouns > 0
 
   def _experts(self, num_patches: int):
-    common = {f.name: getattr(self, f.name) for f in dataclasses.fields(Expert)
+    common = {f.name: getattr(self, f.name) for f in dataclasses.fields(ExpertFields)
               if f.name not in ("parent", "name")}
-    h, w, _ = self.patch_size
-    spatial = CLIPVisionExpert(num_patches=num_patches, patch_size=(h, w), name="spatial",
-                               **common)
-    temporal = VideoMAEExpert(patch_size=tuple(self.patch_size), name="temporal", **common)
-    return spatial, temporal
+    return (CLIPVisionExpert(num_patches=num_patches, patch_size=tuple(self.patch_size[:2]),
+                             name="spatial", **common),
+            VideoMAEExpert(patch_size=tuple(self.patch_size), name="temporal", **common))
 
   @nn.compact
   def __call__(self, x: jax.Array, *, train: bool = False):
@@ -194,10 +172,7 @@ class CAST(nn.Module):
 
 
 def joint_action_log_probs(verb_logits: jax.Array, noun_logits: jax.Array) -> jax.Array:
-  """`log p(verb) + log p(noun)` for every (verb, noun): `[B, V]`, `[B, N]` -> `[B, V * N]`.
-
-  Action `verb * N + noun` is entry `[:, verb * N + noun]` (see the module doc).
-  """
+  """`log p(verb) + log p(noun)` for every (verb, noun): `[B, V]`, `[B, N]` -> `[B, V * N]`."""
   verb = jax.nn.log_softmax(verb_logits.astype(jnp.float32), axis=-1)
   noun = jax.nn.log_softmax(noun_logits.astype(jnp.float32), axis=-1)
   joint = verb[:, :, None] + noun[:, None, :]
@@ -226,7 +201,6 @@ def _check(cfg: ml_collections.ConfigDict, input_shape: Sequence[int], field: st
 
 
 def _build(cfg: ml_collections.ConfigDict, num_classes: int) -> CAST:
-  """The CAST that `config.model` describes."""
   return CAST(num_classes=num_classes, patch_size=tuple(cfg.patch_size), dtype=DTYPES[cfg.dtype],
               **{key: cfg[key] for key in COMMON_KEYS},
               **{key: cfg.cast[key] for key in _defaults()["cast"]})

@@ -13,15 +13,11 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from vivit_knn.models.attention import DENSE, AttentionSpec, MultiHeadAttention
+from vivit_knn.models.attention import AttentionSpec, MultiHeadAttention
 from vivit_knn.models.partitioning import constrain
 from vivit_knn.models.video_transformer import BlockFields, StackFields, maybe_remat
 
 Dtype = Any
-
-__all__ = ["DENSE", "MLP_ACTIVATIONS", "MLP_PARAM_AXES", "AddPositionEmbedding", "AttentionSpec",
-           "Encoder", "EncoderBlock", "FactorizedSelfAttentionBlock", "MlpBlock",
-           "attention_module", "drop_path", "exact_gelu", "mlp_residual", "quick_gelu"]
 
 
 class MlpBlock(nn.Module):
@@ -106,11 +102,8 @@ def mlp_residual(block: BlockFields, x: jax.Array, deterministic: bool,
 class EncoderBlock(BlockFields):
   """Pre-LN transformer block: x + Attn(LN(x)), then x + MLP(LN(x)).
 
-  `factorized`: ViViT model 4 on `[B, T, S, D]`. For pretrained experts (CLIP,
-  VideoMAE): `layer_norm_epsilon` and adapter hooks, module factories called with
-  `name=`: `attention_adapter` maps the attention output, `mlp_adapter` maps the
-  MLP's normalised input to a term added to the MLP output. `part='attention'` /
-  `'mlp'` applies only that residual half (CAST runs its cross-attention between).
+  `factorized`: ViViT model 4 on `[B, T, S, D]`. For the experts: adapter factories
+  (called with `name=`) and `part` ('attention' / 'mlp': that half only, for CAST).
   """
 
   factorized: bool = False
@@ -160,22 +153,18 @@ class FactorizedSelfAttentionBlock(BlockFields):
 class Encoder(StackFields):
   """Learned position embedding, `num_layers` blocks and a final LayerNorm on `[B, N, D]` tokens.
 
-  `model_type`: ViViT's 'spacetime' (also the image ViT), 'factorized_self_attention_block'
-  or 'factorized_dot_product_attention', for which the tokens are viewed as
-  `[B, temporal_dims, N / temporal_dims, D]`.
+  `model_type`: ViViT's (the image ViT's is 'spacetime'); models 3 and 4 view the tokens
+  as `[B, temporal_dims, N / temporal_dims, D]`.
   """
 
   model_type: str = "spacetime"
   temporal_dims: Optional[int] = None
 
   def _block(self, layer: int) -> nn.Module:
-    common = self.block_fields(layer)
     if self.model_type == "factorized_self_attention_block":
-      cls = FactorizedSelfAttentionBlock
-    else:
-      cls = EncoderBlock
-      common["factorized"] = self.model_type == "factorized_dot_product_attention"
-    return maybe_remat(cls, self.remat)(**common)
+      return maybe_remat(FactorizedSelfAttentionBlock, self.remat)(**self.block_fields(layer))
+    factorized = self.model_type == "factorized_dot_product_attention"
+    return maybe_remat(EncoderBlock, self.remat)(factorized=factorized, **self.block_fields(layer))
 
   @nn.compact
   def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:

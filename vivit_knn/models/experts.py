@@ -8,8 +8,7 @@ conv `patch_embed`, a fixed sinusoid table, erf GELU blocks, eps 1e-6, `fc_norm`
 the token mean; it has no key bias, so the converter sets our `key/bias` to zero
 (a key bias adds a per-row constant to the logits, which the softmax ignores).
 
-With `adapter_dim > 0` every block gets CAST's adapters: one on the attention output
-(with a skip), one beside the MLP scaled by `mlp_adapter_scale`; stochastic depth
+With `adapter_dim > 0` every block gets CAST's adapters (`adapters`); stochastic depth
 drops only the MLP adapter, never the frozen branches (as in CAST).
 """
 
@@ -44,8 +43,8 @@ def sinusoid_table(num_positions: int, dim: int) -> np.ndarray:
   return table.astype(np.float32)
 
 
-class Expert(nn.Module):
-  """Shared parts of both experts: the block stack built from the shared core."""
+class ExpertFields(nn.Module, kw_only=True):
+  """The fields of both experts (CAST passes its own to each)."""
 
   hidden_size: int = 768
   num_layers: int = 12
@@ -58,6 +57,10 @@ class Expert(nn.Module):
   stochastic_depth: float = 0.0
   remat: bool = False
   dtype: Dtype = jnp.float32
+
+
+class Expert(ExpertFields):
+  """Shared parts of both experts: the block stack built from the shared core."""
 
   def _blocks(self, activation, epsilon: float) -> List[nn.Module]:
     cls = maybe_remat(EncoderBlock, self.remat, static_argnums=(2, 3))
@@ -75,6 +78,13 @@ class Expert(nn.Module):
     """Applies block `index` (or its `part`: 'attention' / 'mlp') to `[B, N, D]` tokens."""
     # Positional arguments: remat keeps `deterministic` and `part` static by position.
     return self.blocks[index](x, not train, part)
+
+  def __call__(self, inputs: jax.Array, *, train: bool = False):
+    """Encodes `inputs` alone (see `embed`); returns `(pool(tokens) [N, D], tokens)`."""
+    x = self.embed(inputs)
+    for i in range(self.num_layers):
+      x = self.block(i, x, train=train)
+    return self.pool(x), x
 
 
 class CLIPVisionExpert(Expert):
@@ -109,15 +119,9 @@ class CLIPVisionExpert(Expert):
     return self.ln_pre(x)
 
   def pool(self, tokens: jax.Array) -> jax.Array:
-    """`ln_post` of the CLS token averaged over frames: `[B, T, 1 + P, D]` -> `[B, D]`."""
-    return self.ln_post(jnp.mean(tokens[:, :, 0], axis=1))
-
-  def __call__(self, images: jax.Array, *, train: bool = False):
-    """Encodes images `[N, H, W, C]`; returns `(ln_post(CLS) [N, D], tokens [N, 1 + P, D])`."""
-    x = self.embed(images)
-    for i in range(self.num_layers):
-      x = self.block(i, x, train=train)
-    return self.ln_post(x[:, 0]), x
+    """`ln_post` of the CLS token, averaged over any frames: `[B, (T,) 1 + P, D]` -> `[B, D]`."""
+    cls = tokens[..., 0, :]
+    return self.ln_post(jnp.mean(cls, axis=1) if cls.ndim == 3 else cls)
 
 
 class VideoMAEExpert(Expert):
@@ -143,10 +147,3 @@ class VideoMAEExpert(Expert):
   def pool(self, tokens: jax.Array) -> jax.Array:
     """`fc_norm` of the mean of all tokens: `[B, N, D]` -> `[B, D]`."""
     return self.fc_norm(jnp.mean(tokens, axis=1))
-
-  def __call__(self, video: jax.Array, *, train: bool = False):
-    """Encodes video `[B, T, H, W, C]`; returns `(fc_norm(mean) [B, D], tokens [B, N, D])`."""
-    x = self.embed(video)
-    for i in range(self.num_layers):
-      x = self.block(i, x, train=train)
-    return self.pool(x), x

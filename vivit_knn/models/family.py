@@ -1,8 +1,4 @@
-"""What one model family is (`ModelFamily`), and the config helpers the family modules share.
-
-Each family module (`vivit`, `timesformer`, `xvit`, `student`, `cast`) exports one
-`FAMILY`; `models.registry` lists them.
-"""
+"""What one model family is (`ModelFamily`), and the config helpers the family modules share."""
 
 from __future__ import annotations
 
@@ -38,22 +34,17 @@ class ModelFamily:
   """One model family: all the rest of the project knows about it.
 
   Attributes:
-    name: its `config.model.name`.
     build: `(cfg, num_classes) -> module`, from a checked config.
-    defaults: `() -> keys` it adds to `config.model` (keys several families read live in
-      `vivit_knn.config.model_config`).
-    check: `(cfg, input_shape, field)`: its checks, run once before compiling; errors
-      name the field.
+    defaults: `() -> keys` it adds to `config.model` (shared keys: `config.model_config`).
+    check: `(cfg, input_shape, field)`: its checks (errors name `field`), run before compiling.
     key_counts: `(cfg, t, s) -> {attention field: (keys it sees, spec)}` for `t` frame
-      tokens of `s` patches, so a kind's options are checked before compiling.
+      tokens of `s` patches.
     inactive_keys: `(cfg, field) -> InactiveKeys` this configuration never reads (set
       away from their defaults, they are errors: `vivit_knn.config.check_model`).
     mlp_activation: what an empty `model.mlp_activation` means (None: the modules fix
       their own, and the key cannot take effect).
-    exclusive_keys: keys only this family reads.
     stem_names: stem parameter names (layer 0 for layer-wise lr decay).
     init_rules: how its parameters start from an image ViT (`models.init_rules`).
-    param_axes: its own (path regex, logical axes) sharding rules.
   """
 
   name: str

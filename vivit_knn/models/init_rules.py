@@ -27,8 +27,8 @@ class InitRules:
   Attributes:
     image_encoder: `config.model` -> `(encoder, CLS parameter)` that take the image
       ViT's `Transformer` and `cls`.
-    new_modules: top-level modules (regexes, matched in full) kept as initialised.
-    new_block_modules: block modules kept as initialised.
+    new_modules, new_block_modules: top-level (regexes, matched in full) and block
+      modules kept as initialised.
     from_spatial: `(block module, image block module)`: copies of the image block's,
       unless the checkpoint has their own.
     zeroed_block_modules: block modules set to zeros, unless the checkpoint has them.

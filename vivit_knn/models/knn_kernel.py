@@ -1,13 +1,12 @@
 """A fused Pallas kernel for dense and exact k-NN attention (the forward pass).
 
 One instance takes one (batch x head) row and `q_block` queries: it forms the
-`[q_block, W]` float32 logits on chip, finds each row's k-th largest logit by a
-32-step bit search on order-preserving int32 keys (exact, no sort, ties kept),
-masks the rest to -inf and writes the softmax-weighted values with each row's
-log-sum-exp and threshold; the logits never reach HBM. The backward pass is
-`blocked_attention.blocked_backward`, which compares recomputed logits with the
-stored thresholds (the same kept set while the kernel's and XLA's dot products
-agree, as they do in the interpreter that the tests run).
+`[q_block, W]` float32 logits on chip, finds each row's k-th largest logit by a 32-step
+bit search (`kth_largest_bits`), masks the rest to -inf and writes the softmax-weighted
+values with each row's log-sum-exp and threshold; the logits never reach HBM. The
+backward pass (`blocked_attention.blocked_backward`) compares recomputed logits with the
+stored thresholds (the same kept set while the kernel's and XLA's dot products agree,
+as they do in the interpreter that the tests run).
 
 Block sizes (W: keys padded to a multiple of 128 on TPU, a power of two >= 128 on GPU):
 * TPU (Mosaic): `q_block` 128; VMEM about 4 f32 `[128, W]` arrays plus
@@ -156,13 +155,7 @@ def check_backend(backend: str) -> None:
 
 def kernel_attention(query: Array, key: Array, value: Array, knn: Optional[int], *,
                      dtype=None, precision=None, interpret: bool = False) -> Array:
-  """`blocked_attention.blocked_attention` with the fused kernel as its forward pass.
-
-  `interpret` runs the kernel in the Pallas interpreter (any backend; slow, for tests).
-
-  Raises:
-    ValueError: naming `impl` when not interpreting on a backend without the kernel.
-  """
+  """`blocked_attention.blocked_attention` with the kernel forward (`interpret`: any backend)."""
   backend = jax.default_backend()
   if not interpret:
     check_backend(backend)

@@ -152,11 +152,8 @@ def kth_largest(x: Array, k: int) -> Array:
 
   Equals `np.sort(x, -1)[..., -k][..., None]` (duplicates count separately) for
   float32, bfloat16 and float16, in the input dtype: 32 counting passes over `x`, no
-  sort. NaN entries give an unspecified result; the output carries no gradient.
-
-  Raises:
-    TypeError: for non-float inputs or floats wider than 32 bits.
-    ValueError: if `k` is not an int in `[1, x.shape[-1]]`.
+  sort; NaN entries give an unspecified result, the output no gradient. TypeError for
+  non-float or 64-bit inputs, ValueError unless `k` is an int in `[1, n]`.
   """
   x = jnp.asarray(x)
   if not jnp.issubdtype(x.dtype, jnp.floating) or x.dtype.itemsize > 4:

@@ -46,10 +46,9 @@ def patch_positions(grid: Sequence[int], num_frames: int = 1) -> np.ndarray:
 
 def quadratic_position_bias(delta: jax.Array, alpha: jax.Array, positions: jax.Array,
                             num_prefix: int = 0) -> jax.Array:
-  """The relative logits term `[H, P + N, P + N]` for `N` patch `positions` `[N, 2]`.
+  """The term `[H, P + N, P + N]` of `N` patch `positions` `[N, 2]`, 0 for the P prefix tokens.
 
-  Entry `[h, q, k]` is `-alpha_h (|d|^2 - 2 Delta_h . d)` with `d = pos_k - pos_q`
-  for patches, and 0 in the rows and columns of the `P = num_prefix` leading tokens.
+  Entry `[h, q, k]` is `-alpha_h (|d|^2 - 2 Delta_h . d)` with `d = pos_k - pos_q`.
   """
   positions = jnp.asarray(positions, jnp.float32)
   d = positions[None, :, :] - positions[:, None, :]  # [Nq, Nk, 2], key minus query
@@ -85,8 +84,7 @@ def mhca_attention(x: jax.Array, *, num_heads: int, grid: Sequence[int], num_fra
                    deterministic: bool = True, dtype: Dtype = jnp.float32) -> jax.Array:
   """MHCA of tokens `[B, P + T*h*w, D]`, built in the calling module's compact method.
 
-  Creates `RelativePosition_0` and `MultiHeadDotProductAttention_0` (the plain ViT's
-  name), which evaluates `attention` with the relative term as its bias.
+  `RelativePosition_0` is the bias of `MultiHeadDotProductAttention_0` (the plain ViT's name).
   """
   bias = QuadraticPositionBias(num_heads, locality_strength, name="RelativePosition_0")(
       grid, num_frames, num_prefix)

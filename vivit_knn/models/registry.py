@@ -35,12 +35,7 @@ def family(name: str) -> ModelFamily:
 
 
 def default_config_keys() -> Dict[str, Any]:
-  """Every family's own `config.model` keys with their defaults, merged (fresh objects).
-
-  Raises:
-    ValueError: if two families declare the same key (shared keys belong in the
-      common block of `vivit_knn.config.model_config`).
-  """
+  """Every family's own `config.model` keys with their defaults, merged; ValueError on a clash."""
   merged: Dict[str, Any] = {}
   for spec in FAMILIES.values():
     for key, value in spec.defaults().items():
@@ -84,11 +79,7 @@ def _check_common(cfg: ConfigDict, input_shape: Sequence[int], field: str) -> No
 
 
 def check(cfg: ConfigDict, input_shape: Sequence[int], field: str = "model") -> None:
-  """Checks `config.model` against one clip's `(T, H, W, C)` before compiling.
-
-  Runs the common checks, the family's own, and every attention's options against
-  the keys it will see. Errors name the field.
-  """
+  """Checks `config.model` for clips `(T, H, W, C)`: common, family and attention checks."""
   require(cfg.name in FAMILIES, f"{field}.name",
           f"must be one of {MODEL_NAMES}, got {cfg.name!r}")
   _check_common(cfg, input_shape, field)
@@ -100,8 +91,7 @@ def check(cfg: ConfigDict, input_shape: Sequence[int], field: str = "model") -> 
 def inactive_keys(cfg: ConfigDict, field: str = "model") -> InactiveKeys:
   """The keys of a checked `config.model` its model never reads: `{key: (why, keys read instead)}`.
 
-  Other families' exclusive keys, `mlp_activation` for a family that fixes its own,
-  and what the family declares (e.g. ViViT's factorised encoder ignores `num_layers`).
+  Other families' exclusive keys, `mlp_activation` where fixed, and the family's own.
   """
   spec = FAMILIES[cfg.name]
   out: InactiveKeys = {}

@@ -36,10 +36,7 @@ def stage_channels(depth: int, width: int = 64) -> Tuple[int, ...]:
 
 
 def feature_size(size: int, stage: int = 4) -> int:
-  """Side of `layer{stage}`'s output for an input side of `size` pixels.
-
-  The stem's conv and max-pool and layers 2-4 each halve, rounding up: 224 -> 7 at layer4.
-  """
+  """Side of `layer{stage}`'s output for a `size`-pixel input (stem, layers 2-4 halve: 224 -> 7)."""
   halvings = 2 + max(0, min(stage, 4) - 1)
   for _ in range(halvings):
     size = -(-size // 2)
@@ -82,11 +79,7 @@ class _Block(nn.Module):
 
 
 class ResNet(nn.Module):
-  """Image ResNet `[B, H, W, 3] -> (logits [B, classes], features)`, `depth` one of `DEPTHS`.
-
-  `features`: `layer1`..`layer4` (NHWC) and `pre_logits` (pooled layer4). `width` scales
-  every stage (64 in torchvision).
-  """
+  """Image ResNet `[B, H, W, 3] -> (logits, {'layer1'..'layer4' (NHWC), 'pre_logits'})`."""
 
   num_classes: int
   depth: int = 50

@@ -9,14 +9,11 @@ and the MLP keep the image ViT's names, the time half TimeSformer's
 
 `SpaceTimeMixingBlock` (X-ViT) on per-frame tokens `[B, T, S, D]`: `FrameShift`
 gives keys and values frame t+1's channels `[0, C/div)` and frame t-1's `[C/div,
-2C/div)` (zeros past either end; within `segment_frames`-frame segments if set, as
-the authors' 16-frame Kinetics model shifts within two 8-frame segments); attention
-stays within the frame (cost linear in T). Optional summary tokens (our reading of
-the paper; no public code): each frame is pooled into R tokens by learned probes
-(zeros at init: the mean token), and all T*R are appended to every frame's keys and
-values (unshifted), at cost `O(T S (S + T R))`.
-
-Both blocks' MLPs default to the erf GELU of PyTorch's `nn.GELU()`.
+2C/div)` (zeros past either end; within `segment_frames`-frame segments if set);
+attention stays within the frame (cost linear in T). Optional summary tokens (our
+reading of the paper; no public code): each frame is pooled into R tokens by learned
+probes (zeros at init: the mean token), and all T*R are appended to every frame's keys
+and values (unshifted), at cost `O(T S (S + T R))`.
 """
 
 from __future__ import annotations
@@ -35,11 +32,7 @@ from vivit_knn.models.video_transformer import Activation, BlockFields
 
 
 def shift_frames(x: jax.Array, div: int, segment_frames: int = 0) -> jax.Array:
-  """X-ViT's channel shift of `[..., T, N, H, d]` along T (see the module doc).
-
-  Channels are the flattened `H*d` axis; with `segment_frames > 0` no channel crosses
-  the border of a segment of that many frames.
-  """
+  """X-ViT's channel shift (module doc) of `[..., T, N, H, d]` along T; channels are `H*d`."""
   *lead, t, n, h, d = x.shape
   if segment_frames and segment_frames != t:
     segments = x.reshape(tuple(lead) + (t // segment_frames, segment_frames, n, h, d))
@@ -56,10 +49,7 @@ def shift_frames(x: jax.Array, div: int, segment_frames: int = 0) -> jax.Array:
 
 @dataclasses.dataclass(frozen=True)
 class FrameShift:
-  """`qkv_transform` hook shifting keys and values `[B, T, N, H, d]` along frames.
-
-  With `own_tokens` set only the first `own_tokens` (not the summary tokens) are shifted.
-  """
+  """`qkv_transform` hook shifting keys and values `[B, T, N, H, d]` (the first `own_tokens`)."""
 
   div: int
   own_tokens: Optional[int] = None
@@ -93,11 +83,7 @@ class SummaryTokens(nn.Module):
 
 
 class DividedSpaceTimeBlock(BlockFields, kw_only=True):
-  """TimeSformer's divided space-time block on `[B, 1 + N*T, D]` tokens (see the module doc).
-
-  `temporal_fc_zero_init=False` initialises `temporal_fc` like any Dense layer (for
-  training from scratch); `temporal_attention` is the time attention's spec.
-  """
+  """TimeSformer's divided space-time block on `[B, 1 + N*T, D]` tokens (see the module doc)."""
 
   num_frames: int
   temporal_attention: AttentionSpec = DENSE
@@ -163,17 +149,14 @@ class SpaceTimeMixingBlock(BlockFields):
     return mlp_residual(self, x, deterministic)
 
 
-def time_embed_init(std: float):
-  """`time_embed` initializer: zeros (TimeSformer, X-ViT) or, for `std > 0`, normal(std)."""
-  return nn.initializers.normal(stddev=std) if std > 0 else nn.initializers.zeros
+def time_embedding(module: nn.Module, std: float, num_frames: int, dim: int) -> jax.Array:
+  """`module`'s `time_embed` `[1, T, D]`: zeros (TimeSformer, X-ViT), or normal(std) if std > 0."""
+  init = nn.initializers.normal(stddev=std) if std > 0 else nn.initializers.zeros
+  return module.param("time_embed", init, (1, num_frames, dim), jnp.float32)
 
 
 def frame_tokens(cls: jax.Array, patches: jax.Array) -> jax.Array:
-  """`[CLS, patches]` per frame `[B, T, 1 + N, D]` plus the image ViT's `posembed_input`.
-
-  `patches` is `[B, T, N, D]`, `cls` `[1, 1, D]`; call from a compact method (the
-  embedding is created on the calling module).
-  """
+  """`[CLS, patches]` per frame `[B, T, 1 + N, D]` plus `posembed_input` (on the calling module)."""
   b, t, n, d = patches.shape
   cls = jnp.broadcast_to(cls.astype(patches.dtype), (b * t, 1, d))
   tokens = jnp.concatenate([cls, patches.reshape(b * t, n, d)], axis=1)

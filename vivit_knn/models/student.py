@@ -6,7 +6,7 @@ whose heads start as local conv-like kernels; TSD-fad), `branch_heads` (classifi
 `branch_i` on the CLS at the ends of that many equal parts of the encoder, for the
 OFA loss; TSD-fpld) and `aligner_features` (a `FeatureAligner` onto a CNN teacher's
 layer4 map; TSD-fad). Branches and aligner run only in training and at init;
-`export_params` drops them. `FAMILY` is the 'student' family (own key: `student`).
+`export_params` drops them.
 """
 
 from __future__ import annotations
@@ -100,9 +100,8 @@ def branch_layers(num_layers: int, branch_heads: int) -> Tuple[int, ...]:
 class VideoStudent(VideoTransformer):
   """ViT-S video student returning `(logits, intermediates)`.
 
-  `intermediates`: `tubelets`, `encoded`, `pre_logits`, `patch_tokens` (`[B, t, h,
-  w, D]`), and in training `branch_logits` (`[branches, B, classes]`) and `aligned`
-  (`[B, t, H', W', aligner_features]`, the frames' ResNet layer4 size).
+  `intermediates`: `tubelets`, `encoded`, `pre_logits`, `patch_tokens` (`[B, t, h, w, D]`);
+  in training `branch_logits` (`[branches, B, classes]`), `aligned` (ResNet layer4 size).
   """
 
   hidden_size: int = 384
@@ -123,9 +122,7 @@ class VideoStudent(VideoTransformer):
                           self.dtype)(x)
     out: Dict[str, Any] = {"tubelets": x}
     b, t, h, w, d = x.shape
-    cls = self.param("cls", nn.initializers.zeros, (1, 1, d), jnp.float32)
-    tokens = jnp.concatenate([jnp.broadcast_to(cls.astype(x.dtype), (b, 1, d)),
-                              x.reshape(b, t * h * w, d)], axis=1)
+    tokens = self.prepend_cls(x.reshape(b, t * h * w, d))
     encoded, tapped = StudentEncoder(
         mhca_layers=self.mhca_layers, locality_strength=self.locality_strength, taps=taps,
         name="Transformer", **self.stack_fields())(tokens, grid=(h, w), num_frames=t, train=train)
@@ -141,18 +138,12 @@ class VideoStudent(VideoTransformer):
       size = tuple(resnet.feature_size(s) for s in frame_hw)
       out["aligned"] = FeatureAligner(self.aligner_features, self.aligner_kernel, self.dtype,
                                       name="aligner")(out["patch_tokens"], size)
-    logits = nn.Dense(self.num_classes, kernel_init=nn.initializers.zeros, dtype=jnp.float32,
-                      name="output_projection")(out["pre_logits"])
-    return logits, out
+    return self.classify(out["pre_logits"]), out
 
 
 def export_params(params: Dict[str, Any]) -> Dict[str, Any]:
   """The student's parameters without the training-only branch heads and aligner."""
   return {k: v for k, v in params.items() if not k.startswith(TRAINING_ONLY_PREFIXES)}
-
-
-# --------------------------------------------------------------------------------------
-# The 'student' family.
 
 
 def _defaults() -> Dict[str, Any]:
@@ -179,14 +170,8 @@ def _check(cfg: ml_collections.ConfigDict, input_shape: Sequence[int], field: st
 
 
 def _build(cfg: ml_collections.ConfigDict, num_classes: int) -> VideoStudent:
-  """The student that `config.model` describes."""
-  return VideoStudent(
-      mhca_layers=cfg.student.mhca_layers,
-      locality_strength=cfg.student.locality_strength,
-      branch_heads=cfg.student.branch_heads,
-      aligner_features=cfg.student.aligner_features,
-      aligner_kernel=cfg.student.aligner_kernel,
-      **video_transformer_kwargs(cfg, num_classes, FAMILY.mlp_activation))
+  return VideoStudent(**{key: cfg.student[key] for key in _defaults()["student"]},
+                      **video_transformer_kwargs(cfg, num_classes, FAMILY.mlp_activation))
 
 
 def _key_counts(cfg: ml_collections.ConfigDict, t: int, s: int) -> KeyCounts:
@@ -197,7 +182,6 @@ def _key_counts(cfg: ml_collections.ConfigDict, t: int, s: int) -> KeyCounts:
 # The distillation heads, the aligner and MHCA's relative-position terms are new.
 INIT_RULES = InitRules(new_modules=("aligner", r"branch_\d+"),
                        new_block_modules=("RelativePosition_0",))
-
 
 FAMILY = ModelFamily(
     name="student", build=_build, defaults=_defaults, check=_check, key_counts=_key_counts,

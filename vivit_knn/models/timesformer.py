@@ -1,14 +1,12 @@
 """TimeSformer (divided / space-only / joint space-time attention) on the shared core.
 
 Each frame's patches get the image ViT's position embedding (with the CLS), then,
-except for `space_only`, a `time_embed` on the patches; the sequence is `[CLS,
-patches x time]` (patch-major). Layouts: `divided_space_time`
-(`DividedSpaceTimeBlock`), `joint_space_time` (standard blocks over all `1 + N*T`
-tokens), `space_only` (standard blocks per frame, tokens averaged over frames;
-blind to frame order). `attention` is the spatial/joint attention,
-`temporal_attention` the divided time attention. MLPs default to the erf GELU of
-TimeSformer's code (flax's tanh form drifts by about 1e-3 per block from released
-checkpoints).
+except for `space_only`, a `time_embed`; the sequence is `[CLS, patches x time]`
+(patch-major). `divided_space_time` runs `DividedSpaceTimeBlock`s (time attention:
+`temporal_attention`), `joint_space_time` standard blocks over all `1 + N*T` tokens,
+`space_only` per frame, averaged over frames (blind to frame order). MLPs default to
+the erf GELU of TimeSformer's code (flax's tanh form drifts by about 1e-3 per block
+from released checkpoints).
 
 As in TimeSformer, which starts from image weights, `time_embed` and every block's
 `temporal_fc` start at zero (the image model on each frame; TimeSformer's code
@@ -19,8 +17,7 @@ zero classifier (chance for hundreds of steps on synthetic motion), hence
 Parameters (timm names): `embedding` (`patch_embed.proj`), `cls` (`cls_token`),
 `Transformer/posembed_input` (`pos_embed`), `Transformer/time_embed`,
 `Transformer/encoderblock_i` (`blocks.i`), `Transformer/encoder_norm` (`norm`),
-`output_projection` (`head`, zero-initialised). `FAMILY` is the 'timesformer'
-family (own key: `temporal_fc_zero_init`).
+`output_projection` (`head`, zero-initialised).
 """
 
 from __future__ import annotations
@@ -38,7 +35,7 @@ from vivit_knn.models.family import (KeyCounts, ModelFamily, attention_spec,
                                      check_spacetime_keys, video_transformer_kwargs)
 from vivit_knn.models.init_rules import InitRules
 from vivit_knn.models.spacetime_attention import (DividedSpaceTimeBlock, frame_tokens,
-                                                  time_embed_init)
+                                                  time_embedding)
 from vivit_knn.models.video_transformer import (Activation, StackFields, VideoTransformer,
                                                 maybe_remat)
 from vivit_knn.models.vivit import tubelet_embedding
@@ -48,11 +45,7 @@ DEFAULT_ATTENTION_TYPE = "divided_space_time"  # `model.attention_type` when emp
 
 
 class TimeSformerEncoder(StackFields):
-  """Position/time embeddings, `num_layers` blocks and the final LayerNorm.
-
-  Takes patch tokens `[B, T, N, D]` and the `[1, 1, D]` CLS; returns `[B, 1 + N*T, D]`
-  (`[B, 1 + N, D]`, averaged over frames, for `space_only`).
-  """
+  """Position/time embeddings, `num_layers` blocks and the final LayerNorm."""
 
   attention_type: str = DEFAULT_ATTENTION_TYPE
   temporal_attention: AttentionSpec = DENSE
@@ -60,23 +53,19 @@ class TimeSformerEncoder(StackFields):
   temporal_fc_zero_init: bool = True
 
   def _block(self, layer: int, num_frames: int) -> nn.Module:
-    common = self.block_fields(layer)
-    if self.attention_type == "divided_space_time":
-      cls = DividedSpaceTimeBlock
-      common.update(num_frames=num_frames, temporal_attention=self.temporal_attention,
-                    temporal_fc_zero_init=self.temporal_fc_zero_init)
-    else:
-      cls = EncoderBlock
-    return maybe_remat(cls, self.remat)(**common)
+    if self.attention_type != "divided_space_time":
+      return maybe_remat(EncoderBlock, self.remat)(**self.block_fields(layer))
+    return maybe_remat(DividedSpaceTimeBlock, self.remat)(
+        num_frames=num_frames, temporal_attention=self.temporal_attention,
+        temporal_fc_zero_init=self.temporal_fc_zero_init, **self.block_fields(layer))
 
   @nn.compact
   def __call__(self, patches: jax.Array, cls: jax.Array, *, train: bool) -> jax.Array:
-    """Encodes `[B, T, N, D]` patch tokens (see class doc)."""
+    """`[B, T, N, D]` patches, `[1, 1, D]` CLS -> `[B, 1 + N*T, D]` (space_only `[B, 1 + N, D]`)."""
     b, t, n, d = patches.shape
     x = frame_tokens(cls, patches)  # [B, T, 1 + N, D]
     if self.attention_type != "space_only":
-      time = self.param("time_embed", time_embed_init(self.time_embed_init_std), (1, t, d),
-                        jnp.float32)
+      time = time_embedding(self, self.time_embed_init_std, t, d)
       grid = x[:, :, 1:] + time.astype(x.dtype)[:, :, None]
       # The CLS (with its position embedding) is the same in every frame.
       x = jnp.concatenate([x[:, 0, :1], jnp.swapaxes(grid, 1, 2).reshape(b, n * t, d)], 1)
@@ -89,11 +78,7 @@ class TimeSformerEncoder(StackFields):
 
 
 class TimeSformer(VideoTransformer):
-  """TimeSformer returning `(logits, intermediates)`.
-
-  `intermediates`: `tubelets` (`[B, t, h, w, D]` after the stem), `encoded` (final
-  tokens) and `pre_logits` (the CLS, `[B, D]`).
-  """
+  """TimeSformer returning `(logits, intermediates)`: `tubelets`, `encoded`, `pre_logits`."""
 
   attention_type: str = DEFAULT_ATTENTION_TYPE
   patch_size: Sequence[int] = (16, 16, 1)
@@ -115,19 +100,11 @@ class TimeSformer(VideoTransformer):
         time_embed_init_std=self.time_embed_init_std,
         temporal_fc_zero_init=self.temporal_fc_zero_init, name="Transformer",
         **self.stack_fields())(x.reshape(b, t, h * w, d), cls, train=train)
-    out["encoded"] = tokens
-    out["pre_logits"] = tokens[:, 0]
-    logits = nn.Dense(self.num_classes, kernel_init=nn.initializers.zeros,
-                      dtype=jnp.float32, name="output_projection")(tokens[:, 0])
-    return logits, out
-
-
-# --------------------------------------------------------------------------------------
-# The 'timesformer' family.
+    out["encoded"], out["pre_logits"] = tokens, tokens[:, 0]
+    return self.classify(tokens[:, 0]), out
 
 
 def _build(cfg: ml_collections.ConfigDict, num_classes: int) -> TimeSformer:
-  """The TimeSformer that `config.model` describes."""
   return TimeSformer(
       attention_type=cfg.attention_type or DEFAULT_ATTENTION_TYPE,
       temporal_attention=attention_spec(cfg.temporal_attention),
@@ -153,7 +130,6 @@ INIT_RULES = InitRules(
     from_spatial=(("temporal_norm1", "LayerNorm_0"),
                   ("temporal_attn", "MultiHeadDotProductAttention_0")),
     zeroed_block_modules=("temporal_fc",), time_embedding="time_embed")
-
 
 FAMILY = ModelFamily(
     name="timesformer", build=_build, defaults=lambda: {"temporal_fc_zero_init": True},

@@ -23,24 +23,13 @@ def droppath_ramp(stochastic_depth: float, layer: int, num_layers: int) -> float
 def maybe_remat(cls: type, remat: bool, static_argnums: Tuple[int, ...] = (2,)) -> type:
   """`cls` rematerialised in the backward pass when `remat`, else `cls`.
 
-  `static_argnums` counts `self` as 0: the default keeps a block's positional
-  `deterministic` (argument 2) a Python bool inside the rematerialised call.
+  `static_argnums` (`self` is 0) keeps a block's positional `deterministic` a Python bool.
   """
   return nn.remat(cls, static_argnums=static_argnums) if remat else cls
 
 
 class LayerFields(nn.Module):
-  """The fields of one transformer block, shared by blocks and stacks of them.
-
-  Attributes:
-    mlp_dim: hidden width of the MLP.
-    num_heads: attention heads.
-    attention: the block's attention (`AttentionSpec`: its kind and options).
-    dropout_rate: dropout after the attention and in the MLP.
-    attention_dropout_rate: dropout on the attention weights.
-    dtype: compute dtype (parameters stay float32).
-    mlp_activation: the MLP's activation.
-  """
+  """The fields of one transformer block, shared by blocks and stacks (parameters stay float32)."""
 
   mlp_dim: int
   num_heads: int
@@ -62,11 +51,7 @@ class BlockFields(LayerFields):
 
 
 class StackFields(LayerFields, kw_only=True):
-  """The fields of a stack of `num_layers` blocks; encoder classes subclass this.
-
-  `stochastic_depth` is the last block's rate (`droppath_ramp`); `remat`
-  rematerialises each block in the backward pass.
-  """
+  """The fields of a stack of `num_layers` blocks; `stochastic_depth`: the last block's rate."""
 
   num_layers: int
   stochastic_depth: float = 0.0
@@ -81,15 +66,8 @@ class StackFields(LayerFields, kw_only=True):
 class VideoTransformer(nn.Module):
   """The classifier fields of ViViT, TimeSformer, X-ViT and the student (`__call__` is theirs).
 
-  Attributes:
-    num_classes: classifier outputs.
-    hidden_size, num_heads, mlp_dim, num_layers: the transformer's width and depth.
-    patch_size: `(h, w, t)` of the tubelet embedding, as scenic's `patches.size`.
-    attention: the default attention (its kind and options) of the model's blocks.
-    dropout_rate, attention_dropout_rate, stochastic_depth, remat, dtype: as `StackFields`.
-    kernel_init_method: tubelet kernel init (`None`, `central_frame_initializer`, ...).
-    mlp_activation: every MLP's activation (`encoder.MLP_ACTIVATIONS`; flax's tanh GELU
-      here, as scenic's ViViT).
+  `patch_size`: the tubelets' `(h, w, t)`, as scenic's `patches.size`; `kernel_init_method`:
+  one of `vivit.KERNEL_INIT_METHODS`.
   """
 
   num_classes: int
@@ -111,3 +89,14 @@ class VideoTransformer(nn.Module):
     """`StackFields` keyword arguments of the model's main stack."""
     return {f: getattr(self, f) for f in _LAYER_FIELDS + ("num_layers", "stochastic_depth",
                                                           "remat")}
+
+  def prepend_cls(self, x: jax.Array, name: str = "cls") -> jax.Array:
+    """`[CLS, x]` for tokens `[B, N, D]`; the CLS is a zero-initialised parameter `name`."""
+    b, _, d = x.shape
+    cls = self.param(name, nn.initializers.zeros, (1, 1, d), jnp.float32)
+    return jnp.concatenate([jnp.broadcast_to(cls.astype(x.dtype), (b, 1, d)), x], axis=1)
+
+  def classify(self, features: jax.Array) -> jax.Array:
+    """Float32 logits of `[B, D]` features by the zero-initialised `output_projection`."""
+    return nn.Dense(self.num_classes, kernel_init=nn.initializers.zeros, dtype=jnp.float32,
+                    name="output_projection")(features)

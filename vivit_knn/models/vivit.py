@@ -40,9 +40,7 @@ def central_frame_initializer(base_init=nn.initializers.lecun_normal()):
   """3D kernel init `(t, h, w, c, D)`: a 2D kernel in the central time slice, zeros elsewhere."""
 
   def init(key, shape, dtype=jnp.float32):
-    kernel_2d = base_init(key, shape[1:], dtype)
-    kernel = jnp.zeros(shape, dtype)
-    return kernel.at[shape[0] // 2].set(kernel_2d)
+    return jnp.zeros(shape, dtype).at[shape[0] // 2].set(base_init(key, shape[1:], dtype))
 
   return init
 
@@ -51,8 +49,7 @@ def average_frame_initializer(base_init=nn.initializers.lecun_normal()):
   """3D kernel init `(t, h, w, c, D)`: the same 2D kernel in every time slice, divided by t."""
 
   def init(key, shape, dtype=jnp.float32):
-    kernel_2d = base_init(key, shape[1:], dtype)
-    return jnp.broadcast_to(kernel_2d / shape[0], shape).astype(dtype)
+    return jnp.broadcast_to(base_init(key, shape[1:], dtype) / shape[0], shape).astype(dtype)
 
   return init
 
@@ -60,11 +57,7 @@ def average_frame_initializer(base_init=nn.initializers.lecun_normal()):
 def tubelet_embedding(hidden_size: int, patch_size: Sequence[int],
                       kernel_init_method: Optional[str] = None,
                       dtype: Dtype = jnp.float32) -> nn.Conv:
-  """Non-overlapping 3D conv `[B, T, H, W, C]` -> `[B, T/t, H/h, W/w, D]`, named `embedding`.
-
-  `patch_size` is `(h, w, t)` as in scenic's `patches.size`; `kernel_init_method` one
-  of `KERNEL_INIT_METHODS`.
-  """
+  """Non-overlapping 3D conv `embedding`: `[B, T, H, W, C]` -> `[B, T/t, H/h, W/w, D]`."""
   h, w, t = patch_size
   init = {None: nn.initializers.lecun_normal, "central_frame_initializer":
           central_frame_initializer, "average_frame_initializer": average_frame_initializer}
@@ -75,9 +68,8 @@ def tubelet_embedding(hidden_size: int, patch_size: Sequence[int],
 class ViViT(VideoTransformer):
   """Video Vision Transformer returning `(logits, intermediates)`.
 
-  `intermediates` holds `tubelets` (`[B, t, h, w, D]` after the stem), `encoded`
-  (final tokens), `pre_logits` (`[B, D]`) and, for the factorised encoder,
-  `spatial_encoded` (`[B, t, D]`); distillation losses read these.
+  `intermediates`: `tubelets` (`[B, t, h, w, D]`), `encoded` (final tokens), `pre_logits`
+  (`[B, D]`) and, for the factorised encoder, `spatial_encoded` (`[B, t, D]`).
   """
 
   model_type: str = "factorized_encoder"
@@ -95,9 +87,7 @@ class ViViT(VideoTransformer):
   def _pool(self, x: jax.Array, cls_name: str, encoder: Encoder, train: bool):
     """Runs `encoder` on `[B, N, D]` with an optional CLS; returns (pooled, tokens)."""
     if self.classifier == "token":
-      cls = self.param(cls_name, nn.initializers.zeros, (1, 1, x.shape[-1]), jnp.float32)
-      cls = jnp.broadcast_to(cls.astype(x.dtype), (x.shape[0], 1, x.shape[-1]))
-      x = jnp.concatenate([cls, x], 1)
+      x = self.prepend_cls(x, cls_name)
     x = encoder(x, train=train)
     pooled = x[:, 0] if self.classifier == "token" else jnp.mean(x, axis=1)
     return pooled, x
@@ -124,24 +114,15 @@ class ViViT(VideoTransformer):
           "Transformer", self.num_layers, self.attention, self.model_type,
           temporal_dims=t), train)
 
-    out["encoded"] = tokens
-    out["pre_logits"] = pooled
-    logits = nn.Dense(self.num_classes, kernel_init=nn.initializers.zeros,
-                      dtype=jnp.float32, name="output_projection")(pooled)
-    return logits, out
-
-
-# --------------------------------------------------------------------------------------
-# The 'vivit' family.
+    out["encoded"], out["pre_logits"] = tokens, pooled
+    return self.classify(pooled), out
 
 
 def _defaults() -> Dict[str, Any]:
   """ViViT's own `config.model` keys: the layout and the factorised encoder's two stacks."""
-  return {
-      "model_type": "factorized_encoder",
-      "spatial_transformer": {"num_layers": 12, "attention": attention_config()},
-      "temporal_transformer": {"num_layers": 4, "attention": attention_config()},
-  }
+  return {"model_type": "factorized_encoder",
+          "spatial_transformer": {"num_layers": 12, "attention": attention_config()},
+          "temporal_transformer": {"num_layers": 4, "attention": attention_config()}}
 
 
 def _check(cfg: ml_collections.ConfigDict, input_shape: Sequence[int], field: str) -> None:
@@ -160,7 +141,6 @@ def _check(cfg: ml_collections.ConfigDict, input_shape: Sequence[int], field: st
 
 
 def _build(cfg: ml_collections.ConfigDict, num_classes: int) -> ViViT:
-  """The ViViT that `config.model` describes."""
   return ViViT(
       model_type=cfg.model_type,
       spatial_layers=cfg.spatial_transformer.num_layers,
@@ -223,7 +203,6 @@ INIT_RULES = InitRules(
                   ("MultiHeadDotProductAttention_space", "MultiHeadDotProductAttention_0"),
                   ("LayerNorm_mlp", "LayerNorm_1"), ("MlpBlock", "MlpBlock_0")),
     time_encoders=(("TemporalTransformer", "cls_TemporalTransformer"),))
-
 
 FAMILY = ModelFamily(
     name="vivit", build=_build, defaults=_defaults, check=_check, key_counts=_key_counts,

@@ -1,19 +1,12 @@
 """X-ViT: per-frame ViT tokens with space-time mixing attention and a temporal-attention head.
 
 Each frame is a token sequence `[CLS_t, N patches]` with the image ViT's position
-embedding plus a learned `time_embed` (zeros at init as in the X-ViT code; normal
-of scale `time_embed_init_std > 0` instead). Every block is a
-`SpaceTimeMixingBlock` (`div` 8 for Kinetics, 4 for SSv2; the authors' 16-frame
-Kinetics model shifts within two 8-frame segments: `segment_frames=8`). Head: the T
-per-frame CLS tokens after a new zero CLS (`cls_TemporalTransformer`) through
-`head_layers` blocks without position embedding (`TemporalTransformer`), then
-`pre_logits` (Dense + activation) and the zero `output_projection`. Every MLP and
-the head's activation use `mlp_activation`, by default the erf GELU of the X-ViT
-code. `attention_type='space_only'` has no shift and no time embedding, so frame
-order is invisible to it.
-
-`FAMILY` is the 'xvit' family (own keys: `xvit_div`, `xvit_segment_frames`,
-`num_summary_tokens`, `head_layers`).
+embedding plus a learned `time_embed`. Every block is a `SpaceTimeMixingBlock` (`div` 8
+for Kinetics, 4 for SSv2; the authors' 16-frame Kinetics model shifts within two 8-frame
+segments: `segment_frames=8`). Head: a new zero CLS and the T per-frame CLS tokens
+through `head_layers` blocks without position embedding, then `pre_logits` (Dense +
+`mlp_activation`, by default the X-ViT code's erf GELU). `attention_type='space_only'`
+has no shift and no time embedding, so frame order is invisible to it.
 """
 
 from __future__ import annotations
@@ -31,7 +24,7 @@ from vivit_knn.models.family import (KeyCounts, ModelFamily, attention_spec,
                                      check_spacetime_keys, require, video_transformer_kwargs)
 from vivit_knn.models.init_rules import InitRules
 from vivit_knn.models.spacetime_attention import (SpaceTimeMixingBlock, frame_tokens,
-                                                  time_embed_init)
+                                                  time_embedding)
 from vivit_knn.models.video_transformer import (Activation, StackFields, VideoTransformer,
                                                 maybe_remat)
 from vivit_knn.models.vivit import tubelet_embedding
@@ -54,9 +47,7 @@ class XViTEncoder(StackFields):
     _, t, _, d = patches.shape
     x = frame_tokens(cls, patches)
     if self.shift_div:
-      time = self.param("time_embed", time_embed_init(self.time_embed_init_std), (1, t, d),
-                        jnp.float32)
-      x = x + time.astype(x.dtype)[:, :, None]
+      x = x + time_embedding(self, self.time_embed_init_std, t, d).astype(x.dtype)[:, :, None]
     x = nn.Dropout(self.dropout_rate)(x, deterministic=not train)
     block = maybe_remat(SpaceTimeMixingBlock, self.remat)
     for layer in range(self.num_layers):
@@ -78,11 +69,7 @@ class TemporalHead(StackFields):
 
 
 class XViT(VideoTransformer):
-  """X-ViT returning `(logits, intermediates)`.
-
-  `intermediates`: `tubelets`, `encoded` (`[B, T, 1 + N, D]` backbone tokens),
-  `frame_cls` (`[B, T, D]`), `pre_logits` (`[B, D]`, the head's CLS).
-  """
+  """X-ViT returning `(logits, intermediates)`: `tubelets`, `encoded`, `frame_cls`, `pre_logits`."""
 
   attention_type: str = DEFAULT_ATTENTION_TYPE
   patch_size: Sequence[int] = (16, 16, 1)
@@ -107,14 +94,8 @@ class XViT(VideoTransformer):
         num_summary_tokens=self.num_summary_tokens, segment_frames=self.segment_frames,
         time_embed_init_std=self.time_embed_init_std, name="Transformer",
         **self.stack_fields())(x.reshape(b, t, h * w, d), cls, train=train)
-    out["encoded"] = tokens
-    frame_cls = tokens[:, :, 0]
-    out["frame_cls"] = frame_cls
-
-    head_cls = self.param("cls_TemporalTransformer", nn.initializers.zeros, (1, 1, d),
-                          jnp.float32)
-    seq = jnp.concatenate(
-        [jnp.broadcast_to(head_cls.astype(frame_cls.dtype), (b, 1, d)), frame_cls], axis=1)
+    out["encoded"], out["frame_cls"] = tokens, tokens[:, :, 0]
+    seq = self.prepend_cls(out["frame_cls"], "cls_TemporalTransformer")
     seq = TemporalHead(**dict(self.stack_fields(), num_layers=self.head_layers,
                               attention=self.temporal_attention, stochastic_depth=0.0),
                        name="TemporalTransformer")(seq, train=train)
@@ -122,23 +103,12 @@ class XViT(VideoTransformer):
     out["pre_logits"] = pooled
     y = self.mlp_activation(nn.Dense(d, dtype=self.dtype, name="pre_logits")(pooled))
     y = nn.Dropout(self.dropout_rate)(y, deterministic=not train)
-    logits = nn.Dense(self.num_classes, kernel_init=nn.initializers.zeros,
-                      dtype=jnp.float32, name="output_projection")(y)
-    return logits, out
-
-
-# --------------------------------------------------------------------------------------
-# The 'xvit' family.
+    return self.classify(y), out
 
 
 def _defaults() -> Dict[str, Any]:
-  """X-ViT's own `config.model` keys."""
-  return {
-      "xvit_div": 8,
-      "xvit_segment_frames": 0,  # frames per shift segment (0 = the whole clip)
-      "num_summary_tokens": 0,
-      "head_layers": 1,
-  }
+  """X-ViT's own `config.model` keys (`xvit_segment_frames`: frames per shift segment, 0 = all)."""
+  return {"xvit_div": 8, "xvit_segment_frames": 0, "num_summary_tokens": 0, "head_layers": 1}
 
 
 def _check(cfg: ml_collections.ConfigDict, input_shape: Sequence[int], field: str) -> None:
@@ -163,14 +133,10 @@ def _check(cfg: ml_collections.ConfigDict, input_shape: Sequence[int], field: st
 
 
 def _build(cfg: ml_collections.ConfigDict, num_classes: int) -> XViT:
-  """The X-ViT that `config.model` describes."""
   return XViT(
-      attention_type=cfg.attention_type or DEFAULT_ATTENTION_TYPE,
-      shift_div=cfg.xvit_div,
-      segment_frames=cfg.xvit_segment_frames,
-      num_summary_tokens=cfg.num_summary_tokens,
-      head_layers=cfg.head_layers,
-      temporal_attention=attention_spec(cfg.temporal_attention),
+      attention_type=cfg.attention_type or DEFAULT_ATTENTION_TYPE, shift_div=cfg.xvit_div,
+      segment_frames=cfg.xvit_segment_frames, num_summary_tokens=cfg.num_summary_tokens,
+      head_layers=cfg.head_layers, temporal_attention=attention_spec(cfg.temporal_attention),
       time_embed_init_std=cfg.time_embed_init_std,
       **video_transformer_kwargs(cfg, num_classes, FAMILY.mlp_activation))
 
@@ -185,7 +151,6 @@ def _key_counts(cfg: ml_collections.ConfigDict, t: int, s: int) -> KeyCounts:
 INIT_RULES = InitRules(
     new_modules=("TemporalTransformer", "cls_TemporalTransformer", "pre_logits"),
     new_block_modules=("summary_tokens",), time_embedding="time_embed")
-
 
 FAMILY = ModelFamily(
     name="xvit", build=_build, defaults=_defaults, check=_check, key_counts=_key_counts,

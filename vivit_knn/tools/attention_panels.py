@@ -95,11 +95,7 @@ def _rows(layout: str, query: Query, grid, nq: int):
 
 def build_panel(name: str, record: dict, grid: Sequence[int], query: Query,
                 heads: Optional[Sequence[int]]) -> Optional[Panel]:
-  """The `Panel` of `query` in one layer's record, or None when the query is not in it.
-
-  Raises:
-    ValueError: for a head index the layer does not have, or a layout it cannot place.
-  """
+  """The `Panel` of `query` in one layer's record, or None when the query is not in it."""
   weights, kept = np.asarray(record["weights"]), np.asarray(record["kept"])
   layout = layer_layout(weights.shape, grid)
   if layout is None:
@@ -116,8 +112,7 @@ def build_panel(name: str, record: dict, grid: Sequence[int], query: Query,
   if not rows:
     return None
   t, h, w = grid
-  wmap = np.full((t, h, w), np.nan)
-  kmap = np.full((t, h, w), np.nan)
+  wmap, kmap = np.full((t, h, w), np.nan), np.full((t, h, w), np.nan)
   cls: List[Optional[Tuple[float, float]]] = [None] * t
   raw_w, raw_k = [], []
   for row, q, column in rows:

@@ -14,11 +14,7 @@ Records = Dict[str, Dict[str, np.ndarray]]
 
 
 def record_attention(model: Any, params: Any, clips: np.ndarray) -> Tuple[np.ndarray, Records]:
-  """Runs `model` on clips `[B, T, H, W, C]` with attention recording on.
-
-  Returns:
-    `(logits [B, classes], {layer name: {'weights', 'kept', 'logits'}})` as numpy.
-  """
+  """`(logits [B, classes], {layer: {'weights', 'kept', 'logits'}})` of clips `[B, T, H, W, C]`."""
 
   @jax.jit
   def forward(params, clips):
@@ -32,11 +28,7 @@ def record_attention(model: Any, params: Any, clips: np.ndarray) -> Tuple[np.nda
 
 
 def select_layers(names: Sequence[str], wanted: Sequence[str]) -> List[str]:
-  """The layer names `wanted` asks for (names or indices into `names`); all when empty.
-
-  Raises:
-    ValueError: one line naming the unknown entry and listing the layers.
-  """
+  """The layer names `wanted` asks for (names or indices into `names`); all when empty."""
   if not wanted:
     return list(names)
   chosen = []
@@ -56,8 +48,7 @@ def select_layers(names: Sequence[str], wanted: Sequence[str]) -> List[str]:
 def topk_mass_curve(weights: jax.Array) -> jax.Array:
   """`[Nk]`: entry k-1 is the mean share of attention mass in each row's k largest weights.
 
-  `weights` is `[..., Nk]` (rows sum to 1); the mean is over all rows. The curve
-  is non-decreasing and ends at 1 (up to rounding).
+  `weights` is `[..., Nk]` (rows sum to 1); the mean is over all rows.
   """
   top_first = -jnp.sort(-weights.astype(jnp.float32), axis=-1)
   return jnp.cumsum(top_first, axis=-1).reshape(-1, weights.shape[-1]).mean(axis=0)

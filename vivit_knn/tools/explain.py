@@ -71,11 +71,7 @@ def _ints(values: Sequence[str], flag: str) -> List[int]:
 
 def explain(config: ConfigDict, workdir: str, clip, label: str, layers: Sequence[str],
             heads: Sequence[int], queries: Sequence[str], out_dir: str) -> List[str]:
-  """Records the model's attention on `clip` and writes PNG, GIF and JSON per query.
-
-  Returns:
-    The paths written.
-  """
+  """Records the model's attention on `clip`, writes PNG, GIF and JSON per query; their paths."""
   from vivit_knn import config as config_lib  # pylint: disable=g-import-not-at-top
   from vivit_knn.models.registry import build_model  # pylint: disable=g-import-not-at-top
   from vivit_knn.tools import attention_panels as ap  # pylint: disable=g-import-not-at-top
@@ -148,9 +144,7 @@ def main(argv: Sequence[str]) -> int:
   clip, label = load_clip(config, _VIDEO.value, _INDEX.value)
   paths = explain(config, _WORKDIR.value, clip, label, _LAYERS.value, _ints(_HEADS.value, "heads"),
                   _QUERY.value, _OUTPUT_DIR.value or os.path.join(_WORKDIR.value, "explain"))
-  print("wrote:")
-  for path in paths:
-    print(f"  {path}")
+  print("wrote:\n" + "\n".join(f"  {path}" for path in paths))
   return 0
 
 

@@ -33,7 +33,7 @@ from absl import flags
 from vivit_knn import cli
 from vivit_knn.models import cpu_paths, registry, student
 from vivit_knn.train import checkpoint, run_config, run_info
-from vivit_knn.weights.convert import swap_in
+from vivit_knn.weights.convert import json_object, swap_in
 
 WRITER = "vivit_knn.tools.export"
 MARKER = "export.json"
@@ -57,11 +57,8 @@ def _check_out(out: str, overwrite: bool) -> None:
   if os.path.islink(out) or not os.path.isdir(out):
     raise FileExistsError(f"--out={out} is a file, not an earlier export; choose another --out")
   entries = set(os.listdir(out))
-  try:
-    with open(os.path.join(out, MARKER)) as f:
-      ours = json.load(f).get("written_by") == WRITER
-  except (OSError, ValueError, AttributeError):
-    ours = not entries
+  marker = json_object(os.path.join(out, MARKER))
+  ours = not entries if marker is None else marker.get("written_by") == WRITER
   if not ours or entries - _OURS:
     raise FileExistsError(f"--out={out} is not an earlier export (it lacks our {MARKER} or "
                           f"holds other files); refusing to replace it: choose another --out")
@@ -160,14 +157,7 @@ def export(workdir: str, out: str, overwrite: bool = False, step: Optional[int] 
 
   `overwrite` replaces an existing `out` that holds an earlier export only;
   `platforms` are those the programs are lowered for ('cpu', 'cuda', 'tpu').
-
-  Returns:
-    The contents of `export.json`.
-
-  Raises:
-    FileNotFoundError: the workdir has no stored config, run info or checkpoint.
-    FileExistsError: `out` exists and may not be replaced.
-    ValueError: the model cannot be exported, naming the reason.
+  Returns the contents of `export.json`.
   """
   out = os.path.abspath(out)
   _check_out(out, overwrite)

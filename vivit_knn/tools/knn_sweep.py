@@ -61,11 +61,7 @@ def parse_k(text: str) -> KValue:
 
 def attention_fields(config: ConfigDict, input_shape: Sequence[int],
                      wanted: Sequence[str]) -> Dict[str, int]:
-  """`{attention config field: number of keys}` for `wanted` ('all' = every one the model uses).
-
-  Raises:
-    ValueError: naming `--fields` and listing the model's fields for an unknown one.
-  """
+  """`{attention config field: number of keys}` for `wanted` ('all' = every one the model uses)."""
   from vivit_knn.models.registry import attention_key_counts  # pylint: disable=g-import-not-at-top
   counts = {f: n for f, (n, _) in attention_key_counts(config.model, input_shape).items()}
   if list(wanted) in ([], ["all"]):
@@ -125,9 +121,8 @@ def sweep(config: ConfigDict, workdir: str, ks: Sequence[KValue], fields: Sequen
           mass_examples: int) -> Dict[str, Any]:
   """Evaluates the newest checkpoint of `workdir` at each k; returns rows and mass shares.
 
-  Returns:
-    `{'rows': [{'name', 'k', 'top1', 'top5', 'loss'}], 'fields': {field: keys},
-    'mass': {layer: {'num_keys', 'curve', 'share': {k label: share}}}}`.
+  Returns `{'rows': [{'name', 'k', 'top1', 'top5', 'loss'}], 'fields': {field: keys},
+  'mass': {layer: {'num_keys', 'curve', 'share': {k label: share}}}}`.
   """
   from vivit_knn.models import attention_backends  # pylint: disable=g-import-not-at-top
   from vivit_knn.train.evaluation import run_eval  # pylint: disable=g-import-not-at-top
@@ -206,9 +201,7 @@ def main(argv: Sequence[str]) -> int:
                        for k, s in m["share"].items())
     print(f"  {layer} ({m['num_keys']} keys)  {shares}")
   paths = write_outputs(result, _OUTPUT_DIR.value or os.path.join(_WORKDIR.value, "knn_sweep"))
-  print("wrote:")
-  for path in paths.values():
-    print(f"  {path}")
+  print("wrote:\n" + "\n".join(f"  {path}" for path in paths.values()))
   return 0
 
 

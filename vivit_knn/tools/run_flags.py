@@ -9,11 +9,7 @@ import ml_collections
 
 def trained_run_config(config: Optional[ml_collections.ConfigDict],
                        workdir: Optional[str]) -> ml_collections.ConfigDict:
-  """The config stored in `workdir`, with this command line's `--config.*` overrides on top.
-
-  Raises:
-    ValueError: for a missing `--config` or `--workdir`.
-  """
+  """The config stored in `workdir`, with this command line's `--config.*` overrides on top."""
   if config is None:
     raise ValueError("--config is required, e.g. --config=configs/synthetic_dk.py")
   if not workdir:

@@ -166,14 +166,12 @@ class DistillObjective(Objective):
     terms = {"ce": ce, "kd": kd}
     if phase == STAGE1 and cfg.method == "fad":
       aligned = intermediates["aligned"]
-      fad = losses.feature_mse(aligned, tubelet_average(teacher_maps, aligned.shape[1]))
-      terms["fad"] = fad
-      loss = loss + cfg.beta * fad
+      terms["fad"] = losses.feature_mse(aligned, tubelet_average(teacher_maps, aligned.shape[1]))
+      loss = loss + cfg.beta * terms["fad"]
     elif phase == STAGE1:
       per_branch = [losses.ofa_loss(b, teacher_logits, targets, cfg.eta)
                     for b in intermediates["branch_logits"]]
-      ofa = sum(per_branch) / len(per_branch)
       terms.update({f"ofa_{i}": v for i, v in enumerate(per_branch)})
-      terms["ofa"] = ofa
-      loss = loss + cfg.beta * ofa
+      terms["ofa"] = sum(per_branch) / len(per_branch)
+      loss = loss + cfg.beta * terms["ofa"]
     return loss, terms

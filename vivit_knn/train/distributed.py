@@ -18,11 +18,9 @@ from vivit_knn import stop_signals
 def maybe_initialize(coordinator_address: Optional[str] = None,
                      num_processes: Optional[int] = None,
                      process_id: Optional[int] = None) -> bool:
-  """Calls `jax.distributed.initialize` when running as one of several processes.
+  """Calls `jax.distributed.initialize` when running as one of several processes; whether it did.
 
-  Explicit arguments win; otherwise SLURM / TPU-pod environments are detected.
-  Returns whether the distributed runtime was started. Must run before any
-  other JAX call touches the devices.
+  Explicit arguments win, else SLURM / TPU pods are detected. Must run before JAX touches devices.
   """
   slurm = int(os.environ.get("SLURM_NTASKS", "1")) > 1 and "SLURM_JOB_ID" in os.environ
   tpu_pod = len(os.environ.get("TPU_WORKER_HOSTNAMES", "").split(",")) > 1

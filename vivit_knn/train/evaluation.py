@@ -46,12 +46,11 @@ def _gather_host(x: np.ndarray) -> np.ndarray:
 def run_eval(exp: Experiment, params: Any, eval_step=None) -> Dict[str, Any]:
   """Scores `params` on the eval split.
 
-  Returns:
-    The :class:`metrics.EvalAccumulator` result (verb/noun/action top-1 for a two-head CAST),
-    plus `views` (`{'clips', 'crops'}`), `videos` (`{'listed', 'evaluated', 'skipped'}` test
-    videos), `skipped_videos` (one line per video skipped on this host: where and why) and,
-    with `eval.save_logits`, `logits` (`{'logits' [N, C], 'labels' [N], 'index' [N],
-    'videos' [N]}` of the evaluated videos, in eval order).
+  Returns the :class:`metrics.EvalAccumulator` result (verb/noun/action top-1 for a two-head
+  CAST), plus `views` (`{'clips', 'crops'}`), `videos` (`{'listed', 'evaluated', 'skipped'}`
+  test videos), `skipped_videos` (one line per video skipped on this host: where and why)
+  and, with `eval.save_logits`, `logits` (`{'logits' [N, C], 'labels' [N], 'index' [N],
+  'videos' [N]}` of the evaluated videos, in eval order).
   """
   eval_step = eval_step or steps.make_eval_step(exp)
   cast = exp.config.model.cast
@@ -60,10 +59,9 @@ def run_eval(exp: Experiment, params: Any, eval_step=None) -> Dict[str, Any]:
   save_logits = bool(exp.config.eval.save_logits)
   kept = {"logits": [np.zeros((0, exp.num_classes), np.float32)],
           "labels": [np.zeros(0, np.int64)], "index": [np.zeros(0, np.int64)]}
-  batches = exp.dataset.eval_batches(
-      exp.config.eval.global_batch_size, process_index=jax.process_index(),
-      process_count=jax.process_count())
-  for batch in batches:
+  for batch in exp.dataset.eval_batches(exp.config.eval.global_batch_size,
+                                        process_index=jax.process_index(),
+                                        process_count=jax.process_count()):
     index = _gather_host(np.asarray(batch["index"])) if save_logits else None
     out = jax.device_get(eval_step(params, sharding.shard_batch(batch, exp.mesh)))
     logits, labels, mask = (np.asarray(out[k]) for k in ("logits", "label", "mask"))
@@ -74,8 +72,7 @@ def run_eval(exp: Experiment, params: Any, eval_step=None) -> Dict[str, Any]:
       kept["labels"].append(labels[keep].astype(np.int64))
       kept["index"].append(index[keep].astype(np.int64))
   result = acc.result()
-  clips, crops = eval_views(exp)
-  result["views"] = {"clips": clips, "crops": crops}
+  result["views"] = dict(zip(("clips", "crops"), eval_views(exp)))
   listed = int(exp.dataset.split_counts("eval")["listed"])
   evaluated = int(result["num_examples"])
   # Every listed video is either scored or skipped (bad or absent), on some host.
@@ -106,10 +103,7 @@ def write_eval_report(exp: Experiment, result: Dict[str, Any], workdir: str, ste
   table), `confusion_matrix` (PNG, with `eval.confusion_matrix` and at most `PNG_MAX_CLASSES`
   classes, else a printed note and the JSON says why), `skipped` (the skipped test videos,
   if any; also stored in `result['skipped_file']`) and, with `eval.save_logits`, `logits`
-  (npz: `logits`, `labels`, `index`, `videos`).
-
-  Returns:
-    The paths written, by kind. Only process 0 writes (others return `{}`).
+  (npz: `logits`, `labels`, `index`, `videos`). Returns the paths by kind; only process 0 writes.
   """
   if jax.process_index() != 0:
     return {}
@@ -164,10 +158,7 @@ def write_eval_report(exp: Experiment, result: Dict[str, Any], workdir: str, ste
 
 
 def format_result(result: Dict[str, Any], class_names) -> str:
-  """Human-readable `run_eval` result: the metrics, views, video counts and per-class table.
-
-  The table is left out above `PRINTED_MAX_CLASSES` classes (the per_class file has it).
-  """
+  """Human-readable `run_eval` result: metrics, views, video counts, per-class table (if few)."""
   head = (f"eval: top1={result['top1']:.4f} top5={result['top5']:.4f} "
           f"loss={result['loss']:.4f}")
   for key in metrics.FACTOR_METRICS:

@@ -74,14 +74,9 @@ class InitSummary:
 def configured_sources(config: ml_collections.ConfigDict) -> List[Tuple[str, str, str]]:
   """`(field, path, format)` of every checkpoint `config.init_from` names."""
   init = config.init_from
-  found = []
-  if init.checkpoint_path:
-    found.append(("init_from.checkpoint_path", init.checkpoint_path, init.checkpoint_format))
-  for expert in EXPERTS:
-    if init[expert].checkpoint_path:
-      found.append((f"init_from.{expert}.checkpoint_path", init[expert].checkpoint_path,
-                    init[expert].checkpoint_format))
-  return found
+  fields = [("init_from", init)] + [(f"init_from.{expert}", init[expert]) for expert in EXPERTS]
+  return [(f"{field}.checkpoint_path", cfg.checkpoint_path, cfg.checkpoint_format)
+          for field, cfg in fields if cfg.checkpoint_path]
 
 
 def _module_counts(params: Any, report: Dict[str, str]) -> Dict[str, Dict[str, int]]:
@@ -113,10 +108,7 @@ def _with_experts(params: Any, config: ml_collections.ConfigDict,
 
 
 def initial_params(exp: Experiment, rng: jax.Array) -> Tuple[Any, InitSummary]:
-  """Fresh host parameters with every configured checkpoint applied.
-
-  Raises when a configured file is missing, in an unknown format, or does not fit the model.
-  """
+  """Fresh host parameters with every configured checkpoint applied (each must fit the model)."""
   config = exp.config
   params = jax.tree.map(np.asarray, jax.device_get(exp.init_params(rng)))
   report: Dict[str, str] = {}

@@ -20,11 +20,7 @@ def one_hot(labels: jax.Array, num_classes: int, *, label_smoothing: float = 0.0
 def softmax_cross_entropy(
     logits: jax.Array, targets: jax.Array, weights: Optional[jax.Array] = None
 ) -> jax.Array:
-  """Weighted mean cross-entropy of `[B, C]` logits against soft `[B, C]` targets (float32).
-
-  `sum_i w_i * CE_i / max(sum_i w_i, 1e-8)`, logits upcast to float32 first; `weights` `[B]`
-  default to ones, and zero weights drop padded examples.
-  """
+  """Weighted mean cross-entropy of `[B, C]` logits and soft targets; zero `weights` drop rows."""
   logits = jnp.asarray(logits, jnp.float32)
   targets = jnp.asarray(targets, jnp.float32)
   if logits.shape != targets.shape:
@@ -47,7 +43,6 @@ def mixup_with_lambda(
 
   One float32 `lam ~ Beta(alpha, alpha)` per batch; example `i` is blended with `B - 1 - i`
   in float32, and the results keep their dtypes. `targets` are float `[B, C]`, not class ids.
-  `alpha <= 0` returns the inputs unchanged with `lam = 1`.
   """
   if not jnp.issubdtype(jnp.result_type(targets), jnp.floating):
     raise TypeError("mixup targets must be floating point one-hot/soft labels, not class ids")
@@ -69,7 +64,6 @@ def distillation_kl(student_logits: jax.Array, teacher_logits: jax.Array,
   """KL(teacher || student) of the `softmax(logits / tau)` distributions, batch mean, times tau^2.
 
   The tau^2 factor (Hinton et al.) keeps the student's gradient magnitude independent of tau.
-  The teacher gets no gradient. Returns a float32 scalar.
   """
   s = jnp.asarray(student_logits, jnp.float32) / temperature
   t = jax.lax.stop_gradient(jnp.asarray(teacher_logits, jnp.float32)) / temperature

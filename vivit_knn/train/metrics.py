@@ -11,7 +11,6 @@ import numpy as np
 
 # Above this many classes the per-class tick labels overlap, so they are hidden.
 _MAX_TICK_LABELS = 50
-# Up to this many classes every cell is annotated with its value.
 _MAX_ANNOTATED = 20
 
 
@@ -41,12 +40,7 @@ def _class_names(class_names: Optional[Sequence[str]], num_classes: int) -> list
 
 def save_confusion_matrix_png(cm: Any, class_names: Optional[Sequence[str]],
                               path: str | os.PathLike, title: Optional[str] = None) -> str:
-  """Renders the row-normalised heat map of ``[C, C]`` counts ``cm`` (rows true) to a PNG.
-
-  Colours show the fraction of a true class given each prediction; cells are annotated up to
-  20 classes and axes named up to 50. Uses the Agg canvas (no display, pyplot untouched);
-  creates parent folders and returns ``path`` as a string.
-  """
+  """Renders the row-normalised heat map of ``[C, C]`` counts ``cm`` (rows true) to PNG ``path``."""
   # Imported lazily: matplotlib is only needed when a figure is written.
   from matplotlib.backends.backend_agg import FigureCanvasAgg
   from matplotlib.figure import Figure
@@ -68,18 +62,15 @@ def save_confusion_matrix_png(cm: Any, class_names: Optional[Sequence[str]],
   if title:
     ax.set_title(title)
 
-  if num_classes <= _MAX_TICK_LABELS:
-    ticks = np.arange(num_classes)
+  named = num_classes <= _MAX_TICK_LABELS  # else names would overlap: every 10th index
+  ticks = np.arange(0, num_classes, 1 if named else 10)
+  ax.set_xticks(ticks)
+  ax.set_yticks(ticks)
+  if named:
     font = 8 if num_classes <= 20 else 6
-    ax.set_xticks(ticks)
-    ax.set_yticks(ticks)
     ax.set_xticklabels(names, rotation=90, fontsize=font)
     ax.set_yticklabels(names, fontsize=font)
   else:
-    # Names would overlap; mark every 10th class index instead.
-    ticks = np.arange(0, num_classes, 10)
-    ax.set_xticks(ticks)
-    ax.set_yticks(ticks)
     ax.tick_params(labelsize=8)
 
   if num_classes <= _MAX_ANNOTATED:
@@ -93,9 +84,7 @@ def save_confusion_matrix_png(cm: Any, class_names: Optional[Sequence[str]],
 
   fig.tight_layout()
   path = os.fspath(path)
-  parent = os.path.dirname(path)
-  if parent:
-    os.makedirs(parent, exist_ok=True)
+  os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
   fig.savefig(path, format="png")
   return path
 
@@ -104,8 +93,7 @@ def format_class_table(support: Any, correct: Any,
                        class_names: Optional[Sequence[str]] = None) -> str:
   """Plain-text table of support and top-1 accuracy per class from ``[C]`` counts.
 
-  The last lines give the overall accuracy and the mean per-class accuracy over the classes
-  that have examples.
+  The last lines give the overall and the mean per-class accuracy (of classes with examples).
   """
   support = np.asarray(support, np.int64).reshape(-1)
   correct = np.asarray(correct, np.int64).reshape(-1)
@@ -256,20 +244,12 @@ class EvalAccumulator:
     """
     n = self._count
     scale = (1.0 / n) if n else float("nan")
-    factored = {}
+    out = {"top1": self._top1 * scale, "top5": self._top5 * scale, "loss": self._loss * scale,
+           "num_examples": n, "support": self._support.copy(), "correct": self._hits.copy(),
+           "per_class_accuracy": _recall(self._hits, self._support),
+           "confusion_pairs": self.confusion_pairs(),
+           "confusion_matrix": self.dense_confusion_matrix() if self.dense_confusion else None}
     if self.factors is not None:
-      factored = {"verb_top1": self._verb_top1 * scale,
-                  "noun_top1": self._noun_top1 * scale,
-                  "action_top1": self._top1 * scale}
-    return {
-        "top1": self._top1 * scale,
-        "top5": self._top5 * scale,
-        "loss": self._loss * scale,
-        "num_examples": n,
-        "support": self._support.copy(),
-        "correct": self._hits.copy(),
-        "per_class_accuracy": _recall(self._hits, self._support),
-        "confusion_pairs": self.confusion_pairs(),
-        "confusion_matrix": self.dense_confusion_matrix() if self.dense_confusion else None,
-        **factored,
-    }
+      out.update(verb_top1=self._verb_top1 * scale, noun_top1=self._noun_top1 * scale,
+                 action_top1=self._top1 * scale)
+    return out

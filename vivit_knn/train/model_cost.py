@@ -28,10 +28,7 @@ def clip_shape(config: ml_collections.ConfigDict) -> tuple:
 
 def model_stats(model_config: ml_collections.ConfigDict, input_shape: Sequence[int],
                 num_classes: int) -> Dict[str, Any]:
-  """`params`, `gflops` (multiply-adds / 1e9), `xla_flops` and `has_loops` of one forward.
-
-  `input_shape` is one clip's `(T, H, W, C)`.
-  """
+  """`params`, `gflops` (multiply-adds / 1e9), `xla_flops`, `has_loops` of a `(T, H, W, C)` clip."""
   model = build_model(model_config, num_classes)
   x = jax.ShapeDtypeStruct((1,) + tuple(input_shape), jnp.float32)
   variables = jax.eval_shape(lambda: model.init(jax.random.key(0), jnp.zeros(x.shape)))

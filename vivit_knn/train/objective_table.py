@@ -34,12 +34,6 @@ def two_heads(config: ml_collections.ConfigDict) -> bool:
   return model.name == "cast" and model.cast.num_verbs > 0
 
 
-def _classification(config: ml_collections.ConfigDict,
-                    num_train_examples: Optional[int]) -> Objective:
-  del config, num_train_examples
-  return Objective()
-
-
 def _verb_noun(config: ml_collections.ConfigDict,
                num_train_examples: Optional[int]) -> Objective:
   del num_train_examples
@@ -59,19 +53,14 @@ def _distill(config: ml_collections.ConfigDict,
 
 
 OBJECTIVES: Dict[str, Factory] = {
-    "classification": _classification,
+    "classification": lambda config, num_train_examples: Objective(),
     "verb_noun": _verb_noun,
     "distill": _distill,
 }
 
 
 def objective_name(config: ml_collections.ConfigDict) -> str:
-  """The `OBJECTIVES` key `config` trains with: `loss.objective`, or the automatic choice.
-
-  Raises:
-    ValueError: naming `loss.objective` for an unknown name (listing the choices), or for a
-      name other than 'distill' while `distill.method` is set.
-  """
+  """The `OBJECTIVES` key `config` trains with: `loss.objective`, or the automatic choice."""
   name = config.loss.get("objective", "") or ""
   method = _distill_method(config)
   if not name:
@@ -95,9 +84,5 @@ def check_objective(config: ml_collections.ConfigDict) -> None:
 
 def build_objective(config: ml_collections.ConfigDict,
                     num_train_examples: Optional[int] = None) -> Objective:
-  """The objective `config` selects; `num_train_examples` sizes an epoch-based distillation stage 1.
-
-  Raises:
-    ValueError: naming the field, for an unknown name or one that cannot apply.
-  """
+  """The objective `config` selects; `num_train_examples` sizes an epoch-based stage 1."""
   return OBJECTIVES[objective_name(config)](config, num_train_examples)

@@ -33,12 +33,15 @@ Schedule = Callable[[Any], jax.Array]
 _KNOWN_OPTIMIZERS = ("sgd", "adamw")
 
 
-def _check_number(cfg: Mapping[str, Any], field: str, *, minimum: float | None = None) -> float:
+def _check_number(cfg: Mapping[str, Any], field: str, *, minimum: float | None = None,
+                  below: float | None = None) -> float:
   value = cfg[field]
   if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value):
     raise ValueError(f"optimizer.{field} must be a finite number, got {value!r}")
   if minimum is not None and value < minimum:
     raise ValueError(f"optimizer.{field} must be >= {minimum}, got {value!r}")
+  if below is not None and value >= below:
+    raise ValueError(f"optimizer.{field} must be < {below:g}, got {float(value)}")
   return float(value)
 
 
@@ -153,12 +156,7 @@ def weight_decay_mask(params: Any) -> Any:
 
 
 def trainable_mask(params: Any, patterns: Sequence[str]) -> Any:
-  """Pytree of booleans: ``True`` where a pattern matches the parameter's path (all if none).
-
-  Raises:
-    ValueError: naming ``optimizer.trainable_patterns`` when the patterns match
-      no parameter (or one is not a valid regex).
-  """
+  """Pytree of booleans: ``True`` where a pattern matches the parameter's path (all if none)."""
   if not patterns:
     return jax.tree.map(lambda _: True, params)
   try:
@@ -175,8 +173,7 @@ def trainable_mask(params: Any, patterns: Sequence[str]) -> Any:
 def zero_frozen(grads: Any, patterns: Sequence[str]) -> Any:
   """``grads`` with every leaf outside ``patterns`` replaced by constant zeros.
 
-  In the jitted step XLA then drops the frozen weights' gradient work, and they stay out of
-  the logged gradient norm.
+  XLA then drops the frozen weights' gradient work; they stay out of the logged gradient norm.
   """
   if not patterns:
     return grads
@@ -192,10 +189,9 @@ _STEM_NAMES = model_registry.stem_names()
 def _layer_of(path: str) -> int | None:
   """Block index + 1, 0 for the stem, None for the rest (see the module doc)."""
   names = path.split("/")
-  for name in names:
-    match = _BLOCK_NAME.search(name)
-    if match:
-      return int(match.group(1)) + 1
+  blocks = [m for m in map(_BLOCK_NAME.search, names) if m]
+  if blocks:
+    return int(blocks[0].group(1)) + 1
   return 0 if _STEM_NAMES.intersection(names) else None
 
 
@@ -226,7 +222,7 @@ def build_optimizer(config: Any, total_steps: int, warmup_steps: int | None = No
   ``warmup_steps``: the run's warmup (:func:`plan_steps`), replacing the config's
   ``warmup_steps`` and ``warmup_epochs`` (None: ``warmup_steps``, with ``warmup_epochs``
   unset). ``grad_clip_norm`` None or <= 0 disables clipping. ``schedule(step)`` is the learning
-  rate of the update at optimiser step ``step`` (0-based). Raises ValueError naming the field.
+  rate of the update at optimiser step ``step`` (0-based).
   """
   cfg = dict(config.items())
   if warmup_steps is not None:
@@ -239,27 +235,21 @@ def build_optimizer(config: Any, total_steps: int, warmup_steps: int | None = No
   schedule = _make_schedule(cfg, total_steps)
   weight_decay = _check_number(cfg, "weight_decay", minimum=0.0)
 
-  clip = cfg["grad_clip_norm"]
-  clip = 0.0 if clip is None else _check_number(cfg, "grad_clip_norm")
+  clip = 0.0 if cfg["grad_clip_norm"] is None else _check_number(cfg, "grad_clip_norm")
   # Off is an identity step rather than no step: both keep an empty state, so the
   # optimizer state has one layout and a resume may turn clipping on or off.
   parts: list[optax.GradientTransformation] = [
       optax.clip_by_global_norm(clip) if clip > 0 else optax.identity()]
 
   if name == "sgd":
-    momentum = _check_number(cfg, "momentum", minimum=0.0)
-    if momentum >= 1.0:
-      raise ValueError(f"optimizer.momentum must be < 1, got {momentum}")
+    momentum = _check_number(cfg, "momentum", minimum=0.0, below=1.0)
     if weight_decay > 0:
       parts.append(optax.add_decayed_weights(weight_decay, mask=weight_decay_mask))
     parts.append(optax.sgd(schedule, momentum=momentum if momentum > 0 else None,
                            nesterov=bool(cfg["nesterov"])))
   else:
-    betas = [_check_number(cfg, field, minimum=0.0) for field in ("beta1", "beta2")]
-    for field, beta in zip(("beta1", "beta2"), betas):
-      if beta >= 1.0:
-        raise ValueError(f"optimizer.{field} must be < 1, got {beta}")
-    parts.append(optax.adamw(schedule, b1=betas[0], b2=betas[1], weight_decay=weight_decay,
+    b1, b2 = (_check_number(cfg, field, minimum=0.0, below=1.0) for field in ("beta1", "beta2"))
+    parts.append(optax.adamw(schedule, b1=b1, b2=b2, weight_decay=weight_decay,
                              mask=weight_decay_mask))
   tx = optax.chain(*parts)
   patterns = tuple(cfg["trainable_patterns"] or ())

@@ -15,11 +15,7 @@ from vivit_knn import stop_signals
 
 
 class PreemptionWatcher:
-  """Defers SIGTERM, SIGUSR1 and SIGINT to step boundaries while training runs.
-
-  Arms the handlers itself when the command line has not (library use), and
-  then puts them back in `release`. A second Ctrl-C raises KeyboardInterrupt.
-  """
+  """Defers stop signals to step boundaries while training; arms them until `release` if unarmed."""
 
   def __init__(self):
     self._owns = stop_signals.install()

@@ -114,11 +114,8 @@ def resolve_run_config(flag_config: ConfigDict, workdir: str, *,
 
   `overridden`: the fields the command line set (default: the parsed `--config.<field>` flags).
   `use_config_file`: whether the command accepts the `--config` file for a workdir with
-  checkpoints but no stored config (None: it has no such flag). Returns `flag_config` when the
-  workdir stores no config (and has no checkpoints, or `use_config_file`), else the stored
-  config with the overrides applied, locked. Raises a one-line ValueError for overrides outside
-  `ALLOWED_OVERRIDES` that change stored values, for a field the stored config lacks, and for
-  checkpoints without a stored config.
+  checkpoints but no stored config (None: it has no such flag), which gives `flag_config`.
+  Overrides outside `ALLOWED_OVERRIDES` that change stored values are refused.
   """
   stored = load_run_config(workdir)
   if stored is None:

@@ -1,8 +1,4 @@
-"""What a training run leaves for later use: `run_info.json` and its newest parameters.
-
-Training writes the dataset facts inference needs (class names, clip shape) next to its
-checkpoints; inference and the stage-2 distillation teacher read them back.
-"""
+"""What a run leaves for inference and a stage-2 teacher: `run_info.json`, its newest params."""
 
 from __future__ import annotations
 

@@ -18,10 +18,7 @@ if TYPE_CHECKING:
 
 
 def open_writer(logdir: str | os.PathLike, enabled: bool = True) -> metric_writers.MetricWriter:
-  """clu's TensorBoard writer for `logdir` (its event file is created at once).
-
-  `enabled=False` (processes other than 0) gives a writer that writes nothing.
-  """
+  """clu's TensorBoard writer for `logdir` (event file created at once); mute if not `enabled`."""
   from clu import metric_writers
 
   if not enabled:
@@ -85,8 +82,7 @@ class ProgressBar:
     self._first_step_s: Optional[float] = None
     self._last_line_time = self._created = time.perf_counter()
     self._last_line_n = self._n
-    self._closed = False
-    self._bar = None
+    self._closed, self._bar = False, None
     if self.enabled and interactive:
       from tqdm import tqdm
 
@@ -124,8 +120,7 @@ class ProgressBar:
   def rates(self) -> dict[str, float]:
     """``{"step_time_s", "clips_per_s"}`` over the recent window; ``{}`` until measured.
 
-    The wall time between the oldest and newest of the last ``window`` synchronised updates
-    over the counts between them (with asynchronous dispatch only a synchronised total is the
+    Only synchronised updates are timed (with asynchronous dispatch only their totals are the
     true throughput); the first update (compilation) only starts the measurement.
     """
     if len(self._marks) < 2:
@@ -152,10 +147,8 @@ class ProgressBar:
   def _line(self) -> str:
     """The plain progress line for the current count (what a log file gets)."""
     parts = [f"{self.desc}:"] if self.desc else []
-    if self.total:
-      parts.append(f"{self.unit} {self._n}/{self.total} ({100 * self._n / self.total:.0f}%)")
-    else:
-      parts.append(f"{self.unit} {self._n}")
+    parts.append(f"{self.unit} {self._n}" + (
+        f"/{self.total} ({100 * self._n / self.total:.0f}%)" if self.total else ""))
     parts.extend(f"{k}={v}" for k, v in self._postfix.items())
     rates = self.rates()
     if not rates and self._first_step_s is not None and self._n - self._initial <= 1:

@@ -34,10 +34,7 @@ def _unscan(flat: Mapping[str, np.ndarray]) -> Flat:
 
 
 def convert_big_vision(flat: Mapping[str, np.ndarray]) -> dict:
-  """big_vision flat params -> our image ViT tree (checked; raises listing unmatched keys).
-
-  A known training-file prefix (`params/`, `params/img/`) is stripped first.
-  """
+  """big_vision flat params (a `params/` or `params/img/` prefix stripped) -> our image ViT tree."""
   flat = _unscan(npz.strip_prefix(flat, "big_vision_npz"))
   if "cls" not in flat:
     raise_unmatched("big_vision_npz (a model without a CLS token: pool_type must be 'tok')",

@@ -18,10 +18,7 @@ def merge_expert_params(params: Mapping[str, Any], spatial: Optional[Mapping[str
   Every leaf of a given expert tree must exist in `params` with the same shape,
   and every frozen leaf of that expert (one no `TRAINABLE_PATTERNS` entry matches)
   must be given; trainable leaves not given (adapters, a missing `fc_norm`) keep
-  their values. An expert given as None is kept.
-
-  Raises:
-    UnmatchedKeysError: listing every leaf with no place, missing or with the wrong shape.
+  their values.
   """
   flat = flatten(params)
   unknown, missing, bad = [], [], []

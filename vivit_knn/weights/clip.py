@@ -34,8 +34,7 @@ def load_clip_state_dict(path: str) -> Flat:
 def convert_clip(state: Mapping[str, Any], num_heads: Optional[int] = None) -> Dict[str, Any]:
   """A CLIP state dict (numpy or torch arrays) -> the `CLIPVisionExpert` tree (numpy).
 
-  `num_heads` defaults to width / 64. Raises `UnmatchedKeysError` listing every
-  image-tower key with no mapping, and every expected key that is missing.
+  `num_heads` defaults to width / 64. Image-tower keys with no mapping, and missing ones, raise.
   """
   state = unwrap(state)
   if any(k.startswith(_PREFIX) for k in state):
@@ -48,15 +47,12 @@ def convert_clip(state: Mapping[str, Any], num_heads: Optional[int] = None) -> D
   m.put("conv1/kernel", m.take("conv1.weight").transpose(2, 3, 1, 0))
   for name in ("class_embedding", "positional_embedding"):
     m.put(name, m.take(name))
-  m.norm("ln_pre", "ln_pre")
-  m.norm("ln_post", "ln_post")
+  for name in ("ln_pre", "ln_post"):
+    m.norm(name, name)
   blocks = sorted({int(k[len(_BLOCKS):].split(".")[0]) for k in src if k.startswith(_BLOCKS)})
   for i in blocks:
     block, dst = f"{_BLOCKS}{i}", f"encoderblock_{i}"
-    for name, ours in _NORMS.items():
-      m.norm(f"{block}.{name}", f"{dst}/{ours}")
-    for name, ours in _DENSES.items():
-      m.dense(f"{block}.{name}", f"{dst}/{ours}")
+    m.layers(block, dst, _NORMS, _DENSES)
     qkv, qkv_bias = m.take(f"{block}.attn.in_proj_weight"), m.take(f"{block}.attn.in_proj_bias")
     m.attention(f"{dst}/{_ATTN}", None if qkv_bias is None else qkv, qkv_bias,
                 f"{block}.attn.out_proj", num_heads)

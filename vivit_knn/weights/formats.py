@@ -1,7 +1,6 @@
 """Checkpoint format names the config accepts (import-light: the config schema reads them).
 
-`MODEL_FORMATS`: the `init_from.checkpoint_format` choices (a whole model); the CAST
-experts have their own. `LOADABLE_FORMATS`: all that `load.load_checkpoint` reads.
+`MODEL_FORMATS`: `init_from.checkpoint_format` (a whole model); `LOADABLE_FORMATS`: all formats.
 """
 
 MODEL_FORMATS = ("orbax", "vit_npz", "big_vision_npz", "timm", "scenic")

@@ -28,6 +28,7 @@ import jax.numpy as jnp
 from flax import traverse_util
 
 from vivit_knn.models.encoder import Encoder
+from vivit_knn.weights.inflate import square_side
 from vivit_knn.weights.tree import Flat, flatten, raise_unmatched
 
 _BLOCK = re.compile(r"^Transformer/encoderblock_(\d+)/")
@@ -49,10 +50,7 @@ class ImageViTArch:
 
 
 class ImageViT(nn.Module):
-  """ViT on images `[B, H, W, C]` returning `(logits, {'pre_logits': [B, D]})`.
-
-  Without a head (`num_classes=0`) the logits are the CLS features.
-  """
+  """ViT on images `[B, H, W, C]` -> `(logits (CLS features if no head), {'pre_logits'})`."""
 
   arch: ImageViTArch
 
@@ -87,8 +85,7 @@ def infer_arch(tree: Mapping[str, Any]) -> ImageViTArch:
   except KeyError as err:
     raise ValueError(f"not an image ViT tree in our naming: no {err.args[0]!r}") from None
   layers = {int(m.group(1)) for m in map(_BLOCK.match, flat) if m}
-  head = flat.get("head/kernel")
-  rep = flat.get("pre_logits/kernel")
+  head, rep = flat.get("head/kernel"), flat.get("pre_logits/kernel")
   return ImageViTArch(
       patch_size=tuple(int(s) for s in kernel.shape[:2]), hidden_size=int(kernel.shape[-1]),
       num_heads=int(query.shape[1]), mlp_dim=int(mlp.shape[1]), num_layers=len(layers),
@@ -98,9 +95,7 @@ def infer_arch(tree: Mapping[str, Any]) -> ImageViTArch:
 
 def expected_shapes(arch: ImageViTArch, num_patches: int) -> Flat:
   """Flat `{path: ShapeDtypeStruct}` of the tree `ImageViT(arch)` has for `num_patches`."""
-  side = int(round(num_patches ** 0.5))
-  if side * side != num_patches:
-    raise ValueError(f"position embedding has {num_patches} patch rows, not a square grid")
+  side = square_side(num_patches, "position embedding")
   ph, pw = arch.patch_size
   images = jnp.zeros((1, side * ph, side * pw, 3))
   shapes = jax.eval_shape(lambda: ImageViT(arch).init(jax.random.key(0), images))["params"]
@@ -109,10 +104,7 @@ def expected_shapes(arch: ImageViTArch, num_patches: int) -> Flat:
 
 def check_image_tree(tree: Mapping[str, Any], what: str,
                      allow_timesformer: bool = True) -> ImageViTArch:
-  """Checks `tree` is exactly an image ViT tree (plus TimeSformer extras when allowed).
-
-  Raises UnmatchedKeysError listing unknown keys, missing keys and wrong shapes.
-  """
+  """Checks `tree` is exactly an image ViT tree (plus TimeSformer extras when allowed)."""
   flat = flatten(tree)
   arch = infer_arch(tree)
   pos = flat.get("Transformer/posembed_input/pos_embedding")

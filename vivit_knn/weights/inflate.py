@@ -29,7 +29,8 @@ def resize_grid(grid: np.ndarray, size: Tuple[int, int]) -> np.ndarray:
   return np.asarray(out).astype(grid.dtype)
 
 
-def _square_side(n: int, what: str) -> int:
+def square_side(n: int, what: str) -> int:
+  """The side of a square grid of `n` position rows; ValueError naming `what` otherwise."""
   side = int(round(n ** 0.5))
   if side * side != n:
     raise ValueError(f"{what}: {n} position rows are not a square grid")
@@ -52,7 +53,7 @@ def adapt_posemb(pos: np.ndarray, src_has_cls: bool, target: np.ndarray,
   if tgt_cls not in (0, 1) or t < 1:
     raise ValueError(f"target position embedding {target.shape} does not fit a {h}x{w} grid")
   rows = pos[0, 1:] if src_has_cls else pos[0]
-  side = _square_side(rows.shape[0], "source position embedding")
+  side = square_side(rows.shape[0], "source position embedding")
   field = "init_from.positional_embed_size_change"
   if (side, side) != (h, w):
     if method == "tile":

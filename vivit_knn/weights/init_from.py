@@ -45,14 +45,7 @@ Report = Dict[str, str]
 
 def initialise_with_report(params: Any, source: Any,
                            config: ml_collections.ConfigDict) -> Tuple[Dict[str, Any], Report]:
-  """`params` with the parts of `source` (a checkpoint tree in our naming) placed into it.
-
-  The result has the structure, shapes and dtypes of `params`; call it right
-  after a fresh init, not when resuming.
-
-  Returns:
-    `(params, {target path: category})` (categories: `CATEGORIES`).
-  """
+  """`(fresh params with the parts of checkpoint tree `source` placed in, {path: category})`."""
   target, src = flatten(params), flatten(source)
   if "embedding/kernel" not in src:
     raise_unmatched("init_from", missing=["embedding/kernel"])
@@ -96,8 +89,7 @@ class _VideoMapper:
   """
 
   def __init__(self, target: Flat, src: Flat, config: ml_collections.ConfigDict):
-    self.target, self.src, self.init = target, src, config.init_from
-    self.grid = _grid(config)
+    self.target, self.src, self.init, self.grid = target, src, config.init_from, _grid(config)
     self.time_encoders = dict(family(config.model.name).init_rules.time_encoders)
 
   def _posemb(self, path: str, value: np.ndarray) -> Optional[np.ndarray]:
@@ -165,18 +157,17 @@ def _block_key(path: str) -> Optional[str]:
 
 
 def _log_skipped(skipped) -> None:
-  if skipped:
+  tops = sorted({"/".join(p.split("/")[:2]) for p in skipped})
+  if tops:
     logging.info("init_from: skipped %d checkpoint arrays with no place in the model (%s)",
-                 len(skipped), _summary(skipped))
+                 len(skipped), ", ".join(tops[:12]) + (" ..." if len(tops) > 12 else ""))
 
 
 class _ImageMapper:
   """Maps an image ViT tree onto one video model's fresh parameters."""
 
   def __init__(self, target: Flat, src: Flat, config: ml_collections.ConfigDict):
-    self.target, self.src = target, src
-    self.init = config.init_from
-    self.grid = _grid(config)
+    self.target, self.src, self.init, self.grid = target, src, config.init_from, _grid(config)
     self.rules: InitRules = family(config.model.name).init_rules
     self.encoder, self.cls = self.rules.image_encoder(config.model)
     self.from_spatial = dict(self.rules.from_spatial)
@@ -277,8 +268,3 @@ class _ImageMapper:
         result.shape != self.src[src_path].shape or not np.array_equal(result, self.src[src_path])):
       return INFLATED
     return RESTORED
-
-
-def _summary(paths) -> str:
-  tops = sorted({"/".join(p.split("/")[:2]) for p in paths})
-  return ", ".join(tops[:12]) + (" ..." if len(tops) > 12 else "")

@@ -80,14 +80,7 @@ def load_checkpoint(path: str, checkpoint_format: str, num_heads: Optional[int] 
   `CLIPVisionExpert` / `VideoMAEExpert` trees. `num_heads` is for state dicts,
   which do not record it (default: from the width). Errors name
   `<field>.checkpoint_path` / `.checkpoint_format`, or a flag `field` ('--from')
-  as it is with `--format`.
-
-  Raises:
-    ValueError: an unknown format (naming `<field>.checkpoint_format`).
-    FileNotFoundError: `path` does not exist.
-    CheckpointFormatError: the file is not in that format (one line naming
-      `<field>.checkpoint_path`, the path and the format).
-    UnmatchedKeysError: the checkpoint's keys do not fit the target tree.
+  as it is with `--format`; keys that do not fit raise `UnmatchedKeysError`.
   """
   path_label, format_label = (
       (field, "--format") if field.startswith("--")

@@ -38,11 +38,7 @@ def _array(name: str, value: np.ndarray) -> np.ndarray:
 
 
 def load_npz(path: str) -> Flat:
-  """Reads an `.npz` archive into `{key: array}` (bf16 as float32; no pickles).
-
-  Raises:
-    CheckpointFormatError: the file is not an `.npz` archive of numeric arrays.
-  """
+  """Reads an `.npz` archive into `{key: array}` (bf16 as float32; no pickles)."""
   if not zipfile.is_zipfile(path):
     with open(path, "rb") as f:
       head = f.read(len(_NPY_MAGIC))
@@ -72,23 +68,16 @@ def load_npz(path: str) -> Flat:
 
 def common_prefix(keys: List[str]) -> str:
   """The longest `/`-ended path prefix all `keys` share ('' if none)."""
-  parts = [k.split("/")[:-1] for k in keys]
-  if not parts:
-    return ""
   shared = []
-  for names in zip(*parts):
-    if any(n != names[0] for n in names):
+  for names in zip(*[k.split("/")[:-1] for k in keys]):
+    if len(set(names)) > 1:
       break
     shared.append(names[0])
   return "".join(f"{n}/" for n in shared)
 
 
 def strip_prefix(flat: Mapping[str, np.ndarray], what: str) -> Flat:
-  """`flat`, or only what lies under the first of `KNOWN_PREFIXES` leading to `embedding/kernel`.
-
-  Raises:
-    CheckpointFormatError: no prefix leads to `embedding/kernel` (naming the keys' prefix).
-  """
+  """`flat`, or only what lies under the first of `KNOWN_PREFIXES` leading to `embedding/kernel`."""
   if ANCHOR in flat:
     return dict(flat)
   for prefix in KNOWN_PREFIXES:
@@ -96,10 +85,8 @@ def strip_prefix(flat: Mapping[str, np.ndarray], what: str) -> Flat:
       return {k[len(prefix):]: v for k, v in flat.items() if k.startswith(prefix)}
   keys = sorted(flat)
   shared = common_prefix(keys)
-  if shared:
-    found = f"keys start with {shared!r}"
-  else:
-    found = f"keys are e.g. {', '.join(repr(k) for k in keys[:4])}"
+  found = (f"keys start with {shared!r}" if shared
+           else f"keys are e.g. {', '.join(repr(k) for k in keys[:4])}")
   raise CheckpointFormatError(
       f"{what}: no {ANCHOR!r} found; {found}; expected {ANCHOR!r} at the top level or under "
       f"one of the prefixes {', '.join(KNOWN_PREFIXES)}")

@@ -29,12 +29,7 @@ def split_qkv(weight: np.ndarray, bias: Optional[np.ndarray],
               num_heads: int) -> Dict[str, np.ndarray]:
   """Splits a fused q/k/v `weight` `[3 * D', D]` (and `bias` `[3 * D']`) into our kernels.
 
-  Returns:
-    `{'query/kernel': [D, heads, head_dim], 'query/bias': [heads, head_dim], ...}`
-    for query, key and value (no bias entries when `bias` is None).
-
-  Raises:
-    ValueError: the weight's rows do not split into three parts of `num_heads` heads.
+  Returns `{'query/kernel': [D, heads, head_dim], 'query/bias': [heads, head_dim], ...}`.
   """
   rows, d = weight.shape
   width = rows // 3
@@ -58,14 +53,10 @@ def split_out(weight: np.ndarray, num_heads: int) -> np.ndarray:
 
 
 class Mapper:
-  """Moves entries of a torch state dict `src` into `out` (ours), noting used and missing keys.
-
-  A required key that `src` lacks is listed in `missing` (after `missing_prefix`).
-  """
+  """Moves entries of a torch state dict `src` into `out` (ours), noting used and missing keys."""
 
   def __init__(self, src: Mapping[str, np.ndarray], missing_prefix: str = ""):
-    self.src, self.out, self.used, self.missing = src, {}, set(), []
-    self._prefix = missing_prefix
+    self.src, self.out, self.used, self.missing, self._prefix = src, {}, set(), [], missing_prefix
 
   def take(self, key: str, required: bool = True) -> Optional[np.ndarray]:
     """`src[key]` (marked used), or None when absent."""
@@ -92,12 +83,19 @@ class Mapper:
     self.put(f"{dst}/kernel", None if weight is None else weight.T)
     self.put(f"{dst}/bias", self.take(f"{name}.bias", required))
 
+  def layers(self, block: str, dst: str, norms: Mapping[str, str], denses: Mapping[str, str],
+             required: bool = True) -> None:
+    """One block's LayerNorms `norms` and Linears `denses`, `{theirs: ours}`."""
+    for name, ours in norms.items():
+      self.norm(f"{block}.{name}", f"{dst}/{ours}", required)
+    for name, ours in denses.items():
+      self.dense(f"{block}.{name}", f"{dst}/{ours}", required)
+
   def attention(self, dst: str, qkv: Optional[np.ndarray], qkv_bias: Optional[np.ndarray],
                 proj: str, num_heads: int, required: bool = True) -> None:
     """A fused q/k/v projection (skipped when `qkv` is None) and the output Linear `proj`."""
     if qkv is not None:
-      for key, value in split_qkv(qkv, qkv_bias, num_heads).items():
-        self.out[f"{dst}/{key}"] = value
+      self.out.update({f"{dst}/{k}": v for k, v in split_qkv(qkv, qkv_bias, num_heads).items()})
     weight = self.take(f"{proj}.weight", required)
     self.put(f"{dst}/out/kernel", None if weight is None else split_out(weight, num_heads))
     self.put(f"{dst}/out/bias", self.take(f"{proj}.bias", required))

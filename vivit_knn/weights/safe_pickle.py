@@ -40,9 +40,7 @@ def is_torchscript(path: str) -> bool:
     return any(name.endswith("/constants.pkl") for name in archive.namelist())
 
 
-class _StorageType:
-  """Stands for a `torch.<X>Storage` class named in a persistent id."""
-
+class _StorageType:  # a `torch.<X>Storage` class named in a persistent id
   __slots__ = ("name",)
 
   def __init__(self, name: str):
@@ -61,9 +59,7 @@ class _Function:
     return self.fn(*args)
 
 
-class _Storage:
-  """One storage's elements, as a flat numpy array."""
-
+class _Storage:  # one storage's elements, as a flat numpy array
   __slots__ = ("array", "bf16")
 
   def __init__(self, array: np.ndarray, bf16: bool):
@@ -79,7 +75,7 @@ class ScriptObject:
 
   @property
   def state(self) -> Any:
-    """The pickled state, or None when the pickle gave none."""
+    """The pickled state, or None."""
     return self.__dict__.get("_state")
 
 
@@ -211,18 +207,13 @@ def read_torchscript_tensors(path: str) -> Flat:
 
   For a module of parameters and buffers this is its `state_dict()` (dtype as
   stored; bf16 widened to float32). No code from the archive is run.
-
-  Raises:
-    CheckpointFormatError: the file is not such an archive, or its pickle refers
-      to anything other than tensors, modules and plain values.
   """
   if not zipfile.is_zipfile(path):
     raise CheckpointFormatError("not a TorchScript archive (not a zip file)")
   with zipfile.ZipFile(path) as archive:
     root = _root(archive)
-    names = set(archive.namelist())
     byteorder = "little"
-    if f"{root}/byteorder" in names:
+    if f"{root}/byteorder" in archive.namelist():
       byteorder = archive.read(f"{root}/byteorder").decode("ascii", "replace").strip()
       if byteorder not in ("little", "big"):
         raise CheckpointFormatError(f"unknown byte order {byteorder!r:.20}")

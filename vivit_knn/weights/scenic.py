@@ -30,9 +30,6 @@ def find_checkpoint(path: str) -> str:
 
   Without any `checkpoint_<N>` (file or Orbax directory): a file named
   `checkpoint`, or the directory itself when it is an Orbax checkpoint.
-
-  Raises:
-    CheckpointFormatError: a directory with no scenic checkpoint in it.
   """
   if not os.path.isdir(path):
     return path
@@ -101,10 +98,7 @@ def params_of(state: Mapping[str, Any]) -> Dict[str, Any]:
 
 
 def load_scenic(path: str) -> Dict[str, Any]:
-  """The parameter tree (numpy) of a scenic / flax checkpoint file or workdir.
-
-  Raises CheckpointFormatError when `path` is not such a checkpoint.
-  """
+  """The parameter tree (numpy) of a scenic / flax checkpoint file or workdir."""
   found = find_checkpoint(path)
   if os.path.isdir(found):
     if not _is_orbax_dir(found):

@@ -99,15 +99,7 @@ def _not_torch(path: str, err: BaseException) -> str:
 
 
 def read_state_dict(path: str, what: str = "a PyTorch checkpoint") -> Flat:
-  """`{name: float32 array}` of a state dict file, unwrapped from a training checkpoint.
-
-  `what` names the file's kind in error messages (e.g. 'a timm checkpoint').
-
-  Raises:
-    CheckpointFormatError: the file is not one of these formats, or holds
-      objects other than tensors, containers and `argparse.Namespace`.
-    ImportError: a torch file and no torch installed.
-  """
+  """`{name: float32 array}` of a state dict file; `what` (e.g. 'a timm checkpoint') for errors."""
   if not os.path.isfile(path):
     raise CheckpointFormatError(f"{path} is not a file")
   if path.lower().endswith(SAFETENSORS_SUFFIX):

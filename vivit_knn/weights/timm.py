@@ -50,16 +50,13 @@ def convert_timm(state: Mapping[str, Any], num_heads: Optional[int] = None) -> d
   blocks = sorted({int(match.group(1)) for match in map(_BLOCK.match, src) if match})
   for i in blocks:
     block, dst = f"blocks.{i}", f"Transformer/encoderblock_{i}"
-    for name, ours in _NORMS.items():
-      m.norm(f"{block}.{name}", f"{dst}/{ours}", False)
+    m.layers(block, dst, _NORMS, _DENSES, False)
     for name, ours in _ATTNS.items():
       qkv = m.take(f"{block}.{name}.qkv.weight", False)
       if qkv is not None:
         bias = m.take(f"{block}.{name}.qkv.bias", False)
         m.attention(f"{dst}/{ours}", qkv, np.zeros(qkv.shape[0], qkv.dtype) if bias is None
                     else bias, f"{block}.{name}.proj", num_heads, False)
-    for name, ours in _DENSES.items():
-      m.dense(f"{block}.{name}", f"{dst}/{ours}", False)
   m.norm("norm", "Transformer/encoder_norm", False)
   for name, ours in _TOP_DENSES.items():
     m.dense(name, ours, False)

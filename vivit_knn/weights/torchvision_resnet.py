@@ -57,11 +57,7 @@ def _to_flax(name: str, value: np.ndarray) -> np.ndarray:
 
 
 def convert_torchvision_resnet(state: Mapping[str, Any]) -> Dict[str, Any]:
-  """Maps a torchvision ResNet state dict to `{'params': ..., 'batch_stats': ...}`.
-
-  Raises:
-    UnmatchedKeysError: listing every key that is not a ResNet key.
-  """
+  """Maps a torchvision ResNet state dict to `{'params': ..., 'batch_stats': ...}`."""
   out: Dict[str, Flat] = {"params": {}, "batch_stats": {}}
   unknown = []
   for name, value in state.items():

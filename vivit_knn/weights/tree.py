@@ -37,11 +37,7 @@ class UnmatchedKeysError(ValueError):
 
 def raise_unmatched(what: str, unknown: Iterable[str] = (), missing: Iterable[str] = (),
                     bad_shapes: Iterable[str] = ()) -> None:
-  """Raises UnmatchedKeysError listing the keys when any of the lists is non-empty.
-
-  `unknown`: source keys nothing maps; `missing`: target keys no source fills;
-  `bad_shapes`: `'key: got (..), want (..)'` lines.
-  """
+  """Raises UnmatchedKeysError listing the keys when any of the lists is non-empty."""
   unknown, missing, bad_shapes = sorted(unknown), sorted(missing), list(bad_shapes)
   if not (unknown or missing or bad_shapes):
     return

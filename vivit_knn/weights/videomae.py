@@ -66,10 +66,7 @@ def convert_videomae(state: Mapping[str, Any],
   blocks = sorted({int(match.group(1)) for match in map(_BLOCK.match, src) if match})
   for i in blocks:
     block, dst = f"blocks.{i}", f"encoderblock_{i}"
-    for name, ours in _NORMS.items():
-      m.norm(f"{block}.{name}", f"{dst}/{ours}")
-    for name, ours in _DENSES.items():
-      m.dense(f"{block}.{name}", f"{dst}/{ours}")
+    m.layers(block, dst, _NORMS, _DENSES)
     qkv = m.take(f"{block}.attn.qkv.weight")
     full_bias = m.take(f"{block}.attn.qkv.bias", required=False)
     if full_bias is None:

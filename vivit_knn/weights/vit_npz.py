@@ -39,10 +39,7 @@ def renumber_block_modules(flat: Mapping[str, np.ndarray]) -> Flat:
 
 
 def convert_vit_npz(flat: Mapping[str, np.ndarray]) -> dict:
-  """Original-ViT flat params -> our image ViT tree (checked; raises listing unmatched keys).
-
-  A known training-file prefix (`opt/target/`, ...) is stripped first.
-  """
+  """Original-ViT flat params (a prefix like `opt/target/` stripped) -> our image ViT tree."""
   flat = npz.strip_prefix(flat, "vit_npz")
   tree = unflatten(renumber_block_modules(flat))
   check_image_tree(tree, "vit_npz", allow_timesformer=False)

@@ -60,12 +60,7 @@ def _from_video_splits(videos: splits.VideoSplits, root: str) -> Listing:
 
 def list_examples(fmt: str, root: str, *, annotations: str = "", split: int = 1,
                   eval_fraction: float = 0.1) -> Listing:
-  """The examples of each split of the input layout (nothing is decoded).
-
-  Raises:
-    FileNotFoundError: naming a missing folder or annotation file.
-    ValueError: naming the file and line of malformed annotations.
-  """
+  """The examples of each split of the input layout (nothing is decoded)."""
   if fmt == "ucf101":
     return _from_video_splits(splits.ucf101(root, split, annotations), root)
   if fmt == "hmdb51":
@@ -135,10 +130,9 @@ def _report_progress(bar, pending, reported: set, stop: threading.Event) -> None
 
 
 def convert(fmt: str, root: str, out: str, *, annotations: str = "", split: int = 1,
-            eval_fraction: float = 0.1, num_shards: int = 0,
-            short_side: int = DEFAULT_SHORT_SIDE, jpeg_quality: int = DEFAULT_QUALITY,
-            num_workers: int = 1, seed: int = 0, progress: bool = True,
-            overwrite: bool = False, runner: str = DIRECT,
+            eval_fraction: float = 0.1, num_shards: int = 0, short_side: int = DEFAULT_SHORT_SIDE,
+            jpeg_quality: int = DEFAULT_QUALITY, num_workers: int = 1, seed: int = 0,
+            progress: bool = True, overwrite: bool = False, runner: str = DIRECT,
             pipeline_args: tuple[str, ...] = (), quiet: bool = True) -> dict:
   """Converts the dataset at ``root`` into shards in ``out``; returns the metadata written.
 
@@ -146,11 +140,9 @@ def convert(fmt: str, root: str, out: str, *, annotations: str = "", split: int 
   plain lines otherwise; ``pipeline_args`` are further Beam pipeline options;
   ``quiet`` keeps Beam's log lines off the terminal unless the pipeline fails.
 
-  Raises:
-    FileNotFoundError: for a missing root or annotation file.
-    ValueError: for malformed annotations, a bad option, an ``out`` that is (or
-      lies under) a file or that :func:`.manifest.prepare` refuses, or a
-      pipeline option Beam does not know.
+  FileNotFoundError for a missing root or annotation file; ValueError for malformed
+  annotations, a bad option, an ``out`` that is (or lies under) a file or that
+  :func:`.manifest.prepare` refuses, or a pipeline option Beam does not know.
   """
   _check_options(fmt, root, annotations, {
       "num_shards": (num_shards, 0, None), "short_side": (short_side, 0, None),
@@ -165,10 +157,9 @@ def convert(fmt: str, root: str, out: str, *, annotations: str = "", split: int 
   listing = list_examples(fmt, root, annotations=annotations, split=split,
                           eval_fraction=eval_fraction)
   manifest.prepare(out, manifest.manifest(
-      manifest.options(fmt, root, annotations=annotations, split=split,
-                       eval_fraction=eval_fraction, num_shards=num_shards,
-                       short_side=short_side, jpeg_quality=jpeg_quality, seed=seed),
-      manifest.source_record(listing, root)), overwrite)
+      manifest.options(fmt, root, annotations=annotations, split=split, eval_fraction=eval_fraction,
+                       num_shards=num_shards, short_side=short_side, jpeg_quality=jpeg_quality,
+                       seed=seed), manifest.source_record(listing, root)), overwrite)
   jobs = _shard_jobs(out, listing, num_shards, seed)
   for name, split_jobs in jobs.items():
     shards.remove_stale_shards(out, name, [job.name for job in split_jobs])

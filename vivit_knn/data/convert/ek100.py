@@ -22,8 +22,7 @@ from vivit_knn.data.convert import files as fs
 from vivit_knn.data.convert.listing import SPLITS, Example, Listing
 
 FILES = {"train": "EPIC_100_train.csv", "test": "EPIC_100_validation.csv"}
-CLASS_FILES = {"verb": "EPIC_100_verb_classes.csv",
-               "noun": "EPIC_100_noun_classes.csv"}
+CLASS_FILES = {"verb": "EPIC_100_verb_classes.csv", "noun": "EPIC_100_noun_classes.csv"}
 TEST_FILE = "EPIC_100_test_timestamps.csv"
 _REQUIRED = ("narration_id", "participant_id", "video_id", "start_timestamp",
              "stop_timestamp", "verb_class", "noun_class")
@@ -43,8 +42,7 @@ def parse_timestamp(value: str) -> float:
 def _class_id(row: dict[str, str], column: str, where: str) -> int:
   value = row[column]
   if not value.isdigit():
-    raise ValueError(f"{where}: column {column}: expected a class id, got "
-                     f"{value!r}")
+    raise ValueError(f"{where}: column {column}: expected a class id, got {value!r}")
   return int(value)
 
 
@@ -73,22 +71,17 @@ def _video_path(root: str, participant: str, video_id: str) -> str | None:
 def read(annotations: str, root: str) -> Listing:
   """Lists EPIC-KITCHENS-100 (see the module docstring): one example per segment.
 
-  Raises:
-    FileNotFoundError: naming a missing annotation file or ``root``.
-    ValueError: naming the file, line (and column) of a malformed row or
-      timestamp, a missing column, a repeated narration id, or a class id
-      beyond the class file.
+  FileNotFoundError names a missing annotation file or ``root``; ValueError the file, line
+  (and column) of a malformed row or timestamp, a missing column, a repeated narration id,
+  or a class id beyond the class file.
   """
-  annotations = fs.annotation_folder(annotations, root, "EPIC-KITCHENS-100",
-                                     "annotations folder")
+  annotations = fs.annotation_folder(annotations, root, "EPIC-KITCHENS-100", "annotations folder")
   rows = {}
   for split, name in FILES.items():
     path = os.path.join(annotations, name)
     if not fs.isfile(path):
-      raise FileNotFoundError(
-          f"EPIC-KITCHENS-100 annotation file {path} does not exist")
-    rows[split] = [(path, number, row)
-                   for number, row in fs.csv_rows(path, _REQUIRED)]
+      raise FileNotFoundError(f"EPIC-KITCHENS-100 annotation file {path} does not exist")
+    rows[split] = [(path, number, row) for number, row in fs.csv_rows(path, _REQUIRED)]
   names: dict[str, list[str] | None] = {}
   for label_set in _SETS:
     path = os.path.join(annotations, CLASS_FILES[label_set])
@@ -103,8 +96,7 @@ def read(annotations: str, root: str) -> Listing:
         if not row[column]:
           raise ValueError(f"{where}: column {column} is empty")
       if row["narration_id"] in seen:
-        raise ValueError(f"{where}: narration_id {row['narration_id']} "
-                         "listed twice")
+        raise ValueError(f"{where}: narration_id {row['narration_id']} listed twice")
       seen.add(row["narration_id"])
       times = []
       for column in ("start_timestamp", "stop_timestamp"):
@@ -120,21 +112,18 @@ def read(annotations: str, root: str) -> Listing:
         ids[label_set] = _class_id(row, f"{label_set}_class", where)
         known = names[label_set]
         if known is not None and ids[label_set] >= len(known):
-          raise ValueError(
-              f"{where}: column {label_set}_class: id {ids[label_set]} is "
-              f"not in {os.path.join(annotations, CLASS_FILES[label_set])} "
-              f"({len(known)} classes)")
+          raise ValueError(f"{where}: column {label_set}_class: id {ids[label_set]} is not in "
+                           f"{os.path.join(annotations, CLASS_FILES[label_set])} ({len(known)} "
+                           "classes)")
         largest[label_set] = max(largest[label_set], ids[label_set])
       segments[split].append((row, times, ids))
   for label_set in _SETS:
     if names[label_set] is None:
-      names[label_set] = [f"{label_set}_{i}"
-                          for i in range(largest[label_set] + 1)]
+      names[label_set] = [f"{label_set}_{i}" for i in range(largest[label_set] + 1)]
   verbs, nouns = names["verb"], names["noun"]
-  listing = Listing(
-      class_names=[f"{verb} {noun}" for verb in verbs for noun in nouns],
-      splits={split: [] for split in SPLITS},
-      label_sets={"verb": list(verbs), "noun": list(nouns)})
+  listing = Listing(class_names=[f"{verb} {noun}" for verb in verbs for noun in nouns],
+                    splits={split: [] for split in SPLITS},
+                    label_sets={"verb": list(verbs), "noun": list(nouns)})
   videos: dict[tuple[str, str], str | None] = {}
   for split in SPLITS:
     for row, (start, end), ids in segments[split]:
@@ -142,17 +131,14 @@ def read(annotations: str, root: str) -> Listing:
       if key not in videos:
         videos[key] = _video_path(root, *key)
       if videos[key] is None:
-        listing.missing[split].append(os.path.join(
-            root, key[0], "videos", key[1] + ".MP4"))
+        listing.missing[split].append(os.path.join(root, key[0], "videos", key[1] + ".MP4"))
         continue
       verb, noun = verbs[ids["verb"]], nouns[ids["noun"]]
       listing.splits[split].append(Example(
-          videos[key], ids["verb"] * len(nouns) + ids["noun"],
-          f"{verb} {noun}", row["narration_id"], start_s=start, end_s=end,
-          label_sets=(("verb", ids["verb"], verb),
-                      ("noun", ids["noun"], noun))))
+          videos[key], ids["verb"] * len(nouns) + ids["noun"], f"{verb} {noun}",
+          row["narration_id"], start_s=start, end_s=end,
+          label_sets=(("verb", ids["verb"], verb), ("noun", ids["noun"], noun))))
   test_file = os.path.join(annotations, TEST_FILE)
   if fs.isfile(test_file):
-    listing.notes.append(f"{test_file}: test segments have no labels; not "
-                         "converted")
+    listing.notes.append(f"{test_file}: test segments have no labels; not converted")
   return listing

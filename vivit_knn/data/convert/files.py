@@ -37,10 +37,7 @@ def csv_rows(path: str, required) -> list[tuple[int, dict[str, str]]]:
   """``(line number, row)`` of every data row of a CSV file with a header.
 
   Columns are found by name (extra ones kept), values stripped, blank lines skipped.
-
-  Raises:
-    ValueError: naming the file and line of a missing ``required`` column or
-      a row whose field count differs from the header's.
+  ValueError names the line of a missing ``required`` column or of a row of another length.
   """
   with open_text(path) as f:
     reader = csv.DictReader(f)
@@ -62,12 +59,7 @@ def csv_rows(path: str, required) -> list[tuple[int, dict[str, str]]]:
 
 
 def annotation_folder(annotations: str, root: str, dataset: str, what: str) -> str:
-  """The folder of ``annotations`` (a file in it, or the folder itself).
-
-  Raises:
-    FileNotFoundError: naming the annotations folder (``what``) or the video
-      folder ``root`` of ``dataset`` when either does not exist.
-  """
+  """The folder of ``annotations`` (a file in it, or the folder itself), and ``root``, checked."""
   if isfile(annotations):
     annotations = os.path.dirname(annotations) or "."
   if not isdir(annotations):

@@ -56,18 +56,10 @@ def _seconds(value: str, column: str, where: str) -> float:
   try:
     seconds = float(value)
   except ValueError:
-    raise ValueError(f"{where}: {column} must be a number of seconds, got "
-                     f"{value!r}") from None
+    raise ValueError(f"{where}: {column} must be a number of seconds, got {value!r}") from None
   if not math.isfinite(seconds) or seconds < 0:
-    raise ValueError(f"{where}: {column} must be a finite number >= 0, got "
-                     f"{value!r}")
+    raise ValueError(f"{where}: {column} must be a finite number >= 0, got {value!r}")
   return seconds
-
-
-def _read_csv(path: str,
-              need_split: bool = False) -> list[tuple[int, dict[str, str]]]:
-  """``(line number, row)`` of every data row, columns checked by name."""
-  return fs.csv_rows(path, _REQUIRED + (("split",) if need_split else ()))
 
 
 def _index_videos(root: str) -> dict[str, str]:
@@ -96,58 +88,45 @@ def _csv_files(annotations: str) -> tuple[dict[str, str], list[str]]:
                        f"{', '.join(os.path.basename(p) for p in paths)}")
   if "train" not in found:
     raise FileNotFoundError(
-        f"Kinetics train CSV (train.csv or <prefix>_train.csv) not found in "
-        f"{annotations}")
+        f"Kinetics train CSV (train.csv or <prefix>_train.csv) not found in {annotations}")
   if "validation" not in found:
-    raise FileNotFoundError(
-        f"Kinetics validation CSV (validate.csv, val.csv or validation.csv, "
-        f"optionally with a prefix) not found in {annotations}")
-  notes = []
-  if "test" in found:
-    notes.append(f"{found['test'][0]}: test rows have no labels; not "
-                 "converted")
+    raise FileNotFoundError(f"Kinetics validation CSV (validate.csv, val.csv or validation.csv, "
+                            f"optionally with a prefix) not found in {annotations}")
+  notes = [f"{path}: test rows have no labels; not converted" for path in found.get("test", [])]
   return {role: paths[0] for role, paths in found.items()}, notes
 
 
 def _rows_by_split(annotations: str):
   """``{split: [(file, line, row)]}`` and notes, from a file or a folder."""
-  rows: dict[str, list[tuple[str, int, dict[str, str]]]] = {
-      split: [] for split in SPLITS}
+  rows: dict[str, list[tuple[str, int, dict[str, str]]]] = {split: [] for split in SPLITS}
   if fs.isdir(annotations):
     files, notes = _csv_files(annotations)
     for role, split in (("train", "train"), ("validation", "test")):
       path = files[role]
-      rows[split] = [(path, number, row)
-                     for number, row in _read_csv(path)]
+      rows[split] = [(path, number, row) for number, row in fs.csv_rows(path, _REQUIRED)]
     return rows, notes
   if not fs.isfile(annotations):
     raise FileNotFoundError(f"Kinetics annotations {annotations} do not exist")
   left_out = 0
-  for number, row in _read_csv(annotations, need_split=True):
+  for number, row in fs.csv_rows(annotations, _REQUIRED + ("split",)):
     value = row["split"].lower()
     if value not in _SPLIT_VALUES:
-      raise ValueError(
-          f"{annotations}:{number}: split must be one of "
-          f"{', '.join(_SPLIT_VALUES)}, got {row['split']!r}")
+      raise ValueError(f"{annotations}:{number}: split must be one of "
+                       f"{', '.join(_SPLIT_VALUES)}, got {row['split']!r}")
     split = _SPLIT_VALUES[value]
     if split is None:
       left_out += 1
     else:
       rows[split].append((annotations, number, row))
-  notes = []
-  if left_out:
-    notes.append(f"{annotations}: {left_out} test rows have no labels; not "
-                 "converted")
+  notes = [f"{annotations}: {left_out} test rows have no labels; not converted"] if left_out else []
   return rows, notes
 
 
 def read(annotations: str, root: str) -> Listing:
   """Lists a Kinetics dataset (see the module docstring): train, and validation as ``test``.
 
-  Raises:
-    FileNotFoundError: naming a missing annotations file, CSV or ``root``.
-    ValueError: naming the file and line of a malformed row, a row without a
-      needed column, or a validation label that no train row has.
+  FileNotFoundError names a missing file or folder; ValueError the file and line of a
+  malformed row, a row without a needed column, or a validation label no train row has.
   """
   if not fs.isdir(root):
     raise FileNotFoundError(f"Kinetics video folder {root} does not exist")
@@ -160,8 +139,7 @@ def read(annotations: str, root: str) -> Listing:
     raise ValueError(f"{annotations}: no train rows")
   labels = {name: i for i, name in enumerate(class_names)}
   videos = _index_videos(root)
-  listing = Listing(class_names=class_names,
-                    splits={split: [] for split in SPLITS}, notes=notes)
+  listing = Listing(class_names=class_names, splits={split: [] for split in SPLITS}, notes=notes)
   for split in SPLITS:
     seen: set[str] = set()
     duplicates = 0
@@ -177,8 +155,7 @@ def read(annotations: str, root: str) -> Listing:
                          f"time_start {row['time_start']}")
       label = labels.get(row["label"])
       if label is None:
-        raise ValueError(f"{where}: label {row['label']!r} is not the label "
-                         "of any train row")
+        raise ValueError(f"{where}: label {row['label']!r} is not the label of any train row")
       name = clip_id(youtube_id, start, end)
       if name in seen:
         duplicates += 1
@@ -187,13 +164,11 @@ def read(annotations: str, root: str) -> Listing:
       if name in videos:
         example = Example(videos[name], label, row["label"], name)
       elif youtube_id in videos:
-        example = Example(videos[youtube_id], label, row["label"], name,
-                          start_s=start, end_s=end)
+        example = Example(videos[youtube_id], label, row["label"], name, start_s=start, end_s=end)
       else:
         listing.missing[split].append(os.path.join(root, name + ".mp4"))
         continue
       listing.splits[split].append(example)
     if duplicates:
-      listing.notes.append(f"{split}: {duplicates} rows repeat an earlier "
-                           "clip; left out")
+      listing.notes.append(f"{split}: {duplicates} rows repeat an earlier clip; left out")
   return listing

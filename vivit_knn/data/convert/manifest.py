@@ -35,17 +35,10 @@ def options(fmt: str, root: str, *, annotations: str, split: int, eval_fraction:
   """
   def folder(path):
     return path if not path or "://" in path else os.path.abspath(path)
-  return {
-      "format": fmt,
-      "root": folder(root),
-      "annotations": folder(annotations),
-      "split": split if fmt in ("ucf101", "hmdb51") else None,
-      "eval_fraction": eval_fraction if fmt == "folder" else None,
-      "num_shards": num_shards,
-      "short_side": short_side,
-      "jpeg_quality": jpeg_quality,
-      "seed": seed,
-  }
+  return {"format": fmt, "root": folder(root), "annotations": folder(annotations),
+          "split": split if fmt in ("ucf101", "hmdb51") else None,
+          "eval_fraction": eval_fraction if fmt == "folder" else None, "num_shards": num_shards,
+          "short_side": short_side, "jpeg_quality": jpeg_quality, "seed": seed}
 
 
 def _file_state(path: str) -> list:
@@ -102,8 +95,7 @@ def differences(recorded: Mapping, current: Mapping) -> list[str]:
     counts = " ".join(
         f"{split} {old_sources.get('videos', {}).get(split, '?')}"
         f"->{new_sources['videos'][split]}" for split in ("train", "test"))
-    out.append(f"the source videos (files, sizes, dates or split lists changed; videos: "
-               f"{counts})")
+    out.append(f"the source videos (files, sizes, dates or split lists changed; videos: {counts})")
   return out
 
 
@@ -177,12 +169,10 @@ def remove_previous(out_dir: str) -> None:
 def prepare(out_dir: str, current: Mapping, overwrite: bool) -> bool:
   """Checks ``out_dir`` against manifest ``current`` and records it; True when resuming.
 
-  ``overwrite`` removes an earlier conversion in ``out_dir`` instead of refusing it.
-
-  Raises:
-    ValueError: ``out_dir`` holds a conversion with other options or sources
-      (each difference named), or shards without a record, and not ``overwrite``;
-      or it holds files named like the converter's outputs that it did not write.
+  ``overwrite`` removes an earlier conversion in ``out_dir`` instead of refusing it. Without
+  it, ValueError for a conversion with other options or sources (each difference named), or
+  shards without a record; with or without it, for files named like the converter's outputs
+  that it did not write.
   """
   previous = previous_outputs(out_dir)
   if previous and not is_own(out_dir):
@@ -192,15 +182,12 @@ def prepare(out_dir: str, current: Mapping, overwrite: bool) -> bool:
         "of its own; refusing to replace them: choose another --out, or move those files "
         "away first")
   recorded = read(out_dir) if not overwrite else None
-  resume = False
-  if not overwrite and recorded is not None:
-    changed = differences(recorded, current)
-    if changed:
-      raise ValueError(
-          f"--out={out_dir} holds a conversion with other settings: {'; '.join(changed)}; "
-          "pass --overwrite to replace it, or choose another --out")
-    resume = True
-  elif not overwrite and previous:
+  changed = differences(recorded, current) if recorded is not None else []
+  if changed:
+    raise ValueError(
+        f"--out={out_dir} holds a conversion with other settings: {'; '.join(changed)}; "
+        "pass --overwrite to replace it, or choose another --out")
+  if recorded is None and previous and not overwrite:
     raise ValueError(
         f"--out={out_dir} holds shards but no {MANIFEST_FILE} (written by an older converter), "
         "so they cannot be checked against these options; pass --overwrite to replace them, "
@@ -209,4 +196,4 @@ def prepare(out_dir: str, current: Mapping, overwrite: bool) -> bool:
     remove_previous(out_dir)
   tf.io.gfile.makedirs(out_dir)
   shards.write_json(os.path.join(out_dir, MANIFEST_FILE), dict(current))
-  return resume
+  return recorded is not None

@@ -132,13 +132,12 @@ class WriteShard(beam.DoFn):
     yield job.name
 
 
-def pipeline_options(runner: str, num_workers: int, extra_args: Sequence[str]) -> beam_options.PipelineOptions:
+def pipeline_options(runner: str, num_workers: int,
+                     extra_args: Sequence[str]) -> beam_options.PipelineOptions:
   """Beam options: ``direct`` runs locally on ``num_workers`` processes (0 = all cores).
 
   Any other ``runner`` (e.g. ``DataflowRunner``) gets ``extra_args``, its own flags.
-
-  Raises:
-    ValueError: naming the arguments that are no Beam pipeline option.
+  ValueError names the arguments that are no Beam pipeline option.
   """
   workers = num_workers or os.cpu_count() or 1
   if runner == DIRECT:
@@ -191,8 +190,7 @@ def _worker_output_to_file(tail_lines: int = 20):
         log.seek(0)
         lines = log.read().splitlines()[-tail_lines:]
         if lines:
-          print("last lines of the conversion workers' log:", *lines, sep="\n  ",
-                file=sys.stderr)
+          print("last lines of the conversion workers' log:", *lines, sep="\n  ", file=sys.stderr)
 
 
 def run(jobs: Sequence[ShardJob], encoding: Encoding, options: beam_options.PipelineOptions,

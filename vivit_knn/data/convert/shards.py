@@ -34,8 +34,7 @@ def _write(path: str, data: bytes) -> None:
 
 def shard_names(split: str, num_shards: int) -> list[str]:
   """``<split>.tfrecord-00000-of-0000N`` names (the ``name@N`` spelling)."""
-  return [f"{split}.tfrecord-{i:05d}-of-{num_shards:05d}"
-          for i in range(num_shards)]
+  return [f"{split}.tfrecord-{i:05d}-of-{num_shards:05d}" for i in range(num_shards)]
 
 
 def partition(num_items: int, num_shards: int) -> list[range]:
@@ -60,12 +59,10 @@ def finished_stats(out_dir: str, name: str) -> dict | None:
   return stats
 
 
-# One converted item: ('ok', serialized record) or ('skip', reason, detail).
-Result = tuple
-
-
-def write_shard(out_dir: str, name: str, results: Iterable[Result]) -> dict:
+def write_shard(out_dir: str, name: str, results: Iterable[tuple]) -> dict:
   """Writes the records among ``results`` as shard ``name``; returns stats.
+
+  A result is ``('ok', serialized record)`` or ``('skip', reason, detail)``.
 
   Stats: ``file``, ``num_examples``, ``bytes``, ``offsets`` and ``skipped``
   (``{reason: [detail, ...]}``). The shard is written to the stats folder,
@@ -92,7 +89,7 @@ def write_shard(out_dir: str, name: str, results: Iterable[Result]) -> dict:
   return stats
 
 
-def remove_stale_shards(out_dir: str, split: str, keep: Sequence[str]) -> list:
+def remove_stale_shards(out_dir: str, split: str, keep: Sequence[str]) -> None:
   """Deletes ``split`` shards not in ``keep`` (left by another shard count).
 
   Only files named as this converter names shards count; others are left alone.
@@ -103,15 +100,10 @@ def remove_stale_shards(out_dir: str, split: str, keep: Sequence[str]) -> list:
            and os.path.basename(m.path) not in set(keep)]
   if stale:
     FileSystems.delete(stale)
-  return stale
 
 
 def split_stats(out_dir: str, names: Sequence[str]) -> dict:
-  """``{'num_examples', 'shards': [stats...], 'skipped': {reason: [...]}}`` of finished shards.
-
-  Raises:
-    FileNotFoundError: naming a shard of ``names`` that is not finished.
-  """
+  """``{'num_examples', 'shards': [stats...], 'skipped': {reason: [...]}}`` of finished shards."""
   shards, skipped = [], {}
   for name in names:
     stats = finished_stats(out_dir, name)

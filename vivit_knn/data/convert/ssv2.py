@@ -29,9 +29,8 @@ def _find(folder: str, name: str, required: bool = True) -> str | None:
     if fs.isfile(path):
       return path
   if required:
-    raise FileNotFoundError(
-        f"Something-Something v2 {name} file {os.path.join(folder, name)}"
-        f".json (or {_PREFIX}{name}.json) does not exist")
+    raise FileNotFoundError(f"Something-Something v2 {name} file {os.path.join(folder, name)}"
+                            f".json (or {_PREFIX}{name}.json) does not exist")
   return None
 
 
@@ -47,18 +46,15 @@ def _class_names(path: str) -> list[str]:
   """Templates (without brackets) ordered by their index in ``path``."""
   labels = _load(path)
   if not isinstance(labels, dict) or not labels:
-    raise ValueError(f"{path}: expected an object mapping each template to "
-                     "its index")
+    raise ValueError(f"{path}: expected an object mapping each template to its index")
   by_index: dict[int, str] = {}
   for template, index in labels.items():
     try:
       number = int(index)
     except (TypeError, ValueError):
-      raise ValueError(f"{path}: index of {template!r} must be an integer, "
-                       f"got {index!r}") from None
+      raise ValueError(f"{path}: index of {template!r} must be an integer, got {index!r}") from None
     if number in by_index:
-      raise ValueError(f"{path}: {template!r} and {by_index[number]!r} "
-                       f"share index {number}")
+      raise ValueError(f"{path}: {template!r} and {by_index[number]!r} share index {number}")
     by_index[number] = template
   if sorted(by_index) != list(range(len(by_index))):
     absent = sorted(set(range(len(by_index))) - set(by_index))
@@ -77,22 +73,17 @@ def _entries(path: str) -> list[dict]:
 def read(annotations: str, root: str) -> Listing:
   """Lists Something-Something v2 (see the module docstring); absent videos in ``missing``.
 
-  Raises:
-    FileNotFoundError: naming a missing annotation file or ``root``.
-    ValueError: naming the file (and entry number or id) of malformed JSON,
-      an entry without an id or template, a repeated id, or a template that
-      ``labels.json`` does not define.
+  ValueError names the file (and entry number or id) of malformed JSON, an entry without an
+  id or template, a repeated id, or a template that ``labels.json`` does not define.
   """
-  annotations = fs.annotation_folder(annotations, root, "Something-Something v2",
-                                     "labels folder")
+  annotations = fs.annotation_folder(annotations, root, "Something-Something v2", "labels folder")
   nested = os.path.join(root, ARCHIVE_DIR)
   video_dir = nested if fs.isdir(nested) else root
   present = set(fs.listdir(video_dir))  # One listing, not 220k stat calls.
   labels_file = _find(annotations, "labels")
   class_names = _class_names(labels_file)
   labels = {name: i for i, name in enumerate(class_names)}
-  listing = Listing(class_names=class_names,
-                    splits={split: [] for split in SPLITS})
+  listing = Listing(class_names=class_names, splits={split: [] for split in SPLITS})
   for split, name in (("train", "train"), ("test", "validation")):
     path = _find(annotations, name)
     seen: set[str] = set()
@@ -109,17 +100,14 @@ def read(annotations: str, root: str) -> Listing:
         raise ValueError(f"{where}: no template")
       class_name = template.replace("[", "").replace("]", "")
       if class_name not in labels:
-        raise ValueError(f"{where}: template {template!r} is not in "
-                         f"{labels_file}")
+        raise ValueError(f"{where}: template {template!r} is not in {labels_file}")
       video = os.path.join(video_dir, video_id + ".webm")
       if video_id + ".webm" in present:
-        listing.splits[split].append(
-            Example(video, labels[class_name], class_name, video_id))
+        listing.splits[split].append(Example(video, labels[class_name], class_name, video_id))
       else:
         listing.missing[split].append(video)
   test_file = _find(annotations, "test", required=False)
   if test_file:
     count = len(_entries(test_file))
-    listing.notes.append(f"{test_file}: {count} test videos have no labels; "
-                         "not converted")
+    listing.notes.append(f"{test_file}: {count} test videos have no labels; not converted")
   return listing

@@ -42,7 +42,8 @@ def describe(tree: Mapping[str, Any]) -> str:
     return f"{len(flat)} arrays, {count} parameters, top level {sorted(tree)}"
 
 
-def _json_object(path: str) -> Optional[dict]:
+def json_object(path: str) -> Optional[dict]:
+  """The JSON object in the file at `path`, or None (unreadable, not JSON, or not an object)."""
   try:
     with open(path) as f:
       content = json.load(f)
@@ -72,11 +73,11 @@ def foreign_file(path: str) -> Optional[str]:
       found.append(rel)
   if not found:
     return None
-  marker = _json_object(os.path.join(path, MARKER_FILE)) or {}
+  marker = json_object(os.path.join(path, MARKER_FILE)) or {}
   if marker.get("written_by") == WRITER:
     return None
   # Files merely named like Orbax's, without its own record of a checkpoint, are not one.
-  if _json_object(os.path.join(path, "_CHECKPOINT_METADATA")) is not None:
+  if json_object(os.path.join(path, "_CHECKPOINT_METADATA")) is not None:
     return None
   return found[0]
 
@@ -104,16 +105,8 @@ def convert(src: str, checkpoint_format: str, dst: str, overwrite: bool = False,
   """Converts `src` (a file or scenic workdir in `checkpoint_format`) to Orbax at `dst`.
 
   `overwrite` replaces an existing `dst` that holds only this converter's output;
-  `num_heads` is for widths whose head count cannot be guessed.
-
-  Returns:
-    A one-line summary of what was written.
-
-  Raises:
-    FileExistsError: `dst` exists and `overwrite` is False, or `dst` holds
-      anything this converter does not write.
-    NotADirectoryError: `dst` lies under a file.
-    ValueError: whatever `load.load_checkpoint` raises for `src`.
+  `num_heads` is for widths whose head count cannot be guessed. Returns a one-line
+  summary of what was written.
   """
   dst = os.path.abspath(dst)
   _check_destination(dst, overwrite)
