@@ -446,11 +446,15 @@ def _read_with_retries(read: Callable[[], Any], step_dir: epath.Path) -> Any:
 
 
 def _listing(function: Callable[[], Any]) -> Any:
-  """Runs an Orbax call that lists the steps, again when a step (rotated away) vanishes."""
+  """Runs an Orbax call that lists the steps, again when a step (rotated away) vanishes.
+
+  Orbax reports a step removed mid-listing as a missing file or, when its folder went
+  between two checks, as NotADirectoryError.
+  """
   for _ in range(MAX_RELISTS - 1):
     try:
       return function()
-    except FileNotFoundError:
+    except (FileNotFoundError, NotADirectoryError):
       time.sleep(_ROTATION_GRACE_S)
   return function()
 
