@@ -262,4 +262,7 @@ def run(main: Callable[[List[str]], int], pass_unknown_flags: bool = False) -> N
         _parse_flags, pass_unknown_flags=pass_unknown_flags))
   except stop_signals.StopRequested as stop:  # raised by a handler `vivit_knn.main` arms
     print(stop, file=sys.stderr, flush=True)
-    sys.exit(EXIT_PREEMPTED)
+    sys.stdout.flush()
+    # The handler may have interrupted a C extension's import half-way; interpreter
+    # finalisation can then abort. Nothing is left to save (`finally` blocks have run).
+    os._exit(EXIT_PREEMPTED)

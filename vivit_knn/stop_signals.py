@@ -33,7 +33,7 @@ class StopRequested(BaseException):
   """
 
 
-_FRESH = {"phase": STARTUP, "received": None, "saved_note": ""}
+_FRESH = {"phase": STARTUP, "received": None, "saved_note": "", "unheard": None}
 _state: Dict[str, Any] = dict(_FRESH)
 _previous: Dict[int, object] = {}  # the handlers `install` replaced
 
@@ -48,8 +48,11 @@ def _name(signum: int) -> str:
 def _handle(signum, frame):
   del frame
   if _state["phase"] == STARTUP:
-    raise StopRequested(f"stopped by {_name(signum)} during start-up, before the first "
-                        "training step: nothing to save")
+    # A handler can run inside a garbage-collector callback (JAX has one), where Python
+    # drops the exception it raises; `defer` raises it again.
+    _state["unheard"] = (f"stopped by {_name(signum)} during start-up, before the first "
+                         "training step: nothing to save")
+    raise StopRequested(_state["unheard"])
   if _state["phase"] == SAVED:
     raise StopRequested(f"stopped by {_name(signum)}; {_state['saved_note']}")
   if signum == signal.SIGINT and _state["received"] is not None:
@@ -89,7 +92,12 @@ def uninstall() -> None:
 
 
 def defer() -> None:
-  """Enters the `DEFERRED` phase: signals are recorded for the trainer to act on."""
+  """Enters the `DEFERRED` phase: signals are recorded for the trainer to act on.
+
+  Raises the `StopRequested` of a start-up signal whose exception was dropped.
+  """
+  if _state["unheard"] is not None:
+    raise StopRequested(_state["unheard"])
   _state["phase"] = DEFERRED
 
 

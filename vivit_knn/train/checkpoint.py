@@ -301,9 +301,10 @@ class Checkpointer:
       restored = _read_with_retries(load, step_dir)
     except Exception as err:  # pylint: disable=broad-except  # Orbax wraps TensorStore's errors
       reason = _damage(err)
-      if reason is None:
+      if reason is None and step_dir.exists():
         raise
-      return None, f"its array data is unreadable: {reason}"
+      # A step rotated away mid-read (Orbax: "directory does not exist") is passed over too.
+      return None, f"its array data is unreadable: {reason or _short(err)}"
     return restored, self._verify(candidate, checksums, restored)
 
   def _refuse_mismatch(self, stored: Any, target: Any, step: int) -> None:
