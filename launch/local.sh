@@ -6,14 +6,18 @@
 #   launch/local.sh [CONFIG] [WORKDIR] [--config.x=y ...]
 #
 # Environment: NUM_PROCESSES (default 1), DEVICES_PER_PROCESS (CPU only, default 4),
-# PORT (default 12355), PYTHON (default python3), DRY_RUN=1 prints the commands.
+# PORT (default 12355), PYTHON (default: the README's .venv/bin/python when it exists, else
+# python3), DRY_RUN=1 prints the commands.
 set -euo pipefail
 
 CONFIG=${1:-configs/synthetic_dk.py}
 WORKDIR=${2:-runs/local}
 shift $(( $# < 2 ? $# : 2 ))
 NUM_PROCESSES=${NUM_PROCESSES:-1}
-PYTHON=${PYTHON:-python3}
+if [ -z "${PYTHON:-}" ]; then
+  VENV_PYTHON="$(cd "$(dirname "$0")/.." && pwd)/.venv/bin/python"
+  if [ -x "$VENV_PYTHON" ]; then PYTHON=$VENV_PYTHON; else PYTHON=python3; fi
+fi
 BASE=("$PYTHON" -m vivit_knn.main "--config=$CONFIG" "--workdir=$WORKDIR" "$@")
 
 if [ "$NUM_PROCESSES" -le 1 ]; then

@@ -73,3 +73,18 @@ def test_local_single_process_runs_main_directly():
   assert proc.returncode == 0
   assert "vivit_knn.main --config=configs/synthetic_dk.py --workdir=runs/local" in proc.stdout
   assert "coordinator" not in proc.stdout
+
+
+def test_local_uses_the_readme_venv_unless_python_is_set():
+  proc = _dry("launch/local.sh")
+  venv_python = os.path.join(ROOT, ".venv", "bin", "python")
+  expected = venv_python if os.access(venv_python, os.X_OK) else "python3"
+  assert proc.stdout.split()[0] == expected, proc.stdout
+  assert _dry("launch/local.sh", PYTHON="/opt/py/bin/python3").stdout.split()[0] == (
+      "/opt/py/bin/python3")
+
+
+def test_wheels_built_in_the_checkout_are_ignored_by_git():
+  proc = subprocess.run(["git", "check-ignore", "-q", "vivit_knn-0.1.0-py3-none-any.whl"],
+                        cwd=ROOT, check=False)
+  assert proc.returncode == 0

@@ -19,7 +19,7 @@ import pytest
 
 from tests.events import read_scalars
 from tests.tiny import run_python
-from vivit_knn.train.summary import ProgressBar
+from vivit_knn.train.summary import ProgressLog, TenthsCounter
 
 NOISE = [
     re.compile(r"oneDNN custom operations"),
@@ -52,18 +52,24 @@ def test_main_job_log_has_no_startup_noise_and_plain_progress_lines(main_run):
   text = proc.stdout + proc.stderr
   assert "\r" not in text
   assert noise(text) == [], text[:2000]
-  lines = re.findall(r"^synthetic_tiny: step (\d+)/4 \((\d+)%\)(.*)$", text, re.MULTILINE)
-  # One line per tenth of the run: every step of a 4-step run, the last one complete.
-  assert [int(step) for step, _, _ in lines] == [1, 2, 3, 4], text
-  assert [int(percent) for _, percent, _ in lines] == [25, 50, 75, 100]
+  lines = re.findall(r"^synthetic_tiny: step (\d+)/4 \((\d+)%\)(.*)$", proc.stderr, re.MULTILINE)
+  # The first step (compilation), then one line per log step (every 2 steps).
+  assert [int(step) for step, _, _ in lines] == [1, 2, 4], text
+  assert [int(percent) for _, percent, _ in lines] == [25, 50, 100]
+  assert re.fullmatch(r" [\d.e+-]+ s/step \(the first, with compilation\)", lines[0][2])
   last = lines[-1][2]
   assert re.search(r"loss=[\d.]+", last) and re.search(r" [\d.e+-]+ s/step", last), last
   seconds = float(re.search(r" ([\d.e+-]+) s/step", last).group(1))
   clips = float(re.search(r" ([\d.e+-]+) clips/s", last).group(1))
   assert clips == pytest.approx(BATCH / seconds, rel=0.01)
+  end = re.findall(r"^synthetic_tiny: trained (\d+) steps in ([\d.]+) s \(compile ([\d.]+) s\), "
+                   r"([\d.]+) clips/s$", proc.stdout, re.MULTILINE)
+  assert len(end) == 1 and end[0][0] == "4", proc.stdout
+  total, compile_s, clips = map(float, end[0][1:])
+  assert 0 < compile_s <= total and clips > 0
 
 
-def test_main_job_writes_step_time_and_clips_per_second(main_run):
+def test_main_job_writes_step_time_clips_per_second_and_clus_progress(main_run):
   _, workdir = main_run
   scalars = read_scalars(workdir / "train")
   assert "train/step_time_s" in scalars and "train/clips_per_s" in scalars, sorted(scalars)
@@ -71,6 +77,9 @@ def test_main_job_writes_step_time_and_clips_per_second(main_run):
                                                 scalars["train/clips_per_s"]):
     assert step_a == step_b and 0 < seconds < 60 and math.isfinite(clips)
     assert clips == pytest.approx(BATCH / seconds, rel=1e-4)
+  # clu's ReportProgress, at the log steps.
+  assert [step for step, _ in scalars["steps_per_sec"]] == [2, 4]
+  assert all(rate > 0 for _, rate in scalars["steps_per_sec"])
 
 
 def test_event_files_hold_the_logged_and_evaluated_values(main_run):
@@ -113,60 +122,48 @@ def test_weight_converter_hides_orbax_info_lines(tmp_path):
   assert "orbax" in loud.stderr.lower() and noise(loud.stderr), loud.stderr[:2000]
 
 
-def _bar(stream, **kwargs):
-  return ProgressBar(10, desc="job", file=stream, clips_per_step=4, log_every_s=1e9, **kwargs)
-
-
-def test_progress_bar_times_only_synchronised_steps():
-  """Unsynchronised updates (dispatch returned at once) are not measurements."""
-  bar = _bar(io.StringIO())
-  bar.update(1)  # the compiled first step starts the measurement
-  start = time.perf_counter()
-  for _ in range(4):
-    bar.update(1, synced=False)  # returns at once, the work is queued
-  assert bar.rates() == {}
-  time.sleep(0.2)  # the queued work finishes while the loop waits for results
-  bar.update(1, synced=True)
-  expected = (time.perf_counter() - start) / 5
-  assert bar.rates()["step_time_s"] == pytest.approx(expected, rel=0.1)
-  assert bar.rates()["step_time_s"] >= 0.2 / 5
-
-
-def test_progress_bar_rates_and_plain_lines():
-  stream = io.StringIO()  # not a terminal
-  bar = _bar(stream)
-  assert bar.rates() == {}  # plain lines, not a live bar: checked below
-  bar.update(1, loss=2.5)  # the first step (compilation) is never timed
-  assert bar.rates() == {}
-  stamps = [time.perf_counter()]
-  for _ in range(9):
-    time.sleep(0.02)
-    bar.update(1, loss=1.25)
-    stamps.append(time.perf_counter())
-  bar.close()
-  rates = bar.rates()
-  expected = (stamps[-1] - stamps[0]) / 9  # mean over the window, first step excluded
-  assert rates["step_time_s"] == pytest.approx(expected, rel=0.1)
-  assert rates["clips_per_s"] == pytest.approx(4 / rates["step_time_s"])
-  lines = stream.getvalue().splitlines()
-  assert "\r" not in stream.getvalue()
-  assert [line.split()[2] for line in lines] == [f"{n}/10" for n in range(1, 11)]
-  assert re.fullmatch(r"job: step 1/10 \(10%\) loss=2\.5 [\d.e-]+ s/step \(the first, with "
-                      r"compilation\)", lines[0]), lines[0]
-  assert re.fullmatch(r"job: step 10/10 \(100%\) loss=1\.25 [\d.]+ s/step [\d.]+ clips/s",
-                      lines[-1])
-
-
-def test_progress_bar_is_a_live_bar_only_on_a_terminal():
+def test_progress_lines_show_only_numbers_measured_since_the_previous_line():
   stream = io.StringIO()
-  bar = _bar(stream, interactive=True)
-  for _ in range(3):
-    bar.update(1, loss=1.0)
-  bar.close()
-  assert "\r" in stream.getvalue() and "clips/s" in stream.getvalue()
+  log = ProgressLog(10, 0, "job", clips_per_step=4, file=stream)
+  log.first()
+  time.sleep(0.05)
+  first = log.line(5, {"loss": 2.5, "top1": 0.25})
+  stamp = time.perf_counter()
+  time.sleep(0.2)
+  second = log.line(10, {"loss": 1.25})
+  elapsed = time.perf_counter() - stamp
+  lines = stream.getvalue().splitlines()
+  assert [line.split()[2] for line in lines] == ["1/10", "5/10", "10/10"]
+  # The second window's rate is its own (0.2 s over 5 steps), not a mean with the first's.
+  assert second["step_time_s"] == pytest.approx(elapsed / 5, rel=0.2)
+  assert second["step_time_s"] > first["step_time_s"]
+  assert second["clips_per_s"] == pytest.approx(4 / second["step_time_s"])
+  assert re.fullmatch(r"job: step 5/10 \(50%\) loss=2\.5 top1=0\.25 [\d.e-]+ s/step "
+                      r"[\d.e+]+ clips/s eta 0:00:\d\d", lines[1]), lines[1]
+  assert re.fullmatch(r"job: step 10/10 \(100%\) loss=1\.25 [\d.e-]+ s/step [\d.e+]+ clips/s",
+                      lines[2]), lines[2]
+  # A log step right after the first step has no steps to time: no rate is made up.
+  again = io.StringIO()
+  log = ProgressLog(10, 3, "job", clips_per_step=4, file=again)
+  log.first()
+  assert log.line(4, {"loss": 1.0}) == {}
+  assert again.getvalue().splitlines()[-1] == "job: step 4/10 (40%) loss=1"
+
+
+def test_processes_other_than_the_first_print_nothing():
   quiet = io.StringIO()
-  bar = _bar(quiet, enabled=False)
-  bar.update(1)
-  bar.update(1)
-  bar.close()
-  assert quiet.getvalue() == "" and "step_time_s" in bar.rates()
+  log = ProgressLog(4, 0, "job", clips_per_step=4, enabled=False, file=quiet)
+  log.first()
+  assert "step_time_s" in log.line(2, {"loss": 1.0})
+  counter = TenthsCounter(10, "eval", "videos", enabled=False, file=quiet)
+  counter.add(10)
+  assert quiet.getvalue() == ""
+
+
+def test_counter_prints_at_each_tenth_reached():
+  stream = io.StringIO()
+  counter = TenthsCounter(20, "eval", "test videos", file=stream)
+  for n in (1, 1, 3, 15):
+    counter.add(n)
+  assert stream.getvalue().splitlines() == ["eval: 2/20 test videos", "eval: 5/20 test videos",
+                                            "eval: 20/20 test videos"]

@@ -1,6 +1,5 @@
 """Tests for vivit_knn.train.metrics and vivit_knn.train.summary."""
 
-import io
 import os
 
 import jax
@@ -189,22 +188,6 @@ def test_disabled_writer_creates_no_files(tmp_path):
   writer.flush()
   writer.close()
   assert not logdir.exists()
-
-
-def test_progress_bar_postfix_and_disabled():
-  stream = io.StringIO()
-  bar = summary.ProgressBar(total=10, initial=2, desc="train", file=stream)
-  bar.update(3, loss=0.123456, lr=1e-4)
-  bar.close()
-  text = stream.getvalue()
-  assert "train" in text and "loss=0.1235" in text and "lr=1.000e-04" in text
-  assert "step 5/10" in text
-
-  quiet = io.StringIO()
-  off = summary.ProgressBar(total=10, desc="x", enabled=False, file=quiet)
-  off.update(1, loss=1.0)
-  off.close()
-  assert quiet.getvalue() == ""
 
 
 def test_eval_accumulator_scores_verbs_nouns_and_actions_of_joint_logits():

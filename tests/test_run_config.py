@@ -79,9 +79,11 @@ def test_eval_with_the_bare_config_uses_the_trained_shapes(trained):
   assert "overall accuracy" in proc.stdout
   note = proc.stdout.splitlines()[0]
   assert note.startswith("using the run's stored config")
-  assert "model.hidden_size (file: 16, stored: 32)" in note
-  assert "eval.global_batch_size" not in note  # an override, applied
-  assert "model.mlp_dim" not in note  # given at its stored value: not a file value
+  assert "learning-rate schedule" not in proc.stdout  # an eval has none
+  listed = (trained[2] / "config_not_used.txt").read_text()
+  assert "model.hidden_size: file 16, stored 32\n" in listed
+  assert "eval.global_batch_size" not in listed  # an override, applied
+  assert "model.mlp_dim" not in listed  # given at its stored value: not a file value
 
 
 def test_infer_with_the_bare_config_uses_the_trained_shapes(trained):
@@ -120,7 +122,8 @@ def _resolve(workdir, overrides, **kwargs):
   """`resolve_run_config` for `synthetic_tiny` plus the dotted `overrides` given on a command line."""
   config = load_config("synthetic_tiny")
   config.update_from_flattened_dict(overrides)
-  return run_config.resolve_run_config(config, workdir, overridden=list(overrides), **kwargs)
+  return run_config.resolve_run_config(config, workdir, overridden=list(overrides),
+                                       training=True, **kwargs)
 
 
 def test_allowed_overrides_apply_and_the_stored_config_wins_over_the_file(tmp_path, capsys):
@@ -134,10 +137,14 @@ def test_allowed_overrides_apply_and_the_stored_config_wins_over_the_file(tmp_pa
   assert (config.dataset.num_test_clips, config.optimizer.base_learning_rate) == (3, 0.01)
   assert (config.train.num_train_steps, config.mesh.fsdp) == (6, 2)
   assert config.model.hidden_size == 32 and config.is_locked
-  note = capsys.readouterr().out.strip()
-  assert note == (f"using the run's stored config {work}/config.json; 1 value(s) of the "
-                  "--config file are not used: model.hidden_size (file: 16, stored: 32). Pass "
-                  "--config.<field>=<value> to override one that a trained run allows.")
+  notes = capsys.readouterr().out.strip().splitlines()
+  assert notes == [
+      "the learning-rate schedule changes with optimizer.base_learning_rate (0.05 -> 0.01), "
+      "train.num_train_steps (2 -> 6)",
+      f"using the run's stored config {work}/config.json: 1 value(s) of the --config file "
+      f"differ and are not used (see {work}/config_not_used.txt)"]
+  assert (work / "config_not_used.txt").read_text() == (
+      "model.hidden_size: file 16, stored 32\n")
 
 
 def test_refused_overrides_name_each_field_with_both_values(tmp_path):

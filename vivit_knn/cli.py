@@ -80,6 +80,20 @@ def _first_line(err: BaseException) -> str:
   return text.splitlines()[0] if text else type(err).__name__
 
 
+def _unknown_key(name: str, argv: Sequence[str]) -> str:
+  """'unknown config key a.b.c' with the override's whole path, and which datasets read it."""
+  from vivit_knn.data.registry import DATASET_DEFAULTS
+
+  name = name.strip("'\"")
+  paths = [a[len("--config."):].split("=", 1)[0] for a in argv if a.startswith("--config.")]
+  path = next((p for p in paths if name in p.split(".")), name)
+  owners = [d for d, defaults in DATASET_DEFAULTS.items() if name in defaults()]
+  if path.startswith("dataset.") and owners:
+    return (f"config key {path!r} is not in this config's dataset: only dataset.name "
+            f"{', '.join(map(repr, owners))} read it")
+  return f"unknown config key {path!r}"
+
+
 def describe_flags_error(err: BaseException, argv: Sequence[str]) -> str:
   """One line saying what is wrong with the command line or the config file."""
   chain = _chain(err)
@@ -96,7 +110,7 @@ def describe_flags_error(err: BaseException, argv: Sequence[str]) -> str:
     return f"--config: cannot read config file {config}: no such file"
   for e in chain:
     if isinstance(e, KeyError) and any(a.startswith("--config.") for a in argv):
-      return f"unknown config key {_first_line(e)}"
+      return _unknown_key(str(e.args[0]) if e.args else "", argv)
   if isinstance(err, flags.Error):
     return _first_line(err)
   root = chain[-1]

@@ -165,8 +165,14 @@ def base_config() -> ConfigDict:
           # Global batches built and sent to the devices ahead of the step (0 = none).
           "prefetch_batches": 2,
           "eval_at_end": True,
+          # Evaluate every this many steps (0 = only at the end); the best eval's checkpoint
+          # (by `best_metric`, e.g. top1, top5, loss, action_top1) is kept in checkpoints_best/.
+          "eval_every_steps": 0,
+          "best_metric": "top1",
       },
-      "eval": {"global_batch_size": 32, "confusion_matrix": True, "save_logits": False},
+      # `checkpoint`: which one --mode=eval evaluates: 'latest', 'best' or a step number.
+      "eval": {"global_batch_size": 32, "confusion_matrix": True, "save_logits": False,
+               "checkpoint": "latest"},
       # Mesh axes (data, fsdp, tensor); data=-1 takes the remaining devices. `rules` maps
       # logical axes of parameters and activations to mesh axes as (name, axis) pairs; empty =
       # the defaults in vivit_knn/models/partitioning.py (embed->fsdp, heads/mlp->tensor).
@@ -319,6 +325,16 @@ def check_training(config: ConfigDict, num_devices: int, process_count: int = 1)
   require(tr.grad_accum_steps >= 1, "train.grad_accum_steps", "must be >= 1")
   require(tr.prefetch_batches >= 0, "train.prefetch_batches",
           f"must be >= 0 (0 = build each batch when the step needs it), got {tr.prefetch_batches}")
+  require(tr.eval_every_steps >= 0, "train.eval_every_steps",
+          f"must be >= 0 (0 = evaluate only at the end), got {tr.eval_every_steps}")
+  two_heads = config.model.name == "cast" and config.model.cast.num_verbs > 0
+  metrics = ("top1", "top5", "loss") + (("verb_top1", "noun_top1", "action_top1")
+                                        if two_heads else ())
+  require(tr.best_metric in metrics, "train.best_metric",
+          f"{tr.best_metric!r} is not an eval metric of this model; use one of {metrics}")
+  choice = str(config.eval.checkpoint)
+  require(choice in ("latest", "best") or choice.isdigit(), "eval.checkpoint",
+          f"must be 'latest', 'best' or a step number, got {choice!r}")
   partitioning.rules_table(config.mesh.rules)  # ValueError naming mesh.rules
   require(tr.global_batch_size % (tr.grad_accum_steps * num_devices) == 0,
           "train.grad_accum_steps",

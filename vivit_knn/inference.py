@@ -25,7 +25,7 @@ from vivit_knn.data.splits import VIDEO_EXTENSIONS
 from vivit_knn.models.registry import build_model
 from vivit_knn.train.checkpoint import resolve
 from vivit_knn.train.run_info import read_run_info, restore_params
-from vivit_knn.train.summary import ProgressBar
+from vivit_knn.train.summary import TenthsCounter
 
 TOP_K = 5
 
@@ -83,8 +83,8 @@ def predict_folder(predictor: Predictor, folder: str, videos: Sequence[str], out
   k = min(TOP_K, len(predictor.class_names))
   skipped, rows = [], 0
   epath.Path(out_csv).parent.mkdir(parents=True, exist_ok=True)
-  with epath.Path(out_csv).open("w") as f, \
-      ProgressBar(len(videos), desc="videos", unit="video", enabled=progress) as bar:
+  bar = TenthsCounter(len(videos), "infer", "videos", enabled=progress)
+  with epath.Path(out_csv).open("w") as f:
     writer = csv.writer(f, lineterminator="\n")
     writer.writerow(["file"] + [f"top{i}_{c}" for i in range(1, k + 1) for c in ("class", "prob")])
     for rel in videos:
@@ -95,7 +95,7 @@ def predict_folder(predictor: Predictor, folder: str, videos: Sequence[str], out
       else:
         writer.writerow([rel] + [v for c, p in predictor.top_k(probs, k) for v in (c, repr(p))])
         rows += 1
-      bar.update()
+      bar.add(1)
   return rows, skipped
 
 

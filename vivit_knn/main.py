@@ -72,7 +72,7 @@ def main(argv) -> int:
   if _MODE.value != "train" or checkpoint.has_checkpoints(workdir):
     # The run's stored config, with this command line's overrides on top; a fresh
     # training run stores its own config when it starts.
-    config = run_config.resolve_run_config(config, workdir,
+    config = run_config.resolve_run_config(config, workdir, training=_MODE.value == "train",
                                            use_config_file=_USE_CONFIG_FILE.value)
   if _RESTART.value is not None and _MODE.value != "train":
     raise app.UsageError("--restart_from_step is for --mode=train")
@@ -92,7 +92,8 @@ def main(argv) -> int:
     result = trainer.evaluate_checkpoint(config, workdir, output_dir=_OUTPUT_DIR.value,
                                          strict=_STRICT.value)
     if result["init"] is None:
-      print(f"checkpoint step {result['step']}")
+      print(f"checkpoint step {result['step']}"
+            + (" (the best eval's)" if config.eval.checkpoint == "best" else ""))
   print(evaluation.format_result(result["eval"], result["class_names"]))
   for name, path in result["eval_paths"].items():
     print(f"{name}: {path}")

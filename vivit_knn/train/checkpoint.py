@@ -60,7 +60,7 @@ def write_file(workdir: str, name: str, text: str) -> str:
   """Writes `<workdir>/<name>` atomically (through a temporary file); returns its path."""
   path = resolve(workdir) / name
   path.parent.mkdir(parents=True, exist_ok=True)
-  tmp = path.parent / f".{name}.tmp-{os.getpid()}"
+  tmp = path.parent / f".{path.name}.tmp-{os.getpid()}"
   tmp.write_text(text)
   tmp.replace(path)
   return str(path)
@@ -137,16 +137,22 @@ class Checkpointer:
   """
 
   def __init__(self, workdir: str, *, keep: int = 3, save_every: int = 1,
-               read_only: bool = False, strict: bool = False):
-    self.directory = str(resolve(workdir) / "checkpoints")
+               read_only: bool = False, strict: bool = False, folder: str = "checkpoints",
+               best_metric: Optional[str] = None):
+    self.directory = str(resolve(workdir) / folder)
     self._path = epath.Path(self.directory)
     self.save_every = save_every
     self.strict = strict
     # The interval is applied in `save` (Orbax's policy would also save the first step). Only
     # the writer clears interrupted saves; Orbax's own read_only mode warns twice per use.
+    # With `best_metric`, Orbax keeps the `keep` steps of the best metrics (saved with `save`'s
+    # `metrics`), not the newest: a loss is minimised, accuracies maximised.
+    best = {} if best_metric is None else dict(
+        best_fn=lambda m: m[best_metric],
+        best_mode="min" if best_metric.endswith("loss") else "max")
     options = ocp.CheckpointManagerOptions(
         max_to_keep=None if read_only else keep, create=not read_only,
-        cleanup_tmp_directories=not read_only)
+        cleanup_tmp_directories=not read_only, **best)
     handlers = {DEFAULT_ITEM: ocp.StandardCheckpointHandler(),
                 CHECKSUMS_ITEM: ocp.JsonCheckpointHandler()}
     self._manager = _listing(lambda: ocp.CheckpointManager(self.directory, options=options,
@@ -158,11 +164,16 @@ class Checkpointer:
     """The newest finished checkpoint's step, or None."""
     return self._manager.latest_step()
 
+  def best_step(self) -> Optional[int]:
+    """The kept step with the best `best_metric` (the newest without one)."""
+    return self._manager.best_step()
+
   def all_steps(self) -> list:
     """Steps of every kept checkpoint, oldest first."""
     return sorted(self._manager.all_steps())
 
-  def save(self, step: int, state: Any, *, force: bool = False) -> bool:
+  def save(self, step: int, state: Any, *, force: bool = False,
+           metrics: Optional[Dict[str, float]] = None) -> bool:
     """Starts saving `state` and its checksums at a multiple of `save_every` (or `force`).
 
     Returns:
@@ -173,7 +184,7 @@ class Checkpointer:
     args = ocp.args.Composite(**{DEFAULT_ITEM: ocp.args.StandardSave(state),
                                  CHECKSUMS_ITEM: ocp.args.JsonSave(fingerprints(state))})
     with self._disk_full_named():
-      return self._manager.save(step, args=args, force=True)
+      return self._manager.save(step, args=args, force=True, metrics=metrics)
 
   @contextlib.contextmanager
   def _disk_full_named(self):

@@ -20,6 +20,7 @@ from vivit_knn.train import metrics, sharding, steps
 from vivit_knn.train.checkpoint import resolve
 from vivit_knn.train.experiment import Experiment
 from vivit_knn.train.objective_table import two_heads
+from vivit_knn.train.summary import TenthsCounter
 
 # A confusion-matrix picture of more classes than this is unreadable; it is skipped.
 PNG_MAX_CLASSES = metrics.DENSE_CONFUSION_MAX_CLASSES
@@ -59,6 +60,8 @@ def run_eval(exp: Experiment, params: Any, eval_step=None) -> Dict[str, Any]:
   save_logits = bool(exp.config.eval.save_logits)
   kept = {"logits": [np.zeros((0, exp.num_classes), np.float32)],
           "labels": [np.zeros(0, np.int64)], "index": [np.zeros(0, np.int64)]}
+  progress = TenthsCounter(exp.dataset.split_counts("eval")["listed"], "eval", "test videos",
+                           enabled=jax.process_index() == 0)
   for batch in exp.dataset.eval_batches(exp.config.eval.global_batch_size,
                                         process_index=jax.process_index(),
                                         process_count=jax.process_count()):
@@ -66,6 +69,7 @@ def run_eval(exp: Experiment, params: Any, eval_step=None) -> Dict[str, Any]:
     out = jax.device_get(eval_step(params, sharding.shard_batch(batch, exp.mesh)))
     logits, labels, mask = (np.asarray(out[k]) for k in ("logits", "label", "mask"))
     acc.update(logits, labels, mask)
+    progress.add(int(np.sum(mask != 0)))
     if save_logits:
       keep = mask != 0
       kept["logits"].append(logits[keep].astype(np.float32))
@@ -84,6 +88,11 @@ def run_eval(exp: Experiment, params: Any, eval_step=None) -> Dict[str, Any]:
     result["logits"]["videos"] = np.asarray(
         [exp.dataset.describe_example("eval", i) for i in result["logits"]["index"]], str)
   return result
+
+
+def scalar_names(result: Dict[str, Any]) -> Tuple[str, ...]:
+  """The scalar metrics of a `run_eval` result: top1, top5, loss (and verb/noun/action top1)."""
+  return ("top1", "top5", "loss") + tuple(k for k in metrics.FACTOR_METRICS if k in result)
 
 
 def _write_through_local(path: str, write: Callable[[str], Any]) -> None:
@@ -138,7 +147,7 @@ def write_eval_report(exp: Experiment, result: Dict[str, Any], workdir: str, ste
   if "logits" in result:
     paths["logits"] = str(out_dir / f"logits_{suffix}.npz")
     _write_through_local(paths["logits"], lambda local: np.savez(local, **result["logits"]))
-  scalars = ("top1", "top5", "loss") + tuple(k for k in metrics.FACTOR_METRICS if k in result)
+  scalars = scalar_names(result)
   summary = {k: float(result[k]) for k in scalars}
   summary.update(num_examples=int(result["num_examples"]), step=int(step),
                  views={"clips": int(views["clips"]), "crops": int(views["crops"])},

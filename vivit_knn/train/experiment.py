@@ -31,7 +31,7 @@ class TrainState:
   opt_state: Any
 
 
-@dataclasses.dataclass
+@dataclasses.dataclass(eq=False)  # hashed by identity: per-run caches key on it
 class Experiment:
   """The parts of a run, wired from one config (data -> model -> optimizer -> mesh)."""
 

@@ -44,7 +44,7 @@ ALLOWED_OVERRIDES = (
     "train.grad_accum_steps",  # the same update in smaller pieces
     "mesh.*",  # this machine's devices: a checkpoint restores onto any mesh
 ) + RESUMABLE_OPTIMIZER_FIELDS
-_MAX_LISTED = 12  # differing --config file fields named in the note
+UNUSED_FILE = "config_not_used.txt"
 
 
 def _tuple_paths(value: Any, path: str) -> List[str]:
@@ -107,12 +107,38 @@ def _on_schema(stored: Dict[str, Any], schema: Dict[str, Any]) -> Dict[str, Any]
           else stored.get(k, v) for k, v in schema.items()}
 
 
+def _note_differences(workdir: str, path: str, given: Dict[str, Any], old: Dict[str, Any],
+                      fields: List[str], changed: List[str]) -> None:
+  """Prints one short line on the stored config in use and one on a changed schedule.
+
+  The --config file values the stored ones override are listed in `UNUSED_FILE`.
+  """
+  schedule = [f for f in changed if f.startswith(("train.num_", "optimizer."))]
+  if schedule:
+    print("the learning-rate schedule changes with "
+          + ", ".join(f"{f} ({old[f]!r} -> {given[f]!r})" for f in schedule), flush=True)
+  show = lambda tree, f: repr(tree[f]) if f in tree else "(absent)"
+  unused = [f"{f}: file {show(given, f)}, stored {show(old, f)}"
+            for f in sorted(set(given) | set(old))
+            if f not in fields and given.get(f, _ABSENT) != old.get(f, _ABSENT)]
+  if not unused:
+    return
+  try:
+    where = "see " + write_file(workdir, UNUSED_FILE, "\n".join(unused) + "\n")
+  except OSError:  # a read-only run folder: eval with --output_dir
+    where = "--config.<field> overrides what a trained run allows"
+  print(f"using the run's stored config {path}: {len(unused)} value(s) of the --config file "
+        f"differ and are not used ({where})", flush=True)
+
+
 def resolve_run_config(flag_config: ConfigDict, workdir: str, *,
                        use_config_file: Optional[bool] = None,
-                       overridden: Optional[Iterable[str]] = None) -> ConfigDict:
+                       overridden: Optional[Iterable[str]] = None,
+                       training: bool = False) -> ConfigDict:
   """The config for a command on `workdir`: its stored config plus this command's overrides.
 
   `overridden`: the fields the command line set (default: the parsed `--config.<field>` flags).
+  `training`: a resume, told when its learning-rate schedule changes.
   `use_config_file`: whether the command accepts the `--config` file for a workdir with
   checkpoints but no stored config (None: it has no such flag), which gives `flag_config`.
   Overrides outside `ALLOWED_OVERRIDES` that change stored values are refused.
@@ -151,16 +177,8 @@ def resolve_run_config(flag_config: ConfigDict, workdir: str, *,
   for f in changed:
     *parents, leaf = f.split(".")
     functools.reduce(dict.__getitem__, parents, kept)[leaf] = given[f]
-  show = lambda tree, f: repr(tree[f]) if f in tree else "(absent)"
-  unused = [f for f in sorted(set(given) | set(old))
-            if f not in fields and given.get(f, _ABSENT) != old.get(f, _ABSENT)]
-  if unused and jax.process_index() == 0:
-    listed = "; ".join(f"{f} (file: {show(given, f)}, stored: {show(old, f)})"
-                       for f in unused[:_MAX_LISTED])
-    more = f"; and {len(unused) - _MAX_LISTED} more" if len(unused) > _MAX_LISTED else ""
-    print(f"using the run's stored config {path}; {len(unused)} value(s) of the --config file "
-          f"are not used: {listed}{more}. Pass --config.<field>=<value> to override one that a "
-          "trained run allows.", flush=True)
+  if jax.process_index() == 0:
+    _note_differences(workdir, path, given, old, fields, changed if training else [])
   merged = ConfigDict(kept)
   merged.lock()
   return merged

@@ -1,17 +1,15 @@
-"""Training logs: clu's TensorBoard writer, and console progress (a bar, or plain lines).
+"""Training logs: clu's TensorBoard writer and progress report, and plain console lines.
 
-Importing this module stays cheap: clu's writers (which load TensorFlow) are
-imported when one is opened.
+Importing this module stays cheap: clu (which loads TensorFlow) is imported when used.
 """
 
 from __future__ import annotations
 
-import collections
 import math
 import os
 import sys
 import time
-from typing import TYPE_CHECKING, Any, Optional, TextIO
+from typing import TYPE_CHECKING, Any, Dict, Optional, TextIO
 
 if TYPE_CHECKING:
   from clu import metric_writers
@@ -26,157 +24,96 @@ def open_writer(logdir: str | os.PathLike, enabled: bool = True) -> metric_write
   return metric_writers.SummaryWriter(os.fspath(logdir))
 
 
-def _format_postfix(value: Any) -> str:
-  if isinstance(value, str):
-    return value
-  try:
-    number = float(value)
-  except (TypeError, ValueError):
-    return str(value)
+def format_number(value: Any) -> str:
+  """4 significant digits, or scientific notation for very small or large magnitudes."""
+  number = float(value)
   if number != 0.0 and math.isfinite(number) and (abs(number) < 1e-3 or abs(number) >= 1e5):
     return f"{number:.3e}"
   return f"{number:.4g}"
 
 
-def _format_duration(seconds: float) -> str:
+def _duration(seconds: float) -> str:
   seconds = int(round(max(0.0, seconds)))
-  hours, rest = divmod(seconds, 3600)
-  return f"{hours}:{rest // 60:02d}:{rest % 60:02d}"
+  return f"{seconds // 3600}:{seconds % 3600 // 60:02d}:{seconds % 60:02d}"
 
 
-def _is_terminal(stream: TextIO) -> bool:
-  try:
-    return bool(stream.isatty())
-  except (AttributeError, ValueError):  # no isatty, or a closed stream
-    return False
+class ProgressLog:
+  """Plain console lines of a training loop, each with numbers measured since the previous one.
 
-
-class ProgressBar:
-  """Console progress of a loop: a ``tqdm`` bar on a terminal, plain lines otherwise.
-
-  In a file or pipe (a batch job's log) it prints a plain line after the first count (its
-  time includes compilation), at every tenth of ``total``, at least every ``log_every_s``
-  seconds, and at the end, e.g.::
-
-    synthetic_dk: step 40/200 (20%) loss=1.414 top1=0.19 0.31 s/step 206 clips/s eta 0:00:50
-
-  ``interactive`` (default: whether ``file``, default stderr, is a terminal) forces either.
-  Step time (and clips/s with ``clips_per_step``) is measured over the last ``window``
-  counts, also with ``enabled=False``, which prints nothing (processes other than 0).
+  `first()` follows the first step, whose time is mostly compilation (a jitted call compiles
+  before it returns). `line(step, metrics)` follows each log step, where the loop fetched
+  results, so its step time is measured rather than dispatch time. `end(step)` prints
+  `trained N steps in X s (compile Y s), Z clips/s` on stdout. clu's `ReportProgress` (`report`) writes
+  `steps_per_sec` and `uptime` to TensorBoard at the same steps. Only process 0 prints.
   """
 
-  def __init__(self, total: Optional[int], initial: int = 0, desc: Optional[str] = None,
-               enabled: bool = True, *, unit: str = "step", file: Optional[TextIO] = None,
-               clips_per_step: Optional[int] = None, interactive: Optional[bool] = None,
-               log_every_s: float = 60.0, window: int = 50):
-    self.enabled = bool(enabled)
-    self.total, self.desc, self.unit = total, desc, unit
-    self._file = file if file is not None else sys.stderr
-    interactive = _is_terminal(self._file) if interactive is None else interactive
-    self._clips_per_step = clips_per_step
-    self._log_every_s = float(log_every_s)
-    self._n = self._initial = int(initial)
-    self._postfix: dict[str, str] = {}
-    # (time, count) of the latest synchronised updates from the end of the first (compiled) one.
-    self._marks: collections.deque = collections.deque(maxlen=max(1, int(window)) + 1)
-    self._first_step_s: Optional[float] = None
-    self._last_line_time = self._created = time.perf_counter()
-    self._last_line_n = self._n
-    self._closed, self._bar = False, None
-    if self.enabled and interactive:
-      from tqdm import tqdm
+  def __init__(self, total: int, initial: int, desc: str, clips_per_step: int,
+               writer: Optional[metric_writers.MetricWriter] = None, enabled: bool = True,
+               file: Optional[TextIO] = None):
+    from clu import periodic_actions
 
-      self._bar = tqdm(total=total, initial=initial, desc=desc, unit=unit,
-                       dynamic_ncols=True, file=self._file)
+    self.total, self.desc, self.enabled = total, desc, enabled
+    self._initial, self._clips = initial, clips_per_step
+    self._file = file or sys.stderr
+    self._start = time.perf_counter()
+    self._mark = (self._start, initial)
+    self.compile_s: Optional[float] = None
+    # Called at log steps only: every_secs=0 reports at each call.
+    self.report = periodic_actions.ReportProgress(num_train_steps=total, writer=writer,
+                                                  every_secs=0.0)
+    self.report(initial)  # starts clu's clock
 
-  def update(self, n: int = 1, *, synced: bool = True, **postfix: Any) -> None:
-    """Advances by ``n`` and shows ``postfix`` (e.g. ``loss=..., lr=...``).
+  def _print(self, text: str, file: Optional[TextIO] = None) -> None:
+    if self.enabled:
+      print(f"{self.desc}: {text}", file=file or self._file, flush=True)
 
-    ``synced=False``: the loop has not waited for this count's work (asynchronous dispatch),
-    so its time is no measurement; rates are taken between synchronised updates only.
-    """
+  def _at(self, step: int) -> str:
+    return f"step {step}/{self.total} ({100 * step / self.total:.0f}%)"
+
+  def first(self) -> None:
+    """After the first step of this command: its time, compilation included."""
     now = time.perf_counter()
-    first = self._first_step_s is None
-    if first:
-      self._first_step_s = now - self._created
-    self._n += n
-    if first or synced:  # the first count's end (after compilation) starts the measurement
-      self._marks.append((now, self._n))
-    if postfix:
-      self._postfix = {k: _format_postfix(v) for k, v in postfix.items()}
-    if not self.enabled:
-      return
-    if self._bar is not None:
-      shown = dict(self._postfix)
-      clips = self.rates().get("clips_per_s")
-      if clips is not None:
-        shown["clips/s"] = _format_postfix(clips)
-      if shown:
-        self._bar.set_postfix(shown, refresh=False)
-      self._bar.update(n)
-    elif self._line_due(now):
-      self._print_line(now)
+    self.compile_s, self._mark = now - self._start, (now, self._initial + 1)
+    self._print(f"{self._at(self._initial + 1)} {self.compile_s:.3g} s/step (the first, with "
+                "compilation)")
 
-  def rates(self) -> dict[str, float]:
-    """``{"step_time_s", "clips_per_s"}`` over the recent window; ``{}`` until measured.
+  def line(self, step: int, metrics: Dict[str, float]) -> Dict[str, float]:
+    """Prints the window's metrics and rates; returns `{step_time_s, clips_per_s}` (or {})."""
+    now = time.perf_counter()
+    (then, since), self._mark = self._mark, (now, step)
+    self.report(step)
+    parts = [self._at(step)] + [f"{k}={format_number(metrics[k])}" for k in ("loss", "top1")
+                                if k in metrics]
+    rates = {}
+    if step > since:
+      seconds = (now - then) / (step - since)
+      rates = {"step_time_s": seconds, "clips_per_s": self._clips / max(seconds, 1e-9)}
+      parts += [f"{seconds:.3g} s/step", f"{rates['clips_per_s']:.4g} clips/s"]
+      if step < self.total:
+        parts.append(f"eta {_duration((self.total - step) * seconds)}")
+    self._print(" ".join(parts))
+    return rates
 
-    Only synchronised updates are timed (with asynchronous dispatch only their totals are the
-    true throughput); the first update (compilation) only starts the measurement.
-    """
-    if len(self._marks) < 2:
-      return {}
-    (t0, n0), (t1, n1) = self._marks[0], self._marks[-1]
-    if n1 <= n0:
-      return {}
-    step_time = (t1 - t0) / (n1 - n0)
-    out = {"step_time_s": step_time}
-    if self._clips_per_step:
-      out["clips_per_s"] = self._clips_per_step / step_time if step_time > 0 else math.inf
-    return out
+  def end(self, step: int) -> None:
+    """`trained N steps in X s (compile Y s), Z clips/s` for the steps of this command."""
+    now, steps = time.perf_counter(), step - self._initial
+    compile_s = self.compile_s or 0.0
+    timed = steps - 1 if self.compile_s is not None else steps
+    rate = self._clips * timed / max(now - self._start - compile_s, 1e-9) if timed > 0 else 0.0
+    self._print(f"trained {steps} steps in {now - self._start:.1f} s (compile "
+                f"{compile_s:.1f} s), {rate:.4g} clips/s", file=sys.stdout)
 
-  def _line_due(self, now: float) -> bool:
-    if self._last_line_n == self._initial or (self.total and self._n >= self.total):
-      # The first count (its time includes compilation), or done.
-      return True
-    if self.total and self.total > 0:
-      tenth = self.total / 10
-      if int(self._n / tenth) > int(self._last_line_n / tenth):
-        return True
-    return now - self._last_line_time >= self._log_every_s
 
-  def _line(self) -> str:
-    """The plain progress line for the current count (what a log file gets)."""
-    parts = [f"{self.desc}:"] if self.desc else []
-    parts.append(f"{self.unit} {self._n}" + (
-        f"/{self.total} ({100 * self._n / self.total:.0f}%)" if self.total else ""))
-    parts.extend(f"{k}={v}" for k, v in self._postfix.items())
-    rates = self.rates()
-    if not rates and self._first_step_s is not None and self._n - self._initial <= 1:
-      parts.append(f"{self._first_step_s:.3g} s/{self.unit} (the first, with compilation)")
-    if rates:
-      parts.append(f"{rates['step_time_s']:.3g} s/{self.unit}")
-      if "clips_per_s" in rates:
-        parts.append(f"{rates['clips_per_s']:.4g} clips/s")
-      if self.total and self._n < self.total:
-        parts.append(f"eta {_format_duration((self.total - self._n) * rates['step_time_s'])}")
-    return " ".join(parts)
+class TenthsCounter:
+  """Prints `<desc>: <n>/<total> <unit>` each time a count passes a tenth of `total`."""
 
-  def _print_line(self, now: float) -> None:
-    print(self._line(), file=self._file, flush=True)
-    self._last_line_time, self._last_line_n = now, self._n
+  def __init__(self, total: int, desc: str, unit: str, enabled: bool = True,
+               file: Optional[TextIO] = None):
+    self.total, self.desc, self.unit, self.enabled = max(int(total), 1), desc, unit, enabled
+    self._file, self.count = file or sys.stdout, 0
 
-  def close(self) -> None:
-    """Closes the bar; plain lines end with the count reached, if not yet printed."""
-    if self._closed:
-      return
-    self._closed = True
-    if self._bar is not None:
-      self._bar.close()
-    elif self.enabled and self._n != self._last_line_n:
-      self._print_line(time.perf_counter())
-
-  def __enter__(self) -> "ProgressBar":
-    return self
-
-  def __exit__(self, *exc_info: Any) -> None:
-    self.close()
+  def add(self, n: int) -> None:
+    """Counts `n` more; prints when a new tenth is reached."""
+    before, self.count = self.count, self.count + int(n)
+    if self.enabled and self.count * 10 // self.total > before * 10 // self.total:
+      print(f"{self.desc}: {self.count}/{self.total} {self.unit}", file=self._file, flush=True)

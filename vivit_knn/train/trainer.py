@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import os
+import weakref
 from typing import Any, Dict, Optional
 
 import jax
@@ -18,7 +20,12 @@ from vivit_knn.train.experiment import Experiment, TrainState, build_experiment
 from vivit_knn.train.prefetch import DevicePrefetcher
 from vivit_knn.train.run_config import load_run_config, save_run_config
 from vivit_knn.train.run_info import write_run_info
-from vivit_knn.train.summary import ProgressBar, open_writer
+from vivit_knn.train.summary import ProgressLog, open_writer
+
+
+BEST_FOLDER = "checkpoints_best"
+BEST_RECORD = os.path.join("eval", "best.json")
+_EVAL_STEPS: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()  # compiled once per run
 
 
 def _rngs(seed: int) -> jax.Array:
@@ -156,10 +163,10 @@ def _train_locked(config: ml_collections.ConfigDict, workdir: str, exp: Optional
       process_index=jax.process_index(), process_count=jax.process_count()),
       exp.mesh, cfg.prefetch_batches)
 
-  logdir = os.path.join(workdir, "train")
-  writer = None  # opened at the first write: a run stopped before it leaves no event file
-  bar = ProgressBar(exp.total_steps, initial=start, desc=config.experiment_name, enabled=is_chief,
-                    clips_per_step=cfg.global_batch_size)
+  writer = open_writer(os.path.join(workdir, "train"), enabled=is_chief)
+  log = ProgressLog(exp.total_steps, start, config.experiment_name, cfg.global_batch_size,
+                    writer, enabled=is_chief)
+  best = _best_checkpointer(workdir, cfg, strict)
   history, last = [], {}
   stop = preemption.PreemptionWatcher()
   result: Dict[str, Any] = {"train": last, "step": exp.total_steps, "state": state,
@@ -174,6 +181,8 @@ def _train_locked(config: ml_collections.ConfigDict, workdir: str, exp: Optional
       state, step_metrics = train_step(state, next(batches), train_rng, frozen)
       history.append(step_metrics)
       done = step + 1
+      if step == start:
+        log.first()
       due_log = done % cfg.log_every_steps == 0 or done == exp.total_steps
       due_save = done % cfg.checkpoint_every_steps == 0
       if due_log or due_save:
@@ -182,19 +191,14 @@ def _train_locked(config: ml_collections.ConfigDict, workdir: str, exp: Optional
       if due_log:
         last = _mean_metrics(history)
         history = []
-        writer = writer or open_writer(logdir, enabled=is_chief)
-        writer.write_scalars(done, {f"train/{k}": v for k, v in last.items()})
-        skipped = exp.dataset.skipped_examples()
-        if skipped:
-          writer.write_scalars(done, {f"data/skipped_{k}": v for k, v in skipped.items()})
-      # Steps are dispatched asynchronously: only a step whose results were fetched
-      # (log and save steps) has finished, so only those time the run.
-      bar.update(1, synced=due_log or due_save,
-                 **{k: last[k] for k in ("loss", "top1") if k in last})
-      rates = bar.rates() if due_log else {}  # step time and clips/s, once measured
-      if rates:
-        writer.write_scalars(done, {f"train/{k}": v for k, v in rates.items()})
+        rates = log.line(done, last)
+        skipped = {f"data/skipped_{k}": v for k, v in exp.dataset.skipped_examples().items()}
+        writer.write_scalars(done, {**{f"train/{k}": v for k, v in {**last, **rates}.items()},
+                                    **skipped})
       ckpt.save(done, state)
+      if (cfg.eval_every_steps and done % cfg.eval_every_steps == 0
+          and (done < exp.total_steps or not cfg.eval_at_end)):
+        _evaluate(exp, state, done, workdir, writer, best)
       # On several processes the stop flag is agreed on by a collective: only on log and
       # save steps, so that ordinary steps never wait for other hosts.
       if (due_log or due_save or jax.process_count() == 1) and stop.requested():
@@ -215,20 +219,50 @@ def _train_locked(config: ml_collections.ConfigDict, workdir: str, exp: Optional
       result["preempted"] = True
       return result
     stop.saved(exp.total_steps, ckpt.directory)
-    bar.close()
+    if exp.total_steps > start:
+      log.end(exp.total_steps)
     if cfg.eval_at_end:
-      result["eval"] = evaluation.run_eval(exp, state.params)
-      writer = writer or open_writer(logdir, enabled=is_chief)
-      paths = evaluation.write_eval_report(exp, result["eval"], workdir, exp.total_steps, writer)
-      result["eval_paths"] = paths
+      result["eval"], result["eval_paths"] = _evaluate(exp, state, exp.total_steps, workdir,
+                                                       writer, best)
     return result
   finally:
     batches.close()
-    # Errors and Ctrl-C end the bar's line first, so the message stands on its own line.
-    bar.close()
-    if writer is not None:
-      writer.close()
+    writer.close()
+    if best is not None:
+      best.close()
     stop.release()
+
+
+def _best_checkpointer(workdir: str, cfg: ml_collections.ConfigDict,
+                       strict: bool) -> Optional[checkpoint.Checkpointer]:
+  """With `train.eval_every_steps`, the folder that keeps the checkpoint of the best eval."""
+  if not cfg.eval_every_steps:
+    return None
+  return checkpoint.Checkpointer(workdir, keep=1, strict=strict, folder=BEST_FOLDER,
+                                 best_metric=cfg.best_metric)
+
+
+def _evaluate(exp: Experiment, state: TrainState, step: int, workdir: str, writer,
+              best: Optional[checkpoint.Checkpointer]):
+  """Evaluates `state` at `step`: reports and `eval/` scalars; `best` keeps the best eval's state.
+
+  `<workdir>/eval/best.json` records the kept step and its metrics.
+  """
+  if exp not in _EVAL_STEPS:
+    _EVAL_STEPS[exp] = steps.make_eval_step(exp)
+  result = evaluation.run_eval(exp, state.params, _EVAL_STEPS[exp])
+  paths = evaluation.write_eval_report(exp, result, workdir, step, writer)
+  if best is not None:
+    scalars = {k: float(result[k]) for k in evaluation.scalar_names(result)}
+    best.save(step, state, force=True, metrics=scalars)
+    best.wait()
+    if best.best_step() == step and jax.process_index() == 0:
+      record = {"step": step, "metric": exp.config.train.best_metric, "metrics": scalars,
+                "checkpoint": os.path.join(best.directory, str(step))}
+      checkpoint.write_file(workdir, BEST_RECORD, json.dumps(record, indent=2) + "\n")
+      print(f"best {record['metric']} so far: {scalars[record['metric']]:.4f} at step {step} "
+            f"(kept in {best.directory})", flush=True)
+  return result, paths
 
 
 def _report_dir(workdir: str, output_dir: Optional[str]) -> str:
@@ -248,15 +282,24 @@ def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str,
                         ) -> Dict[str, Any]:
   """Restores a checkpoint from `workdir` (the newest readable by default) and evaluates it.
 
-  Without checkpoints it evaluates the weights `config.init_from` configures, as step 0 (with
+  `config.eval.checkpoint` chooses 'latest', 'best' (kept with `train.eval_every_steps`) or a
+  step. Without checkpoints it evaluates the weights `config.init_from` configures, as step 0 (with
   nothing configured that is an error, and nothing is created). Reports go to `output_dir`
   (default: the workdir). Takes no lock: a trainer may save and rotate steps meanwhile.
   """
+  choice = str(config.eval.checkpoint)  # 'latest', 'best' or a step number
+  if step is None and choice.isdigit():
+    step = int(choice)
+  if choice == "best" and not (checkpoint.resolve(workdir) / BEST_FOLDER).is_dir():
+    raise FileNotFoundError(
+        f"--config.eval.checkpoint=best: --workdir={workdir} keeps no best checkpoint (train "
+        "with --config.train.eval_every_steps=<n> to keep one)")
   reports = _report_dir(workdir, output_dir)
   exp = build_experiment(config, training=False)
   summary = None
   if checkpoint.has_checkpoints(workdir):
-    ckpt = checkpoint.Checkpointer(workdir, read_only=True, strict=strict)
+    ckpt = checkpoint.Checkpointer(workdir, read_only=True, strict=strict,
+                                   folder=BEST_FOLDER if choice == "best" else "checkpoints")
     params = ckpt.restore(exp.abstract_state(), step=step).params  # newest readable by default
     step = ckpt.restored_step
     ckpt.close()
