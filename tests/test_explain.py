@@ -7,6 +7,7 @@ from PIL import Image
 
 from tests.tiny import load_config, run_python
 from tests.trained_synthetic import CONFIG, eval_top1, trained_dk  # noqa: F401
+from vivit_knn.data.synthetic import CLASS_NAMES
 
 NUM_CLIPS = 64
 
@@ -69,6 +70,12 @@ def test_explain_writes_png_gif_and_json_per_query(trained_dk, tmp_path):  # noq
   out = tmp_path / "explain"
   proc = _explain(trained_dk, "--index=3", "--query=cls", "--query=1,2,1", f"--output_dir={out}")
   assert proc.returncode == 0, proc.stderr
+  truth = CLASS_NAMES[4][3 % 4]  # the synthetic eval set labels clip i with class i % 4
+  assert f", true {truth}" in proc.stdout.splitlines()[0], proc.stdout
+  # Whole kept-key counts (k = round(2/3 * 17) = 11), one rollout name per rollout row.
+  assert "space: keeps 11/17" in proc.stdout and "11.0/17" not in proc.stdout
+  rollouts = [line for line in proc.stdout.splitlines() if "rollout" in line]
+  assert rollouts and all(line.count("rollout") == 1 for line in rollouts), proc.stdout
   for tag in ("cls", "q1_2_1"):
     png, gif, js = (out / f"eval3_{tag}.{ext}" for ext in ("png", "gif", "json"))
     for path in (png, gif, js):
@@ -77,12 +84,14 @@ def test_explain_writes_png_gif_and_json_per_query(trained_dk, tmp_path):  # noq
       assert image.size[0] > 300 and image.size[1] > 300
     with Image.open(gif) as image:
       assert image.n_frames == 8  # one per input frame
+      assert min(image.size) >= 480, image.size
     data = json.loads(js.read_text())
     names = [layer["name"] for layer in data["layers"]]
     assert names[0] == "SpatialTransformer/encoderblock_0/MultiHeadDotProductAttention_0"
     assert any(layer["layout"].endswith("rollout") for layer in data["layers"])
     assert abs(sum(data["probabilities"].values()) - 1) < 1e-4
   data = json.loads((out / "eval3_cls.json").read_text())
+  assert data["true_label"] == truth and data["input"] == "eval3"
   first = data["layers"][0]
   rows_w = np.asarray(first["query_rows"]["weights"])  # [frames, heads, 17]
   rows_k = np.asarray(first["query_rows"]["kept"])

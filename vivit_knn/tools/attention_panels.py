@@ -1,10 +1,9 @@
 """Places one query's recorded attention on the video's token grid, layer by layer.
 
-A layer's record is `[..., H, Nq, Nk]`; its layout is read from the shapes, for
-a clip whose tokens form a `t x h x w` grid, with an optional CLS token first:
-'space' (one attention per frame over its patches), 'joint' (one over all
-`t*h*w` patches), 'frames' (one over `t` frame tokens) or 'time' (one per patch
-over its `t` positions in time).
+A layer's record is `[..., H, Nq, Nk]`; its layout, read from the shapes for a `t x h x w`
+token grid with an optional CLS token first, is 'space' (one attention per frame over its
+patches), 'joint' (one over all `t*h*w` patches), 'frames' (one over `t` frame tokens) or
+'time' (one per patch over its `t` positions in time).
 """
 
 from __future__ import annotations
@@ -22,11 +21,10 @@ Query = Optional[Tuple[int, int, int]]  # None = the CLS token
 class Panel:
   """One layer's attention of one query, placed on the `[t, h, w]` token grid.
 
-  `weights` and `kept` are `[t, h, w]`: the mean weight over the chosen heads and
-  the share of them keeping the key (NaN: no such key); `cls` per frame column
-  `(weight, kept share)` of the CLS key, or None; `kept_per_query` the mean number
-  of keys the query keeps per head; `rows` its raw `{'weights', 'kept'}` rows,
-  `[rows, heads, Nk]`.
+  `weights`, `kept` `[t, h, w]`: the mean weight over the chosen heads and the share of
+  them keeping the key (NaN: no such key); `cls` per frame column `(weight, kept share)` of
+  the CLS key, or None; `kept_per_query` the mean number of keys the query keeps per head;
+  `rows` its raw `{'weights', 'kept'}` rows, `[rows, heads, Nk]`.
   """
 
   name: str
@@ -63,15 +61,9 @@ def layer_layout(shape: Sequence[int], grid: Sequence[int]) -> Optional[str]:
   t, h, w = grid
   lead, nk = math.prod(shape[:-3]), shape[-1]
   s = h * w
-  if lead == t and nk in (s, s + 1):
-    return "space"
-  if lead == 1 and nk in (t * s, t * s + 1):
-    return "joint"
-  if lead == 1 and nk in (t, t + 1):
-    return "frames"
-  if lead == s and nk == t:
-    return "time"
-  return None
+  return next((layout for layout, rows, keys in (
+      ("space", t, (s, s + 1)), ("joint", 1, (t * s, t * s + 1)), ("frames", 1, (t, t + 1)),
+      ("time", s, (t,))) if lead == rows and nk in keys), None)
 
 
 def _rows(layout: str, query: Query, grid, nq: int):
@@ -96,29 +88,26 @@ def _rows(layout: str, query: Query, grid, nq: int):
 def build_panel(name: str, record: dict, grid: Sequence[int], query: Query,
                 heads: Optional[Sequence[int]]) -> Optional[Panel]:
   """The `Panel` of `query` in one layer's record, or None when the query is not in it."""
-  weights, kept = np.asarray(record["weights"]), np.asarray(record["kept"])
-  layout = layer_layout(weights.shape, grid)
+  shape = np.shape(record["weights"])
+  layout = layer_layout(shape, grid)
   if layout is None:
-    raise ValueError(f"layer {name}: cannot place attention shaped {weights.shape} on the "
+    raise ValueError(f"layer {name}: cannot place attention shaped {shape} on the "
                      f"{'x'.join(map(str, grid))} token grid")
-  num_heads, nq, nk = weights.shape[-3:]
-  heads = list(range(num_heads)) if not heads else list(heads)
+  num_heads, nq, nk = shape[-3:]
+  heads = list(heads or range(num_heads))
   bad = [hd for hd in heads if not 0 <= hd < num_heads]
   if bad:
     raise ValueError(f"--heads: layer {name} has heads 0..{num_heads - 1}, got {bad}")
-  weights = weights.reshape((-1, num_heads, nq, nk))[:, heads]
-  kept = kept.reshape((-1, num_heads, nq, nk))[:, heads]
   rows = _rows(layout, query, grid, nq)
   if not rows:
     return None
+  weights, kept = (np.asarray(record[key], float).reshape((-1, num_heads, nq, nk))[:, heads]
+                   for key in ("weights", "kept"))
+  raw_w, raw_k = (np.stack([a[row, :, q] for row, q, _ in rows]) for a in (weights, kept))
   t, h, w = grid
   wmap, kmap = np.full((t, h, w), np.nan), np.full((t, h, w), np.nan)
   cls: List[Optional[Tuple[float, float]]] = [None] * t
-  raw_w, raw_k = [], []
-  for row, q, column in rows:
-    wr, kr = weights[row, :, q], kept[row, :, q].astype(float)  # [heads, Nk]
-    raw_w.append(wr)
-    raw_k.append(kr)
+  for (_, _, column), wr, kr in zip(rows, raw_w, raw_k):  # [heads, Nk]
     wm, km = wr.mean(0), kr.mean(0)
     off = nk - {"space": h * w, "joint": t * h * w, "frames": t, "time": t}[layout]
     if off:
@@ -134,10 +123,8 @@ def build_panel(name: str, record: dict, grid: Sequence[int], query: Query,
     else:  # time: the query's patch, at each time
       qy, qx = query[1], query[2]
       wmap[:, qy, qx], kmap[:, qy, qx] = wm, km
-  raw_w, raw_k = np.stack(raw_w), np.stack(raw_k)
-  return Panel(name=name, layout=layout, weights=wmap, kept=kmap, cls=cls, num_keys=nk,
-               kept_per_query=float(raw_k.sum(-1).mean()),
-               rows={"weights": raw_w, "kept": raw_k})
+  return Panel(name, layout, wmap, kmap, cls, nk, float(raw_k.sum(-1).mean()),
+               {"weights": raw_w, "kept": raw_k})
 
 
 def rollout_panels(records: dict, names: Sequence[str], grid: Sequence[int],
@@ -157,14 +144,10 @@ def rollout_panels(records: dict, names: Sequence[str], grid: Sequence[int],
     else:
       runs.append([name])
   panels = []
-  for run in runs:
-    if len(run) < 2:
-      continue
-    mats = [np.asarray(records[n]["weights"]).mean(-3, keepdims=True) for n in run]
-    rolled = rollout(mats)
-    fake = {"weights": rolled, "kept": np.ones(rolled.shape, bool)}
-    panel = build_panel(f"{run[0]}..{run[-1].rsplit('/', 2)[-2]} rollout", fake, grid, query,
-                        None)
+  for run in (run for run in runs if len(run) >= 2):
+    rolled = rollout([np.asarray(records[n]["weights"]).mean(-3, keepdims=True) for n in run])
+    panel = build_panel(f"{run[0]}..{run[-1].rsplit('/', 2)[-2]} rollout", {
+        "weights": rolled, "kept": np.ones(rolled.shape, bool)}, grid, query, None)
     if panel is not None:
       panel.layout = panel.layout + " rollout"
       panels.append(panel)

@@ -29,20 +29,15 @@ def record_attention(model: Any, params: Any, clips: np.ndarray) -> Tuple[np.nda
 
 def select_layers(names: Sequence[str], wanted: Sequence[str]) -> List[str]:
   """The layer names `wanted` asks for (names or indices into `names`); all when empty."""
-  if not wanted:
-    return list(names)
   chosen = []
-  for item in wanted:
-    item = str(item).strip()
+  for item in (str(item).strip() for item in wanted):
     if item.lstrip("-").isdigit() and -len(names) <= int(item) < len(names):
-      chosen.append(names[int(item)])
-    elif item in names:
-      chosen.append(item)
-    else:
-      listing = ", ".join(f"{i}={n}" for i, n in enumerate(names))
+      item = names[int(item)]
+    if item not in names:
       raise ValueError(f"--layers: no attention layer {item!r}; the model has {len(names)}: "
-                       f"{listing}")
-  return chosen
+                       + ", ".join(f"{i}={n}" for i, n in enumerate(names)))
+    chosen.append(item)
+  return chosen or list(names)
 
 
 def topk_mass_curve(weights: jax.Array) -> jax.Array:
