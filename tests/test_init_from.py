@@ -1,5 +1,7 @@
 """Initialising video models from an image ViT: kernels, position embeddings, copies, identity."""
 
+import re
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -229,15 +231,32 @@ def test_model3_time_and_space_start_from_the_spatial_block():
                                 s["Transformer/posembed_input/pos_embedding"][:, 1:])
 
 
+def listed(err):
+  """`(message, text of the file it names)` of an UnmatchedKeysError."""
+  message = str(err.value)
+  path = message.rsplit(": ", 1)[1].strip()
+  with open(path) as f:
+    return message, f.read()
+
+
 def test_extra_source_blocks_are_skipped_and_missing_ones_are_an_error():
   config = video_config("vivit", "factorized_encoder")  # 1 spatial layer
   _, params = fresh(config)
-  out = flatten(initialise_from_tree(params, image_tree(), config))  # 2 layers: one skipped
-  assert "SpatialTransformer/encoderblock_0/LayerNorm_0/scale" in out
+  out, _, skipped = initialise_with_report(params, image_tree(), config)  # 2 layers: one skipped
+  assert "SpatialTransformer/encoderblock_0/LayerNorm_0/scale" in flatten(out)
+  src = flatten(image_tree())
+  assert skipped == sorted(k for k in src if k.startswith("Transformer/encoderblock_1/"))
   deep = video_config("vivit", "spacetime", num_layers=3)
   _, params = fresh(deep)
-  with pytest.raises(UnmatchedKeysError, match="Transformer/encoderblock_2/LayerNorm_0/scale"):
+  with pytest.raises(UnmatchedKeysError) as err:
     initialise_from_tree(params, image_tree(), deep)
+  message, text = listed(err)
+  assert len(message.splitlines()) <= 3 and "target keys the checkpoint does not provide" in message
+  assert "  Transformer/encoderblock_2/LayerNorm_0/scale\n" in text  # no '(from' the same key
+  missing = [k for k in flatten(params) if k.startswith("Transformer/encoderblock_2/")]
+  assert f"{len(missing)} target keys the checkpoint does not provide:" in text
+  for k, v in src.items():  # every checkpoint array with its shape
+    assert f"  {k} {v.shape}\n" in text
 
 
 def test_unmatched_keys_and_shapes_are_listed():
@@ -248,8 +267,11 @@ def test_unmatched_keys_and_shapes_are_listed():
   with pytest.raises(UnmatchedKeysError, match="LayerScale_0/gamma"):
     initialise_from_tree(params, src, config)
   wide = image_tree(arch=ImageViTArch((8, 8), 32, 2, 32, 2, 7))
-  with pytest.raises(UnmatchedKeysError, match=r"(?s)wrong shape.*embedding/kernel"):
+  with pytest.raises(UnmatchedKeysError) as err:
     initialise_from_tree(params, wide, config)
+  message, text = listed(err)
+  assert len(message.splitlines()) <= 3 and "keys with the wrong shape" in message
+  assert re.search(r"(?s)keys with the wrong shape:.*\n  embedding/kernel: got", text)
 
 
 def test_grid_change_needs_resize(tmp_path):
@@ -311,9 +333,11 @@ def test_kinetics_video_checkpoint_into_a_shallower_shorter_model():
   linearly over time, every other array is copied, the head is kept fresh."""
   _, src = _vivit_fe(num_frames=8, spatial_layers=3, seed=1)  # 4 tubelet steps
   config, params = _vivit_fe(num_frames=6, spatial_layers=2, seed=2)  # 3 steps
-  out, report = initialise_with_report(params, src, config)
+  out, report, skipped = initialise_with_report(params, src, config)
   out, s, p = flatten(out), flatten(src), flatten(params)
   assert not any(k.startswith("SpatialTransformer/encoderblock_2") for k in out)
+  assert skipped == sorted(k for k in s if k.startswith(("SpatialTransformer/encoderblock_2/",
+                                                         "output_projection/")))
   for k in out:
     if k.startswith("output_projection"):
       np.testing.assert_array_equal(out[k], p[k])

@@ -6,6 +6,7 @@ entry point on a synthetic config and reads the run's Orbax checkpoint back.
 
 import json
 import os
+import re
 
 import numpy as np
 import pytest
@@ -25,10 +26,11 @@ def _params(workdir, step):
   return flatten(restore_on_host(item_path(str(workdir), step))["params"])
 
 
-def _vit_npz(tmp_path, config_name, num_classes=0):
+def _vit_npz(tmp_path, config_name, num_classes=0, extra_layers=0):
   config = load_config(config_name)
   m = config.model
-  arrays = published.vit_jax_arrays(m.hidden_size, m.num_heads, m.mlp_dim, m.num_layers,
+  arrays = published.vit_jax_arrays(m.hidden_size, m.num_heads, m.mlp_dim,
+                                    m.num_layers + extra_layers,
                                     patch=m.patch_size[0],
                                     grid=config.dataset.image_size // m.patch_size[0],
                                     num_classes=num_classes)
@@ -95,15 +97,31 @@ def test_unusable_init_from_stops_before_training(tmp_path):
   missing = run_python(base + ["--config.init_from.checkpoint_path=/does/not/exist.npz",
                                "--config.init_from.checkpoint_format=vit_npz"], check=False)
   assert missing.returncode == 2
-  assert "init_from.checkpoint_path=/does/not/exist.npz" in missing.stderr
-  assert not (work / "checkpoints").exists() or not os.listdir(work / "checkpoints")
+  assert missing.stderr.strip() == (
+      "error: init_from.checkpoint_path=/does/not/exist.npz does not exist")
+  assert not work.exists()  # stopped before the workdir was made
 
-  # A file of another model: the error lists the keys that do not fit.
-  npz, _ = _vit_npz(tmp_path, "synthetic_timesformer")  # width 64; synthetic_tiny is 16
+  npz, arrays = _vit_npz(tmp_path, "synthetic_timesformer")  # width 64; synthetic_tiny is 16
+  if os.geteuid() != 0:  # root reads any file
+    os.chmod(npz, 0)
+    unreadable = run_python(base + [f"--config.init_from.checkpoint_path={npz}",
+                                    "--config.init_from.checkpoint_format=vit_npz"], check=False)
+    os.chmod(npz, 0o644)
+    assert unreadable.returncode == 2 and not work.exists()
+    assert f"init_from.checkpoint_path={npz} cannot be read" in unreadable.stderr
+
+  # A file of another model: a short error, and a file listing every array.
   wrong = run_python(base + [f"--config.init_from.checkpoint_path={npz}",
                              "--config.init_from.checkpoint_format=vit_npz"], check=False)
   assert wrong.returncode == 2
-  assert "does not match" in wrong.stderr and "embedding/kernel" in wrong.stderr
+  lines = wrong.stderr.strip().splitlines()
+  assert len(lines) <= 3 and "does not match" in lines[0] and "wrong shape" in lines[0]
+  with open(lines[-1].rsplit(": ", 1)[1]) as f:
+    listing = f.read()
+  assert not re.search(r"(?<!\S)(\S+) \(from \1\)", wrong.stderr + listing)  # no X (from X)
+  assert f"{len(arrays)} arrays of the checkpoint:" in listing
+  assert "  embedding/kernel (8, 8, 3, 64)\n" in listing  # the file's own shape
+  assert "arrays of the model:" in listing and "  embedding/kernel: got" in listing
 
   bad_format = run_python(base + [f"--config.init_from.checkpoint_path={npz}",
                                   "--config.init_from.checkpoint_format=pickle"], check=False)
@@ -234,16 +252,38 @@ def test_ek100_cast_trains_with_the_verb_noun_objective(tmp_path):
 
 
 def test_tsd_student_starts_from_an_image_vit(tmp_path):
-  npz, arrays = _vit_npz(tmp_path, "synthetic_tsd")
+  from tests.test_resnet import torchvision_state
+
+  # One block more than the student, and a classifier: both skipped, and counted.
+  npz, arrays = _vit_npz(tmp_path, "synthetic_tsd", num_classes=7, extra_layers=1)
+  deepest = f"Transformer/encoderblock_{load_config('synthetic_tsd').model.num_layers}/"
+  teacher = tmp_path / "r18.npz"
+  np.savez(teacher, **torchvision_state(18, width=64, classes=4))
   work = tmp_path / "run"
-  run_python(MAIN + ["--config=configs/synthetic_tsd.py", f"--workdir={work}",
-                     f"--config.init_from.checkpoint_path={npz}",
-                     "--config.init_from.checkpoint_format=vit_npz"] + ONE_STEP_AT_LR0)
+  flags = [f"--config.init_from.checkpoint_path={npz}",
+           "--config.init_from.checkpoint_format=vit_npz",
+           "--config.distill.stage1.checkpoint_format=torchvision"]
+  absent = run_python(MAIN + ["--config=configs/synthetic_tsd.py", f"--workdir={work}",
+                              f"--config.distill.stage1.checkpoint_path={tmp_path / 'no.pth'}"]
+                      + flags + ONE_STEP_AT_LR0, check=False)
+  assert absent.returncode == 2 and not work.exists()
+  assert f"distill.stage1.checkpoint_path={tmp_path / 'no.pth'} does not exist" in absent.stderr
+
+  proc = run_python(MAIN + ["--config=configs/synthetic_tsd.py", f"--workdir={work}",
+                            f"--config.distill.stage1.checkpoint_path={teacher}"]
+                    + flags + ONE_STEP_AT_LR0)
   params = _params(work, 1)
   _assert_blocks_from_npz(params, arrays)  # block 0 is an MHCA block: its attention too
   summary = json.loads((work / "init_summary.json").read_text())
   assert set(summary["modules"]["aligner"]) == {"fresh"}
   assert set(summary["modules"]["branch_0"]) == {"fresh"}
+  skipped = [k for k in arrays if k.startswith(("head/", deepest))]
+  assert summary["skipped_source_arrays"] == len(skipped) > 2
+  assert f"skipped source arrays: {len(skipped)} (" in proc.stdout
+  sources = {s["field"]: s["path"] for s in summary["sources"]}
+  assert sources["init_from.checkpoint_path"] == npz
+  assert sources["distill.stage1.checkpoint_path"] == str(teacher)
+  assert f"distill.stage1.checkpoint_path={teacher} [torchvision]" in proc.stdout
 
 
 def test_eval_on_an_empty_workdir_scores_a_released_classifier(tmp_path):

@@ -14,12 +14,13 @@ from __future__ import annotations
 import importlib.util
 import math
 import os
-from typing import Any, Dict, Optional, Tuple
+from typing import Any, Dict, List, Optional, Tuple
 
 import jax
 import jax.numpy as jnp
 import ml_collections
 from absl import logging
+from flax import traverse_util
 
 from vivit_knn import config as config_lib
 from vivit_knn.data.registry import build_dataset
@@ -29,6 +30,7 @@ from vivit_knn.train import losses, sharding
 from vivit_knn.train.objectives import Objective, Terms
 from vivit_knn.train.run_info import read_run_info, restore_params
 from vivit_knn.weights.torchvision_resnet import load_torchvision_resnet
+from vivit_knn.weights.tree import check_shapes
 
 STAGE1, STAGE2 = "stage1", "stage2"
 _REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -46,18 +48,16 @@ def load_config_file(path: str) -> ml_collections.ConfigDict:
   return module.get_config()
 
 
-def _check_tree(what: str, field: str, got: Any, want: Any) -> None:
-  """Raises ValueError naming `field` when two trees differ in structure or leaf shapes."""
-  got_shapes = jax.tree.map(lambda x: tuple(x.shape), got)
-  want_shapes = jax.tree.map(lambda x: tuple(x.shape), want)
-  if got_shapes != want_shapes:
-    flat_got = dict(jax.tree_util.tree_flatten_with_path(got_shapes)[0])
-    flat_want = dict(jax.tree_util.tree_flatten_with_path(want_shapes)[0])
-    diffs = [f"{jax.tree_util.keystr(k)}: checkpoint {flat_got.get(k)}, model {v}"
-             for k, v in flat_want.items() if flat_got.get(k) != v]
-    diffs += [f"{jax.tree_util.keystr(k)}: not in the model" for k in flat_got
-              if k not in flat_want]
-    raise ValueError(f"{field}: the {what} does not fit its model:\n  " + "\n  ".join(diffs[:20]))
+def teacher_sources(config: ml_collections.ConfigDict) -> List[Tuple[str, str, str]]:
+  """`(field, path, format)` of the teachers `config.distill` names: stage 1's file, stage 2's run."""
+  ds, out = config.distill, []
+  if ds.method and (ds.stage1_steps > 0 or ds.stage1_epochs > 0) and (
+      ds.stage1.checkpoint_format != "none"):
+    out.append(("distill.stage1.checkpoint_path", ds.stage1.checkpoint_path,
+                ds.stage1.checkpoint_format))
+  if ds.method and ds.stage2.workdir:
+    out.append(("distill.stage2.workdir", ds.stage2.workdir, "run"))
+  return out
 
 
 def tubelet_average(frame_maps: jax.Array, num_tubelets: int) -> jax.Array:
@@ -118,8 +118,8 @@ class DistillObjective(Objective):
     if depth != s1.depth:
       raise ValueError(f"distill.stage1.depth={s1.depth} but {s1.checkpoint_path} holds a "
                        f"ResNet-{depth}")
-    _check_tree(f"ResNet in {s1.checkpoint_path}", "distill.stage1.checkpoint_path",
-                variables, dict(abstract))
+    check_shapes(f"distill.stage1.checkpoint_path: the ResNet in {s1.checkpoint_path}",
+                 *(traverse_util.flatten_dict(dict(t), sep="/") for t in (variables, abstract)))
     logging.info("Stage-1 teacher: ResNet-%d from %s", depth, s1.checkpoint_path)
     return model, variables
 
@@ -139,7 +139,8 @@ class DistillObjective(Objective):
     params, step = restore_params(s2.workdir)
     abstract = jax.eval_shape(lambda: model.init(jax.random.key(0), exp.dummy_input(),
                                                  train=False)["params"])
-    _check_tree(f"checkpoint in {s2.workdir}", "distill.stage2.workdir", params, abstract)
+    check_shapes(f"distill.stage2.workdir: the checkpoint in {s2.workdir}",
+                 *(traverse_util.flatten_dict(dict(t), sep="/") for t in (params, abstract)))
     logging.info("Stage-2 teacher: %s from %s (step %d)", s2.config_file, s2.workdir, step)
     return model, {"params": params}
 

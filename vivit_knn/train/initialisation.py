@@ -5,8 +5,10 @@
    (`init_from.checkpoint_path`, see `vivit_knn.weights.init_from`, and CAST's two experts).
 3. Else the fresh random initialisation.
 
-The `InitSummary` says which, with the parameters restored, inflated, copied, zeroed and left
-fresh per top-level module; the trainer prints it and writes `<workdir>/init_summary.json`.
+The `InitSummary` says which, with every file read (the TSD teachers' too), the parameters
+restored, inflated, copied, zeroed and left fresh per top-level module, and the source arrays
+skipped; the trainer prints it and writes `<workdir>/init_summary.json`. `check_sources` stops
+a fresh run whose files are missing before its workdir is written.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import os
 from typing import Any, Dict, List, Tuple
 
 import jax
@@ -21,7 +24,10 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
+from vivit_knn import config as config_lib
+from vivit_knn.errors import UserError
 from vivit_knn.train import checkpoint
+from vivit_knn.train.distill import teacher_sources
 from vivit_knn.train.experiment import Experiment, TrainState
 from vivit_knn.weights import init_from as init_lib
 from vivit_knn.weights.cast_experts import merge_expert_params
@@ -36,14 +42,16 @@ EXPERTS = ("spatial_expert", "temporal_expert")
 class InitSummary:
   """What the initial state was made of.
 
-  `source`: 'resume', 'checkpoints' or 'scratch'. `sources`: the configured files used, as
+  `source`: 'resume', 'checkpoints' or 'scratch'. `sources`: the configured files, as
   `(config field, path, format)`. `modules`: module -> category -> number of parameters.
+  `skipped`: the source arrays with no place in the model (deeper blocks, classifiers).
   """
 
   source: str
   detail: str
   sources: List[Tuple[str, str, str]] = dataclasses.field(default_factory=list)
   modules: Dict[str, Dict[str, int]] = dataclasses.field(default_factory=dict)
+  skipped: List[str] = dataclasses.field(default_factory=list)
 
   def totals(self) -> Dict[str, int]:
     """Parameters per category over the whole model."""
@@ -53,6 +61,9 @@ class InitSummary:
     """The human-readable summary: one headline, then a table by top-level module."""
     out = [f"initialisation: {self.source} ({self.detail})"]
     out += [f"  {field}={path} [{fmt}]" for field, path, fmt in self.sources]
+    if self.source == "checkpoints":
+      groups = ", ".join(sorted({"/".join(p.split("/")[:2]) for p in self.skipped}))
+      out.append(f"  skipped source arrays: {len(self.skipped)}" + (f" ({groups})" * bool(groups)))
     if not self.modules:
       return out
     width = max(len(m) for m in list(self.modules) + ["module"])
@@ -68,7 +79,8 @@ class InitSummary:
     """A JSON-ready dict of the summary."""
     return {"source": self.source, "detail": self.detail,
             "sources": [{"field": f, "path": p, "format": fmt} for f, p, fmt in self.sources],
-            "modules": self.modules, "totals": self.totals()}
+            "modules": self.modules, "totals": self.totals(),
+            "skipped_source_arrays": len(self.skipped), "skipped": self.skipped}
 
 
 def configured_sources(config: ml_collections.ConfigDict) -> List[Tuple[str, str, str]]:
@@ -77,6 +89,19 @@ def configured_sources(config: ml_collections.ConfigDict) -> List[Tuple[str, str
   fields = [("init_from", init)] + [(f"init_from.{expert}", init[expert]) for expert in EXPERTS]
   return [(f"{field}.checkpoint_path", cfg.checkpoint_path, cfg.checkpoint_format)
           for field, cfg in fields if cfg.checkpoint_path]
+
+
+def check_sources(config: ml_collections.ConfigDict) -> None:
+  """Checks `config.init_from` and that its files and stage 1's teacher can be read.
+
+  For a fresh run, before anything is written to its workdir: UserError naming the
+  config key and the path. (Stage 2's teacher run may still be training.)
+  """
+  config_lib.check_init_from(config)
+  for field, path, fmt in configured_sources(config) + teacher_sources(config):
+    if fmt != "run" and not os.access(path, os.R_OK | (os.X_OK if os.path.isdir(path) else 0)):
+      why = "cannot be read (permissions)" if os.path.exists(path) else "does not exist"
+      raise UserError(f"{field}={path} {why}")
 
 
 def _module_counts(params: Any, report: Dict[str, str]) -> Dict[str, Dict[str, int]]:
@@ -112,14 +137,16 @@ def initial_params(exp: Experiment, rng: jax.Array) -> Tuple[Any, InitSummary]:
   config = exp.config
   params = jax.tree.map(np.asarray, jax.device_get(exp.init_params(rng)))
   report: Dict[str, str] = {}
+  skipped: List[str] = []
   init = config.init_from
   if init.checkpoint_path:
     source = load_checkpoint(init.checkpoint_path, init.checkpoint_format,
                              num_heads=config.model.num_heads, field="init_from")
-    params, report = init_lib.initialise_with_report(params, source, config)
+    params, report, skipped = init_lib.initialise_with_report(params, source, config)
   params = _with_experts(params, config, report)
   return params, InitSummary("checkpoints", "fresh model, then the configured checkpoints",
-                             configured_sources(config), _module_counts(params, report))
+                             configured_sources(config) + teacher_sources(config),
+                             _module_counts(params, report), skipped)
 
 
 def state_from_params(exp: Experiment, params: Any) -> TrainState:
@@ -141,11 +168,11 @@ def initial_state(exp: Experiment, ckpt: checkpoint.Checkpointer,
     detail = f"step {ckpt.restored_step} in {ckpt.directory}"
     if configured_sources(exp.config):
       detail += "; the configured init_from checkpoints are not read when resuming"
-    return state, InitSummary("resume", detail)
+    return state, InitSummary("resume", detail, teacher_sources(exp.config))
   if not configured_sources(exp.config):
     state = exp.init_state(rng)
     return state, InitSummary("scratch", f"random initialisation, seed {exp.config.seed}",
-                              modules=_module_counts(state.params, {}))
+                              teacher_sources(exp.config), _module_counts(state.params, {}))
   params, summary = initial_params(exp, rng)
   return state_from_params(exp, params), summary
 

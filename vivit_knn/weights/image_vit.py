@@ -29,7 +29,7 @@ from flax import traverse_util
 
 from vivit_knn.models.encoder import Encoder
 from vivit_knn.weights.inflate import square_side
-from vivit_knn.weights.tree import Flat, flatten, raise_unmatched
+from vivit_knn.weights.tree import Flat, check_shapes, flatten, raise_unmatched
 
 _BLOCK = re.compile(r"^Transformer/encoderblock_(\d+)/")
 TIMESFORMER_EXTRAS = re.compile(
@@ -110,11 +110,6 @@ def check_image_tree(tree: Mapping[str, Any], what: str,
   pos = flat.get("Transformer/posembed_input/pos_embedding")
   if pos is None:
     raise_unmatched(what, missing=["Transformer/posembed_input/pos_embedding"])
-  want = expected_shapes(arch, pos.shape[1] - 1)
-  extras = {k for k in flat if allow_timesformer and TIMESFORMER_EXTRAS.match(k)}
-  unknown = set(flat) - set(want) - extras
-  missing = set(want) - set(flat)
-  bad = [f"{k}: got {flat[k].shape}, want {want[k].shape}"
-         for k in sorted(set(flat) & set(want)) if flat[k].shape != want[k].shape]
-  raise_unmatched(what, unknown, missing, bad)
+  check_shapes(what, flat, expected_shapes(arch, pos.shape[1] - 1),
+               [k for k in flat if allow_timesformer and TIMESFORMER_EXTRAS.match(k)])
   return arch

@@ -10,18 +10,17 @@ TimeSformer's `temporal_attn`); the time embedding and zeroed modules are the
 checkpoint's or zeros; `output_projection` and the family's new modules keep their
 initial values. From a checkpoint of the same video model (5-D `embedding/kernel`)
 every parameter but `output_projection` is copied. Source blocks beyond the
-target's depth and temporal weights with no place are skipped (logged); anything
-else that does not match raises `UnmatchedKeysError` listing the keys.
+target's depth, classifiers and temporal weights with no place are skipped (and
+counted in the report); anything else that does not match raises `UnmatchedKeysError`.
 """
 
 from __future__ import annotations
 
 import re
-from typing import Any, Dict, Optional, Set, Tuple
+from typing import Any, Dict, List, Optional, Set, Tuple
 
 import ml_collections
 import numpy as np
-from absl import logging
 
 from vivit_knn.models.init_rules import InitRules
 from vivit_knn.models.registry import family
@@ -43,15 +42,15 @@ CATEGORIES = (RESTORED, INFLATED, COPIED, ZEROED, FRESH)
 Report = Dict[str, str]
 
 
-def initialise_with_report(params: Any, source: Any,
-                           config: ml_collections.ConfigDict) -> Tuple[Dict[str, Any], Report]:
-  """`(fresh params with the parts of checkpoint tree `source` placed in, {path: category})`."""
+def initialise_with_report(params: Any, source: Any, config: ml_collections.ConfigDict
+                           ) -> Tuple[Dict[str, Any], Report, List[str]]:
+  """`(params with `source`'s parts placed in, {path: category}, skipped source paths)`."""
   target, src = flatten(params), flatten(source)
   if "embedding/kernel" not in src:
     raise_unmatched("init_from", missing=["embedding/kernel"])
   mapper = _VideoMapper if src["embedding/kernel"].ndim == 5 else _ImageMapper
-  out, report = mapper(target, src, config).run()
-  return unflatten(out), report
+  out, report, skipped = mapper(target, src, config).run()
+  return unflatten(out), report, skipped
 
 
 def _grid(config: ml_collections.ConfigDict) -> Tuple[int, int]:
@@ -116,8 +115,8 @@ class _VideoMapper:
                                      want // per_time).reshape(1, want, d)
     return np.concatenate([x[:, :cls], moved], axis=1).astype(value.dtype)
 
-  def run(self) -> Tuple[Flat, Report]:
-    """Builds the new flat tree and its report; raises UnmatchedKeysError on mismatch."""
+  def run(self) -> Tuple[Flat, Report, List[str]]:
+    """`(new flat tree, report, skipped source paths)`; UnmatchedKeysError on a mismatch."""
     out, report, missing, bad, used = {}, {}, [], [], set()
     for path, value in self.target.items():
       rule = (_head_rule(self.init, self.src, path, value, (HEAD, "head"))
@@ -143,9 +142,9 @@ class _VideoMapper:
                      if p.startswith((HEAD + "/", "head/", "pre_logits/"))
                      or (_block_key(p) is not None and _block_key(p) not in target_blocks))
     unknown = set(self.src) - used - set(skipped)
-    raise_unmatched("init_from (video checkpoint)", unknown, missing, bad)
-    _log_skipped(skipped)
-    return out, report
+    raise_unmatched("init_from (video checkpoint)", unknown, missing, bad,
+                    {"checkpoint": self.src, "model": self.target})
+    return out, report, skipped
 
 
 _ANY_BLOCK = re.compile(r"^(.*?encoderblock_\d+)/")
@@ -154,13 +153,6 @@ _ANY_BLOCK = re.compile(r"^(.*?encoderblock_\d+)/")
 def _block_key(path: str) -> Optional[str]:
   m = _ANY_BLOCK.match(path)
   return m.group(1) if m else None
-
-
-def _log_skipped(skipped) -> None:
-  tops = sorted({"/".join(p.split("/")[:2]) for p in skipped})
-  if tops:
-    logging.info("init_from: skipped %d checkpoint arrays with no place in the model (%s)",
-                 len(skipped), ", ".join(tops[:12]) + (" ..." if len(tops) > 12 else ""))
 
 
 class _ImageMapper:
@@ -230,8 +222,8 @@ class _ImageMapper:
       return True
     return bool(TIMESFORMER_EXTRAS.match(src_path))
 
-  def run(self) -> Tuple[Flat, Report]:
-    """Builds the new flat tree and its report; raises UnmatchedKeysError on any mismatch."""
+  def run(self) -> Tuple[Flat, Report, List[str]]:
+    """`(new flat tree, report, skipped source paths)`; UnmatchedKeysError on a mismatch."""
     out, report, used, missing, bad = {}, {}, set(), [], []
     for path, value in self.target.items():
       rule = self._rule(path)
@@ -242,13 +234,14 @@ class _ImageMapper:
         out[path], report[path] = np.zeros_like(value), ZEROED
         continue
       src_path, kind = rule
+      note = f" (from {src_path})" if src_path not in ("", path) else ""
       if src_path not in self.src:
-        missing.append(path + (f" (from {src_path})" if src_path else ""))
+        missing.append(path + note)
         continue
       result = self._transform(src_path, kind, value)
       used.add(src_path)
       if result.shape != value.shape:
-        bad.append(f"{path} (from {src_path}): got {result.shape}, want {value.shape}")
+        bad.append(f"{path}{note}: got {result.shape}, want {value.shape}")
         continue
       out[path] = result.astype(value.dtype)
       report[path] = self._category(src_path, kind, result)
@@ -257,9 +250,9 @@ class _ImageMapper:
               if m}
     unused = set(self.src) - used
     skipped = sorted(p for p in unused if self._skippable(p, blocks))
-    raise_unmatched("init_from (image ViT)", unused - set(skipped), missing, bad)
-    _log_skipped(skipped)
-    return out, report
+    raise_unmatched("init_from (image ViT)", unused - set(skipped), missing, bad,
+                    {"checkpoint": self.src, "model": self.target})
+    return out, report, skipped
 
   def _category(self, src_path: str, kind: str, result: np.ndarray) -> str:
     if kind == "from_spatial":
