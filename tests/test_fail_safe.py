@@ -159,7 +159,11 @@ def test_config_errors_are_one_line(tmp_path, cli):
   cases = {
       "configs/synthetic_tiny.py --config.model.hiden_size=8": "did you mean 'model.hidden_size'",
       # Faults are injected by the tests' harness (tests/faults.py), never by a config key.
-      "configs/synthetic_tiny.py --config.train.debug_kill_after_step=1": "debug_kill_after_step",
+      "configs/synthetic_tiny.py --config.train.debug_kill_after_step=1":
+          "unknown config key 'train.debug_kill_after_step'",
+      "configs/synthetic_dk.py --config.dataset.num_test_clips=2":
+          "config key 'dataset.num_test_clips' is not in this config's dataset: only "
+          "dataset.name 'tfrecord', 'tfds', 'ucf101', 'hmdb51' read it",
       "configs/does_not_exist.py": "no such file",
       f"{syntax}": "syntax error",
       f"{raising}": "RuntimeError: no such dataset here",

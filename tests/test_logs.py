@@ -167,3 +167,27 @@ def test_counter_prints_at_each_tenth_reached():
     counter.add(n)
   assert stream.getvalue().splitlines() == ["eval: 2/20 test videos", "eval: 5/20 test videos",
                                             "eval: 20/20 test videos"]
+
+
+WARNING_SCRIPT = """
+import warnings
+from absl import logging
+from vivit_knn import cli
+
+def main(argv):
+  logging.warning("checkpoint step 4 is old:\\nsecond line of a library's report")
+  warnings.warn("a library option is deprecated", UserWarning)
+  return 0
+
+cli.run(main)
+"""
+
+
+def test_library_warnings_are_one_plain_line_each():
+  proc = run_python(["-c", WARNING_SCRIPT])
+  lines = proc.stderr.splitlines()
+  assert lines[0] == "warning: checkpoint step 4 is old:", proc.stderr
+  assert re.fullmatch(r"warning: .*:\d+: UserWarning: a library option is deprecated", lines[1])
+  assert len(lines) == 2 and noise(proc.stderr) == []
+  loud = run_python(["-c", WARNING_SCRIPT, "--verbose"])
+  assert "second line of a library's report" in loud.stderr  # --verbose keeps the raw form

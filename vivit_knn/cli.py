@@ -199,8 +199,19 @@ def _drop_checkpoint_thread_tracebacks(record) -> bool:
   return not any(orbax in path for path in files + [record.pathname or ""])
 
 
+class _PlainLine(logging.Formatter):
+  """`warning: <first line of the message>`: a library's log record as one plain line."""
+
+  def format(self, record: logging.LogRecord) -> str:
+    """The record's level and the first line of its message (no prefix, no traceback)."""
+    text = record.getMessage().strip()
+    return f"{record.levelname.lower()}: {text.splitlines()[0] if text else record.name}"
+
+
 def quiet_startup(argv: Optional[Sequence[str]] = None) -> None:
   """Hides the libraries' start-up and INFO lines unless `--verbose` is in `argv` (or the env).
+
+  Their warnings become one plain line each (`_PlainLine`).
 
   `TF_CPP_MIN_LOG_LEVEL=2` (set when unset or empty, before TensorFlow is imported)
   keeps back TensorFlow's C++ INFO notes; absl's verbosity WARNING hides the
@@ -211,7 +222,10 @@ def quiet_startup(argv: Optional[Sequence[str]] = None) -> None:
   if not os.environ.get("TF_CPP_MIN_LOG_LEVEL"):
     os.environ["TF_CPP_MIN_LOG_LEVEL"] = "2"
   absl_logging.set_verbosity(absl_logging.WARNING)
-  absl_logging.get_absl_handler().addFilter(_drop_checkpoint_thread_tracebacks)
+  handler = absl_logging.get_absl_handler()
+  handler.addFilter(_drop_checkpoint_thread_tracebacks)
+  handler.setFormatter(_PlainLine())
+  logging.captureWarnings(True)  # Python warnings of the libraries: through the same handler
   # Orbax runs its reads and writes as asyncio tasks; a failed one is also logged by
   # asyncio itself ("Task exception was never retrieved"), at exit, past any handler.
   logging.getLogger("asyncio").setLevel(logging.CRITICAL)
