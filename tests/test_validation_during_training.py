@@ -80,3 +80,10 @@ def test_best_on_a_run_that_keeps_none_is_a_one_line_error(tmp_path):
                             "--config.eval.checkpoint=best"], check=False)
   assert proc.returncode == 2 and "keeps no best checkpoint" in proc.stderr, proc.stderr
   assert proc.stderr.count("\n") == 1
+
+
+def test_export_takes_the_best_checkpoint(validated, tmp_path):
+  work, _, _, _ = validated
+  best = json.loads((work / "eval" / "best.json").read_text())
+  run_python(["-m", "vivit_knn.tools.export", f"--workdir={work}", f"--out={tmp_path / 'x'}"])
+  assert json.loads((tmp_path / "x" / "export.json").read_text())["step"] == best["step"]

@@ -3,7 +3,8 @@ r"""Exports a trained run for serving: a TensorFlow SavedModel and a StableHLO p
     python -m vivit_knn.tools.export --workdir=runs/synthetic_dk --out=exports/synthetic_dk
     python -m vivit_knn.tools.export --workdir=<run> --out=<dir> --step=200 --overwrite
 
-Writes to `--out`, from the run's newest (or `--step`) verified checkpoint:
+Writes to `--out`, from the run's best (kept with `train.eval_every_steps`), else newest, or
+`--step` verified checkpoint:
 `saved_model/` (`jax2tf`; signature `serving_default` takes uint8 RGB `frames [batch,
 T, H, W, 3]` and normalises them as the eval pipeline does, `normalized` takes
 float32 `clips`; both return `probabilities [batch, classes]`, or a two-head
@@ -45,7 +46,8 @@ _WORKDIR = flags.DEFINE_string("workdir", None, "A training run's directory.")
 _OUT = flags.DEFINE_string("out", None, "Folder to write the export to.")
 _OVERWRITE = flags.DEFINE_bool("overwrite", False, "Replace --out if it holds an earlier "
                                "export (a folder holding anything else is never replaced).")
-_STEP = flags.DEFINE_integer("step", None, "Checkpoint step to export (default: the newest).")
+_STEP = flags.DEFINE_integer("step", None, "Checkpoint step to export (default: the best "
+                             "eval's when the run keeps one, else the newest).")
 _PLATFORMS = flags.DEFINE_list("platforms", ["cpu", "cuda"],
                                "Platforms the exported programs run on.")
 
@@ -77,10 +79,13 @@ def _xla_attention(model: Any) -> Any:
 
 
 def _restore(workdir: str, step: Optional[int]):
-  """`(params, step)`: the newest checkpoint (`restore_params`), or `step`, verified."""
-  if step is None or not checkpoint.has_checkpoints(workdir):
+  """`(params, step)`: the best eval's checkpoint if kept, else the newest, or `step`; verified."""
+  best = checkpoint.resolve(workdir) / checkpoint.BEST_FOLDER
+  kept_best = step is None and best.is_dir() and any(p.name.isdigit() for p in best.iterdir())
+  if not kept_best and (step is None or not checkpoint.has_checkpoints(workdir)):
     return run_info.restore_params(workdir)
-  ckpt = checkpoint.Checkpointer(workdir, read_only=True)
+  ckpt = checkpoint.Checkpointer(workdir, read_only=True,
+                                 folder=checkpoint.BEST_FOLDER if kept_best else "checkpoints")
   return ckpt.restore(None, step=step)["params"], ckpt.restored_step
 
 

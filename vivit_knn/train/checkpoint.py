@@ -36,6 +36,7 @@ from vivit_knn.errors import CheckpointError, CheckpointReadError, DiskFullError
 from vivit_knn.weights.tree import key_name
 
 DEFAULT_ITEM, CHECKSUMS_ITEM = "default", "checksums"
+BEST_FOLDER = "checkpoints_best"  # the best eval's state, with train.eval_every_steps
 LEGACY_CHECKSUMS = "checksums.json"  # beside the step, written by earlier versions
 STEP_METADATA = "_CHECKPOINT_METADATA"  # Orbax's step metadata: it lists the step's items
 # How often the steps are listed again when the one being read disappears, and how long a

@@ -23,7 +23,6 @@ from vivit_knn.train.run_info import write_run_info
 from vivit_knn.train.summary import ProgressLog, open_writer
 
 
-BEST_FOLDER = "checkpoints_best"
 BEST_RECORD = os.path.join("eval", "best.json")
 _EVAL_STEPS: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()  # compiled once per run
 
@@ -238,7 +237,7 @@ def _best_checkpointer(workdir: str, cfg: ml_collections.ConfigDict,
   """With `train.eval_every_steps`, the folder that keeps the checkpoint of the best eval."""
   if not cfg.eval_every_steps:
     return None
-  return checkpoint.Checkpointer(workdir, keep=1, strict=strict, folder=BEST_FOLDER,
+  return checkpoint.Checkpointer(workdir, keep=1, strict=strict, folder=checkpoint.BEST_FOLDER,
                                  best_metric=cfg.best_metric)
 
 
@@ -290,7 +289,7 @@ def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str,
   choice = str(config.eval.checkpoint)  # 'latest', 'best' or a step number
   if step is None and choice.isdigit():
     step = int(choice)
-  if choice == "best" and not (checkpoint.resolve(workdir) / BEST_FOLDER).is_dir():
+  if choice == "best" and not (checkpoint.resolve(workdir) / checkpoint.BEST_FOLDER).is_dir():
     raise FileNotFoundError(
         f"--config.eval.checkpoint=best: --workdir={workdir} keeps no best checkpoint (train "
         "with --config.train.eval_every_steps=<n> to keep one)")
@@ -299,7 +298,7 @@ def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str,
   summary = None
   if checkpoint.has_checkpoints(workdir):
     ckpt = checkpoint.Checkpointer(workdir, read_only=True, strict=strict,
-                                   folder=BEST_FOLDER if choice == "best" else "checkpoints")
+                                   folder=checkpoint.BEST_FOLDER if choice == "best" else "checkpoints")
     params = ckpt.restore(exp.abstract_state(), step=step).params  # newest readable by default
     step = ckpt.restored_step
     ckpt.close()
