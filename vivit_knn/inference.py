@@ -139,8 +139,8 @@ def run_infer(config: ml_collections.ConfigDict, workdir: str, video: str,
   """`--mode=infer`: prints a video file's top-5, or writes a CSV for a folder of videos.
 
   A header names the video or folder and the checkpoint step. For a folder:
-  `<workdir>/predictions/<folder name>_step_<N>.csv` (one row per readable video; a progress
-  bar on a terminal), the unreadable files with the reason in `<csv stem>_skipped.txt`, a
+  `<workdir>/predictions/<folder name>_step_<N>.csv` (one row per readable video; progress on
+  a terminal at every tenth), the unreadable files with the reason in `<csv stem>_skipped.txt`, a
   summary line, and for videos in folders named after the run's classes, the accuracy.
   `output_video`: the file's clip with its top-5 drawn on it (`write_labelled_video`).
   """
@@ -162,7 +162,7 @@ def run_infer(config: ml_collections.ConfigDict, workdir: str, video: str,
   name = os.path.basename(os.path.normpath(os.path.abspath(video))) or "videos"
   out_csv = str(resolve(workdir) / "predictions" / f"{name}_step_{predictor.step}.csv")
   rows, skipped = predict_folder(predictor, video, videos, out_csv,
-                                 progress=sys.stderr.isatty())
+                                 progress=sys.stdout.isatty())
   line = f"predicted {len(rows)} of {len(rows) + len(skipped)} videos in {video}"
   if skipped:
     skipped_path = os.path.splitext(out_csv)[0] + "_skipped.txt"
