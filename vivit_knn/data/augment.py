@@ -54,10 +54,6 @@ def _frame_luma_mean(x: tf.Tensor) -> tf.Tensor:
   return tf.tile(tf.matmul(mean_rgb, tf.constant(_LUMA)[:, None]), [1, 3])
 
 
-def _contrast(x, factor):
-  return _mix(x, factor * tf.eye(3), (1.0 - factor) * _frame_luma_mean(x))
-
-
 def color_jitter(x: tf.Tensor, strength: float, seed: tf.Tensor) -> tf.Tensor:
   """Brightness, contrast, saturation and hue jitter of one clip.
 
@@ -119,10 +115,6 @@ def _equalize(x):
   return tf.cast(tf.gather(tf.reshape(lut, [-1]), keys), tf.float32)
 
 
-def _solarize(x, threshold):
-  return tf.where(x >= threshold, 255.0 - x, x)
-
-
 def _posterize(x, bits):
   shift = tf.pow(2.0, 8.0 - bits)
   return tf.floor(x / shift) * shift
@@ -131,9 +123,8 @@ def _posterize(x, bits):
 def _sharpness(x, factor):
   """PIL ``ImageEnhance.Sharpness``: blend with the SMOOTH-filtered clip.
 
-  PIL's 3x3 filter leaves the one-pixel border as it was, so the border
-  keeps its values at any factor (a zero-padded blur there would darken or
-  brighten a frame around every edge).
+  As PIL's 3x3 filter, the one-pixel border keeps its values at any factor (a zero-padded
+  blur there would darken or brighten a frame around every edge).
   """
   kernel = tf.constant([[1, 1, 1], [1, 5, 1], [1, 1, 1]], tf.float32) / 13.0
   kernel = tf.tile(kernel[:, :, None, None], [1, 1, 3, 1])
@@ -156,10 +147,10 @@ def _apply_op(x, index, level, sign):
       lambda: _autocontrast(x),
       lambda: _equalize(x),
       lambda: _rotate(x, sign * 30.0 * level),
-      lambda: _solarize(x, 256.0 - 256.0 * level),
+      lambda: tf.where(x >= 256.0 - 256.0 * level, 255.0 - x, x),  # solarize
       lambda: _mix(x, _saturation_matrix(enhance)),
       lambda: _posterize(x, 8.0 - tf.round(4.0 * level)),
-      lambda: _contrast(x, enhance),
+      lambda: _mix(x, enhance * tf.eye(3), (1.0 - enhance) * _frame_luma_mean(x)),  # contrast
       lambda: tf.clip_by_value(x * enhance, 0.0, 255.0),
       lambda: _sharpness(x, enhance),
       lambda: _transform(x, [1.0, shear, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0]),

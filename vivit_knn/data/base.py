@@ -1,9 +1,4 @@
-"""The dataset interface and the tf.data pipelines every source builds on.
-
-A source numbers its examples ``0..n-1``; :func:`make_train_dataset` and
-:func:`make_eval_dataset` shuffle, resume, slice per host and pad those numbers,
-and decode only the ones this host keeps.
-"""
+"""The dataset interface and the tf.data pipelines every source builds on (examples ``0..n-1``)."""
 
 from __future__ import annotations
 
@@ -51,8 +46,7 @@ def check_split(split: str) -> str:
 class VideoDataset(abc.ABC):
   """Interface consumed by the trainer: :attr:`info` and tf.data train / eval pipelines.
 
-  Batches are dicts of numpy arrays holding this host's slice of the global batch. A
-  source gives the ``decode_fn`` of :func:`make_train_dataset` and :func:`make_eval_dataset`,
+  A source gives the ``decode_fn`` of :func:`make_train_dataset` and :func:`make_eval_dataset`,
   called as the class attributes ``decode_batched`` and ``decode_with_position`` say.
   """
 
@@ -90,13 +84,10 @@ class VideoDataset(abc.ABC):
 
   def train_batches(self, global_batch_size: int, *, start_step: int = 0, seed: int = 0,
                     process_index: int = 0, process_count: int = 1) -> Iterator[dict]:
-    """Infinite stream of this host's slice of each global train batch.
+    """Infinite stream of this host's slice of each global train batch (:func:`make_train_dataset`).
 
-    Each element is ``{'inputs': float32 [b, T, H, W, C], 'label': int32 [b]}``
-    with ``b = global_batch_size // process_count``. The stream is a function of
-    ``(seed, step)``: ``start_step=s`` yields the uninterrupted stream from step
-    ``s`` on. Epoch ``e`` is a shuffle seeded by ``(seed, e)`` whose incomplete
-    last global batch is dropped.
+    Each element is ``{'inputs': float32 [b, T, H, W, C], 'label': int32 [b]}``,
+    ``b = global_batch_size // process_count``; ``start_step=s`` resumes at step ``s``.
     """
     return self.train_dataset(
         global_batch_size, start_step=start_step, seed=seed,
@@ -104,12 +95,10 @@ class VideoDataset(abc.ABC):
 
   def eval_batches(self, global_batch_size: int, *, process_index: int = 0,
                    process_count: int = 1) -> Iterator[dict]:
-    """One pass over the eval split in fixed order.
+    """One pass over the eval split in fixed order (:func:`make_eval_dataset`).
 
     Each element holds ``'inputs'`` (``[b, V, T, H, W, C]`` for ``V > 1`` views per
-    video), ``'label'``, ``'mask'`` (float32, 1 for real examples, 0 for padding) and
-    ``'index'`` (int32 example id, -1 for padding). The last global batch is padded
-    to full size.
+    video), ``'label'``, ``'mask'`` (float32, 0 for padding) and ``'index'`` (-1 for padding).
     """
     return self.eval_dataset(
         global_batch_size, process_index=process_index,
@@ -155,10 +144,7 @@ def check_batch_args(global_batch_size: int, process_index: int, process_count: 
 
 def _host_batches(ds: tf.data.Dataset, decode_fn: DecodeFn, global_batch_size: int,
                   process_index: int, process_count: int, decode_batched: bool):
-  """This host's slice of each global batch of ``ds``, decoded into host-local batches.
-
-  ``decode_fn`` gets each element's position in ``ds`` and the element.
-  """
+  """This host's slice of each global batch of ``ds`` (``decode_fn(position, element)``)."""
   local_batch_size = global_batch_size // process_count
   ds = ds.enumerate().filter(
       lambda pos, _: tf.equal((pos % global_batch_size) // local_batch_size, process_index))
@@ -170,10 +156,8 @@ def _host_batches(ds: tf.data.Dataset, decode_fn: DecodeFn, global_batch_size: i
 
 def _cast_outputs(batch: dict[str, tf.Tensor]) -> dict[str, tf.Tensor]:
   """Enforces the dtypes promised by the :class:`VideoDataset` contract."""
-  batch = dict(batch)
-  batch["inputs"] = tf.cast(batch["inputs"], tf.float32)
-  batch["label"] = tf.cast(batch["label"], tf.int32)
-  return batch
+  return dict(batch, inputs=tf.cast(batch["inputs"], tf.float32),
+              label=tf.cast(batch["label"], tf.int32))
 
 
 def _finish(ds: tf.data.Dataset, finalize: Callable) -> tf.data.Dataset:
@@ -186,8 +170,7 @@ def _finish(ds: tf.data.Dataset, finalize: Callable) -> tf.data.Dataset:
 def _shuffled_epoch(num_records: int, seed: int, epoch: tf.Tensor) -> tf.data.Dataset:
   """Example numbers ``0..num_records-1`` in an order seeded by ``(seed, epoch)``.
 
-  A stateless permutation, unlike ``Dataset.shuffle``, does not depend on
-  TensorFlow's global seed (``tf.random.set_seed`` elsewhere).
+  Stateless, unlike ``Dataset.shuffle``: TensorFlow's global seed does not change it.
   """
   epoch_seed = tf.stack([tf.constant(seed, tf.int64), tf.cast(epoch, tf.int64)])
   return tf.data.Dataset.from_tensor_slices(tf.random.experimental.stateless_shuffle(
@@ -211,9 +194,6 @@ def make_train_dataset(num_records: int, global_batch_size: int, decode_fn: Deco
   ``decode_with_position`` it also gets the example's int64 position in the
   uninterrupted global stream (``step * global_batch_size + slot``): unique per
   draw and the same after a resume, so it can seed augmentation.
-
-  ValueError on invalid batch/host arguments, a negative ``start_step``, or fewer examples
-  than one global batch.
   """
   check_batch_args(global_batch_size, process_index, process_count)
   if start_step < 0:

@@ -1,10 +1,7 @@
 """Real-video examples and the tf.data pipelines shared by every real source.
 
-An :class:`ExampleTable` maps an example number to ``(frames, label)``, decoding
-only the selected frames; :class:`ClipDataset` loads each in a
-``tf.numpy_function`` and processes it with graph ops. Stored frames are decoded
-there by TensorFlow's image decoders, eagerly: faster than Pillow's, GIL-free,
-and a damaged image raises an exception that can be counted and skipped.
+Stored frames are decoded by TensorFlow's image decoders, eagerly: faster than
+Pillow's, GIL-free, and a damaged image raises an exception that can be counted and skipped.
 
 A bad video never stops a run: in training the next good one in table order
 takes its place, in evaluation it becomes a masked slot; it is counted once and
@@ -136,8 +133,7 @@ class ClipDataset(base.VideoDataset):
         raise ValueError(f"the {name} split has no examples")
     self._train, self._eval, self._spec = train, eval_, spec
     self._counter = counter or skips.SkipCounter()
-    # Example numbers read at least once per split, to know when every
-    # listed video has been tried (see split_counts).
+    # Example numbers read at least once per split: whether every listed video was tried.
     self._tried: dict[str, set[int]] = {"train": set(), "eval": set()}
     self._info = base.DatasetInfo(len(class_names), tuple(class_names), len(train), len(eval_),
                                   spec.clip_shape)

@@ -1,10 +1,4 @@
-"""DMVR-style processing: the frames that make a clip, and the model inputs.
-
-Frame indices are picked before decoding (:func:`clip_indices`,
-:func:`view_indices`), as ``dataset.frame_sampling`` says: ``'strided'`` clips of
-``num_frames`` frames every ``stride`` frames, looped over short videos as in
-DMVR; ``'segments'`` one frame from each of ``num_frames`` equal segments
-(TSN-style, as VideoMAE and CAST sample Something-Something v2).
+"""DMVR-style processing: the frames that make a clip (picked before decoding), and the inputs.
 
 The spatial processing runs as graph ops on the picked uint8 frames. The crop
 window is chosen in source pixels and only the window is resized to
@@ -165,10 +159,8 @@ def _test_corners(height, width, window, num_crops: int):
   if num_crops == 1:
     return [(centre_y, centre_x)]
   portrait = height > width
-  corners = []
-  for y, x in ((0, 0), (centre_y, centre_x), (height - window, width - window)):
-    corners.append((tf.where(portrait, y, centre_y), tf.where(portrait, centre_x, x)))
-  return corners
+  return [(tf.where(portrait, y, centre_y), tf.where(portrait, centre_x, x))
+          for y, x in ((0, 0), (centre_y, centre_x), (height - window, width - window))]
 
 
 def test_views(frames: tf.Tensor, spec: ProcessSpec) -> tf.Tensor:

@@ -107,8 +107,7 @@ class RecordIndex:
     self._file_ids = np.repeat(np.arange(len(files), dtype=np.int32), self._counts)
     self._offsets = np.concatenate(offsets)
     self._lengths = np.concatenate(ends) - self._offsets - _HEADER - _FOOTER
-    first = np.cumsum([0] + self._counts)[:-1]
-    self._ordinals = np.arange(len(self._offsets)) - np.repeat(first, self._counts)
+    self._ordinals = np.arange(len(self._offsets)) - np.repeat(self.file_starts(), self._counts)
     self._fds: dict[str, int] = {}
     self._lock = threading.Lock()
 

@@ -54,7 +54,6 @@ def _require_file(path: str, what: str) -> None:
 
 
 def _lines(path: str) -> list[tuple[int, str]]:
-  """Non-blank lines of ``path`` with their 1-based numbers."""
   with open(path) as f:
     return [(n, line.strip()) for n, line in enumerate(f, 1) if line.strip()]
 
@@ -165,8 +164,7 @@ def class_folders(root: str, eval_fraction: float = 0.1) -> VideoSplits:
   held_out = next((os.path.join(root, d) for d in ("test", "val")
                    if os.path.isdir(os.path.join(root, d))), None)
   if os.path.isdir(os.path.join(root, "train")) and held_out:
-    train_videos = _class_videos(os.path.join(root, "train"))
-    test_videos = _class_videos(held_out)
+    train_videos, test_videos = _class_videos(os.path.join(root, "train")), _class_videos(held_out)
   else:
     train_videos, test_videos = {}, {}
     for name, videos in _class_videos(root).items():

@@ -118,8 +118,7 @@ class SyntheticMotionDataset(base.VideoDataset):
       rng = np.random.default_rng([cfg.seed, split_id, int(i)])
       starts[j] = rng.integers(self._num_starts, size=2)
       fixed[j] = rng.integers(size - s + 1, size=2)
-      # Raw bytes are several times cheaper to draw than floats; 256
-      # noise levels are plenty for a background.
+      # Raw bytes are several times cheaper to draw than floats; 256 noise levels are plenty.
       noise_bytes[j] = np.frombuffer(rng.bytes(noise_bytes[j].size), np.uint8).reshape(frame_shape)
     # Background in [0, noise], mapped to [-1, 1] like the whole clip.
     clips = np.multiply(noise_bytes, np.float32(2.0 * cfg.noise / 255.0), dtype=np.float32)
@@ -153,7 +152,6 @@ class SyntheticMotionDataset(base.VideoDataset):
     return clips, labels
 
   def _decode_fn(self, split: str):
-    """tf.data map function turning a batch of indices into examples."""
     shape = (None,) + self._info.input_shape
 
     def decode(indices):

@@ -30,12 +30,8 @@ class _Reader:
 def _tfrecord_reader(builder, split: str, counter: skips.SkipCounter, role: str):
   """Reader over the TFRecord shards of ``split`` (honouring slices); damaged ones counted."""
   instructions = builder.info.splits[split].file_instructions
-  paths = []
-  for ins in instructions:
-    path = os.fspath(ins.filename)
-    if not os.path.isabs(path) and "://" not in path:
-      path = os.path.join(builder.data_dir, path)
-    paths.append(path)
+  paths = [options.resolve_path(os.fspath(ins.filename), builder.data_dir)
+           for ins in instructions]
   files = list(dict.fromkeys(paths))
   index = records.RecordIndex(files, counter=counter, split=role)
   starts = dict(zip(files, index.file_starts()))

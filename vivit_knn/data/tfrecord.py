@@ -124,10 +124,8 @@ def shard_offsets(meta: dict | None, files: list[str]) -> dict[str, list]:
   """``{path: offsets}`` of the files whose size the metadata records (others get scanned)."""
   if not meta:
     return {}
-  recorded = {}
-  for split in meta.get("splits", {}).values():
-    for shard in split.get("shards", []):
-      recorded[shard["file"]] = shard
+  recorded = {shard["file"]: shard for split in meta.get("splits", {}).values()
+              for shard in split.get("shards", [])}
   out = {}
   for path in files:
     shard = recorded.get(os.path.basename(path))

@@ -16,9 +16,8 @@ from vivit_knn.data import skips
 # Indices of the frames to return, given the number of frames in the video.
 FrameSelector = Callable[[int], np.ndarray]
 
-# A stream is called truncated when it holds fewer packets than its header
-# declares by more than this fraction (or 2 frames): small mismatches are
-# common in healthy AVI files.
+# A stream is called truncated when it holds fewer packets than its header declares by more than
+# this fraction (or 2 frames): small mismatches are common in healthy AVI files.
 _TRUNCATION_TOLERANCE = 0.05
 # Presentation times are rationals; a segment bound given in decimal seconds
 # (e.g. 00:00:03.37) is compared with this slack.
@@ -32,8 +31,7 @@ def _open(path: str):
     if not container.streams.video:
       raise skips.BadVideoError(skips.ZERO_FRAMES, path, "no video stream")
     stream = container.streams.video[0]
-    # tf.data already runs one decode per core; codec threads would only
-    # oversubscribe them.
+    # tf.data already runs one decode per core; codec threads would only oversubscribe them.
     stream.codec_context.thread_count = 1
     packets = [p for p in container.demux(stream) if p.size]
     return container, stream.codec_context, packets, stream.frames

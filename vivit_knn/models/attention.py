@@ -200,10 +200,9 @@ class MultiHeadAttention(nn.Module):
       attention_record.sow_attention(self, query, key, self.attention, bias=bias, mask=mask,
                                      factorized=self.factorized)
 
-    dropout_rng = None
-    if not deterministic and self.dropout_rate > 0.0:
-      dropout_rng = self.make_rng("dropout")
-    common = dict(dropout_rng=dropout_rng, dropout_rate=self.dropout_rate,
+    use_dropout = not deterministic and self.dropout_rate > 0.0
+    common = dict(dropout_rng=self.make_rng("dropout") if use_dropout else None,
+                  dropout_rate=self.dropout_rate,
                   deterministic=deterministic, dtype=self.dtype)
     if self.factorized:
       out = factorized_dot_product_attention(query, key, value, self.attention, **common)

@@ -167,8 +167,7 @@ class CAST(ExpertFields, kw_only=True):
     pre = (adapter("spatial_head_adapter")(out["spatial_features"])
            + adapter("temporal_head_adapter")(out["temporal_features"]))
     out["pre_logits"] = pre
-    logits = head(self.num_classes, "head")(dropout(pre, deterministic=not train))
-    return logits, out
+    return head(self.num_classes, "head")(dropout(pre, deterministic=not train)), out
 
 
 def joint_action_log_probs(verb_logits: jax.Array, noun_logits: jax.Array) -> jax.Array:

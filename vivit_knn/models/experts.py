@@ -2,11 +2,7 @@
 
 Both expose their stages (`embed`, `block`, `pool`) so CAST can interleave their
 blocks with its cross-attention while the parameter trees stay the experts' own.
-CLIP: bias-free patch conv `conv1`, `class_embedding`, `positional_embedding` (CLS
-first), `ln_pre`, QuickGELU blocks, LayerNorm eps 1e-5, `ln_post`. VideoMAE: tubelet
-conv `patch_embed`, a fixed sinusoid table, erf GELU blocks, eps 1e-6, `fc_norm` on
-the token mean; it has no key bias, so the converter sets our `key/bias` to zero
-(a key bias adds a per-row constant to the logits, which the softmax ignores).
+VideoMAE has no key bias, so the converter sets our `key/bias` to zero.
 
 With `adapter_dim > 0` every block gets CAST's adapters (`adapters`); stochastic depth
 drops only the MLP adapter, never the frozen branches (as in CAST).
@@ -140,9 +136,8 @@ class VideoMAEExpert(Expert):
   def embed(self, video: jax.Array) -> jax.Array:
     """Video `[B, T, H, W, C]` -> tokens `[B, (T/t) * P, D]` (time-major), plus the sinusoids."""
     x = self.patch_embed(video)
-    b, d = x.shape[0], x.shape[-1]
-    x = x.reshape(b, -1, d)
-    return x + jnp.asarray(sinusoid_table(x.shape[1], d), x.dtype)
+    x = x.reshape(x.shape[0], -1, x.shape[-1])
+    return x + jnp.asarray(sinusoid_table(x.shape[1], x.shape[2]), x.dtype)
 
   def pool(self, tokens: jax.Array) -> jax.Array:
     """`fc_norm` of the mean of all tokens: `[B, N, D]` -> `[B, D]`."""

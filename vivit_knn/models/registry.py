@@ -51,7 +51,6 @@ def build_model(cfg: ConfigDict, num_classes: int) -> nn.Module:
 
 
 def _check_common(cfg: ConfigDict, input_shape: Sequence[int], field: str) -> None:
-  """Checks the keys every family reads, against one clip's `(T, H, W, C)`."""
   require((cfg.kernel_init_method or None) in vivit.KERNEL_INIT_METHODS,
           f"{field}.kernel_init_method",
           f"must be one of {vivit.KERNEL_INIT_METHODS[1:]} or empty, got "

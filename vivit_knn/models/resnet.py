@@ -90,11 +90,9 @@ class ResNet(nn.Module):
   def __call__(self, x: jax.Array, *, train: bool = False):
     """Classifies images; BatchNorm uses its running statistics unless `train`."""
     design, blocks = DEPTHS[self.depth]
-    x = x.astype(self.dtype)
-    x = _conv(self.width, 7, 2, "conv1", self.dtype)(x)
-    x = nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=BN_EPSILON,
-                     dtype=self.dtype, name="bn1")(x)
-    x = nn.relu(x)
+    x = _conv(self.width, 7, 2, "conv1", self.dtype)(x.astype(self.dtype))
+    x = nn.relu(nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=BN_EPSILON,
+                             dtype=self.dtype, name="bn1")(x))
     x = nn.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
     features = {}
     for stage, count in enumerate(blocks):
@@ -103,10 +101,8 @@ class ResNet(nn.Module):
         x = _Block(design, self.width * 2 ** stage, stride, self.dtype,
                    name=f"layer{stage + 1}_{j}")(x, train=train)
       features[f"layer{stage + 1}"] = x
-    pooled = jnp.mean(x, axis=(1, 2))
-    features["pre_logits"] = pooled
-    logits = nn.Dense(self.num_classes, dtype=jnp.float32, name="fc")(pooled)
-    return logits, features
+    features["pre_logits"] = jnp.mean(x, axis=(1, 2))
+    return nn.Dense(self.num_classes, dtype=jnp.float32, name="fc")(features["pre_logits"]), features
 
 
 def frame_features(model: ResNet, variables: Any, clips: jax.Array,

@@ -118,17 +118,15 @@ class VideoStudent(VideoTransformer):
     """Classifies clips `[B, T, H, W, C]`; returns `(logits [B, classes], intermediates)`."""
     taps = branch_layers(self.num_layers, self.branch_heads)
     frame_hw = x.shape[2:4]
-    x = tubelet_embedding(self.hidden_size, tuple(self.patch_size), self.kernel_init_method,
-                          self.dtype)(x)
+    x = tubelet_embedding(self)(x)
     out: Dict[str, Any] = {"tubelets": x}
     b, t, h, w, d = x.shape
     tokens = self.prepend_cls(x.reshape(b, t * h * w, d))
     encoded, tapped = StudentEncoder(
         mhca_layers=self.mhca_layers, locality_strength=self.locality_strength, taps=taps,
         name="Transformer", **self.stack_fields())(tokens, grid=(h, w), num_frames=t, train=train)
-    out["encoded"] = encoded
-    out["pre_logits"] = encoded[:, 0]
-    out["patch_tokens"] = encoded[:, 1:].reshape(b, t, h, w, d)
+    out.update(encoded=encoded, pre_logits=encoded[:, 0],
+               patch_tokens=encoded[:, 1:].reshape(b, t, h, w, d))
     training_heads = train or self.is_initializing()
     if training_heads and taps:
       out["branch_logits"] = jnp.stack([
@@ -175,7 +173,6 @@ def _build(cfg: ml_collections.ConfigDict, num_classes: int) -> VideoStudent:
 
 
 def _key_counts(cfg: ml_collections.ConfigDict, t: int, s: int) -> KeyCounts:
-  """One joint space-time encoder with a CLS."""
   return {"model.attention": (1 + t * s, attention_spec(cfg.attention))}
 
 

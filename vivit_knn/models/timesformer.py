@@ -1,18 +1,12 @@
 """TimeSformer (divided / space-only / joint space-time attention) on the shared core.
 
-Each frame's patches get the image ViT's position embedding (with the CLS), then,
-except for `space_only`, a `time_embed`; the sequence is `[CLS, patches x time]`
-(patch-major). `divided_space_time` runs `DividedSpaceTimeBlock`s (time attention:
-`temporal_attention`), `joint_space_time` standard blocks over all `1 + N*T` tokens,
-`space_only` per frame, averaged over frames (blind to frame order). MLPs default to
-the erf GELU of TimeSformer's code (flax's tanh form drifts by about 1e-3 per block
-from released checkpoints).
-
-As in TimeSformer, which starts from image weights, `time_embed` and every block's
-`temporal_fc` start at zero (the image model on each frame; TimeSformer's code
-skips block 0's). From scratch that is frame-order invariant and a saddle with the
-zero classifier (chance for hundreds of steps on synthetic motion), hence
-`time_embed_init_std > 0` and `temporal_fc_zero_init=False`.
+The sequence is `[CLS, patches x time]` (patch-major) with a `time_embed`, except for
+`space_only`, which attends per frame and averages over frames (blind to frame order). MLPs
+default to the erf GELU of TimeSformer's code (flax's tanh form drifts by about 1e-3 per block
+from released checkpoints). As in TimeSformer, `time_embed` and every block's `temporal_fc`
+start at zero (TimeSformer's code skips block 0's): from scratch that is frame-order invariant
+and a saddle with the zero classifier, hence `time_embed_init_std > 0` and
+`temporal_fc_zero_init=False`.
 
 Parameters (timm names): `embedding` (`patch_embed.proj`), `cls` (`cls_token`),
 `Transformer/posembed_input` (`pos_embed`), `Transformer/time_embed`,
@@ -90,8 +84,7 @@ class TimeSformer(VideoTransformer):
   @nn.compact
   def __call__(self, x: jax.Array, *, train: bool = False):
     """Classifies clips `[B, T, H, W, C]`; returns `(logits [B, classes], intermediates)`."""
-    x = tubelet_embedding(self.hidden_size, tuple(self.patch_size),
-                          self.kernel_init_method, self.dtype)(x)
+    x = tubelet_embedding(self)(x)
     out = {"tubelets": x}
     b, t, h, w, d = x.shape
     cls = self.param("cls", nn.initializers.zeros, (1, 1, d), jnp.float32)

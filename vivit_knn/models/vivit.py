@@ -24,8 +24,6 @@ from vivit_knn.models.family import (InactiveKeys, KeyCounts, ModelFamily, atten
 from vivit_knn.models.init_rules import InitRules, image_names
 from vivit_knn.models.video_transformer import VideoTransformer
 
-Dtype = Any
-
 MODEL_TYPES = (
     "spacetime",
     "factorized_encoder",
@@ -54,15 +52,14 @@ def average_frame_initializer(base_init=nn.initializers.lecun_normal()):
   return init
 
 
-def tubelet_embedding(hidden_size: int, patch_size: Sequence[int],
-                      kernel_init_method: Optional[str] = None,
-                      dtype: Dtype = jnp.float32) -> nn.Conv:
-  """Non-overlapping 3D conv `embedding`: `[B, T, H, W, C]` -> `[B, T/t, H/h, W/w, D]`."""
-  h, w, t = patch_size
+def tubelet_embedding(model: VideoTransformer) -> nn.Conv:
+  """`model`'s non-overlapping 3D conv `embedding`: `[B, T, H, W, C]` -> `[B, T/t, H/h, W/w, D]`."""
+  h, w, t = model.patch_size
   init = {None: nn.initializers.lecun_normal, "central_frame_initializer":
           central_frame_initializer, "average_frame_initializer": average_frame_initializer}
-  return nn.Conv(hidden_size, (t, h, w), strides=(t, h, w), padding="VALID",
-                 kernel_init=init[kernel_init_method](), dtype=dtype, name="embedding")
+  return nn.Conv(model.hidden_size, (t, h, w), strides=(t, h, w), padding="VALID",
+                 kernel_init=init[model.kernel_init_method](), dtype=model.dtype,
+                 name="embedding")
 
 
 class ViViT(VideoTransformer):
@@ -81,8 +78,8 @@ class ViViT(VideoTransformer):
 
   def _encoder(self, name: str, num_layers: int, attention: AttentionSpec,
                model_type: str = "spacetime", temporal_dims: Optional[int] = None) -> Encoder:
-    fields = dict(self.stack_fields(), num_layers=num_layers, attention=attention)
-    return Encoder(model_type=model_type, temporal_dims=temporal_dims, name=name, **fields)
+    return Encoder(model_type=model_type, temporal_dims=temporal_dims, name=name,
+                   **dict(self.stack_fields(), num_layers=num_layers, attention=attention))
 
   def _pool(self, x: jax.Array, cls_name: str, encoder: Encoder, train: bool):
     """Runs `encoder` on `[B, N, D]` with an optional CLS; returns (pooled, tokens)."""
@@ -95,14 +92,12 @@ class ViViT(VideoTransformer):
   @nn.compact
   def __call__(self, x: jax.Array, *, train: bool = False):
     """Classifies clips `[B, T, H, W, C]`; returns `(logits [B, classes], intermediates)`."""
-    x = tubelet_embedding(self.hidden_size, tuple(self.patch_size),
-                          self.kernel_init_method, self.dtype)(x)
+    x = tubelet_embedding(self)(x)
     out = {"tubelets": x}
     b, t, h, w, d = x.shape
 
     if self.model_type == "factorized_encoder":
-      frames = x.reshape(b * t, h * w, d)
-      per_frame, _ = self._pool(frames, "cls_SpatialTransformer", self._encoder(
+      per_frame, _ = self._pool(x.reshape(b * t, h * w, d), "cls_SpatialTransformer", self._encoder(
           "SpatialTransformer", self.spatial_layers, self.spatial_attention), train)
       per_frame = per_frame.reshape(b, t, d)
       out["spatial_encoded"] = per_frame
@@ -155,12 +150,10 @@ def _key_counts(cfg: ml_collections.ConfigDict, t: int, s: int) -> KeyCounts:
   """Keys per attention for `t` tubelet times of `s` patches (plus the CLS if any)."""
   cls = 1 if cfg.classifier == "token" else 0
   if cfg.model_type == "factorized_encoder":
-    return {
-        "model.spatial_transformer.attention": (
-            s + cls, attention_spec(cfg.spatial_transformer.attention)),
-        "model.temporal_transformer.attention": (
-            t + cls, attention_spec(cfg.temporal_transformer.attention)),
-    }
+    return {"model.spatial_transformer.attention":
+                (s + cls, attention_spec(cfg.spatial_transformer.attention)),
+            "model.temporal_transformer.attention":
+                (t + cls, attention_spec(cfg.temporal_transformer.attention))}
   spec = attention_spec(cfg.attention)
   if cfg.model_type == "spacetime":
     return {"model.attention": (t * s + cls, spec)}

@@ -84,8 +84,7 @@ class XViT(VideoTransformer):
   @nn.compact
   def __call__(self, x: jax.Array, *, train: bool = False):
     """Classifies clips `[B, T, H, W, C]`; returns `(logits [B, classes], intermediates)`."""
-    x = tubelet_embedding(self.hidden_size, tuple(self.patch_size),
-                          self.kernel_init_method, self.dtype)(x)
+    x = tubelet_embedding(self)(x)
     out = {"tubelets": x}
     b, t, h, w, d = x.shape
     cls = self.param("cls", nn.initializers.zeros, (1, 1, d), jnp.float32)
@@ -99,9 +98,8 @@ class XViT(VideoTransformer):
     seq = TemporalHead(**dict(self.stack_fields(), num_layers=self.head_layers,
                               attention=self.temporal_attention, stochastic_depth=0.0),
                        name="TemporalTransformer")(seq, train=train)
-    pooled = seq[:, 0]
-    out["pre_logits"] = pooled
-    y = self.mlp_activation(nn.Dense(d, dtype=self.dtype, name="pre_logits")(pooled))
+    out["pre_logits"] = seq[:, 0]
+    y = self.mlp_activation(nn.Dense(d, dtype=self.dtype, name="pre_logits")(out["pre_logits"]))
     y = nn.Dropout(self.dropout_rate)(y, deterministic=not train)
     return self.classify(y), out
 

@@ -141,7 +141,6 @@ def _save_tf(forward, params, shape: Sequence[int], normalization: str,
 
 def _save_stablehlo(forward, params, shape: Sequence[int], out: str,
                     platforms: Sequence[str]) -> Dict[str, Any]:
-  """Writes `model.stablehlo` (weights inside) and returns its specs."""
   dims = ", ".join(str(d) for d in shape)
   clips = jax.ShapeDtypeStruct(jax.export.symbolic_shape(f"b, {dims}"), jnp.float32)
   exported = jax.export.export(jax.jit(functools.partial(forward, params)),

@@ -86,8 +86,7 @@ class Experiment:
 
   def init_state(self, rng: jax.Array) -> TrainState:
     """Creates the initial train state directly in its sharded layout."""
-    init = jax.jit(self._init_state, out_shardings=self.state_shardings())
-    return init(rng)
+    return jax.jit(self._init_state, out_shardings=self.state_shardings())(rng)
 
 
 def build_experiment(config: ml_collections.ConfigDict,

@@ -12,8 +12,7 @@ def one_hot(labels: jax.Array, num_classes: int, *, label_smoothing: float = 0.0
   """float32 targets `labels.shape + (C,)`: `1 - ls + ls / C` on the label, `ls / C` elsewhere."""
   hot = jax.nn.one_hot(labels, num_classes, dtype=jnp.float32)
   if label_smoothing > 0.0:
-    off = label_smoothing / num_classes
-    hot = hot * (1.0 - label_smoothing) + off
+    hot = hot * (1.0 - label_smoothing) + label_smoothing / num_classes
   return hot
 
 
@@ -32,8 +31,7 @@ def softmax_cross_entropy(
     weights = jnp.asarray(weights, jnp.float32)
     if weights.shape != per_example.shape:
       raise ValueError(f"weights {weights.shape} must have shape {per_example.shape}")
-  total = jnp.sum(weights * per_example)
-  return total / jnp.maximum(jnp.sum(weights), 1e-8)
+  return jnp.sum(weights * per_example) / jnp.maximum(jnp.sum(weights), 1e-8)
 
 
 def mixup_with_lambda(

@@ -57,15 +57,13 @@ def save_confusion_matrix_png(cm: Any, class_names: Optional[Sequence[str]],
   ax = fig.add_subplot(1, 1, 1)
   image = ax.imshow(normalised, cmap="Blues", vmin=0.0, vmax=1.0, interpolation="nearest")
   fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04, label="fraction of true class")
-  ax.set_xlabel("predicted class")
-  ax.set_ylabel("true class")
+  ax.set(xlabel="predicted class", ylabel="true class")
   if title:
     ax.set_title(title)
 
   named = num_classes <= _MAX_TICK_LABELS  # else names would overlap: every 10th index
   ticks = np.arange(0, num_classes, 1 if named else 10)
-  ax.set_xticks(ticks)
-  ax.set_yticks(ticks)
+  ax.set(xticks=ticks, yticks=ticks)
   if named:
     font = 8 if num_classes <= 20 else 6
     ax.set_xticklabels(names, rotation=90, fontsize=font)
@@ -150,9 +148,8 @@ class EvalAccumulator:
     if num_classes <= 0:
       raise ValueError(f"num_classes must be positive, got {num_classes}")
     self.num_classes = int(num_classes)
-    if dense_confusion is None:
-      dense_confusion = self.num_classes <= DENSE_CONFUSION_MAX_CLASSES
-    self.dense_confusion = bool(dense_confusion)
+    self.dense_confusion = bool(self.num_classes <= DENSE_CONFUSION_MAX_CLASSES
+                                if dense_confusion is None else dense_confusion)
     if factors is not None:
       factors = (int(factors[0]), int(factors[1]))
       if min(factors) <= 0 or factors[0] * factors[1] != self.num_classes:
@@ -188,8 +185,7 @@ class EvalAccumulator:
     rows = np.arange(labels.size)
     k = min(5, self.num_classes)
     # A label is in the top k when fewer than k classes score strictly higher.
-    label_scores = logits[rows, labels]
-    rank = (logits > label_scores[:, None]).sum(axis=1)
+    rank = (logits > logits[rows, labels][:, None]).sum(axis=1)
     preds = logits.argmax(axis=1)
     hit = preds == labels
     self._top1 += float(hit.sum())
@@ -210,7 +206,6 @@ class EvalAccumulator:
       self._compact()
 
   def _compact(self) -> None:
-    """Merges the pending codes into the distinct-code counts."""
     if not self._pending:
       return
     codes = np.concatenate([self._codes] + self._pending)

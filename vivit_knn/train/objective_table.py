@@ -1,11 +1,8 @@
 """The training objectives by name, and the one `config.loss.objective` selects.
 
 `OBJECTIVES` maps each name to a factory `(config, num_train_examples) -> Objective` that
-refuses a config it cannot train, naming the field: 'classification' (softmax cross-entropy,
-any model), 'verb_noun' (a two-head CAST's verb + noun terms, `multihead`) and 'distill'
-(two-stage distillation, `distill`). `loss.objective=''` (the default) chooses 'distill' when
-`distill.method` is set, else 'verb_noun' for a two-head CAST, else 'classification'. (The
-table is not beside the base class in `objectives` because the plug-ins import that.)
+refuses a config it cannot train, naming the field. (The table is not beside the base class
+in `objectives` because the plug-ins import that.)
 """
 
 from __future__ import annotations
@@ -60,7 +57,11 @@ OBJECTIVES: Dict[str, Factory] = {
 
 
 def objective_name(config: ml_collections.ConfigDict) -> str:
-  """The `OBJECTIVES` key `config` trains with: `loss.objective`, or the automatic choice."""
+  """The `OBJECTIVES` key `config` trains with: `loss.objective`, or the automatic choice.
+
+  '' chooses 'distill' when `distill.method` is set, else 'verb_noun' for a two-head CAST,
+  else 'classification'.
+  """
   name = config.loss.get("objective", "") or ""
   method = _distill_method(config)
   if not name:

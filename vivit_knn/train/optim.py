@@ -116,14 +116,6 @@ def plan_steps(config: ml_collections.ConfigDict, num_train_examples: int,
                   total_source=total_source, warmup_source=warmup_source)
 
 
-def _refuse_epochs(cfg: Mapping[str, Any]) -> None:
-  """Warmup in epochs needs the dataset's size, which only a whole run knows."""
-  if _check_number(cfg, "warmup_epochs") >= 0:
-    raise ValueError(f"optimizer.warmup_epochs={cfg['warmup_epochs']} needs the train split's "
-                     "size: build the run with vivit_knn.train.experiment.build_experiment "
-                     "(or give optimizer.warmup_steps)")
-
-
 def _make_schedule(cfg: Mapping[str, Any], total_steps: int) -> Schedule:
   """``base * step / warmup`` up to ``warmup_steps``, then a half cosine to ``end`` at ``total``."""
   if _as_int(total_steps) is None or total_steps <= 0:
@@ -227,7 +219,10 @@ def build_optimizer(config: Any, total_steps: int, warmup_steps: int | None = No
   cfg = dict(config.items())
   if warmup_steps is not None:
     cfg["warmup_steps"], cfg["warmup_epochs"] = warmup_steps, -1.0
-  _refuse_epochs(cfg)
+  if _check_number(cfg, "warmup_epochs") >= 0:  # epochs need the train split's size
+    raise ValueError(f"optimizer.warmup_epochs={cfg['warmup_epochs']} needs the train split's "
+                     "size: build the run with vivit_knn.train.experiment.build_experiment "
+                     "(or give optimizer.warmup_steps)")
   name = cfg["name"]
   if not isinstance(name, str) or name.lower() not in _KNOWN_OPTIMIZERS:
     raise ValueError(f"optimizer.name must be one of {_KNOWN_OPTIMIZERS}, got {name!r}")

@@ -1,9 +1,7 @@
 """The run summary: what a training run is about to do, in numbers, printed and kept.
 
 At train start, process 0 prints a short aligned block and writes the same facts to
-`<workdir>/run_summary.json`: split sizes (videos listed, readable and skipped), steps per
-epoch, total and warmup steps with the settings they came from, parameters, GFLOPs per clip,
-the mesh and the devices.
+`<workdir>/run_summary.json`.
 """
 
 from __future__ import annotations

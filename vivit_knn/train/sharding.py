@@ -93,13 +93,10 @@ def layout(mesh: Mesh, cfg: ml_collections.ConfigDict):
 
 def tree_shardings(tree: Any, mesh: Mesh, cfg: ml_collections.ConfigDict) -> Any:
   """NamedShardings for every array leaf of `tree` (params or optimizer state)."""
-  rules = mesh_rules(cfg)
-  min_size = cfg.fsdp_min_param_size
-
-  def one(path, leaf):
-    return NamedSharding(mesh, param_spec(key_name(path), np.shape(leaf), mesh, rules, min_size))
-
-  return jax.tree_util.tree_map_with_path(one, tree)
+  rules, min_size = mesh_rules(cfg), cfg.fsdp_min_param_size
+  return jax.tree_util.tree_map_with_path(
+      lambda path, leaf: NamedSharding(
+          mesh, param_spec(key_name(path), np.shape(leaf), mesh, rules, min_size)), tree)
 
 
 def batch_sharding(mesh: Mesh) -> NamedSharding:

@@ -39,15 +39,13 @@ def make_train_step(exp: Experiment, frozen: Any = None, phase: str = "main") ->
   uninterrupted one would have. Each objective term is reported as `loss/<name>`.
   """
   cfg = exp.config
-  num_classes = exp.num_classes
-
   accum = cfg.train.grad_accum_steps
   frozen_patterns = tuple(cfg.optimizer.trainable_patterns or ())
 
   def step_fn(state: TrainState, batch: Dict, rng: jax.Array, frozen: Any):
     step_rng = jax.random.fold_in(rng, state.step)
     mix_rng, dropout_rng, objective_rng = jax.random.split(step_rng, 3)
-    targets = losses.one_hot(batch["label"], num_classes,
+    targets = losses.one_hot(batch["label"], exp.num_classes,
                              label_smoothing=cfg.loss.label_smoothing)
     inputs = batch["inputs"]
     if cfg.loss.mixup_alpha > 0:
@@ -112,9 +110,7 @@ def make_train_step(exp: Experiment, frozen: Any = None, phase: str = "main") ->
 def _accumulate(grad_fn, params, inputs, targets, accum: int):
   """Mean loss, outputs and gradients over `accum` equal micro-batches, one at a time.
 
-  Micro-batch i takes rows i, i+accum, ... so that every device's slice of the
-  batch contributes equally to each micro-batch. Logits are returned in the
-  original row order.
+  Micro-batch i takes rows i, i+accum, ...: every device's slice contributes equally to each.
   """
   b = inputs.shape[0]
 
@@ -156,8 +152,8 @@ def make_eval_step(exp: Experiment) -> Callable[[object, Dict], Dict]:
     logits = predict_views(exp, params, batch["inputs"])
     return {"logits": logits, "label": batch["label"], "mask": batch["mask"]}
 
-  batch_sh = sharding.batch_sharding(exp.mesh)
-  jitted = jax.jit(step_fn, in_shardings=(exp.state_shardings().params, batch_sh),
+  jitted = jax.jit(step_fn, in_shardings=(exp.state_shardings().params,
+                                          sharding.batch_sharding(exp.mesh)),
                    out_shardings=sharding.replicated(exp.mesh))
 
   def eval_step(params, batch):

@@ -40,9 +40,7 @@ def convert_videomae(state: Mapping[str, Any],
                      num_heads: Optional[int] = None) -> Dict[str, Any]:
   """A VideoMAE state dict (numpy or torch arrays) -> the `VideoMAEExpert` tree (numpy).
 
-  `num_heads` defaults to the standard ViT head count of the width (12 for
-  ViT-B). Raises `UnmatchedKeysError` listing keys with no mapping, expected keys
-  that are missing, and a `pos_embed` that is not the sinusoid table.
+  `num_heads` defaults to the standard ViT head count of the width (12 for ViT-B).
   """
   state = unwrap(state)
   for prefix in _PREFIXES:

@@ -1,11 +1,8 @@
 """The conversion pipeline, on Apache Beam: one element per shard.
 
-Every unfinished shard of the driver's (:func:`vivit_knn.data.convert.convert`)
-becomes one element; a worker decodes each of its videos (or segments),
-downscales and JPEG-encodes every frame, and writes the shard under a temporary
-name renamed when complete (:func:`.shards.write_shard`). So a shard's bytes
-depend only on its examples and the encoding, an interrupted run (or retried
-worker) leaves no partial shard, and a worker holds one decoded video at a time.
+A worker decodes each video (or segment) of its shard, downscales and JPEG-encodes every
+frame and writes the shard (:func:`.shards.write_shard`). So a shard's bytes depend only on
+its examples and the encoding, and a worker holds one decoded video at a time.
 """
 
 from __future__ import annotations
@@ -169,11 +166,7 @@ def pipeline_options(runner: str, num_workers: int,
 
 @contextlib.contextmanager
 def _worker_output_to_file(tail_lines: int = 20):
-  """Sends file descriptor 2 (Beam's and its local workers' log lines) to a file.
-
-  They would bury the progress lines; if the pipeline fails, its last
-  ``tail_lines`` are shown.
-  """
+  """Sends fd 2 (Beam's log lines, which would bury the progress) to a file, shown on failure."""
   sys.stderr.flush()
   saved = os.dup(2)
   with tempfile.TemporaryFile("w+") as log:

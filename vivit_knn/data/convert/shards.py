@@ -25,7 +25,6 @@ SHARD_NAME = re.compile(r"(train|test)\.tfrecord-\d{5}-of-\d{5}")
 
 
 def _write(path: str, data: bytes) -> None:
-  """Writes ``data`` under a temporary name, then renames it to ``path``."""
   tmp = path + ".tmp"
   with FileSystems.create(tmp, mime_type="application/octet-stream") as f:
     f.write(data)
