@@ -162,11 +162,12 @@ def test_processes_other_than_the_first_print_nothing():
 
 def test_counter_prints_at_each_tenth_reached():
   stream = io.StringIO()
-  counter = TenthsCounter(20, "eval", "test videos", file=stream)
+  counter = TenthsCounter(20, "evaluating", "test videos", file=stream)
   for n in (1, 1, 3, 15):
     counter.add(n)
-  assert stream.getvalue().splitlines() == ["eval: 2/20 test videos", "eval: 5/20 test videos",
-                                            "eval: 20/20 test videos"]
+  assert stream.getvalue().splitlines() == [
+      "evaluating: 2/20 test videos", "evaluating: 5/20 test videos",
+      "evaluating: 20/20 test videos"]
 
 
 WARNING_SCRIPT = """

@@ -60,8 +60,8 @@ def run_eval(exp: Experiment, params: Any, eval_step=None) -> Dict[str, Any]:
   save_logits = bool(exp.config.eval.save_logits)
   kept = {"logits": [np.zeros((0, exp.num_classes), np.float32)],
           "labels": [np.zeros(0, np.int64)], "index": [np.zeros(0, np.int64)]}
-  progress = TenthsCounter(exp.dataset.split_counts("eval")["listed"], "eval", "test videos",
-                           enabled=jax.process_index() == 0)
+  progress = TenthsCounter(exp.dataset.split_counts("eval")["listed"], "evaluating",
+                           "test videos", enabled=jax.process_index() == 0)
   for batch in exp.dataset.eval_batches(exp.config.eval.global_batch_size,
                                         process_index=jax.process_index(),
                                         process_count=jax.process_count()):
