@@ -97,6 +97,8 @@ def check_sources(config: ml_collections.ConfigDict) -> None:
   For a fresh run, before anything is written to its workdir: UserError naming the
   config key and the path. (Stage 2's teacher run may still be training.)
   """
+  config_lib.check_keys(config)  # a wrong key or model setting is reported first
+  config_lib.check_model(config.model, config_lib.clip_shape(config.dataset))
   config_lib.check_init_from(config)
   for field, path, fmt in configured_sources(config) + teacher_sources(config):
     if fmt != "run" and not os.access(path, os.R_OK | (os.X_OK if os.path.isdir(path) else 0)):
