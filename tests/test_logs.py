@@ -71,6 +71,9 @@ def test_main_job_writes_step_time_and_clips_per_second(main_run):
                                                 scalars["train/clips_per_s"]):
     assert step_a == step_b and 0 < seconds < 60 and math.isfinite(clips)
     assert clips == pytest.approx(BATCH / seconds, rel=1e-4)
+  # clu's ReportProgress, at the log steps.
+  assert [step for step, _ in scalars["steps_per_sec"]] == [2, 4]
+  assert all(rate > 0 for _, rate in scalars["steps_per_sec"])
 
 
 def test_event_files_hold_the_logged_and_evaluated_values(main_run):

@@ -9,6 +9,7 @@ import jax
 import ml_collections
 import numpy as np
 from absl import logging
+from clu import periodic_actions
 from jax.experimental import multihost_utils
 
 from vivit_knn.errors import WorkdirBusyError
@@ -157,7 +158,11 @@ def _train_locked(config: ml_collections.ConfigDict, workdir: str, exp: Optional
       exp.mesh, cfg.prefetch_batches)
 
   logdir = os.path.join(workdir, "train")
-  writer = None  # opened at the first write: a run stopped before it leaves no event file
+  writer = open_writer(logdir, enabled=is_chief)
+  # clu's progress report writes steps_per_sec and uptime; called at log steps only.
+  report = periodic_actions.ReportProgress(num_train_steps=exp.total_steps, writer=writer,
+                                           every_secs=0.0)
+  report(start)
   bar = ProgressBar(exp.total_steps, initial=start, desc=config.experiment_name, enabled=is_chief,
                     clips_per_step=cfg.global_batch_size)
   history, last = [], {}
@@ -182,7 +187,7 @@ def _train_locked(config: ml_collections.ConfigDict, workdir: str, exp: Optional
       if due_log:
         last = _mean_metrics(history)
         history = []
-        writer = writer or open_writer(logdir, enabled=is_chief)
+        report(done)
         writer.write_scalars(done, {f"train/{k}": v for k, v in last.items()})
         skipped = exp.dataset.skipped_examples()
         if skipped:
@@ -218,7 +223,6 @@ def _train_locked(config: ml_collections.ConfigDict, workdir: str, exp: Optional
     bar.close()
     if cfg.eval_at_end:
       result["eval"] = evaluation.run_eval(exp, state.params)
-      writer = writer or open_writer(logdir, enabled=is_chief)
       paths = evaluation.write_eval_report(exp, result["eval"], workdir, exp.total_steps, writer)
       result["eval_paths"] = paths
     return result
