@@ -230,8 +230,7 @@ def _train_locked(config: ml_collections.ConfigDict, workdir: str, exp: Optional
     batches.close()
     # Errors and Ctrl-C end the bar's line first, so the message stands on its own line.
     bar.close()
-    if writer is not None:
-      writer.close()
+    writer.close()
     stop.release()
 
 
