@@ -150,6 +150,27 @@ def test_progress_lines_show_only_numbers_measured_since_the_previous_line():
   assert again.getvalue().splitlines()[-1] == "job: step 4/10 (40%) loss=1"
 
 
+def test_a_periodic_eval_is_left_out_of_the_step_time_and_the_final_rate(capsys):
+  log = ProgressLog(10, 0, "job", clips_per_step=4, file=io.StringIO())
+  log.first()
+  time.sleep(0.05)
+  log.line(5, {})
+  with log.evaluating(5):
+    time.sleep(0.5)
+  stamp = time.perf_counter()
+  time.sleep(0.05)
+  rates = log.line(10, {})
+  assert rates["step_time_s"] == pytest.approx((time.perf_counter() - stamp) / 5, rel=0.3)
+  assert rates["step_time_s"] < 0.5 / 5
+  log.end(10)
+  total, evals, clips = map(float, re.fullmatch(
+      r"job: trained 10 steps in ([\d.]+) s \(compile [\d.]+ s, periodic evals ([\d.]+) s\), "
+      r"([\d.]+) clips/s\n", capsys.readouterr().out).groups())
+  assert evals >= 0.5 and total >= 0.6
+  # 9 timed steps in about 0.1 s of training: counting the eval's 0.5 s would give 36 / 0.6.
+  assert clips > 2 * 4 * 9 / total
+
+
 def test_processes_other_than_the_first_print_nothing():
   quiet = io.StringIO()
   log = ProgressLog(4, 0, "job", clips_per_step=4, enabled=False, file=quiet)

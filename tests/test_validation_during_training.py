@@ -2,6 +2,7 @@
 resume, `eval/best.json`, and `--config.eval.checkpoint` choosing what `--mode=eval` scores."""
 
 import json
+import re
 
 import pytest
 
@@ -39,6 +40,12 @@ def test_evals_during_training_write_curves_and_keep_the_best(validated):
   assert best_first["metric"] == "loss"
   assert best_first["metrics"]["loss"] == pytest.approx(early[best_first["step"]], rel=1e-6)
   assert "best loss so far" in first.stdout
+  # Each periodic eval prints its metrics on one line; its time is left out of the rates.
+  printed = re.findall(r"^eval at step (\d+): top1=[\d.]+ top5=[\d.]+ loss=([\d.]+)$",
+                       first.stdout, re.MULTILINE)
+  assert {int(s): float(v) for s, v in printed} == pytest.approx(early, abs=1e-4)
+  assert re.search(r"^synthetic_tiny: trained 6 steps in [\d.]+ s \(compile [\d.]+ s, "
+                   r"periodic evals [\d.]+ s\), [\d.]+ clips/s$", first.stdout, re.MULTILINE)
 
 
 def test_the_best_survives_rotation_and_resume(validated):

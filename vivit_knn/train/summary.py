@@ -5,11 +5,12 @@ Importing this module stays cheap: clu (which loads TensorFlow) is imported when
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import sys
 import time
-from typing import TYPE_CHECKING, Any, Dict, Optional, TextIO
+from typing import TYPE_CHECKING, Any, Dict, Iterator, Optional, TextIO
 
 if TYPE_CHECKING:
   from clu import metric_writers
@@ -42,9 +43,10 @@ class ProgressLog:
 
   `first()` follows the first step, whose time is mostly compilation (a jitted call compiles
   before it returns). `line(step, metrics)` follows each log step, where the loop fetched
-  results, so its step time is measured rather than dispatch time. `end(step)` prints
-  `trained N steps in X s (compile Y s), Z clips/s` on stdout. clu's `ReportProgress` (`report`) writes
-  `steps_per_sec` and `uptime` to TensorBoard at the same steps. Only process 0 prints.
+  results, so its step time is measured rather than dispatch time; periodic evals, run inside
+  `evaluating()`, are left out of it. `end(step)` prints `trained N steps in X s (compile Y s),
+  Z clips/s` on stdout. clu's `ReportProgress` (`report`) writes `steps_per_sec` and `uptime` to
+  TensorBoard at the same steps. Only process 0 prints.
   """
 
   def __init__(self, total: int, initial: int, desc: str, clips_per_step: int,
@@ -58,6 +60,7 @@ class ProgressLog:
     self._start = time.perf_counter()
     self._mark = (self._start, initial)
     self.compile_s: Optional[float] = None
+    self.eval_s = 0.0
     # Called at log steps only: every_secs=0 reports at each call.
     self.report = periodic_actions.ReportProgress(num_train_steps=total, writer=writer,
                                                   every_secs=0.0)
@@ -94,14 +97,26 @@ class ProgressLog:
     self._print(" ".join(parts))
     return rates
 
+  @contextlib.contextmanager
+  def evaluating(self, step: int) -> Iterator[None]:
+    """A periodic eval at `step`: left out of our rates, and a part of clu's progress report."""
+    start = time.perf_counter()
+    with self.report.timed("eval", wait_jax_async_dispatch=False):
+      yield
+    now = time.perf_counter()
+    self.eval_s += now - start
+    self._mark = (now, step)  # the next line's window starts after the eval
+
   def end(self, step: int) -> None:
     """`trained N steps in X s (compile Y s), Z clips/s` for the steps of this command."""
     now, steps = time.perf_counter(), step - self._initial
     compile_s = self.compile_s or 0.0
     timed = steps - 1 if self.compile_s is not None else steps
-    rate = self._clips * timed / max(now - self._start - compile_s, 1e-9) if timed > 0 else 0.0
+    seconds = now - self._start - compile_s - self.eval_s
+    rate = self._clips * timed / max(seconds, 1e-9) if timed > 0 else 0.0
+    evals = f", periodic evals {self.eval_s:.1f} s" if self.eval_s else ""
     self._print(f"trained {steps} steps in {now - self._start:.1f} s (compile "
-                f"{compile_s:.1f} s), {rate:.4g} clips/s", file=sys.stdout)
+                f"{compile_s:.1f} s{evals}), {rate:.4g} clips/s", file=sys.stdout)
 
 
 class TenthsCounter:

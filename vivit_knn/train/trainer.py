@@ -197,7 +197,8 @@ def _train_locked(config: ml_collections.ConfigDict, workdir: str, exp: Optional
       ckpt.save(done, state)
       if (cfg.eval_every_steps and done % cfg.eval_every_steps == 0
           and (done < exp.total_steps or not cfg.eval_at_end)):
-        _evaluate(exp, state, done, workdir, writer, best)
+        with log.evaluating(done):
+          _evaluate(exp, state, done, workdir, writer, best)
       # On several processes the stop flag is agreed on by a collective: only on log and
       # save steps, so that ordinary steps never wait for other hosts.
       if (due_log or due_save or jax.process_count() == 1) and stop.requested():
@@ -222,7 +223,7 @@ def _train_locked(config: ml_collections.ConfigDict, workdir: str, exp: Optional
       log.end(exp.total_steps)
     if cfg.eval_at_end:
       result["eval"], result["eval_paths"] = _evaluate(exp, state, exp.total_steps, workdir,
-                                                       writer, best)
+                                                       writer, best, final=True)
     return result
   finally:
     batches.close()
@@ -242,20 +243,25 @@ def _best_checkpointer(workdir: str, cfg: ml_collections.ConfigDict,
 
 
 def _evaluate(exp: Experiment, state: TrainState, step: int, workdir: str, writer,
-              best: Optional[checkpoint.Checkpointer]):
+              best: Optional[checkpoint.Checkpointer], final: bool = False):
   """Evaluates `state` at `step`: reports and `eval/` scalars; `best` keeps the best eval's state.
 
+  A periodic eval (not `final`) prints its metrics on one line.
   `<workdir>/eval/best.json` records the kept step and its metrics.
   """
   if exp not in _EVAL_STEPS:
     _EVAL_STEPS[exp] = steps.make_eval_step(exp)
   result = evaluation.run_eval(exp, state.params, _EVAL_STEPS[exp])
   paths = evaluation.write_eval_report(exp, result, workdir, step, writer)
+  scalars = {k: float(result[k]) for k in evaluation.scalar_names(result)}
+  chief = jax.process_index() == 0
+  if chief and not final:  # `main` prints the final eval's whole report
+    print(f"eval at step {step}: " + " ".join(f"{k}={v:.4f}" for k, v in scalars.items()),
+          flush=True)
   if best is not None:
-    scalars = {k: float(result[k]) for k in evaluation.scalar_names(result)}
     best.save(step, state, force=True, metrics=scalars)
     best.wait()
-    if best.best_step() == step and jax.process_index() == 0:
+    if best.best_step() == step and chief:
       record = {"step": step, "metric": exp.config.train.best_metric, "metrics": scalars,
                 "checkpoint": os.path.join(best.directory, str(step))}
       checkpoint.write_file(workdir, BEST_RECORD, json.dumps(record, indent=2) + "\n")
