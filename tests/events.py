@@ -36,3 +36,9 @@ def read_text(logdir):
   """`{tag: [(step, text), ...]}` of the text summaries in `logdir`'s event files."""
   return {tag: sorted(((step, value.decode()) for step, value in points), key=lambda p: p[0])
           for tag, points in _tensors(_load(logdir), "text")}
+
+
+def has_scalar(logdir, tag):
+  """Whether `logdir` exists and its event files hold scalar `tag` yet (a run writes them
+  from its start, so their existence says nothing)."""
+  return os.path.isdir(logdir) and tag in read_scalars(logdir)

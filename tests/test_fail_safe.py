@@ -126,6 +126,8 @@ def test_eval_of_a_read_only_run_writes_only_to_output_dir(trained, tmp_path):
   run_python(TINY + [f"--workdir={work}", "--mode=eval", f"--output_dir={out}"])
   assert sorted(str(p) for p in work.rglob("*")) == before
   assert (out / "eval" / "results_step_4_1x1.json").is_file()
+  # The --config file values the stored config overrides are listed there too.
+  assert "stored" in (out / "config_not_used.txt").read_text()
 
 
 def test_resuming_with_another_shape_lists_the_parameters(trained, tmp_path):

@@ -373,7 +373,7 @@ def test_infer_skips_a_damaged_newest_checkpoint_and_says_so(trained, tmp_path):
   assert len(warnings) == 1, warnings
   assert "checkpoint step 4" in warnings[0] and "checksum mismatch" in warnings[0]
   assert "falling back to step 2" in warnings[0]
-  assert "by checkpoint step 2 of" in proc.stdout
+  assert "checkpoint: step 2 of" in proc.stdout
 
 
 def test_another_optimizer_layout_is_refused_not_set_aside_as_damage(trained, tmp_path):

@@ -10,7 +10,7 @@ from tests.tiny import ROOT
 
 tomllib = pytest.importorskip("tomllib")  # Python >= 3.11
 
-TEST_TOOLS = {"pytest", "pytest-xdist", "ruff"}
+TEST_TOOLS = {"pytest", "pytest-xdist", "filelock", "ruff"}
 
 
 def _project():

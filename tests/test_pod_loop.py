@@ -16,6 +16,7 @@ import jax
 import numpy as np
 import pytest
 
+from tests.events import has_scalar
 from tests.tiny import ROOT, run_python, tiny_config
 
 TINY = ["--config=configs/synthetic_tiny.py", "--config.train.eval_at_end=False",
@@ -66,7 +67,7 @@ def test_sigterm_to_one_of_two_processes_stops_both_at_the_same_step(tmp_path):
                           "--config.train.checkpoint_every_steps=100000",
                           "--config.train.log_every_steps=2"])
   deadline = time.time() + 300
-  while not list((work / "train").glob("events*")) and time.time() < deadline:
+  while not has_scalar(work / "train", "train/loss") and time.time() < deadline:
     time.sleep(0.5)  # first metrics written: both processes are in the loop
   procs[1].send_signal(signal.SIGTERM)
   outs = [p.communicate(timeout=300) for p in procs]

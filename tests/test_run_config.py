@@ -143,8 +143,13 @@ def test_allowed_overrides_apply_and_the_stored_config_wins_over_the_file(tmp_pa
       "train.num_train_steps (2 -> 6)",
       f"using the run's stored config {work}/config.json: 1 value(s) of the --config file "
       f"differ and are not used (see {work}/config_not_used.txt)"]
-  assert (work / "config_not_used.txt").read_text() == (
+  assert (tmp_path / "config_not_used.txt").read_text() == (
       "model.hidden_size: file 16, stored 32\n")
+  # An eval with --output_dir lists them there, and writes nothing in the run folder.
+  (tmp_path / "config_not_used.txt").unlink()
+  _resolve(work, {}, notes_dir=str(tmp_path / "reports"))
+  assert (tmp_path / "reports" / "config_not_used.txt").is_file()
+  assert not (tmp_path / "config_not_used.txt").exists()
 
 
 def test_refused_overrides_name_each_field_with_both_values(tmp_path):

@@ -12,6 +12,7 @@ import jax
 import numpy as np
 import pytest
 
+from tests.events import has_scalar
 from tests.tiny import ROOT, run_python, tiny_config
 from vivit_knn.train import sharding
 from vivit_knn.train.checkpoint import item_path, restore_on_host
@@ -158,7 +159,7 @@ def test_sigterm_saves_a_checkpoint_that_resumes(tmp_path):
                           stderr=subprocess.PIPE, text=True,
                           env=dict(os.environ, PYTHONPATH=ROOT))
   deadline = time.time() + 300
-  while not list((work / "train").glob("events*")) and time.time() < deadline:
+  while not has_scalar(work / "train", "train/loss") and time.time() < deadline:
     time.sleep(0.5)  # first metrics written: the loop is running
   proc.send_signal(signal.SIGTERM)
   out, err = proc.communicate(timeout=300)

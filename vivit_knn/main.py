@@ -84,7 +84,8 @@ def main(argv) -> int:
     # The run's stored config, with this command line's overrides on top; a fresh
     # training run stores its own config when it starts.
     config = run_config.resolve_run_config(config, workdir, training=_MODE.value == "train",
-                                           use_config_file=_USE_CONFIG_FILE.value)
+                                           use_config_file=_USE_CONFIG_FILE.value,
+                                           notes_dir=_OUTPUT_DIR.value)
   else:
     initialisation.check_sources(config)  # before the workdir is written
   if _RESTART.value is not None and _MODE.value != "train":

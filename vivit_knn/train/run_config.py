@@ -107,11 +107,11 @@ def _on_schema(stored: Dict[str, Any], schema: Dict[str, Any]) -> Dict[str, Any]
           else stored.get(k, v) for k, v in schema.items()}
 
 
-def _note_differences(workdir: str, path: str, given: Dict[str, Any], old: Dict[str, Any],
+def _note_differences(notes_dir: str, path: str, given: Dict[str, Any], old: Dict[str, Any],
                       fields: List[str], changed: List[str]) -> None:
   """Prints one short line on the stored config in use and one on a changed schedule.
 
-  The --config file values the stored ones override are listed in `UNUSED_FILE`.
+  The --config file values the stored ones override are listed in `notes_dir/UNUSED_FILE`.
   """
   schedule = [f for f in changed if f.startswith(("train.num_", "optimizer."))]
   if schedule:
@@ -124,7 +124,7 @@ def _note_differences(workdir: str, path: str, given: Dict[str, Any], old: Dict[
   if not unused:
     return
   try:
-    where = "see " + write_file(workdir, UNUSED_FILE, "\n".join(unused) + "\n")
+    where = "see " + write_file(notes_dir, UNUSED_FILE, "\n".join(unused) + "\n")
   except OSError:  # a read-only run folder: eval with --output_dir
     where = "--config.<field> overrides what a trained run allows"
   print(f"using the run's stored config {path}: {len(unused)} value(s) of the --config file "
@@ -134,9 +134,11 @@ def _note_differences(workdir: str, path: str, given: Dict[str, Any], old: Dict[
 def resolve_run_config(flag_config: ConfigDict, workdir: str, *,
                        use_config_file: Optional[bool] = None,
                        overridden: Optional[Iterable[str]] = None,
-                       training: bool = False) -> ConfigDict:
+                       training: bool = False, notes_dir: Optional[str] = None) -> ConfigDict:
   """The config for a command on `workdir`: its stored config plus this command's overrides.
 
+  The --config file values not used are listed in `notes_dir` (default: `workdir`; an eval
+  with --output_dir writes there only).
   `overridden`: the fields the command line set (default: the parsed `--config.<field>` flags).
   `training`: a resume, told when its learning-rate schedule changes.
   `use_config_file`: whether the command accepts the `--config` file for a workdir with
@@ -178,7 +180,8 @@ def resolve_run_config(flag_config: ConfigDict, workdir: str, *,
     *parents, leaf = f.split(".")
     functools.reduce(dict.__getitem__, parents, kept)[leaf] = given[f]
   if jax.process_index() == 0:
-    _note_differences(workdir, path, given, old, fields, changed if training else [])
+    _note_differences(notes_dir or workdir, path, given, old, fields,
+                      changed if training else [])
   merged = ConfigDict(kept)
   merged.lock()
   return merged

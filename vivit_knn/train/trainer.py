@@ -194,6 +194,7 @@ def _train_locked(config: ml_collections.ConfigDict, workdir: str, exp: Optional
         skipped = {f"data/skipped_{k}": v for k, v in exp.dataset.skipped_examples().items()}
         writer.write_scalars(done, {**{f"train/{k}": v for k, v in {**last, **rates}.items()},
                                     **skipped})
+        writer.flush()  # TensorBoard shows the step now, and a killed run keeps its curves
       ckpt.save(done, state)
       if (cfg.eval_every_steps and done % cfg.eval_every_steps == 0
           and (done < exp.total_steps or not cfg.eval_at_end)):
