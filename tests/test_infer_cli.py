@@ -1,6 +1,7 @@
 """`--mode=infer` prints the top-5 classes of one real video, from a trained checkpoint."""
 
 import csv
+import json
 import os
 import re
 import shutil
@@ -118,6 +119,32 @@ def test_class_folders_give_a_true_class_column_and_the_accuracy(trained, tmp_pa
   top5 = np.mean([r["true_class"] in [r[f"top{i}_class"] for i in range(1, 6)] for r in known])
   assert (f"accuracy over the 9 videos in class folders: top-1 {top1:.4f}, top-5 {top5:.4f}"
           in proc.stdout)
+
+
+def test_class_folder_accuracy_is_the_eval_accuracy_on_the_same_videos(trained, tmp_path):
+  layout, cfg, work = trained
+  folder = tmp_path / "test_split"  # the eval split's videos, in class-named folders
+  for rel in layout.test:
+    (folder / os.path.dirname(rel)).mkdir(parents=True, exist_ok=True)
+    shutil.copy(os.path.join(layout.root, rel), folder / rel)
+  reports = tmp_path / "reports"
+  run_python(["-m", "vivit_knn.main", f"--config={cfg}", f"--workdir={work}", "--mode=eval",
+              f"--output_dir={reports}", "--config.eval.save_logits=True"])
+  (results,) = reports.glob("eval/results_step_4_*.json")
+  evaluated = json.loads(results.read_text())
+  assert evaluated["videos"]["evaluated"] == len(layout.test) == 6
+  proc = _infer(trained, folder)
+  assert proc.returncode == 0, proc.stderr
+  assert (f"accuracy over the 6 videos in class folders: top-1 {evaluated['top1']:.4f}, "
+          f"top-5 {evaluated['top5']:.4f}") in proc.stdout, proc.stdout
+  # Video by video, the same top-1 class as the eval's logits (the same test views).
+  (logits,) = reports.glob("eval/logits_step_4_*.npz")
+  saved = np.load(logits)
+  with open(proc.stdout.split("predictions: ")[1].strip()) as f:
+    rows = {row["file"]: row["top1_class"] for row in csv.DictReader(f)}
+  eval_top1 = {os.path.relpath(str(v), layout.root): CLASSES[int(np.argmax(z))]
+               for v, z in zip(saved["videos"], saved["logits"])}
+  assert rows == eval_top1
 
 
 def _frames(path):
