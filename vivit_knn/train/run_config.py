@@ -125,7 +125,7 @@ def _note_differences(notes_dir: str, path: str, given: Dict[str, Any], old: Dic
     return
   try:
     where = "see " + write_file(notes_dir, UNUSED_FILE, "\n".join(unused) + "\n")
-  except OSError:  # a read-only run folder: eval with --output_dir
+  except OSError:  # a read-only run folder read by infer or a tool (no --output_dir)
     where = "--config.<field> overrides what a trained run allows"
   print(f"using the run's stored config {path}: {len(unused)} value(s) of the --config file "
         f"differ and are not used ({where})", flush=True)
